@@ -1,0 +1,66 @@
+"""How evie starts pi for a session: flags, environment and working directory.
+
+The flags follow shared/docs/pi-rpc.md: ``--session <absolute path>`` (never
+``--resume``/``--continue``, which prompt on stdin in RPC mode), every
+``--no-*`` discovery flag so a stray project file cannot change behaviour, and
+``PI_CODING_AGENT_DIR`` so nothing is written under the user's HOME.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from evie.agent.process import LaunchSpec
+
+ISOLATION_FLAGS = (
+    "--no-extensions",
+    "--no-skills",
+    "--no-prompt-templates",
+    "--no-themes",
+    "--no-context-files",
+)
+
+
+@attrs.frozen
+class PiLauncher:
+    command: tuple[str, ...]
+    state_dir: Path
+    agent_dir: Path
+    provider: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    cwd: Path | None = None  # None: a private work dir per session
+    extra_env: tuple[tuple[str, str], ...] = ()
+    startup_timeout: float = 30.0
+    stop_timeout: float = 3.0
+
+    def session_file(self, session_id: str) -> Path:
+        return (self.state_dir / "sessions" / f"{session_id}.jsonl").resolve()
+
+    def spec_for(self, session_id: str) -> LaunchSpec:
+        session_file = self.session_file(session_id)
+        session_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        argv = [*self.command, "--mode", "rpc", "--session", str(session_file), *ISOLATION_FLAGS]
+        if self.provider:
+            argv += ["--provider", self.provider]
+        if self.model:
+            argv += ["--model", self.model]
+        if self.system_prompt:
+            argv += ["--system-prompt", self.system_prompt]
+        cwd = self.cwd if self.cwd is not None else self.state_dir / "work" / session_id
+        env = {
+            "PI_CODING_AGENT_DIR": str(self.agent_dir.resolve()),
+            "PI_OFFLINE": "1",
+            "PI_TELEMETRY": "0",
+            **dict(self.extra_env),
+        }
+        return LaunchSpec(
+            argv=tuple(argv),
+            cwd=cwd.resolve(),
+            env=env,
+            startup_timeout=self.startup_timeout,
+            stop_timeout=self.stop_timeout,
+        )

@@ -1,0 +1,397 @@
+"""One ``pi --mode rpc`` process: spawn, drain, correlate, shut down.
+
+Three tasks per process, owned by the caller's task group:
+
+* the stdout pump reads continuously and never awaits anything but the pipe,
+  so a slow chat platform can never back pressure pi into ``ENOBUFS``;
+* the stdin pump is the only writer, so commands from several tasks never
+  interleave on the pipe and the reader can queue replies without blocking;
+* the stderr pump keeps a tail for error messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from subprocess import PIPE
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import attrs
+
+from evie.agent import protocol as p
+from evie.agent.events import Outcome
+from evie.agent.turn import Turn
+from evie.errors import AgentCrashed, AgentError, AgentRequestError, AgentStartError
+
+log = logging.getLogger(__name__)
+
+#: extension dialogs that block the turn until answered; evie has no UI for them.
+DIALOG_METHODS = frozenset({"select", "confirm", "input", "editor"})
+
+Callback = Callable[[p.Response | None], None]
+
+
+@attrs.frozen
+class LaunchSpec:
+    """Everything needed to start one pi process."""
+
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    startup_timeout: float = 30.0
+    stop_timeout: float = 3.0
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: anyio.Event = attrs.field(factory=anyio.Event)
+    response: p.Response | None = None
+
+    def __call__(self, response: p.Response | None) -> None:
+        self.response = response
+        self.event.set()
+
+
+class PiProcess:
+    """A live pi process. Create with :meth:`spawn`; always :meth:`close`."""
+
+    def __init__(self, proc: anyio.abc.Process, spec: LaunchSpec) -> None:
+        self._proc = proc
+        self.spec = spec
+        self.pid = proc.pid
+        self.started_at = time.monotonic()
+        self.last_output_at = self.started_at
+        self.turn: Turn | None = None
+        self.returncode: int | None = None
+        self.exited = anyio.Event()
+        self.protocol_errors = 0
+        self.dialogs_cancelled = 0
+        self.state: dict[str, Any] = {}
+        self._pending: dict[str, Callback] = {}
+        self._ids = itertools.count(1)
+        self._outbox_send, self._outbox_recv = anyio.create_memory_object_stream[bytes](math.inf)
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._closing = False
+        self._stderr_done = anyio.Event()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @classmethod
+    async def spawn(cls, spec: LaunchSpec, task_group: anyio.abc.TaskGroup) -> PiProcess:
+        """Start pi and wait until it answers ``get_state`` (pi has no ready event)."""
+        await anyio.to_thread.run_sync(lambda: spec.cwd.mkdir(parents=True, exist_ok=True))
+        env = {**os.environ, **spec.env}
+        try:
+            proc = await anyio.open_process(
+                list(spec.argv), stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=spec.cwd, env=env
+            )
+        except OSError as exc:
+            raise AgentStartError(
+                f"could not start pi with {spec.argv[0]!r}: {exc.strerror or exc}. "
+                "Check [agent] command in the config (is pi installed? run `npm ci`)."
+            ) from exc
+        self = cls(proc, spec)
+        task_group.start_soon(self._pump_stdout)
+        task_group.start_soon(self._pump_stdin)
+        task_group.start_soon(self._pump_stderr)
+        try:
+            with anyio.fail_after(spec.startup_timeout):
+                response = await self.request({"type": "get_state"})
+        except TimeoutError:
+            await self.close()
+            raise AgentStartError(
+                f"pi did not answer within {spec.startup_timeout:g} s of starting"
+            ) from None
+        except AgentCrashed as exc:
+            await self.close()
+            raise AgentStartError(f"pi exited while starting: {exc}") from None
+        state = response.payload()
+        self.state = state if isinstance(state, dict) else {}
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.returncode is None and not self._closing
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_tail)
+
+    async def close(self) -> None:
+        """SIGTERM (which also ends pi's tool children), wait, then SIGKILL.
+
+        Descendants are collected first: pi's bash children sit in their own
+        process group and survive a SIGKILL of pi, so they are killed by pid.
+        """
+        with anyio.CancelScope(shield=True):
+            if self.exited.is_set():
+                return
+            self._closing = True
+            descendants = await anyio.to_thread.run_sync(_descendants, self.pid)
+            try:
+                self._proc.terminate()
+            except ProcessLookupError:
+                pass
+            with anyio.move_on_after(self.spec.stop_timeout):
+                await self.exited.wait()
+            if not self.exited.is_set():
+                log.warning("pi pid %s ignored SIGTERM; killing it", self.pid)
+                try:
+                    self._proc.kill()
+                except ProcessLookupError:
+                    pass
+                await self.exited.wait()
+            _kill_pids(descendants)
+
+    # -- commands -----------------------------------------------------------------
+
+    def send_nowait(self, command: dict[str, Any], on_response: Callback | None = None) -> None:
+        """Queue a command; ``on_response`` runs in the reader when pi answers."""
+        if self.returncode is not None:
+            if on_response is not None:
+                on_response(None)
+            return
+        rid = f"evie-{next(self._ids)}"
+        if on_response is not None:
+            self._pending[rid] = on_response
+        if not self._write({**command, "id": rid}):
+            cb = self._pending.pop(rid, None)
+            if cb is not None:
+                cb(None)
+
+    def _write(self, record: dict[str, Any]) -> bool:
+        """Hand one record to the stdin pump; False once the process is gone."""
+        try:
+            self._outbox_send.send_nowait(p.encode_command(record))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    async def request(self, command: dict[str, Any]) -> p.Response:
+        """Send a command and wait for its answer (correlated by id, any order)."""
+        waiter = _Waiter()
+        self.send_nowait(command, waiter)
+        await waiter.event.wait()
+        if waiter.response is None:
+            raise AgentCrashed(self._exit_message(), returncode=self.returncode)
+        return waiter.response
+
+    async def call(self, command: dict[str, Any]) -> Any:
+        """Like :meth:`request`, but raise on ``success: false`` and return ``data``."""
+        response = await self.request(command)
+        if not response.success:
+            raise AgentRequestError(response.error or f"pi refused {command['type']}")
+        return response.payload()
+
+    def start_turn(self, text: str, images: Sequence[Mapping[str, str]] = ()) -> Turn:
+        """Send a prompt; the returned turn yields its events until it is over."""
+        if self.returncode is not None:
+            raise AgentCrashed(self._exit_message(), returncode=self.returncode)
+        if self.turn is not None and self.turn.finished is None:
+            raise AgentError("a turn is already running in this session")
+        turn = Turn(text, lambda cb: self.send_nowait({"type": "get_state"}, cb))
+        self.turn = turn
+
+        def on_prompt(response: p.Response | None) -> None:
+            if response is not None and not response.success:
+                turn.prompt_rejected(response.error or "pi rejected the message")
+
+        command: dict[str, Any] = {"type": "prompt", "message": text}
+        if images:
+            command["images"] = [dict(i) for i in images]
+        self.send_nowait(command, on_prompt)
+        return turn
+
+    async def queue_message(
+        self, text: str, images: Sequence[Mapping[str, str]] = (), *, steer: bool = False
+    ) -> None:
+        """Queue a message into the running turn as a follow-up (or steer)."""
+        turn = self.turn
+        if turn is None or not turn.accepts_followups:
+            raise AgentError("no turn is running to queue this message into")
+        turn.note_followup_sent(text)
+        command: dict[str, Any] = {
+            "type": "prompt",
+            "message": text,
+            "streamingBehavior": "steer" if steer else "followUp",
+        }
+        if images:
+            command["images"] = [dict(i) for i in images]
+        response = await self.request(command)
+        if not response.success:
+            turn.followup_failed(text)
+            raise AgentRequestError(response.error or "pi refused the queued message")
+
+    def abort(self) -> None:
+        """Ask pi to stop the running turn; its answer arrives after ``agent_end``."""
+        if self.turn is not None:
+            self.turn.abort_requested = True
+        self.send_nowait({"type": "abort"}, lambda _r: None)
+
+    # -- pumps ----------------------------------------------------------------------
+
+    async def _pump_stdout(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        splitter = p.LineSplitter()
+        try:
+            async for chunk in stdout:
+                self.last_output_at = time.monotonic()
+                for line in splitter.feed(chunk):
+                    try:
+                        self._dispatch(line)
+                    except Exception:  # a bug in handling one line must not stop the drain
+                        self.protocol_errors += 1
+                        log.exception("pi[%s] line handling failed", self.pid)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
+            log.debug("pi stdout closed: %r", exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                rest = splitter.rest()
+                if rest.strip():
+                    self._dispatch(rest)
+                self.returncode = await self._proc.wait()
+                # stderr may still hold pi's last words; give its pump a moment.
+                with anyio.move_on_after(0.2):
+                    await self._stderr_done.wait()
+                self._on_exit()
+
+    async def _pump_stdin(self) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        async with self._outbox_recv:
+            async for data in self._outbox_recv:
+                try:
+                    await stdin.send(data)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                    break
+        with anyio.CancelScope(shield=True):
+            try:
+                await stdin.aclose()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                pass
+
+    async def _pump_stderr(self) -> None:
+        done = self._stderr_done
+        stderr = self._proc.stderr
+        assert stderr is not None
+        splitter = p.LineSplitter()
+        try:
+            async for chunk in stderr:
+                for line in splitter.feed(chunk):
+                    self._note_stderr(line)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            pass
+        finally:
+            rest = splitter.rest()
+            if rest.strip():
+                self._note_stderr(rest)
+            done.set()
+
+    def _note_stderr(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        if text:
+            self._stderr_tail.append(text[:500])
+            log.debug("pi[%s] stderr: %s", self.pid, text[:500])
+
+    # -- dispatch (synchronous: never awaits) -----------------------------------------
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            msg = p.decode_line(line)
+        except p.ProtocolError as exc:
+            self.protocol_errors += 1
+            log.warning("pi[%s] sent an unreadable line (%d bytes): %s", self.pid, len(line), exc)
+            return
+        if isinstance(msg, p.Response):
+            callback = self._pending.pop(str(msg.id), None) if msg.id is not None else None
+            if callback is None:
+                if msg.id is None and not msg.success:
+                    log.warning("pi[%s] error without id: %s", self.pid, msg.error)
+                return
+            self._run_callback(callback, msg)
+            return
+        if isinstance(msg, p.ExtensionUIRequest):
+            if msg.method in DIALOG_METHODS:
+                # A dialog blocks the turn forever (even abort waits): cancel it.
+                self.dialogs_cancelled += 1
+                self._write({"type": "extension_ui_response", "id": msg.id, "cancelled": True})
+            return
+        turn = self.turn
+        if turn is not None:
+            try:
+                turn.feed(msg)
+            except Exception:  # a bug here must not stop the drain
+                log.exception("pi[%s] event handling failed", self.pid)
+
+    def _run_callback(self, callback: Callback, response: p.Response | None) -> None:
+        try:
+            callback(response)
+        except Exception:
+            log.exception("pi[%s] response handler failed", self.pid)
+
+    def _on_exit(self) -> None:
+        self._outbox_send.close()
+        pending, self._pending = self._pending, {}
+        for callback in pending.values():
+            self._run_callback(callback, None)
+        turn = self.turn
+        if turn is not None and turn.finished is None:
+            if self._closing:
+                turn.process_exited(Outcome.INTERRUPTED, "the session was stopped mid-turn")
+            else:
+                turn.process_exited(Outcome.CRASHED, self._exit_message())
+        self.exited.set()
+
+    def _exit_message(self) -> str:
+        code = self.returncode
+        how = f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
+        last = self._stderr_tail[-1] if self._stderr_tail else ""
+        detail = f": {last}" if last else ""
+        return f"pi stopped unexpectedly ({how}){detail}. Your next message starts it again."
+
+
+def _descendants(pid: int) -> list[int]:
+    """All processes below ``pid``, read from /proc (empty where /proc is absent)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may contain spaces and parens: parse after the last ')'
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

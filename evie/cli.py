@@ -1,0 +1,118 @@
+"""The ``evie`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import attrs
+
+from evie import __version__
+from evie.agent.process import PiProcess
+from evie.app import build_launcher, session_settings
+from evie.config import Config, load_config, starter_config
+from evie.errors import EvieError
+from evie.logs import setup_logging
+from evie.sessions.manager import SessionManager
+
+DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("EVIE_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(_config_path(args.config))
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
+
+
+def _setup_logging(config: Config, *, quiet: bool) -> None:
+    level = "warning" if quiet and config.log.level in ("debug", "info") else config.log.level
+    secrets = (config.telegram.token or "", config.discord.token or "")
+    setup_logging(level, config.log.format, secrets)
+
+
+async def _chat(config: Config) -> None:
+    from evie.interfaces.terminal import TerminalChat
+
+    async with SessionManager(build_launcher(config), session_settings(config)) as manager:
+        await TerminalChat(manager).run()
+
+
+async def _check(config: Config) -> int:
+    print(f"config: {config.source or 'built-in defaults'}")
+    command = config.pi_command
+    print(f"pi command: {' '.join(command)}")
+    with tempfile.TemporaryDirectory(prefix="evie-check-") as tmp:
+        probe = attrs.evolve(build_launcher(config), state_dir=Path(tmp))
+        spec = probe.spec_for("evie-check")
+        async with anyio.create_task_group() as tg:
+            started = anyio.current_time()
+            process = await PiProcess.spawn(spec, tg)
+            elapsed = anyio.current_time() - started
+            model = process.state.get("model") or {}
+            await process.close()
+    print(f"pi started in {elapsed:.2f}s; model {model.get('provider')}/{model.get('id')}")
+    if config.telegram.token and not config.telegram.allowed_user_ids:
+        print("warning: [telegram] allowed_user_ids is empty: nobody can use the bot")
+    if config.discord.token and not config.discord.allowed_user_ids:
+        print("warning: [discord] allowed_user_ids is empty: nobody can use the bot")
+    print("ok")
+    return 0
+
+
+def _init(path: Path) -> int:
+    if path.exists():
+        print(f"{path} already exists; not overwriting it.", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(starter_config())
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evie", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"evie {__version__}")
+    parser.add_argument(
+        "--config", help="config file (default: $EVIE_CONFIG or " + str(DEFAULT_CONFIG) + ")"
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("chat", help="talk to pi from this terminal (needs no tokens)")
+    sub.add_parser("check", help="validate the config and probe a pi start")
+    init = sub.add_parser("init", help="write a commented starter config")
+    init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
+    args = parser.parse_args(argv)
+    command = args.command or "chat"
+    try:
+        if command == "init":
+            return _init(Path(args.path) if args.path else DEFAULT_CONFIG)
+        config = _load(args)
+        _setup_logging(config, quiet=command == "chat")
+        if command == "check":
+            return anyio.run(_check, config)
+        anyio.run(_chat, config)
+        return 0
+    except EvieError as exc:
+        print(f"evie: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Configuration: ``config.toml`` read with tomllib, validated all at once.
+
+Every problem is reported in one :class:`ConfigError`, each line naming the
+key path and what was expected, so a user fixes the file in one go. Unknown
+keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import attrs
+
+from evie.errors import ConfigError
+
+T = TypeVar("T")
+Check = Callable[[Any], Any]  # returns the converted value or raises _Bad
+
+
+class _Bad(Exception):
+    """A value of the wrong shape; the message says what was expected."""
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad("expected a string")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v == "" else _str(v)
+
+
+def _pos_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        raise _Bad("expected a number >= 0")
+    return float(v)
+
+
+def _pos_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise _Bad("expected a whole number >= 1")
+    return v
+
+
+def _path(v: Any) -> Path:
+    return Path(os.path.expanduser(_str(v)))
+
+
+def _opt_path(v: Any) -> Path | None:
+    return None if v == "" else _path(v)
+
+
+def _command(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str) and v.strip():
+        return (v,)
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
+        return tuple(v)
+    raise _Bad('expected a program name or a list such as ["node", "/path/to/pi"]')
+
+
+def _user_ids(v: Any) -> frozenset[int]:
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v
+    ):
+        raise _Bad("expected a list of numeric user ids, e.g. [123456789]")
+    return frozenset(v)
+
+
+def _env(v: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise _Bad("expected a table of string values")
+    return tuple(sorted(v.items()))
+
+
+def _choice(*options: str) -> Check:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise _Bad("expected one of " + ", ".join(repr(o) for o in options))
+        return cast(str, v)
+
+    return check
+
+
+def _url(v: Any) -> str:
+    s = _str(v).rstrip("/")
+    if not s.startswith(("http://", "https://", "ws://", "wss://")):
+        raise _Bad("expected a URL starting with http://, https://, ws:// or wss://")
+    return s
+
+
+def _listen(v: Any) -> str:
+    s = _str(v)
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise _Bad('expected "host:port", e.g. "127.0.0.1:8765"')
+    return s
+
+
+def _opt(check: Check) -> Check:
+    return lambda v: None if v == "" else check(v)
+
+
+def setting(default: Any, check: Check, doc: str) -> Any:
+    return attrs.field(default=default, metadata={"check": check, "doc": doc})
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "evie"
+
+
+def default_pi_command() -> tuple[str, ...]:
+    """pi from this checkout's ``npm ci``, else ``pi`` on PATH."""
+    local = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
+    if local.exists():
+        return (str(local),)
+    return (shutil.which("pi") or "pi",)
+
+
+@attrs.frozen
+class AgentConfig:
+    command: tuple[str, ...] | None = setting(None, _command, "how to run pi")
+    provider: str | None = setting(None, _opt_str, "pi --provider")
+    model: str | None = setting(None, _opt_str, "pi --model")
+    cwd: Path | None = setting(None, _opt_path, "working directory for every session")
+    system_prompt: str | None = setting(None, _opt_str, "pi --system-prompt")
+    agent_dir: Path | None = setting(None, _opt_path, "PI_CODING_AGENT_DIR")
+    startup_timeout: float = setting(30.0, _pos_float, "seconds pi may take to start")
+    env: tuple[tuple[str, str], ...] = setting((), _env, "extra environment for pi")
+
+
+@attrs.frozen
+class SessionsConfig:
+    idle_timeout: float = setting(1800.0, _pos_float, "seconds before an idle pi is stopped")
+    max_processes: int = setting(8, _pos_int, "most pi processes alive at once")
+    mid_turn: Literal["follow_up", "steer"] = setting(
+        "follow_up", _choice("follow_up", "steer"), "what a message sent mid-turn does"
+    )
+    shutdown_grace: float = setting(30.0, _pos_float, "seconds running turns get at shutdown")
+
+
+@attrs.frozen
+class StateConfig:
+    dir: Path = setting(attrs.Factory(default_state_dir), _path, "where evie keeps its state")
+
+
+@attrs.frozen
+class TelegramConfig:
+    token: str | None = setting(None, _opt_str, "bot token (or EVIE_TELEGRAM_TOKEN)")
+    api_url: str = setting("https://api.telegram.org", _url, "Bot API server")
+    allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+
+
+@attrs.frozen
+class DiscordConfig:
+    token: str | None = setting(None, _opt_str, "bot token (or EVIE_DISCORD_TOKEN)")
+    api_url: str | None = setting(None, _opt(_url), "REST base, e.g. .../api/v10")
+    gateway_url: str | None = setting(None, _opt(_url), "gateway websocket URL")
+    allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+
+
+@attrs.frozen
+class HttpConfig:
+    listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
+    format: str = setting("text", _choice("text", "json"), "log line format")
+
+
+@attrs.frozen
+class Config:
+    agent: AgentConfig = attrs.Factory(AgentConfig)
+    sessions: SessionsConfig = attrs.Factory(SessionsConfig)
+    state: StateConfig = attrs.Factory(StateConfig)
+    telegram: TelegramConfig = attrs.Factory(TelegramConfig)
+    discord: DiscordConfig = attrs.Factory(DiscordConfig)
+    http: HttpConfig = attrs.Factory(HttpConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
+    source: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def pi_command(self) -> tuple[str, ...]:
+        return self.agent.command or default_pi_command()
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.agent.agent_dir or self.state.dir / "agent"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "agent": AgentConfig,
+    "sessions": SessionsConfig,
+    "state": StateConfig,
+    "telegram": TelegramConfig,
+    "discord": DiscordConfig,
+    "http": HttpConfig,
+    "log": LogConfig,
+}
+
+
+def _build(cls: type[T], table: Mapping[str, Any], path: str, errors: list[str]) -> T:
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in attrs.fields(cast(Any, cls))}
+    for key, raw in table.items():
+        field = known.get(key)
+        if field is None:
+            errors.append(f"{path}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            continue
+        try:
+            values[key] = field.metadata["check"](raw)
+        except _Bad as exc:
+            errors.append(f"{path}.{key}: {exc}, got {raw!r}")
+    return cls(**values)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate a parsed TOML document; raise one ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    errors: list[str] = []
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            errors.append(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+        elif not isinstance(table, dict):
+            errors.append(f"{name}: expected a [{name}] table")
+        else:
+            sections[name] = _build(cls, table, name, errors)
+    if errors:
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(errors))
+    config = Config(**sections, source=source)
+    for name, var in (("telegram", "EVIE_TELEGRAM_TOKEN"), ("discord", "EVIE_DISCORD_TOKEN")):
+        token = environ.get(var)
+        if token:
+            section = getattr(config, name)
+            config = attrs.evolve(config, **{name: attrs.evolve(section, token=token)})
+    return config
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or return the built-in defaults when it is None)."""
+    if path is None:
+        return parse_config({}, environ=environ)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; create one with `evie init`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    config = parse_config(data, source=path, environ=environ)
+    warnings: list[str] = []
+    has_token = any(
+        isinstance(data.get(s), dict) and data[s].get("token") for s in ("telegram", "discord")
+    )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if has_token and mode & 0o077:
+        warnings.append(
+            f"{path} holds bot tokens but is readable by other users "
+            f"(mode {mode:o}); run: chmod 600 {path}"
+        )
+    return attrs.evolve(config, warnings=tuple(warnings))
+
+
+def starter_config() -> str:
+    """A commented starter ``config.toml``: each key with its doc and default."""
+    import tomli_w
+
+    out = [
+        "# evie configuration. Every key is optional; shown values are the defaults.",
+        "# Secrets may come from EVIE_TELEGRAM_TOKEN / EVIE_DISCORD_TOKEN instead.",
+        "",
+    ]
+    for name, cls in _SECTIONS.items():
+        out.append(f"[{name}]")
+        for field in attrs.fields(cls):
+            out.append(f"# {field.name}: {field.metadata['doc']}")
+            default = field.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()
+            if default is None or default == () or default == frozenset():
+                out.append(f"# {field.name} = ...")
+                continue
+            if isinstance(default, Path):
+                default = str(default)
+            out.append(tomli_w.dumps({field.name: default}).rstrip())
+        out.append("")
+    return "\n".join(out)

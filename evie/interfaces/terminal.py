@@ -1,0 +1,158 @@
+"""``evie chat``: one session from the terminal, through the same SessionManager.
+
+Input is read in a worker thread and every message is sent from its own task,
+so ``/status`` and ``/stop`` work while a turn streams. Output goes through a
+single writer task that writes in a thread: a stalled terminal or pipe never
+blocks the event loop (and so never stops pi's stdout from being drained).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TextIO
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from evie.agent.events import (
+    AssistantMessage,
+    FollowUpStarted,
+    Outcome,
+    Prompt,
+    RetryScheduled,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnFinished,
+)
+from evie.errors import EvieError
+from evie.sessions.manager import Queued, SessionManager
+
+HELP = """Commands:
+  /status  what the agent is doing (answers while a turn runs)
+  /stop    abort the running turn
+  /new     start a fresh session (the old one is kept on disk)
+  /help    this text
+  /quit    leave (also Ctrl-D)
+Anything else is sent to the agent; messages sent while it works are queued."""
+
+
+class TerminalChat:
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        key: str = "terminal",
+    ) -> None:
+        self._manager = manager
+        self._stdin = stdin or sys.stdin
+        self._stdout = stdout or sys.stdout
+        self._key = key
+        self._out_send: MemoryObjectSendStream[str]
+        self._out_recv: MemoryObjectReceiveStream[str]
+        self._out_send, self._out_recv = anyio.create_memory_object_stream[str](math.inf)
+        self._mid_line = False
+
+    def say(self, text: str) -> None:
+        """Queue text for the terminal; never blocks."""
+        if text:
+            self._mid_line = not text.endswith("\n")
+            self._out_send.send_nowait(text)
+
+    def _line(self, text: str) -> None:
+        self.say(("\n" if self._mid_line else "") + text + "\n")
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as writer_tg:
+            writer_tg.start_soon(self._writer)
+            self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
+            async with anyio.create_task_group() as tg:
+                while True:
+                    line = await anyio.to_thread.run_sync(
+                        self._stdin.readline, abandon_on_cancel=True
+                    )
+                    if not line:
+                        break  # EOF: let running turns finish, then leave
+                    text = line.strip()
+                    if not text:
+                        continue
+                    if text in ("/quit", "/exit"):
+                        tg.cancel_scope.cancel()
+                        break
+                    await self._handle(text, tg)
+            self._out_send.close()
+
+    async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
+        if text == "/help":
+            self._line(HELP)
+        elif text == "/status":
+            status = self._manager.get_status(self._key)
+            self._line(status.render() if status else "No session yet: send a message to start.")
+        elif text == "/stop":
+            stopped = await self._manager.abort(self._key)
+            self._line("Stopping the turn…" if stopped else "Nothing is running.")
+        elif text == "/new":
+            slot = await self._manager.new_session(self._key)
+            self._line(f"Started a new session ({slot.session_id}).")
+        elif text.startswith("/") and " " not in text:
+            self._line(f"Unknown command {text}. /help lists the commands.")
+        else:
+            tg.start_soon(self._send, text)
+
+    async def _send(self, text: str) -> None:
+        try:
+            result = await self._manager.send(self._key, Prompt(text), self._render)
+        except EvieError as exc:
+            self._line(f"[error] {exc}")
+            return
+        if isinstance(result, Queued):
+            how = "steering the running turn" if result.steer else "queued as a follow-up"
+            self._line(f"[{how}: #{result.position}]")
+
+    async def _render(self, event: TurnEvent) -> None:
+        match event:
+            case TurnFinished(outcome=Outcome.DONE):
+                if self._mid_line:
+                    self.say("\n")
+            case TurnFinished(outcome=outcome, error=error):
+                self._line(f"[{outcome.value}] {error or ''}".rstrip())
+            case AssistantMessage(text=text) if text:
+                # the text was already streamed as deltas; end the paragraph
+                self.say("\n" if self._mid_line else "")
+            case ToolStarted(tool_name=name, summary=summary):
+                self._line(f"[{name}] {summary}".rstrip())
+            case ToolFinished(is_error=True, tool_name=name):
+                self._line(f"[{name} failed]")
+            case FollowUpStarted(text=text):
+                self._line(f"[now answering] {text}")
+            case RetryScheduled(attempt=a, max_attempts=m, delay_ms=d, error=err):
+                self._line(f"[retry {a}/{m} in {d / 1000:g}s] {err}")
+            case TextDelta(text=text):
+                self.say(text)
+            case _:
+                pass
+
+    async def _writer(self) -> None:
+        async with self._out_recv:
+            while True:
+                try:
+                    first = await self._out_recv.receive()
+                except anyio.EndOfStream:
+                    return
+                parts = [first]
+                while True:  # batch whatever else is ready into one write
+                    try:
+                        parts.append(self._out_recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await anyio.to_thread.run_sync(self._write, "".join(parts))
+
+    def _write(self, text: str) -> None:
+        self._stdout.write(text)
+        self._stdout.flush()

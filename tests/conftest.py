@@ -1,0 +1,106 @@
+"""Shared fixtures: the anyio backend, the fake pi, and a manager wired to it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+
+from evie.agent.events import Prompt, TurnEvent
+from evie.agent.launcher import PiLauncher
+from evie.agent.process import LaunchSpec
+from evie.sessions.manager import SessionManager, SessionSettings
+
+FAKE_PI = Path(__file__).with_name("fake_pi.py")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@attrs.frozen
+class FakeLauncher:
+    """The real launcher with the fake pi as command; extra flags per session id prefix."""
+
+    base: PiLauncher
+    per_session: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def spec_for(self, session_id: str) -> LaunchSpec:
+        spec = self.base.spec_for(session_id)
+        extra: tuple[str, ...] = ()
+        for prefix, flags in self.per_session:
+            if session_id.startswith(prefix):
+                extra += flags
+        return attrs.evolve(spec, argv=spec.argv + extra)
+
+
+def fake_launcher(tmp_path: Path, *per_session: tuple[str, tuple[str, ...]]) -> FakeLauncher:
+    base = PiLauncher(
+        command=(sys.executable, str(FAKE_PI)),
+        state_dir=tmp_path / "state",
+        agent_dir=tmp_path / "state" / "agent",
+        startup_timeout=10,
+        stop_timeout=2,
+    )
+    return FakeLauncher(base, per_session)
+
+
+@attrs.define
+class Recorder:
+    """An event sink that records everything and lets tests wait for a kind of event."""
+
+    events: list[TurnEvent] = attrs.Factory(list)
+    _changed: anyio.Event = attrs.Factory(anyio.Event)
+    delay: float = 0.0
+
+    async def __call__(self, event: TurnEvent) -> None:
+        if self.delay:
+            await anyio.sleep(self.delay)
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, predicate: Callable[[TurnEvent], bool]) -> TurnEvent:
+        while True:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            await self._changed.wait()
+
+    def of(self, kind: type[TurnEvent]) -> list[TurnEvent]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def text(self) -> str:
+        from evie.agent.events import TextDelta
+
+        return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[SessionManager]:
+    async with SessionManager(fake_launcher(tmp_path), SessionSettings(idle_timeout=600)) as m:
+        yield m
+
+
+def script(*steps: dict[str, object]) -> Prompt:
+    import json
+
+    return Prompt("script:" + json.dumps(list(steps)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""A fake ``pi --mode rpc``: a real subprocess speaking pi's RPC protocol.
+
+Measured pi behaviour it reproduces (see shared/docs/pi-rpc.md): LF-only JSON
+lines, responses correlated by id (out of order when a turn is running),
+``message_update`` carrying two full copies of the message so far, follow-up
+and steer queues, ``abort`` answered after ``agent_end``, auto-retry after an
+error, blocking extension dialogs, stdin EOF -> exit 0, and a session file
+that gets one line per finished message.
+
+A plain prompt is answered with ``echo: <text>``. A prompt of the form
+``script:<json list of steps>`` runs a scripted turn; the steps are documented
+in :func:`Turn.step`.
+
+Options: ``--startup-delay S``, ``--exit-at-start CODE``, ``--record FILE``
+(every received command is appended as a JSON line); the real pi flags are
+accepted and ignored, except ``--session PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+OUT_LOCK = threading.Lock()
+STATE_LOCK = threading.Lock()
+
+
+def emit(obj: dict[str, Any]) -> None:
+    data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    with OUT_LOCK:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+def emit_many(*objs: dict[str, Any]) -> None:
+    """Several records in one write: what pi emits synchronously in one tick."""
+    data = b"".join((json.dumps(o, ensure_ascii=False) + "\n").encode("utf-8") for o in objs)
+    emit_raw(data)
+
+
+def emit_raw(data: bytes) -> None:
+    with OUT_LOCK:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+class Aborted(Exception):
+    pass
+
+
+class Session:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.session_id = uuid.uuid4().hex
+        self.messages: list[dict[str, Any]] = []
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for raw in f:
+                    entry = json.loads(raw)
+                    if entry.get("type") == "session":
+                        self.session_id = entry["id"]
+                    elif entry.get("type") == "message":
+                        self.messages.append(entry["message"])
+
+    def append(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if not self.path:
+            return
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", encoding="utf-8") as f:
+            if new:
+                f.write(json.dumps({"type": "session", "id": self.session_id}) + "\n")
+            f.write(json.dumps({"type": "message", "message": message}) + "\n")
+
+
+class Agent:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.streaming = False
+        self.abort = threading.Event()
+        self.follow_ups: list[str] = []
+        self.steering: list[str] = []
+        self.turn_thread: threading.Thread | None = None
+        self.dialogs: dict[str, threading.Event] = {}
+        self.ended_by_error = False
+
+    # -- command handling (reader thread) --
+
+    def handle(self, cmd: dict[str, Any]) -> None:
+        kind = cmd.get("type")
+        rid = cmd.get("id")
+
+        def ok(data: Any = None) -> None:
+            out: dict[str, Any] = {"id": rid, "type": "response", "command": kind, "success": True}
+            if data is not None:
+                out["data"] = data
+            emit(out)
+
+        def fail(error: str) -> None:
+            emit({"id": rid, "type": "response", "command": kind, "success": False, "error": error})
+
+        if kind == "get_state":
+            with STATE_LOCK:
+                ok(
+                    {
+                        "model": {"provider": "fake", "id": "fake-1"},
+                        "isStreaming": self.streaming,
+                        "sessionId": self.session.session_id,
+                        "sessionFile": self.session.path,
+                        "messageCount": len(self.session.messages),
+                        "pendingMessageCount": len(self.follow_ups) + len(self.steering),
+                    }
+                )
+        elif kind == "prompt":
+            text = cmd.get("message", "")
+            with STATE_LOCK:
+                if self.streaming:
+                    behaviour = cmd.get("streamingBehavior")
+                    if behaviour not in ("steer", "followUp"):
+                        fail(
+                            "Agent is already processing. Specify streamingBehavior "
+                            "('steer' or 'followUp') to queue the message."
+                        )
+                        return
+                    (self.steering if behaviour == "steer" else self.follow_ups).append(text)
+                    ok()
+                    emit(
+                        {
+                            "type": "queue_update",
+                            "steering": list(self.steering),
+                            "followUp": list(self.follow_ups),
+                        }
+                    )
+                    return
+                if text.startswith("reject:"):
+                    fail(text[len("reject:") :])
+                    return
+                self.streaming = True
+                self.abort.clear()
+            ok()
+            self.turn_thread = threading.Thread(target=self.run_turn, args=(text,), daemon=True)
+            self.turn_thread.start()
+        elif kind == "abort":
+            self.abort.set()
+            thread = self.turn_thread
+
+            def answer_after_end() -> None:
+                if thread is not None:
+                    thread.join()
+                ok()
+
+            threading.Thread(target=answer_after_end, daemon=True).start()
+        elif kind == "extension_ui_response":
+            event = self.dialogs.get(cmd.get("id", ""))
+            if event is not None:
+                event.set()
+        elif kind == "get_session_stats":
+            ok({"tokens": {"input": 10, "output": 20, "total": 30}, "cost": 0.0012})
+        elif kind == "new_session":
+            with STATE_LOCK:
+                self.session = Session(None)
+            ok({"cancelled": False})
+        elif kind == "get_last_assistant_text":
+            texts = [m for m in self.session.messages if m.get("role") == "assistant"]
+            ok({"text": message_text(texts[-1]) if texts else None})
+        else:
+            emit(
+                {
+                    "type": "response",
+                    "command": kind,
+                    "success": False,
+                    "error": f"Unknown command: {kind}",
+                }
+            )
+
+    # -- turns (turn thread) --
+
+    def run_turn(self, text: str) -> None:
+        emit({"type": "agent_start"})
+        try:
+            self.user_message(text)
+            turn = Turn(self)
+            turn.run_prompt(text)
+            while True:
+                with STATE_LOCK:
+                    nxt = (
+                        self.steering.pop(0)
+                        if self.steering
+                        else self.follow_ups.pop(0)
+                        if self.follow_ups
+                        else None
+                    )
+                if nxt is None or self.abort.is_set():
+                    break
+                emit(
+                    {
+                        "type": "queue_update",
+                        "steering": list(self.steering),
+                        "followUp": list(self.follow_ups),
+                    }
+                )
+                self.user_message(nxt)
+                turn.run_prompt(nxt)
+        except Aborted:
+            pass
+        finally:
+            with STATE_LOCK:
+                self.streaming = False
+        if not self.ended_by_error:
+            emit({"type": "agent_end", "messages": []})
+        self.ended_by_error = False
+
+    def user_message(self, text: str) -> None:
+        message = {"role": "user", "content": [{"type": "text", "text": text}]}
+        emit({"type": "message_start", "message": message})
+        emit({"type": "message_end", "message": message})
+        self.session.append(message)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    return "".join(c.get("text", "") for c in message.get("content", []) if c.get("type") == "text")
+
+
+class Turn:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.text = ""
+        self.started = False
+
+    def check_abort(self) -> None:
+        if self.agent.abort.is_set():
+            self.finish("aborted")
+            raise Aborted
+
+    def sleep(self, seconds: float) -> None:
+        if self.agent.abort.wait(seconds):
+            self.check_abort()
+
+    def message(self) -> dict[str, Any]:
+        return {"role": "assistant", "content": [{"type": "text", "text": self.text}]}
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.text = ""
+            emit({"type": "message_start", "message": {"role": "assistant", "content": []}})
+
+    def delta(self, piece: str) -> None:
+        self.start()
+        self.text += piece
+        partial = self.message()
+        emit(
+            {
+                "type": "message_update",
+                "assistantMessageEvent": {
+                    "type": "text_delta",
+                    "contentIndex": 0,
+                    "delta": piece,
+                    "partial": partial,
+                },
+                "message": partial,
+            }
+        )
+
+    def finish(self, stop_reason: str, error: str | None = None) -> None:
+        self.start()
+        message = self.message()
+        message["stopReason"] = stop_reason
+        if error is not None:
+            message["errorMessage"] = error
+            message["content"] = []
+        emit({"type": "message_end", "message": message})
+        self.agent.session.append(message)
+        self.started = False
+
+    def stream(self, text: str, chunk: int, delay: float) -> None:
+        for i in range(0, len(text), max(chunk, 1)):
+            self.check_abort()
+            self.delta(text[i : i + chunk])
+            if delay:
+                self.sleep(delay)
+
+    def run_prompt(self, text: str) -> None:
+        if not text.startswith("script:"):
+            self.stream(f"echo: {text}", 4, 0)
+            self.finish("stop")
+            return
+        steps = json.loads(text[len("script:") :])
+        for step in steps:
+            self.step(step)
+        self.finish("stop")
+
+    def step(self, step: dict[str, Any]) -> None:
+        """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
+        error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | stderr."""
+        self.check_abort()
+        if "text" in step:
+            self.stream(step["text"], step.get("chunk", 4), step.get("delay", 0))
+        elif "big" in step:
+            unit = "0123456789abcdef" * 4 + "\n"
+            size = step["big"]
+            body = (unit * (size // len(unit) + 1))[:size]
+            self.stream(body, step.get("chunk", 65536), 0)
+        elif "sleep" in step:
+            self.sleep(step["sleep"])
+        elif "wait_file" in step:
+            while not os.path.exists(step["wait_file"]):
+                self.sleep(0.01)
+        elif "tool" in step:
+            self.tool(step)
+        elif "crash" in step:
+            sys.stderr.write(step.get("message", "fake pi: simulated crash") + "\n")
+            sys.stderr.flush()
+            os._exit(step["crash"])
+        elif "error" in step:
+            self.error(step)
+        elif "dialog" in step:
+            did = uuid.uuid4().hex
+            event = threading.Event()
+            self.agent.dialogs[did] = event
+            emit(
+                {
+                    "type": "extension_ui_request",
+                    "id": did,
+                    "method": step["dialog"],
+                    "title": "Allow?",
+                }
+            )
+            event.wait()
+            self.stream("dialog answered", 8, 0)
+        elif "raw" in step:
+            emit_raw(step["raw"].encode("utf-8") + b"\n")
+        elif "raw_hex" in step:
+            emit_raw(bytes.fromhex(step["raw_hex"]) + b"\n")
+        elif "stderr" in step:
+            sys.stderr.write(step["stderr"] + "\n")
+            sys.stderr.flush()
+
+    def tool(self, step: dict[str, Any]) -> None:
+        call_id = uuid.uuid4().hex[:8]
+        name = step["tool"]
+        self.start()
+        emit(
+            {
+                "type": "message_end",
+                "message": {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "toolCall",
+                            "id": call_id,
+                            "name": name,
+                            "arguments": step.get("args", {}),
+                        }
+                    ],
+                    "stopReason": "toolUse",
+                },
+            }
+        )
+        self.started = False
+        emit(
+            {
+                "type": "tool_execution_start",
+                "toolCallId": call_id,
+                "toolName": name,
+                "args": step.get("args", {}),
+            }
+        )
+        self.sleep(step.get("sleep", 0))
+        output = step.get("output", "")
+        emit(
+            {
+                "type": "tool_execution_update",
+                "toolCallId": call_id,
+                "toolName": name,
+                "partialResult": {"content": [{"type": "text", "text": output}]},
+            }
+        )
+        emit(
+            {
+                "type": "tool_execution_end",
+                "toolCallId": call_id,
+                "toolName": name,
+                "result": {"content": [{"type": "text", "text": output}]},
+                "isError": bool(step.get("is_error", False)),
+            }
+        )
+        emit({"type": "turn_end"})
+        emit({"type": "turn_start"})
+
+    def error(self, step: dict[str, Any]) -> None:
+        message = step["error"]
+        fail_times = step.get("fail_times", 1_000_000)
+        max_retries = step.get("max_retries", 0)
+        delay = step.get("retry_delay", 0.05)
+        attempt = 0
+        while True:
+            self.finish("error", message)
+            attempt += 1
+            end = {"type": "agent_end", "messages": []}
+            if attempt > max_retries:
+                # pi emits the final auto_retry_end in the same tick as agent_end
+                if max_retries:
+                    emit_many(
+                        end,
+                        {
+                            "type": "auto_retry_end",
+                            "success": False,
+                            "attempt": attempt - 1,
+                            "finalError": message,
+                        },
+                    )
+                else:
+                    emit(end)
+                self.agent.ended_by_error = True
+                raise Aborted
+            emit_many(
+                end,
+                {
+                    "type": "auto_retry_start",
+                    "attempt": attempt,
+                    "maxAttempts": max_retries,
+                    "delayMs": int(delay * 1000),
+                    "errorMessage": message,
+                },
+            )
+            with STATE_LOCK:
+                self.agent.streaming = False
+            if self.agent.abort.wait(delay):
+                emit(
+                    {
+                        "type": "auto_retry_end",
+                        "success": False,
+                        "attempt": attempt,
+                        "finalError": "Retry cancelled",
+                    }
+                )
+                self.agent.ended_by_error = True
+                raise Aborted
+            with STATE_LOCK:
+                self.agent.streaming = True
+            emit({"type": "agent_start"})
+            if attempt >= fail_times:
+                self.stream(step.get("then", "recovered"), 4, 0)
+                emit({"type": "auto_retry_end", "success": True, "attempt": attempt})
+                return
+
+
+def main(argv: list[str]) -> int:
+    args = iter(argv)
+    startup_delay = 0.0
+    exit_at_start: int | None = None
+    record: str | None = os.environ.get("FAKE_PI_RECORD")
+    session_path: str | None = None
+    for arg in args:
+        if arg == "--startup-delay":
+            startup_delay = float(next(args))
+        elif arg == "--exit-at-start":
+            exit_at_start = int(next(args))
+        elif arg == "--record":
+            record = next(args)
+        elif arg == "--session":
+            session_path = next(args)
+    if exit_at_start is not None:
+        sys.stderr.write("fake pi: refusing to start\n")
+        return exit_at_start
+    time.sleep(startup_delay)
+    agent = Agent(Session(session_path))
+    stdin = sys.stdin.buffer
+    buf = b""
+    while True:
+        chunk = stdin.read1(65536)
+        if not chunk:
+            os._exit(0)  # like pi: stdin EOF ends the process at once, even mid-turn
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if record:
+                with open(record, "ab") as f:
+                    f.write(line + b"\n")
+            try:
+                cmd = json.loads(line)
+            except ValueError as exc:
+                emit({"type": "response", "command": "parse", "success": False, "error": str(exc)})
+                continue
+            agent.handle(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

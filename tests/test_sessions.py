@@ -1,0 +1,366 @@
+"""SessionManager against the fake pi: locking, status during turns, crashes, streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from evie.agent.events import (
+    AssistantMessage,
+    FollowUpStarted,
+    Outcome,
+    Prompt,
+    RetryScheduled,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnFinished,
+)
+from evie.sessions.manager import Queued, SessionManager, SessionSettings
+from evie.sessions.slot import SlotState
+from tests.conftest import Recorder, fake_launcher, pid_alive, script
+
+pytestmark = pytest.mark.anyio
+
+
+def held(release: Path, before: str = "working") -> Prompt:
+    """A turn that streams some text, then waits until the test creates ``release``."""
+    return script({"text": before}, {"wait_file": str(release)}, {"text": " done"})
+
+
+async def test_plain_turn_streams_and_finishes(manager: SessionManager) -> None:
+    rec = Recorder()
+    result = await manager.send("chat", Prompt("hello"), rec)
+    assert result == TurnFinished(Outcome.DONE)
+    assert rec.text() == "echo: hello"
+    assert [e.text for e in rec.of(AssistantMessage)] == ["echo: hello"]  # type: ignore[attr-defined]
+    assert rec.events[-1] == result
+    status = manager.get_status("chat")
+    assert status is not None
+    assert status.state is SlotState.IDLE
+    assert status.last_outcome is Outcome.DONE
+    assert status.model == "fake/fake-1"
+
+
+async def test_status_and_stats_answer_while_a_turn_runs(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    await manager.send("other", Prompt("warm up"), Recorder())
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "chat", held(release), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        with anyio.fail_after(2):
+            mine = manager.get_status("chat")
+            other = manager.get_status("other")
+            # a real round trip to the same pi process while its turn is held open
+            stats = await manager.session_stats("chat")
+        assert mine is not None
+        assert mine.state is SlotState.RUNNING
+        assert mine.turn_elapsed is not None
+        assert other is not None
+        assert other.state is SlotState.IDLE
+        assert stats is not None
+        assert "tokens" in stats
+        assert rec.of(TurnFinished) == []  # the turn really was still running
+        release.touch()
+    assert rec.events[-1] == TurnFinished(Outcome.DONE)
+    assert rec.text() == "working done"
+
+
+async def test_cleanup_idle_never_waits_for_or_removes_a_busy_slot(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    settings = SessionSettings(idle_timeout=0.0)
+    async with SessionManager(fake_launcher(tmp_path), settings) as manager:
+        await manager.send("idle", Prompt("hi"), Recorder())
+        idle_slot = manager._slots["idle"]
+        assert idle_slot.process is not None
+        idle_pid = idle_slot.process.pid
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "busy", held(release), rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            busy = manager._slots["busy"]
+            with anyio.fail_after(5):
+                stopped = await manager.cleanup_idle()
+            assert stopped == 1
+            assert busy.process is not None
+            assert busy.process.alive
+            assert busy.state is SlotState.RUNNING
+            assert manager._slots["busy"] is busy
+            assert idle_slot.process is None
+            assert not pid_alive(idle_pid)
+            assert manager._slots["idle"] is idle_slot  # the session is kept, only pi stops
+            release.touch()
+        assert rec.events[-1] == TurnFinished(Outcome.DONE)
+        # the reclaimed session comes back transparently on its next message
+        rec2 = Recorder()
+        assert await manager.send("idle", Prompt("again"), rec2) == TurnFinished(Outcome.DONE)
+        assert rec2.text() == "echo: again"
+
+
+async def test_two_sessions_run_their_turns_at_the_same_time(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    a, b = Recorder(), Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "a", held(release), a)
+        tg.start_soon(manager.send, "b", held(release), b)
+        # both turns are in flight at once: neither waits for the other's lock
+        await a.wait_for(lambda e: isinstance(e, TextDelta))
+        await b.wait_for(lambda e: isinstance(e, TextDelta))
+        states = {k: manager.get_status(k).state for k in ("a", "b")}  # type: ignore[union-attr]
+        assert states == {"a": SlotState.RUNNING, "b": SlotState.RUNNING}
+        release.touch()
+    assert a.events[-1] == b.events[-1] == TurnFinished(Outcome.DONE)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def session_changed(self, slot: object, *, terminal: bool) -> None:
+        self.calls.append((slot.key, slot.session_id, terminal))  # type: ignore[attr-defined]
+
+
+async def test_a_replaced_slot_is_not_clobbered_by_its_old_turn(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    observer = Observer()
+    async with SessionManager(fake_launcher(tmp_path), observer=observer) as manager:
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", held(release), rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            old = manager._slots["chat"]
+            old_pid = old.process.pid  # type: ignore[union-attr]
+            new = await manager.new_session("chat")
+            # the old turn is aborted by the replacement and ends on its own
+            await rec.wait_for(lambda e: isinstance(e, TurnFinished))
+        assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+        with anyio.fail_after(5):
+            while old.state is not SlotState.CLOSED:
+                await anyio.sleep(0.01)
+        assert manager._slots["chat"] is new
+        assert new.session_id != old.session_id
+        assert new.state is SlotState.IDLE
+        assert new.last_outcome is None
+        assert not pid_alive(old_pid)
+        # nothing about the old session was reported after the replacement
+        replaced_at = observer.calls.index(("chat", new.session_id, True))
+        assert all(sid == new.session_id for _, sid, _ in observer.calls[replaced_at:])
+        rec2 = Recorder()
+        assert await manager.send("chat", Prompt("fresh"), rec2) == TurnFinished(Outcome.DONE)
+        assert manager._slots["chat"] is new
+        assert new.process is not None
+        assert new.process.pid != old_pid
+
+
+async def test_a_slow_spawn_does_not_hold_the_guard(tmp_path: Path) -> None:
+    launcher = fake_launcher(tmp_path, ("slow", ("--startup-delay", "3")))
+    known = {"slow-chat": "slow-session"}
+    async with SessionManager(launcher, known_sessions=known) as manager:
+        slow = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "slow-chat", Prompt("hi"), slow)
+            with anyio.fail_after(5):
+                while (s := manager.get_status("slow-chat")) is None or s.state is not (
+                    SlotState.STARTING
+                ):
+                    await anyio.sleep(0.005)
+            # while that pi starts, other chats get status and whole turns
+            fast = Recorder()
+            with anyio.fail_after(2.5):
+                assert manager.get_status("slow-chat").state is SlotState.STARTING  # type: ignore[union-attr]
+                await manager.send("fast-chat", Prompt("quick"), fast)
+            assert manager.get_status("slow-chat").state is SlotState.STARTING  # type: ignore[union-attr]
+            assert fast.events[-1] == TurnFinished(Outcome.DONE)
+        assert slow.events[-1] == TurnFinished(Outcome.DONE)
+        # the guard is only ever held for map operations: microseconds, not a spawn
+        assert manager.metrics.guard_hold.max < 0.05
+
+
+async def test_crash_mid_turn_is_reported_and_the_next_message_restarts_pi(
+    manager: SessionManager,
+) -> None:
+    rec = Recorder()
+    crash = script({"text": "partial "}, {"crash": 3, "message": "fake pi: out of cheese"})
+    result = await manager.send("chat", crash, rec)
+    assert isinstance(result, TurnFinished)
+    assert result.outcome is Outcome.CRASHED
+    assert result.error is not None
+    assert "exit code 3" in result.error
+    assert "out of cheese" in result.error
+    slot = manager._slots["chat"]
+    assert slot.state is SlotState.CRASHED
+    assert slot.process is None
+    assert slot.last_outcome is Outcome.CRASHED
+    rec2 = Recorder()
+    assert await manager.send("chat", Prompt("again"), rec2) == TurnFinished(Outcome.DONE)
+    assert rec2.text() == "echo: again"
+    assert slot.state is SlotState.IDLE
+
+
+async def test_a_one_megabyte_reply_arrives_intact_to_a_slow_consumer(
+    manager: SessionManager,
+) -> None:
+    rec = Recorder(delay=0.02)  # a slow chat platform
+    size = 1_000_000
+    result = await manager.send("chat", script({"big": size, "chunk": 16384}), rec)
+    assert result == TurnFinished(Outcome.DONE)
+    final = rec.of(AssistantMessage)
+    assert len(final) == 1
+    text = final[0].text  # type: ignore[attr-defined]
+    assert len(text) == size
+    assert rec.text() == text
+    # deltas were coalesced while the consumer was slow, instead of piling up
+    assert len(rec.of(TextDelta)) < size // 16384
+
+
+async def test_unicode_line_separators_arrive_intact(manager: SessionManager) -> None:
+    tricky = "a\u2028b\u2029c\u0085d\r\ne"
+    rec = Recorder()
+    await manager.send("chat", script({"text": tricky, "chunk": 3}), rec)
+    assert rec.text() == tricky
+    assert rec.of(AssistantMessage)[0].text == tricky  # type: ignore[attr-defined]
+
+
+async def test_messages_mid_turn_are_queued_as_follow_ups(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "chat", held(release), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        queued = await manager.send("chat", Prompt("and then?"), Recorder())
+        assert queued == Queued(position=1, steer=False)
+        assert manager.get_status("chat").queued == ("and then?",)  # type: ignore[union-attr]
+        release.touch()
+    assert rec.of(FollowUpStarted) == [FollowUpStarted("and then?")]
+    texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
+    assert texts == ["working done", "echo: and then?"]
+    assert rec.events[-1] == TurnFinished(Outcome.DONE)
+
+
+async def test_abort_stops_the_running_turn(manager: SessionManager, tmp_path: Path) -> None:
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "chat", held(tmp_path / "never"), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        assert await manager.abort("chat")
+    assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+    assert manager.get_status("chat").last_outcome is Outcome.ABORTED  # type: ignore[union-attr]
+    assert not await manager.abort("chat")  # nothing running any more
+
+
+async def test_blocking_dialogs_are_cancelled(manager: SessionManager) -> None:
+    rec = Recorder()
+    result = await manager.send("chat", script({"dialog": "confirm"}), rec)
+    assert result == TurnFinished(Outcome.DONE)
+    assert "dialog answered" in rec.text()
+
+
+async def test_tool_progress_is_reported(manager: SessionManager) -> None:
+    rec = Recorder()
+    step = {"tool": "bash", "args": {"command": "ls  -la\n/tmp"}, "output": "x"}
+    await manager.send("chat", script(step, {"text": "listed"}), rec)
+    assert rec.of(ToolStarted)[0] == ToolStarted(
+        rec.of(ToolStarted)[0].tool_call_id,  # type: ignore[attr-defined]
+        "bash",
+        "ls -la /tmp",
+    )
+    assert len(rec.of(ToolFinished)) == 1
+    assert [m.text for m in rec.of(AssistantMessage)] == ["listed"]  # type: ignore[attr-defined]
+
+
+async def test_llm_error_without_retry_fails_with_the_provider_text(
+    manager: SessionManager,
+) -> None:
+    rec = Recorder()
+    result = await manager.send("chat", script({"error": "401 invalid api key"}), rec)
+    assert result == TurnFinished(Outcome.FAILED, "401 invalid api key")
+    assert rec.of(AssistantMessage) == []
+
+
+async def test_retried_error_that_recovers_is_one_turn(manager: SessionManager) -> None:
+    rec = Recorder()
+    step = {"error": "500 server error", "fail_times": 2, "max_retries": 3, "then": "fine"}
+    result = await manager.send("chat", script(step), rec)
+    assert result == TurnFinished(Outcome.DONE)
+    assert [r.attempt for r in rec.of(RetryScheduled)] == [1, 2]  # type: ignore[attr-defined]
+    assert [m.text for m in rec.of(AssistantMessage)] == ["fine"]  # type: ignore[attr-defined]
+
+
+async def test_retries_exhausted_fail_with_the_final_error(manager: SessionManager) -> None:
+    rec = Recorder()
+    step = {"error": "503 overloaded", "max_retries": 2, "retry_delay": 0.01}
+    result = await manager.send("chat", script(step), rec)
+    assert result == TurnFinished(Outcome.FAILED, "503 overloaded")
+    assert len(rec.of(RetryScheduled)) == 2
+
+
+async def test_abort_during_retry_wait_ends_the_turn(manager: SessionManager) -> None:
+    rec = Recorder()
+    step = {"error": "503 overloaded", "max_retries": 3, "retry_delay": 30}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "chat", script(step), rec)
+        await rec.wait_for(lambda e: isinstance(e, RetryScheduled))
+        status = manager.get_status("chat")
+        assert status is not None
+        assert status.retry_attempt == (1, 3)
+        await manager.abort("chat")
+    assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+
+
+async def test_a_rejected_prompt_fails_with_pis_message(manager: SessionManager) -> None:
+    rec = Recorder()
+    result = await manager.send("chat", Prompt("reject:No API key found for fake"), rec)
+    assert result == TurnFinished(Outcome.FAILED, "No API key found for fake")
+
+
+async def test_pi_that_exits_at_start_is_reported(tmp_path: Path) -> None:
+    launcher = fake_launcher(tmp_path, ("", ("--exit-at-start", "1")))
+    async with SessionManager(launcher) as manager:
+        rec = Recorder()
+        result = await manager.send("chat", Prompt("hi"), rec)
+        assert isinstance(result, TurnFinished)
+        assert result.outcome is Outcome.FAILED
+        assert "exited while starting" in (result.error or "")
+        assert "refusing to start" in (result.error or "")
+        assert manager.get_status("chat").state is SlotState.CRASHED  # type: ignore[union-attr]
+
+
+async def test_garbage_lines_from_pi_do_not_break_the_turn(manager: SessionManager) -> None:
+    rec = Recorder()
+    steps = (
+        {"text": "before "},
+        {"raw": "this is not json"},
+        {"raw_hex": "7b2274797065223a2280ff227d"},  # {"type":"<invalid utf-8>"}
+        {"raw": '{"no_type": 1}'},
+        {"raw": '{"type": "some_future_event", "x": [1, 2]}'},
+        {"text": "after"},
+    )
+    result = await manager.send("chat", script(*steps), rec)
+    assert result == TurnFinished(Outcome.DONE)
+    assert rec.text() == "before after"
+    process = manager._slots["chat"].process
+    assert process is not None
+    assert process.protocol_errors == 3
+
+
+async def test_shutdown_stops_every_process(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    settings = SessionSettings(shutdown_grace=0.2, abort_grace=2)
+    rec = Recorder()
+    async with SessionManager(fake_launcher(tmp_path), settings) as manager:
+        await manager.send("a", Prompt("hi"), Recorder())
+        manager._tasks.start_soon(manager.send, "b", held(release), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        pids = [s.process.pid for s in manager.slots() if s.process is not None]
+        assert len(pids) == 2
+    assert not any(pid_alive(pid) for pid in pids)
+    assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
