@@ -13,11 +13,10 @@ import attrs
 
 from evie import __version__
 from evie.agent.process import PiProcess
-from evie.app import build_launcher, session_settings
 from evie.config import Config, load_config, starter_config
 from evie.errors import EvieError
 from evie.logs import setup_logging
-from evie.sessions.manager import SessionManager
+from evie.runtime import build_launcher, open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -47,8 +46,8 @@ def _setup_logging(config: Config, *, quiet: bool) -> None:
 async def _chat(config: Config) -> None:
     from evie.interfaces.terminal import TerminalChat
 
-    async with SessionManager(build_launcher(config), session_settings(config)) as manager:
-        await TerminalChat(manager).run()
+    async with open_runtime(config) as runtime:
+        await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()
 
 
 async def _check(config: Config) -> int:

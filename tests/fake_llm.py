@@ -30,6 +30,9 @@ class Reply:
     error: str = "fake failure"
     drop_after: int | None = None  # close the connection after this many chunks
     tool: tuple[str, dict[str, Any]] | None = None  # (name, arguments): a tool call
+    # The OpenAI SDK inside pi retries 5xx twice on its own; by default the fake tells it
+    # not to (x-should-retry: false) so that tests see pi's own, reported retries.
+    sdk_retry: bool = False
 
 
 @attrs.define
@@ -66,9 +69,11 @@ class FakeLLM:
             users = self.user_texts(body)
             reply = Reply(text=f"echo: {users[-1] if users else ''}")
         if reply.status != 200:
+            headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
             return web.json_response(
                 {"error": {"message": reply.error, "type": "fake", "code": reply.status}},
                 status=reply.status,
+                headers=headers,
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
-from evie.agent.events import AssistantMessage, Outcome, Prompt, TurnFinished
+from evie.agent.events import (
+    AssistantMessage,
+    Outcome,
+    Prompt,
+    RetryScheduled,
+    TextDelta,
+    ToolStarted,
+    TurnFinished,
+)
 from evie.agent.launcher import PiLauncher
+from evie.config import parse_config
+from evie.reaper import marked_processes
+from evie.runtime import open_runtime
 from evie.sessions.manager import SessionManager
-from tests.conftest import Recorder
+from tests.conftest import Recorder, pid_alive
 from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
 
 PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
@@ -54,3 +68,100 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         status = manager.get_status("chat")
         assert status is not None
         assert status.model == "fake/fake-1"
+
+
+async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> None:
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
+        slot = manager._slots["chat"]
+        assert slot.process is not None
+        session_file = Path(slot.process.state["sessionFile"])
+        os.kill(slot.process.pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            await slot.process.exited.wait()
+        rec = Recorder()
+        assert await manager.send("chat", Prompt("what was the word?"), rec) == TurnFinished(
+            Outcome.DONE
+        )
+        # the new pi process resumed the same session file with the full history
+        assert slot.process is not None
+        assert Path(slot.process.state["sessionFile"]) == session_file
+        assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
+
+
+async def test_abort_mid_stream(tmp_path: Path, llm: FakeLLM) -> None:
+    llm.queue(Reply(text="word " * 400, chunk=5, delay=0.01))
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", Prompt("talk a lot"), rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            assert await manager.abort("chat")
+        assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+        assert llm.chunks_sent < 400
+        # the session is usable afterwards
+        assert await manager.send("chat", Prompt("still there?"), Recorder()) == TurnFinished(
+            Outcome.DONE
+        )
+
+
+async def test_server_errors_are_retried_then_reported(tmp_path: Path, llm: FakeLLM) -> None:
+    llm.queue(*[Reply(status=500, error="upstream exploded")] * 3)  # 1 try + 2 retries
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        rec = Recorder()
+        result = await manager.send("chat", Prompt("hi"), rec)
+        assert isinstance(result, TurnFinished)
+        assert result.outcome is Outcome.FAILED
+        assert "500" in (result.error or "")
+        assert [r.attempt for r in rec.of(RetryScheduled)] == [1, 2]  # type: ignore[attr-defined]
+        assert len(llm.requests) == 3
+
+
+async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None:
+    llm.queue(Reply(status=503, error="overloaded"), Reply(text="better now"))
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        rec = Recorder()
+        assert await manager.send("chat", Prompt("hi"), rec) == TurnFinished(Outcome.DONE)
+        assert [m.text for m in rec.of(AssistantMessage)] == ["better now"]  # type: ignore[attr-defined]
+        assert len(rec.of(RetryScheduled)) == 1
+
+
+async def test_unauthorised_fails_at_once(tmp_path: Path, llm: FakeLLM) -> None:
+    llm.queue(Reply(status=401, error="invalid api key"))
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        rec = Recorder()
+        result = await manager.send("chat", Prompt("hi"), rec)
+        assert isinstance(result, TurnFinished)
+        assert result.outcome is Outcome.FAILED
+        assert "401" in (result.error or "")
+        assert rec.of(RetryScheduled) == []
+        assert len(llm.requests) == 1
+
+
+async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -> None:
+    marker_file = tmp_path / "child.pid"
+    command = f"nohup sleep 300 >/dev/null 2>&1 & echo $! > {marker_file}; echo started"
+    llm.queue(Reply(tool=("bash", {"command": command})), Reply(text="ran it"))
+    config = parse_config(
+        {
+            "agent": {
+                "command": [str(PI)],
+                "provider": "fake",
+                "model": "fake-1",
+                "agent_dir": str(tmp_path / "agent"),
+            },
+            "state": {"dir": str(tmp_path / "state")},
+        }
+    )
+    write_agent_dir(tmp_path / "agent", llm)
+    async with open_runtime(config) as runtime:
+        rec = Recorder()
+        result = await runtime.manager.send("chat", Prompt("start a background job"), rec)
+        assert result == TurnFinished(Outcome.DONE)
+        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
+        child = int(marker_file.read_text())
+        assert pid_alive(child)
+    with anyio.fail_after(5):
+        while pid_alive(child):
+            await anyio.sleep(0.02)
+    assert marked_processes(str((tmp_path / "state").resolve())) == []

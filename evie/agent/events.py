@@ -81,8 +81,16 @@ class TurnFinished:
     error: str | None = None
 
 
+@attrs.frozen
+class Notice:
+    """Something the user must hear about before this turn (e.g. an interrupted turn)."""
+
+    text: str
+
+
 TurnEvent = (
-    TextDelta
+    Notice
+    | TextDelta
     | ToolStarted
     | ToolFinished
     | AssistantMessage

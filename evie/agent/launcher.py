@@ -13,6 +13,7 @@ from pathlib import Path
 import attrs
 
 from evie.agent.process import LaunchSpec
+from evie.reaper import MARKER
 
 ISOLATION_FLAGS = (
     "--no-extensions",
@@ -36,6 +37,11 @@ class PiLauncher:
     startup_timeout: float = 30.0
     stop_timeout: float = 3.0
 
+    @property
+    def owner(self) -> str:
+        """The marker value inherited by pi and its children (see evie.reaper)."""
+        return str(self.state_dir.resolve())
+
     def session_file(self, session_id: str) -> Path:
         return (self.state_dir / "sessions" / f"{session_id}.jsonl").resolve()
 
@@ -55,6 +61,7 @@ class PiLauncher:
             "PI_CODING_AGENT_DIR": str(self.agent_dir.resolve()),
             "PI_OFFLINE": "1",
             "PI_TELEMETRY": "0",
+            MARKER: self.owner,
             **dict(self.extra_env),
         }
         return LaunchSpec(

@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from evie.agent.events import (
     AssistantMessage,
     FollowUpStarted,
+    Notice,
     Outcome,
     Prompt,
     RetryScheduled,
@@ -49,7 +50,9 @@ class TerminalChat:
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         key: str = "terminal",
+        notice: str | None = None,
     ) -> None:
+        self._notice = notice
         self._manager = manager
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
@@ -72,6 +75,8 @@ class TerminalChat:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
             self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
+            if self._notice:
+                self._line(f"[note] {self._notice}")
             async with anyio.create_task_group() as tg:
                 while True:
                     line = await anyio.to_thread.run_sync(
@@ -135,6 +140,8 @@ class TerminalChat:
                 self._line(f"[retry {a}/{m} in {d / 1000:g}s] {err}")
             case TextDelta(text=text):
                 self.say(text)
+            case Notice(text=text):
+                self._line(f"[note] {text}")
             case _:
                 pass
 

@@ -25,7 +25,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from evie.agent.events import Outcome, Prompt, TurnEvent, TurnFinished
+from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
 from evie.metrics import Metrics
@@ -44,9 +44,13 @@ class Launcher(Protocol):
 
 
 class SessionObserver(Protocol):
-    """Told about changes worth persisting (adr/0004); called synchronously."""
+    """Told about changes worth persisting (adr/0006); called synchronously."""
 
     def session_changed(self, slot: Slot, *, terminal: bool) -> None: ...
+
+    def take_notice(self, key: str) -> str | None:
+        """A message to show once before this chat's next turn, if any."""
+        ...
 
 
 @attrs.frozen
@@ -237,10 +241,13 @@ class SessionManager:
                 finished = TurnFinished(Outcome.FAILED, slot.last_error)
                 await on_event(finished)
                 return finished
+        notice = self._observer.take_notice(slot.key) if self._observer is not None else None
+        if notice:
+            await on_event(Notice(notice))
         turn = process.start_turn(prompt.text, [i.to_pi() for i in prompt.images])
         slot.turn = turn
         slot.state = SlotState.RUNNING
-        self._notify(slot, terminal=False)
+        self._notify(slot, terminal=True)  # "running" must reach disk before a crash can
         try:
             async for event in turn:
                 slot.last_activity = time.monotonic()
