@@ -1,0 +1,150 @@
+"""The terminal interface, in process (fake pi) and as a real `evie chat` subprocess (real pi)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from evie.interfaces.terminal import TerminalChat
+from evie.reaper import marked_processes
+from evie.sessions.manager import SessionManager
+from tests.conftest import fake_launcher
+from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
+
+pytestmark = pytest.mark.anyio
+
+PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
+
+
+class Screen:
+    """A thread-safe stdout stand-in the test can wait on."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._parts)
+
+    async def wait_for(self, needle: str, seconds: float = 10) -> None:
+        with anyio.fail_after(seconds):
+            while needle not in self.text:
+                await anyio.sleep(0.01)
+
+
+async def test_status_and_stop_work_while_a_turn_streams(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+    keyboard = os.fdopen(write_fd, "w", buffering=1)
+    screen = Screen()
+    release = tmp_path / "release"
+    held = f'script:[{{"text": "thinking hard"}}, {{"wait_file": "{release}"}}, {{"text": "!"}}]'
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with os.fdopen(read_fd) as stdin:
+            chat = TerminalChat(manager, stdin=stdin, stdout=screen)  # type: ignore[arg-type]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(chat.run)
+                keyboard.write(held + "\n")
+                await screen.wait_for("thinking hard")
+                keyboard.write("/status\n")
+                await screen.wait_for("Turn running for")
+                keyboard.write("and one more thing\n")
+                await screen.wait_for("[queued as a follow-up: #1]")
+                release.touch()
+                await screen.wait_for("echo: and one more thing")
+                keyboard.write("/stop\n")
+                await screen.wait_for("Nothing is running.")
+                keyboard.write("/new\n")
+                await screen.wait_for("Started a new session")
+                keyboard.write("/bogus\n")
+                await screen.wait_for("Unknown command /bogus")
+                keyboard.close()  # EOF: the chat ends by itself
+    text = screen.text
+    assert text.index("Turn running for") < text.index("echo: and one more thing")
+    assert "[failed]" not in text
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with running_fake_llm() as fake:
+        yield fake
+
+
+async def _start_evie(config: Path) -> anyio.abc.Process:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return await anyio.open_process(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"], env=env
+    )
+
+
+async def _read_until(proc: anyio.abc.Process, needle: str, seen: list[str]) -> None:
+    assert proc.stdout is not None
+    with anyio.fail_after(20):
+        while needle not in "".join(seen):
+            seen.append((await proc.stdout.receive()).decode("utf-8", "replace"))
+
+
+@pytest.mark.realpi
+@pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)")
+async def test_kill_9_of_evie_mid_turn_then_restart(tmp_path: Path, llm: FakeLLM) -> None:
+    write_agent_dir(tmp_path / "agent", llm)
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{PI}"]\nprovider = "fake"\nmodel = "fake-1"\n'
+        f'agent_dir = "{tmp_path / "agent"}"\n[state]\ndir = "{state}"\n'
+    )
+    llm.queue(Reply(text="A first answer."), Reply(text="slow " * 2000, chunk=5, delay=0.01))
+    evie = await _start_evie(config)
+    seen: list[str] = []
+    try:
+        assert evie.stdin is not None
+        await evie.stdin.send(b"first message\n")
+        await _read_until(evie, "A first answer.", seen)
+        await evie.stdin.send(b"tell me a long story\n")
+        await _read_until(evie, "slow slow", seen)
+    finally:
+        evie.kill()  # SIGKILL: no cleanup at all
+        await evie.wait()
+    owner = str(state.resolve())
+    with anyio.fail_after(10):  # pi notices stdin EOF and exits by itself
+        while marked_processes(owner):
+            await anyio.sleep(0.05)
+
+    evie = await _start_evie(config)
+    seen = []
+    try:
+        await _read_until(evie, "[note] evie was stopped while your last message", seen)
+        assert evie.stdin is not None
+        await evie.stdin.send(b"are you back?\n")
+        await _read_until(evie, "echo: are you back?", seen)
+        # the same pi session resumed: the earlier exchange is in the model's context
+        history = llm.user_texts(llm.requests[-1])
+        assert history[0] == "first message"
+        assert history[-1] == "are you back?"
+        await evie.stdin.aclose()  # EOF ends the chat cleanly
+        with anyio.fail_after(15):
+            assert await evie.wait() == 0
+    finally:
+        if evie.returncode is None:
+            evie.send_signal(signal.SIGKILL)
+            await evie.wait()
+    assert marked_processes(owner) == []
+    assert "".join(seen).count("[note]") == 1
