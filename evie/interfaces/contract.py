@@ -1,0 +1,99 @@
+"""The contract between chat platforms and the shared chat logic.
+
+A platform adapter (Telegram, Discord) turns its updates into
+:class:`Incoming` and implements :class:`Transport` — send, edit, typing,
+and its limits. Everything else (commands, access control, streaming edits,
+chunking, retries, follow-up acknowledgements) lives once in
+:mod:`evie.interfaces.frontend` and :mod:`evie.interfaces.streaming`.
+
+Transports report failures as the small hierarchy below, so the retry policy
+is written once: :class:`RetryLater` (rate limited: wait exactly this long),
+:class:`Transient` (5xx, network: back off and retry), :class:`FormattingRejected`
+(re-send as plain text), :class:`Permanent` (give up on this operation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import attrs
+
+from evie.agent.events import Image
+
+
+class DeliveryError(Exception):
+    """A chat platform refused or failed an operation."""
+
+
+class RetryLater(DeliveryError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"rate limited for {seconds:g}s")
+        self.seconds = seconds
+
+
+class Transient(DeliveryError):
+    """Server error or network trouble: retry with backoff."""
+
+
+class FormattingRejected(DeliveryError):
+    """The platform could not parse the formatted text."""
+
+
+class Permanent(DeliveryError):
+    """Retrying will not help (bad request, forbidden, message gone)."""
+
+
+@attrs.frozen
+class ChatRef:
+    """Where to answer: a chat, and a thread/topic inside it when there is one."""
+
+    platform: str
+    chat_id: int
+    thread_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The SessionManager key: each chat and each thread is its own session."""
+        base = f"{self.platform}:{self.chat_id}"
+        return base if self.thread_id is None else f"{base}:{self.thread_id}"
+
+
+@attrs.frozen
+class Incoming:
+    """A message from a user, already stripped of the bot mention."""
+
+    chat: ChatRef
+    user_id: int
+    text: str
+    message_id: int | None = None
+    images: tuple[Image, ...] = ()
+    # images are fetched only for allowed users, and only when the message is handled
+    fetch_images: Callable[[], Awaitable[tuple[Image, ...]]] | None = None
+
+
+@attrs.frozen
+class Sent:
+    """A message the bot posted, to edit later."""
+
+    message_id: int
+
+
+class Transport(Protocol):
+    """What a chat platform must provide. Raise the DeliveryError subclasses above."""
+
+    #: longest message text the platform accepts (after rendering)
+    max_length: int
+
+    def render(self, markdown: str) -> str:
+        """Markdown to the platform's formatted text (identity where Markdown is native)."""
+        ...
+
+    async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent: ...
+
+    async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None: ...
+
+    async def typing(self, chat: ChatRef) -> None: ...
+
+
+T = TypeVar("T")

@@ -1,0 +1,171 @@
+"""Chat logic shared by every platform: access control, commands, turns, acknowledgements."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import anyio
+
+from evie.agent.events import Prompt
+from evie.errors import EvieError
+from evie.interfaces.contract import ChatRef, DeliveryError, Incoming, Transport
+from evie.interfaces.streaming import Delivery, ReplyStreamer
+from evie.sessions.manager import Queued, SessionManager
+
+log = logging.getLogger(__name__)
+
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("status", "What the agent is doing right now"),
+    ("stop", "Abort the running turn"),
+    ("new", "Start a fresh session"),
+    ("help", "How to use this bot"),
+)
+
+HELP = (
+    "Send me a message and I pass it to your pi coding agent; its answer streams back here.\n"
+    "Messages sent while it works are queued and answered in turn.\n\n"
+    + "\n".join(f"/{name} — {text}" for name, text in COMMANDS)
+)
+
+REFUSAL = "Sorry, this is a private assistant."
+
+
+def parse_command(text: str, bot_username: str | None = None) -> str | None:
+    """``/status`` or ``/status@ThisBot`` → ``status``; anything else → None."""
+    if not text.startswith("/"):
+        return None
+    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    name, _, target = word.partition("@")
+    if target and bot_username and target.lower() != bot_username.lower():
+        return None  # addressed to another bot in the group
+    return name.lower() or None
+
+
+def format_stats(stats: dict[str, object] | None) -> str:
+    if not stats:
+        return ""
+    tokens = stats.get("tokens")
+    parts = []
+    if isinstance(tokens, dict):
+        parts.append(f"tokens in {tokens.get('input', 0)}, out {tokens.get('output', 0)}")
+    cost = stats.get("cost")
+    if isinstance(cost, int | float) and cost:
+        parts.append(f"cost ${cost:.4f}")
+    usage = stats.get("contextUsage")
+    if isinstance(usage, dict) and isinstance(usage.get("percent"), int | float):
+        parts.append(f"context {usage['percent']:.0f}%")
+    return "Usage: " + ", ".join(parts) if parts else ""
+
+
+class ChatFrontend:
+    def __init__(
+        self,
+        manager: SessionManager,
+        transport: Transport,
+        *,
+        allowed_user_ids: Iterable[int],
+        delivery: Delivery | None = None,
+        edit_interval: float = 1.0,
+        typing_interval: float = 4.5,
+        refusal_interval: float = 3600.0,
+        bot_username: str | None = None,
+    ) -> None:
+        self.manager = manager
+        self.transport = transport
+        self.allowed = frozenset(allowed_user_ids)
+        self.delivery = delivery or Delivery()
+        self.edit_interval = edit_interval
+        self.typing_interval = typing_interval
+        self.refusal_interval = refusal_interval
+        self.bot_username = bot_username
+        self._refused: OrderedDict[int, float] = OrderedDict()
+        self.refusals_sent = 0
+        self.strangers_seen = 0
+
+    async def handle(self, msg: Incoming) -> None:
+        """Handle one incoming message to completion (run it in its own task)."""
+        try:
+            if msg.user_id not in self.allowed:
+                await self._refuse(msg)
+                return
+            command = parse_command(msg.text.strip(), self.bot_username)
+            if command is not None:
+                await self._command(command, msg.chat)
+                return
+            await self._converse(msg)
+        except DeliveryError as exc:
+            log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, exc)
+
+    async def _refuse(self, msg: Incoming) -> None:
+        """One short refusal per stranger per interval; never touches the manager."""
+        self.strangers_seen += 1
+        now = time.monotonic()
+        last = self._refused.get(msg.user_id)
+        if last is not None and now - last < self.refusal_interval:
+            return
+        self._refused[msg.user_id] = now
+        self._refused.move_to_end(msg.user_id)
+        while len(self._refused) > 10_000:
+            self._refused.popitem(last=False)
+        log.info("refused user %s in chat %s", msg.user_id, msg.chat.key)
+        self.refusals_sent += 1
+        await self.say(msg.chat, REFUSAL)
+
+    async def say(self, chat: ChatRef, text: str) -> None:
+        await self.delivery.run(lambda: self.transport.send(chat, text, formatted=False))
+
+    async def _command(self, command: str, chat: ChatRef) -> None:
+        key = chat.key
+        if command in ("help", "start"):
+            await self.say(chat, HELP)
+        elif command == "status":
+            status = self.manager.get_status(key)
+            if status is None:
+                await self.say(chat, "No session yet: send a message to start one.")
+                return
+            text = status.render()
+            usage = format_stats(await self.manager.session_stats(key, seconds=1.0))
+            await self.say(chat, f"{text}\n{usage}" if usage else text)
+        elif command == "stop":
+            stopped = await self.manager.abort(key)
+            await self.say(chat, "Stopping…" if stopped else "Nothing is running.")
+        elif command == "new":
+            slot = await self.manager.new_session(key)
+            await self.say(chat, f"Started a new session ({slot.session_id}).")
+        else:
+            await self.say(chat, f"Unknown command /{command}. /help lists what I understand.")
+
+    async def _converse(self, msg: Incoming) -> None:
+        images = msg.images
+        if msg.fetch_images is not None:
+            images = images + await msg.fetch_images()
+        if not msg.text.strip() and not images:
+            return
+        prompt = Prompt(msg.text, images)
+        streamer = ReplyStreamer(
+            self.transport, msg.chat, self.delivery, edit_interval=self.edit_interval
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_typing, msg.chat)
+            tg.start_soon(streamer.live_updates)
+            try:
+                result = await self.manager.send(msg.chat.key, prompt, streamer)
+            except EvieError as exc:
+                result = None
+                await self.say(msg.chat, f"⚠️ {exc}")
+            finally:
+                tg.cancel_scope.cancel()
+        if isinstance(result, Queued):
+            how = "I'll steer the current work with it" if result.steer else "I'll answer it next"
+            await self.say(msg.chat, f"📥 Got it — {how} (queued #{result.position}).")
+
+    async def _keep_typing(self, chat: ChatRef) -> None:
+        while True:
+            try:
+                await self.transport.typing(chat)
+            except DeliveryError as exc:
+                log.debug("chat %s: typing indicator failed: %s", chat.key, exc)
+            await anyio.sleep(self.typing_interval)

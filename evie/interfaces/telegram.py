@@ -1,0 +1,245 @@
+"""Telegram front end on aiogram 3 (long polling).
+
+The adapter only translates: aiogram updates into :class:`Incoming`, and the
+:class:`Transport` calls into Bot API methods with aiogram's exceptions mapped
+to the shared delivery errors. Updates are handled one task each in evie's
+own task group (``handle_as_tasks=False`` plus ``start_soon``), so every task
+has an owner and polling never waits for a turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+from aiogram import Bot, Dispatcher, Router
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import BotCommand, LinkPreviewOptions, Message
+
+from evie.agent.events import Image
+from evie.config import TelegramConfig
+from evie.errors import ConfigError
+from evie.interfaces.contract import (
+    ChatRef,
+    FormattingRejected,
+    Incoming,
+    Permanent,
+    RetryLater,
+    Sent,
+    Transient,
+)
+from evie.interfaces.frontend import COMMANDS, ChatFrontend
+from evie.interfaces.streaming import Delivery
+from evie.interfaces.telegram_html import markdown_to_html
+from evie.sessions.manager import SessionManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+async def _mapped(op: Callable[[], Awaitable[T]]) -> T | None:
+    """Run a Bot API call, translating aiogram's errors into delivery errors."""
+    try:
+        return await op()
+    except TelegramRetryAfter as exc:
+        raise RetryLater(float(exc.retry_after)) from None
+    except (TelegramServerError, TelegramNetworkError) as exc:
+        raise Transient(str(exc)) from None
+    except TelegramBadRequest as exc:
+        text = exc.message.lower()
+        if "message is not modified" in text:
+            return None  # what we wanted is already shown
+        if "can't parse entities" in text or "can't find end tag" in text:
+            raise FormattingRejected(exc.message) from None
+        raise Permanent(exc.message) from None
+    except TelegramAPIError as exc:
+        raise Permanent(exc.message) from None
+
+
+class TelegramTransport:
+    max_length = 4096
+
+    def __init__(self, bot: Bot) -> None:
+        self._bot = bot
+
+    def render(self, markdown: str) -> str:
+        return markdown_to_html(markdown)
+
+    async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
+        message = await _mapped(
+            lambda: self._bot.send_message(
+                chat.chat_id,
+                text,
+                message_thread_id=chat.thread_id,
+                parse_mode="HTML" if formatted else None,
+                link_preview_options=NO_PREVIEW,
+            )
+        )
+        if message is None:  # cannot happen for sendMessage; be explicit anyway
+            raise Permanent("Telegram returned no message")
+        return Sent(message.message_id)
+
+    async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None:
+        await _mapped(
+            lambda: self._bot.edit_message_text(
+                text=text,
+                chat_id=chat.chat_id,
+                message_id=message.message_id,
+                parse_mode="HTML" if formatted else None,
+                link_preview_options=NO_PREVIEW,
+            )
+        )
+
+    async def typing(self, chat: ChatRef) -> None:
+        await _mapped(
+            lambda: self._bot.send_chat_action(
+                chat.chat_id, "typing", message_thread_id=chat.thread_id
+            )
+        )
+
+
+class TelegramInterface:
+    def __init__(
+        self,
+        manager: SessionManager,
+        config: TelegramConfig,
+        *,
+        delivery: Delivery | None = None,
+        edit_interval: float = 1.0,
+        polling_timeout: int = 25,
+    ) -> None:
+        if not config.token:
+            raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
+        self._manager = manager
+        self._config = config
+        self._delivery = delivery or Delivery()
+        self._edit_interval = edit_interval
+        self._polling_timeout = polling_timeout
+        self.frontend: ChatFrontend | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._bot_id: int | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Poll until cancelled; messages are handled in tasks this method owns."""
+        assert self._config.token is not None
+        session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
+        bot = Bot(self._config.token, session=session)
+        try:
+            me = await self._delivery.run(lambda: _required(_mapped(bot.get_me)))
+            self._bot_id = me.id
+            self.frontend = ChatFrontend(
+                self._manager,
+                TelegramTransport(bot),
+                allowed_user_ids=self._config.allowed_user_ids,
+                delivery=self._delivery,
+                edit_interval=self._edit_interval,
+                bot_username=me.username,
+            )
+            await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
+            commands = [BotCommand(command=name, description=text) for name, text in COMMANDS]
+            try:
+                await self._delivery.run(lambda: _mapped(lambda: bot.set_my_commands(commands)))
+            except Exception as exc:  # the menu is a nicety; never fatal
+                log.warning("telegram: could not register commands: %s", exc)
+            router = Router()
+            router.message.register(self._on_message)
+            dispatcher = self._dispatcher = Dispatcher()
+            dispatcher.include_router(router)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                log.info("telegram: polling as @%s", me.username)
+                await dispatcher.start_polling(
+                    bot,
+                    handle_signals=False,
+                    handle_as_tasks=False,
+                    close_bot_session=False,
+                    polling_timeout=self._polling_timeout,
+                    allowed_updates=["message"],
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await bot.session.close()
+
+    async def _on_message(self, message: Message) -> None:
+        incoming = self._translate(message)
+        if incoming is not None and self._tg is not None and self.frontend is not None:
+            self._tg.start_soon(self.frontend.handle, incoming)
+
+    def _translate(self, message: Message) -> Incoming | None:
+        user = message.from_user
+        if user is None or user.is_bot:
+            return None
+        text = message.text or message.caption or ""
+        chat = message.chat
+        if chat.type != "private":
+            addressed = self._addressed_text(message, text)
+            if addressed is None:
+                return None  # group chatter not meant for the bot
+            text = addressed
+        thread = message.message_thread_id if message.is_topic_message else None
+        fetch = self._photo_fetcher(message) if message.photo else None
+        return Incoming(
+            chat=ChatRef("tg", chat.id, thread),
+            user_id=user.id,
+            text=text,
+            message_id=message.message_id,
+            fetch_images=fetch,
+        )
+
+    def _addressed_text(self, message: Message, text: str) -> str | None:
+        """In groups: commands, @mentions of the bot and replies to it; mention removed."""
+        bot_username = self.frontend.bot_username if self.frontend else None
+        if text.startswith("/"):
+            return text
+        reply = message.reply_to_message
+        if reply is not None and reply.from_user is not None and reply.from_user.id == self._bot_id:
+            return text
+        mention = f"@{bot_username}" if bot_username else None
+        entities = message.entities or message.caption_entities or []
+        for entity in entities:
+            if entity.type == "mention" and mention:
+                found = entity.extract_from(text)
+                if found.lower() == mention.lower():
+                    return (text[: entity.offset] + text[entity.offset + entity.length :]).strip()
+        if mention and mention.lower() in text.lower():
+            return text.replace(mention, "").strip()
+        return None
+
+    def _photo_fetcher(self, message: Message) -> Callable[[], Awaitable[tuple[Image, ...]]]:
+        photo = max(message.photo or [], key=lambda p: p.width * p.height)
+        bot = message.bot
+
+        async def fetch() -> tuple[Image, ...]:
+            if bot is None:
+                return ()
+            buffer = io.BytesIO()
+            await self._delivery.run(lambda: _mapped(lambda: bot.download(photo.file_id, buffer)))
+            data = base64.b64encode(buffer.getvalue()).decode("ascii")
+            return (Image(data=data, mime_type="image/jpeg"),)
+
+        return fetch
+
+
+async def _required(result: Awaitable[Any]) -> Any:
+    value = await result
+    if value is None:
+        raise Transient("empty answer from Telegram")
+    return value

@@ -1,0 +1,197 @@
+"""Telegram end to end: fake Bot API → real aiogram → evie → fake pi (and real pi)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+
+from evie.config import TelegramConfig
+from evie.interfaces.streaming import Delivery
+from evie.interfaces.telegram import TelegramInterface
+from evie.sessions.manager import SessionManager
+from tests.conftest import fake_launcher
+from tests.fake_telegram import TOKEN, FakeTelegram, Fault, running_fake_telegram
+
+pytestmark = pytest.mark.anyio
+
+OWNER = 42
+
+
+@attrs.define
+class Harness:
+    fake: FakeTelegram
+    manager: SessionManager
+    interface: TelegramInterface
+    record: Path
+
+    async def final_text(self, chat_id: int, needle: str, thread_id: int | None = None) -> None:
+        await self.fake.wait_for(
+            lambda: any(needle in t for t in self.fake.chat_view(chat_id, thread_id))
+        )
+
+
+@pytest.fixture
+async def tg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    record = tmp_path / "pi-commands.jsonl"
+    monkeypatch.setenv("FAKE_PI_RECORD", str(record))
+    async with running_fake_telegram() as fake:
+        config = TelegramConfig(
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+        )
+        async with SessionManager(fake_launcher(tmp_path)) as manager:
+            interface = TelegramInterface(
+                manager,
+                config,
+                delivery=Delivery(base_backoff=0.01),
+                edit_interval=0.05,
+                polling_timeout=1,
+            )
+            async with anyio.create_task_group() as group:
+                await group.start(interface.run)
+                yield Harness(fake, manager, interface, record)
+                group.cancel_scope.cancel()
+
+
+async def test_a_message_gets_an_answer(tg: Harness) -> None:
+    tg.fake.push_message("hello there")
+    await tg.final_text(OWNER, "echo: hello there")
+    assert tg.fake.method_calls("sendChatAction")
+    assert tg.fake.method_calls("deleteWebhook")
+    commands = json.loads(tg.fake.method_calls("setMyCommands")[0]["commands"])
+    assert {c["command"] for c in commands} == {"status", "stop", "new", "help"}
+
+
+async def test_status_answers_while_a_turn_runs(tg: Harness, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    steps = [{"text": "working on it"}, {"wait_file": str(release)}, {"text": " — finished"}]
+    tg.fake.push_message("script:" + json.dumps(steps))
+    await tg.final_text(OWNER, "working on it")
+    tg.fake.push_message("/status")
+    await tg.final_text(OWNER, "Turn running for")
+    status = next(t for t in tg.fake.chat_view(OWNER) if "Turn running for" in t)
+    assert "running" in status
+    assert "fake/fake-1" in status
+    assert "Usage: tokens in 10, out 20" in status
+    tg.fake.push_message("and also this")
+    await tg.final_text(OWNER, "queued #1")
+    release.touch()
+    await tg.final_text(OWNER, "working on it — finished")
+    await tg.final_text(OWNER, "echo: and also this")
+
+
+async def test_strangers_are_refused_once_and_spawn_nothing(tg: Harness) -> None:
+    for i in range(30):
+        tg.fake.push_message(f"let me in {i}", user_id=666)
+    tg.fake.push_message("/status", user_id=666)
+    tg.fake.push_message("hi", user_id=OWNER)  # a marker that the stranger's updates were handled
+    await tg.final_text(OWNER, "echo: hi")
+    assert tg.fake.chat_view(666) == ["Sorry, this is a private assistant."]
+    assert [s.key for s in tg.manager.slots()] == [f"tg:{OWNER}"]
+
+
+async def test_stop_and_new(tg: Harness, tmp_path: Path) -> None:
+    steps = [{"text": "long job"}, {"wait_file": str(tmp_path / "never")}]
+    tg.fake.push_message("script:" + json.dumps(steps))
+    await tg.final_text(OWNER, "long job")
+    tg.fake.push_message("/stop")
+    await tg.final_text(OWNER, "Stopped.")
+    old = tg.manager.get_status(f"tg:{OWNER}")
+    tg.fake.push_message("/new")
+    await tg.final_text(OWNER, "Started a new session")
+    new = tg.manager.get_status(f"tg:{OWNER}")
+    assert old is not None
+    assert new is not None
+    assert new.session_id != old.session_id
+
+
+async def test_rate_limits_and_server_errors_still_deliver_once_in_order(tg: Harness) -> None:
+    tg.fake.inject("sendMessage", Fault(429, "Too Many Requests: retry after 1", 1), times=2)
+    tg.fake.inject("sendMessage", Fault(502, "Bad Gateway"), times=2)
+    tg.fake.inject("editMessageText", Fault(429, "Too Many Requests: retry after 1", 1))
+    chats = [101, 102, 103]
+    for chat in chats:
+        for n in range(3):
+            tg.fake.push_message(f"c{chat} m{n}", user_id=OWNER, chat_id=chat, chat_type="group")
+    # group messages without a mention are ignored; mention the bot instead
+    for chat in chats:
+        for n in range(3):
+            tg.fake.push_message(
+                f"@evie_test_bot c{chat} n{n}", user_id=OWNER, chat_id=chat, chat_type="group"
+            )
+    for chat in chats:
+        await tg.final_text(chat, f"echo: c{chat} n2", None)
+    for chat in chats:
+        answers = [t for t in tg.fake.chat_view(chat) if t.startswith("echo:")]
+        queued = [t for t in tg.fake.chat_view(chat) if "queued" in t]
+        # each message answered exactly once, in the order sent
+        assert answers == [f"echo: c{chat} n{n}" for n in range(3)], (answers, queued)
+        assert not any(f"m{n}" in t for t in tg.fake.chat_view(chat) for n in range(3))
+
+
+async def test_formatting_rejections_fall_back_to_plain_text(tg: Harness) -> None:
+    tg.fake.inject("sendMessage", Fault(400, "Bad Request: can't parse entities: boom"))
+    tg.fake.inject("editMessageText", Fault(400, "Bad Request: can't parse entities: boom"))
+    tg.fake.push_message("script:" + json.dumps([{"text": "**bold** and `code`", "chunk": 100}]))
+    await tg.final_text(OWNER, "bold")
+    await anyio.sleep(0.2)
+    view = tg.fake.chat_view(OWNER)
+    assert len([t for t in view if "bold" in t]) == 1
+
+
+async def test_markdown_is_rendered_as_telegram_html(tg: Harness) -> None:
+    text = (
+        "# Title\n\n**bold** *it* `x<y` [link](https://example.com)\n\n"
+        "```py\nif a < b:\n    pass\n```"
+    )
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 1000}]))
+    await tg.final_text(OWNER, "<b>Title</b>")
+    final = next(m for m in tg.fake.messages.values() if "<b>Title</b>" in m.text)
+    assert final.parse_mode == "HTML"
+    assert "<b>bold</b> <i>it</i> <code>x&lt;y</code>" in final.text
+    assert '<a href="https://example.com">link</a>' in final.text
+    assert '<pre><code class="language-py">if a &lt; b:\n    pass</code></pre>' in final.text
+
+
+async def test_long_replies_are_split_under_the_limit(tg: Harness) -> None:
+    paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(30)]
+    text = "\n\n".join(paragraphs)
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 2000}]))
+    await tg.final_text(OWNER, "Paragraph 29:")
+    await anyio.sleep(0.1)
+    view = [t for t in tg.fake.chat_view(OWNER) if "Paragraph" in t]
+    assert len(view) > 1
+    assert all(len(t) <= 4096 for t in view)
+    joined = "\n\n".join(view)
+    for i in range(30):
+        assert joined.count(f"Paragraph {i}:") == 1
+    assert all(t.rstrip().endswith("word") for t in view)  # cut at paragraph ends
+
+
+async def test_forum_topics_are_separate_sessions(tg: Harness) -> None:
+    tg.fake.push_message("/new", chat_id=-100, chat_type="supergroup", thread_id=7)
+    tg.fake.push_message(
+        "@evie_test_bot in topic 7", chat_id=-100, chat_type="supergroup", thread_id=7
+    )
+    tg.fake.push_message(
+        "@evie_test_bot in topic 9", chat_id=-100, chat_type="supergroup", thread_id=9
+    )
+    await tg.final_text(-100, "echo: in topic 7", 7)
+    await tg.final_text(-100, "echo: in topic 9", 9)
+    assert {s.key for s in tg.manager.slots()} == {"tg:-100:7", "tg:-100:9"}
+
+
+async def test_photos_reach_pi_as_images(tg: Harness) -> None:
+    picture = b"\xff\xd8\xff\xe0 not really a jpeg"
+    tg.fake.push_message("what is this?", photo_bytes=picture)
+    await tg.final_text(OWNER, "echo: what is this?")
+    prompts = [json.loads(line) for line in tg.record.read_text().splitlines()]
+    prompt = next(p for p in prompts if p.get("type") == "prompt")
+    assert prompt["images"] == [
+        {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/jpeg"}
+    ]
