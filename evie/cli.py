@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("chat", help="talk to pi from this terminal (needs no tokens)")
+    run = sub.add_parser("run", help="serve every configured interface until SIGTERM/SIGINT")
+    run.add_argument("--terminal", action="store_true", help="also chat on this terminal")
     sub.add_parser("check", help="validate the config and probe a pi start")
     init = sub.add_parser("init", help="write a commented starter config")
     init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
@@ -104,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(config, quiet=command == "chat")
         if command == "check":
             return anyio.run(_check, config)
+        if command == "run":
+            from evie.daemon import run_daemon
+
+            anyio.run(lambda: run_daemon(config, terminal=args.terminal))
+            return 0
         anyio.run(_chat, config)
         return 0
     except EvieError as exc:

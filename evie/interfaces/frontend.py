@@ -82,11 +82,20 @@ class ChatFrontend:
         self.refusal_interval = refusal_interval
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed updates
         self.refusals_sent = 0
         self.strangers_seen = 0
 
     async def handle(self, msg: Incoming) -> None:
         """Handle one incoming message to completion (run it in its own task)."""
+        if msg.message_id is not None:
+            seen = (msg.chat.key, msg.message_id)
+            if seen in self._seen:
+                log.info("chat %s: ignoring replayed message %s", msg.chat.key, msg.message_id)
+                return
+            self._seen[seen] = None
+            if len(self._seen) > 10_000:
+                self._seen.popitem(last=False)
         try:
             if msg.user_id not in self.allowed:
                 await self._refuse(msg)

@@ -178,6 +178,17 @@ class TelegramInterface:
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
+    async def stop_intake(self) -> None:
+        """Stop polling for new updates; handlers already running carry on.
+
+        :meth:`run` returns once they have finished (cancel it to cut them short).
+        """
+        if self._dispatcher is not None:
+            try:
+                await self._dispatcher.stop_polling()
+            except RuntimeError:
+                pass  # polling had not started (or already stopped)
+
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)
         if incoming is not None and self._tg is not None and self.frontend is not None:

@@ -1,0 +1,104 @@
+"""``evie run``: every configured interface over one runtime, with graceful shutdown.
+
+SIGTERM or SIGINT stops intake (no new updates are fetched), lets running turns
+finish for ``[sessions] shutdown_grace`` seconds, then aborts what is left;
+the runtime then stops every pi process and flushes state. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from evie.config import Config
+from evie.errors import ConfigError
+from evie.runtime import Runtime, open_runtime
+
+log = logging.getLogger(__name__)
+
+
+class Interface(Protocol):
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None: ...
+
+    async def stop_intake(self) -> None: ...
+
+
+def build_interfaces(runtime: Runtime) -> list[Interface]:
+    config = runtime.config
+    interfaces: list[Interface] = []
+    if config.telegram.token:
+        from evie.interfaces.telegram import TelegramInterface
+
+        interfaces.append(TelegramInterface(runtime.manager, config.telegram))
+    if config.discord.token:
+        from evie.interfaces.discord import DiscordInterface
+
+        interfaces.append(DiscordInterface(runtime.manager, config.discord))
+    return interfaces
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    terminal: bool = False,
+    on_ready: Callable[[Runtime], Awaitable[None]] | None = None,
+) -> None:
+    async with open_runtime(config) as runtime:
+        interfaces = build_interfaces(runtime)
+        if not interfaces and not terminal:
+            raise ConfigError(
+                "nothing to run: set [telegram] or [discord] token (or EVIE_TELEGRAM_TOKEN / "
+                "EVIE_DISCORD_TOKEN), or use `evie chat` for the terminal"
+            )
+        async with anyio.create_task_group() as tg:
+            serving = anyio.create_task_group()
+            async with serving:
+                for interface in interfaces:
+                    await serving.start(interface.run)
+                if terminal:
+                    serving.start_soon(_terminal, runtime, serving)
+                tg.start_soon(_on_signals, interfaces, serving, config.sessions.shutdown_grace)
+                log.info("evie is running (%d interface(s))", len(interfaces))
+                if on_ready is not None:
+                    await on_ready(runtime)
+            tg.cancel_scope.cancel()
+    log.info("evie stopped")
+
+
+async def _terminal(runtime: Runtime, serving: anyio.abc.TaskGroup) -> None:
+    from evie.interfaces.terminal import TerminalChat
+
+    notice = runtime.store.take_notice("terminal")
+    await TerminalChat(runtime.manager, notice=notice).run()
+    serving.cancel_scope.cancel()
+
+
+async def _on_signals(
+    interfaces: list[Interface], serving: anyio.abc.TaskGroup, grace: float
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: finishing running turns (up to %gs)", signum.name, grace)
+            break
+        else:
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_force_on_second_signal, signals)
+            for interface in interfaces:
+                await interface.stop_intake()
+            await anyio.sleep(grace)
+            log.warning("grace period over: aborting turns still running")
+            serving.cancel_scope.cancel()
+
+
+async def _force_on_second_signal(signals: AsyncIterator[signal.Signals]) -> None:
+    async for signum in signals:
+        log.error("received %s again: exiting now", signum.name)
+        os._exit(130)

@@ -1,0 +1,218 @@
+"""Discord front end on discord.py 2.
+
+Like the Telegram adapter it only translates; the chat logic is the shared
+:class:`ChatFrontend`. DMs and guild messages that mention the bot (or reply
+to it) are handled; a thread is its own channel, so it is its own session.
+Replies go over REST, independent of the gateway, so a gateway drop or RESUME
+does not touch a turn in flight, and replayed MESSAGE_CREATEs are ignored by
+message id.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import discord
+import yarl
+
+from evie.agent.events import Image
+from evie.config import DiscordConfig
+from evie.errors import ConfigError
+from evie.interfaces.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
+from evie.interfaces.frontend import ChatFrontend
+from evie.interfaces.streaming import Delivery
+from evie.sessions.manager import SessionManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a REST call, translating discord.py's errors into delivery errors.
+
+    discord.py already waits out ordinary 429s itself; what reaches us is a
+    rate limit longer than it was willing to wait, or errors after its retries.
+    """
+    try:
+        return await op()
+    except discord.RateLimited as exc:
+        raise RetryLater(exc.retry_after) from None
+    except discord.DiscordServerError as exc:
+        raise Transient(str(exc)) from None
+    except discord.HTTPException as exc:
+        if exc.status == 429:
+            raise RetryLater(1.0) from None
+        raise Permanent(str(exc)) from None
+    except (OSError, discord.GatewayNotFound) as exc:
+        raise Transient(str(exc)) from None
+
+
+class DiscordTransport:
+    max_length = 2000
+
+    def __init__(self, client: discord.Client) -> None:
+        self._client = client
+
+    def render(self, markdown: str) -> str:
+        return markdown  # Discord renders Markdown itself
+
+    async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
+        channel = self._client.get_partial_messageable(chat.chat_id)
+        message = await _mapped(lambda: channel.send(text, allowed_mentions=NO_MENTIONS))
+        return Sent(message.id)
+
+    async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None:
+        channel = self._client.get_partial_messageable(chat.chat_id)
+        partial = channel.get_partial_message(message.message_id)
+        await _mapped(lambda: partial.edit(content=text, allowed_mentions=NO_MENTIONS))
+
+    async def typing(self, chat: ChatRef) -> None:
+        await _mapped(lambda: self._client.http.send_typing(chat.chat_id))
+
+
+class _Client(discord.Client):
+    def __init__(self, owner: DiscordInterface, **options: Any) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = True
+        super().__init__(intents=intents, **options)
+        self._owner = owner
+
+    async def on_ready(self) -> None:
+        self._owner._ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        self._owner._on_message(message)
+
+
+class DiscordInterface:
+    def __init__(
+        self,
+        manager: SessionManager,
+        config: DiscordConfig,
+        *,
+        delivery: Delivery | None = None,
+        edit_interval: float = 1.0,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not config.token:
+            raise ConfigError("[discord] token is not set (or set EVIE_DISCORD_TOKEN)")
+        self._manager = manager
+        self._config = config
+        self._delivery = delivery or Delivery()
+        self._edit_interval = edit_interval
+        self._client_options = client_options or {}
+        self._ready = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._client: _Client | None = None
+        self.frontend: ChatFrontend | None = None
+        self._accepting = True
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect and serve until cancelled; handler tasks are owned here."""
+        assert self._config.token is not None
+        if self._config.api_url:
+            discord.http.Route.BASE = self._config.api_url
+        if self._config.gateway_url:
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._config.gateway_url)
+        client = self._client = _Client(self, **self._client_options)
+        self.frontend = ChatFrontend(
+            self._manager,
+            DiscordTransport(client),
+            allowed_user_ids=self._config.allowed_user_ids,
+            delivery=self._delivery,
+            edit_interval=self._edit_interval,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._connect, client)
+                await self._ready.wait()
+                log.info("discord: connected as %s", client.user)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+    async def _connect(self, client: _Client) -> None:
+        assert self._config.token is not None
+        try:
+            await client.start(self._config.token, reconnect=True)
+        except discord.LoginFailure:
+            raise ConfigError("Discord rejected the bot token ([discord] token)") from None
+        except discord.PrivilegedIntentsRequired:
+            raise ConfigError(
+                "Discord refused the message-content intent: enable it for the bot in the "
+                "developer portal (Bot → Privileged Gateway Intents)"
+            ) from None
+
+    async def stop_intake(self) -> None:
+        """Ignore new messages from now on; running handlers carry on."""
+        self._accepting = False
+
+    def _on_message(self, message: discord.Message) -> None:
+        if not self._accepting or self._tg is None or self.frontend is None:
+            return
+        incoming = self._translate(message)
+        if incoming is not None:
+            self._tg.start_soon(self.frontend.handle, incoming)
+
+    def _translate(self, message: discord.Message) -> Incoming | None:
+        client = self._client
+        if client is None or client.user is None or message.author.bot:
+            return None
+        text = message.content
+        if message.guild is not None:
+            me = client.user
+            mentioned = any(user.id == me.id for user in message.mentions)
+            ref = message.reference
+            replied = (
+                ref is not None
+                and isinstance(ref.resolved, discord.Message)
+                and ref.resolved.author.id == me.id
+            )
+            if not (mentioned or replied or text.startswith("/")):
+                return None
+            for form in (f"<@{me.id}>", f"<@!{me.id}>"):
+                text = text.replace(form, "")
+            text = text.strip()
+        images = [a for a in message.attachments if (a.content_type or "") in IMAGE_TYPES]
+        return Incoming(
+            chat=ChatRef("dc", message.channel.id),
+            user_id=message.author.id,
+            text=text,
+            message_id=message.id,
+            fetch_images=self._image_fetcher(images) if images else None,
+        )
+
+    def _image_fetcher(
+        self, attachments: list[discord.Attachment]
+    ) -> Callable[[], Awaitable[tuple[Image, ...]]]:
+        async def read(attachment: discord.Attachment) -> bytes:
+            return await self._delivery.run(lambda: _mapped(attachment.read))
+
+        async def fetch() -> tuple[Image, ...]:
+            out = []
+            for attachment in attachments:
+                data = await read(attachment)
+                out.append(
+                    Image(
+                        data=base64.b64encode(data).decode("ascii"),
+                        mime_type=attachment.content_type or "image/png",
+                    )
+                )
+            return tuple(out)
+
+        return fetch

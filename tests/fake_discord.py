@@ -1,0 +1,341 @@
+"""A fake Discord REST API and gateway websocket on 127.0.0.1, for the real discord.py.
+
+REST: users/@me, oauth2/applications/@me, gateway/bot, channel messages
+(create, edit), typing. Gateway: HELLO, IDENTIFY → READY, heartbeat ACK,
+RESUME → RESUMED with replay of what was missed, MESSAGE_CREATE injection,
+forced disconnects. Faults per route: 429 (sent the way Discord does, with a
+``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx. Enforces the
+2000-character limit (400, code 50035) and the message-content intent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+from aiohttp import WSMsgType, web
+
+BOT_ID = 900_000_000_000_000_001
+BOT_USER = {
+    "id": str(BOT_ID),
+    "username": "evie",
+    "discriminator": "0",
+    "avatar": None,
+    "bot": True,
+}
+TOKEN = "fake-discord-token"
+CONTENT_INTENT = 1 << 15
+EPOCH_MS = 1420070400000
+
+
+GUILD_ID = 1
+CHANNEL_ID = 600
+THREAD_ID = 601
+
+
+def _guild() -> dict[str, Any]:
+    """One guild with a text channel and a thread in it."""
+    return {
+        "id": str(GUILD_ID),
+        "name": "Test guild",
+        "owner_id": "42",
+        "unavailable": False,
+        "large": False,
+        "member_count": 2,
+        "features": [],
+        "emojis": [],
+        "stickers": [],
+        "members": [],
+        "presences": [],
+        "voice_states": [],
+        "roles": [{"id": str(GUILD_ID), "name": "@everyone", "permissions": "0", "position": 0,
+                   "color": 0, "hoist": False, "managed": False, "mentionable": False}],
+        "channels": [{"id": str(CHANNEL_ID), "type": 0, "name": "general", "position": 0,
+                      "permission_overwrites": []}],
+        "threads": [{"id": str(THREAD_ID), "type": 11, "name": "a thread",
+                     "parent_id": str(CHANNEL_ID), "owner_id": "42", "guild_id": str(GUILD_ID),
+                     "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
+                                         "archive_timestamp": "2026-11-25T00:00:00+00:00",
+                                         "locked": False},
+                     "message_count": 0, "member_count": 1}],
+    }  # fmt: skip
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses JSON only when Content-Type is exactly application/json
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+@attrs.define
+class Fault:
+    status: int
+    retry_after: float = 0.0
+
+
+@attrs.define
+class PostedMessage:
+    id: int
+    channel_id: int
+    content: str
+    edits: int = 0
+
+
+@attrs.define
+class FakeDiscord:
+    port: int = 0
+    messages: dict[int, PostedMessage] = attrs.Factory(dict)
+    calls: list[tuple[str, str]] = attrs.Factory(list)
+    faults: dict[str, deque[Fault]] = attrs.Factory(lambda: defaultdict(deque))
+    identifies: int = 0
+    resumes: int = 0
+    _counter: int = 0
+    _seq: int = 0
+    _events: list[dict[str, Any]] = attrs.Factory(list)  # every dispatch, for RESUME replay
+    _ws: web.WebSocketResponse | None = None
+    _intents: int = 0
+    _changed: anyio.Event = attrs.Factory(anyio.Event)
+    session_id: str = "fake-session"
+    replay_overlap: int = 0  # RESUME replays this many already-delivered events too
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def _snowflake(self) -> int:
+        self._counter += 1
+        return ((int(time.time() * 1000) - EPOCH_MS) << 22) | (self._counter & 0xFFF)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, predicate: Any, seconds: float = 10.0) -> None:
+        with anyio.fail_after(seconds):
+            while not predicate():
+                await self._changed.wait()
+
+    def channel_view(self, channel_id: int) -> list[str]:
+        return [
+            m.content
+            for m in sorted(self.messages.values(), key=lambda m: m.id)
+            if m.channel_id == channel_id
+        ]
+
+    def inject(self, route: str, fault: Fault, times: int = 1) -> None:
+        for _ in range(times):
+            self.faults[route].append(fault)
+
+    # -- gateway ------------------------------------------------------------------
+
+    async def _dispatch(self, event: str, data: dict[str, Any], *, record: bool = True) -> None:
+        self._seq += 1
+        payload = {"op": 0, "t": event, "s": self._seq, "d": data}
+        if record:
+            self._events.append(payload)
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.send_str(json.dumps(payload))
+
+    async def push_message(
+        self,
+        content: str,
+        *,
+        user_id: int = 42,
+        channel_id: int = 500,
+        guild_id: int | None = None,
+        mention_bot: bool = False,
+        attachments: list[dict[str, Any]] | None = None,
+    ) -> int:
+        message_id = self._snowflake()
+        author = {"id": str(user_id), "username": f"user{user_id}", "discriminator": "0",
+                  "avatar": None}  # fmt: skip
+        if mention_bot:
+            content = f"<@{BOT_ID}> {content}"
+        if not self._intents & CONTENT_INTENT:
+            content = ""  # what Discord does without the message-content intent
+        data: dict[str, Any] = {
+            "id": str(message_id),
+            "type": 0,
+            "content": content,
+            "channel_id": str(channel_id),
+            "author": author,
+            "attachments": attachments or [],
+            "embeds": [],
+            "mentions": [BOT_USER] if mention_bot else [],
+            "mention_roles": [],
+            "pinned": False,
+            "mention_everyone": False,
+            "tts": False,
+            "timestamp": "2026-11-25T00:00:00+00:00",
+            "edited_timestamp": None,
+            "flags": 0,
+            "components": [],
+        }
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
+            data["member"] = {"roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
+                              "deaf": False, "mute": False}  # fmt: skip
+        await self._dispatch("MESSAGE_CREATE", data)
+        return message_id
+
+    async def disconnect(self, code: int = 4000) -> None:
+        """Drop the gateway connection; the client resumes on resume_gateway_url."""
+        if self._ws is not None:
+            await self._ws.close(code=code, message=b"forced by test")
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(msg.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_str(json.dumps({"op": 11}))
+            elif op == 2:
+                self.identifies += 1
+                self._intents = payload["d"].get("intents", 0)
+                ready = {
+                    "v": 10,
+                    "user": BOT_USER,
+                    "session_id": self.session_id,
+                    "resume_gateway_url": self.gateway_url,
+                    "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+                    "application": {"id": str(BOT_ID), "flags": CONTENT_INTENT},
+                }
+                shard = payload["d"].get("shard")
+                if shard:
+                    ready["shard"] = shard
+                await self._dispatch("READY", ready, record=False)
+                await self._dispatch("GUILD_CREATE", _guild(), record=False)
+            elif op == 6:
+                self.resumes += 1
+                since = (payload["d"].get("seq") or 0) - self.replay_overlap
+                missed = [e for e in self._events if e["s"] > since]
+                for event in missed:
+                    await ws.send_str(json.dumps(event))
+                await self._dispatch("RESUMED", {}, record=False)
+            self._wake()
+        if self._ws is ws:
+            self._ws = None
+        return ws
+
+    # -- REST -------------------------------------------------------------------------
+
+    def _fault(self, route: str) -> web.Response | None:
+        if not self.faults[route]:
+            return None
+        fault = self.faults[route].popleft()
+        if fault.status == 429:
+            body = {"message": "You are being rate limited.", "retry_after": fault.retry_after,
+                    "global": False}  # fmt: skip
+            headers = {"Via": "1.1 google", "Retry-After": str(fault.retry_after),
+                       "X-RateLimit-Scope": "user"}  # fmt: skip
+            return _json(body, 429, headers)
+        return _json({"message": "server error", "code": 0}, fault.status)
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        self.calls.append((request.method, path))
+        self._wake()
+        route = f"{request.method} {path.split('/')[0]}"
+        fault = self._fault(route)
+        if fault is not None:
+            return fault
+        parts = path.split("/")
+        if path == "users/@me":
+            return _json(BOT_USER)
+        if path == "oauth2/applications/@me":
+            return _json({"id": str(BOT_ID), "name": "evie", "icon": None, "description": "",
+                          "bot_public": False, "bot_require_code_grant": False,
+                          "verify_key": "x", "flags": CONTENT_INTENT, "team": None,
+                          "owner": BOT_USER})  # fmt: skip
+        if path == "gateway/bot":
+            return _json({"url": self.gateway_url, "shards": 1, "session_start_limit":
+                          {"total": 1000, "remaining": 1000, "reset_after": 0,
+                           "max_concurrency": 1}})  # fmt: skip
+        if parts[0] == "channels" and len(parts) >= 3:
+            channel_id = int(parts[1])
+            if parts[2] == "typing":
+                return web.Response(status=204)
+            if parts[2] == "messages":
+                body = await request.json()
+                content = body.get("content") or ""
+                if len(content) > 2000:
+                    return _json({"message": "Invalid Form Body", "code": 50035}, 400)
+                if request.method == "POST":
+                    m = PostedMessage(self._snowflake(), channel_id, content)
+                    self.messages[m.id] = m
+                elif request.method == "PATCH" and len(parts) == 4:
+                    found = self.messages.get(int(parts[3]))
+                    if found is None:
+                        return _json({"message": "Unknown Message", "code": 10008}, 404)
+                    m = found
+                    m.content = content
+                    m.edits += 1
+                else:
+                    return _json({"message": "405: Method Not Allowed", "code": 0}, 405)
+                self._wake()
+                return _json(self._message_json(m))
+        return _json({"message": "404: Not Found", "code": 0}, 404)
+
+    def _message_json(self, m: PostedMessage) -> dict[str, Any]:
+        return {
+            "id": str(m.id),
+            "type": 0,
+            "content": m.content,
+            "channel_id": str(m.channel_id),
+            "author": BOT_USER,
+            "attachments": [],
+            "embeds": [],
+            "mentions": [],
+            "mention_roles": [],
+            "pinned": False,
+            "mention_everyone": False,
+            "tts": False,
+            "timestamp": "2026-11-25T00:00:00+00:00",
+            "edited_timestamp": None,
+            "flags": 0,
+            "components": [],
+        }
+
+
+@asynccontextmanager
+async def running_fake_discord() -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    app = web.Application()
+    app.router.add_get("/gateway", fake._gateway)
+    app.router.add_route("*", "/api/v10/{path:.*}", fake._rest)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    fake.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield fake
+    finally:
+        if fake._ws is not None:
+            await fake._ws.close()
+        await runner.cleanup()

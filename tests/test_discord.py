@@ -1,0 +1,135 @@
+"""Discord end to end: injected MESSAGE_CREATE → real discord.py → evie → fake pi."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import attrs
+import discord
+import pytest
+
+from evie.config import DiscordConfig
+from evie.interfaces.discord import DiscordInterface
+from evie.interfaces.streaming import Delivery
+from evie.sessions.manager import SessionManager
+from tests.conftest import fake_launcher
+from tests.fake_discord import TOKEN, FakeDiscord, Fault, running_fake_discord
+
+pytestmark = pytest.mark.anyio
+
+OWNER = 42
+DM = 500
+
+
+@attrs.define
+class Harness:
+    fake: FakeDiscord
+    manager: SessionManager
+    interface: DiscordInterface
+
+    async def shows(self, channel: int, needle: str) -> None:
+        await self.fake.wait_for(lambda: any(needle in t for t in self.fake.channel_view(channel)))
+
+
+@pytest.fixture
+async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        async with running_fake_discord() as fake:
+            config = DiscordConfig(
+                token=TOKEN,
+                api_url=fake.api_url,
+                gateway_url=fake.gateway_url,
+                allowed_user_ids=frozenset({OWNER}),
+            )
+            async with SessionManager(fake_launcher(tmp_path)) as manager:
+                interface = DiscordInterface(
+                    manager,
+                    config,
+                    delivery=Delivery(base_backoff=0.01),
+                    edit_interval=0.05,
+                    client_options={"guild_ready_timeout": 0.05},
+                )
+                async with anyio.create_task_group() as group:
+                    with anyio.fail_after(10):
+                        await group.start(interface.run)
+                    yield Harness(fake, manager, interface)
+                    group.cancel_scope.cancel()
+    finally:
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+
+
+async def test_a_dm_gets_an_answer(dc: Harness) -> None:
+    await dc.fake.push_message("hello discord", channel_id=DM)
+    await dc.shows(DM, "echo: hello discord")
+    assert ("POST", f"channels/{DM}/typing") in dc.fake.calls
+
+
+async def test_guild_messages_need_a_mention_and_threads_are_sessions(dc: Harness) -> None:
+    await dc.fake.push_message("chatter", channel_id=600, guild_id=1)
+    await dc.fake.push_message("in the channel", channel_id=600, guild_id=1, mention_bot=True)
+    await dc.fake.push_message("in a thread", channel_id=601, guild_id=1, mention_bot=True)
+    await dc.shows(600, "echo: in the channel")
+    await dc.shows(601, "echo: in a thread")
+    assert not any("chatter" in t for t in dc.fake.channel_view(600))
+    assert {s.key for s in dc.manager.slots()} == {"dc:600", "dc:601"}
+
+
+async def test_status_during_a_turn_and_strangers(dc: Harness, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    steps = [{"text": "busy busy"}, {"wait_file": str(release)}, {"text": " done"}]
+    await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+    await dc.shows(DM, "busy busy")
+    await dc.fake.push_message("/status", channel_id=DM)
+    await dc.shows(DM, "Turn running for")
+    for _ in range(5):
+        await dc.fake.push_message("hi", user_id=7, channel_id=777)
+    await dc.shows(777, "private assistant")
+    release.touch()
+    await dc.shows(DM, "busy busy done")
+    assert dc.fake.channel_view(777) == ["Sorry, this is a private assistant."]
+    assert [s.key for s in dc.manager.slots()] == [f"dc:{DM}"]
+
+
+async def test_long_replies_are_chunked_under_2000(dc: Harness) -> None:
+    text = "\n\n".join(f"Part {i}: " + "lorem " * 60 for i in range(20))
+    await dc.fake.push_message(
+        "script:" + json.dumps([{"text": text, "chunk": 3000}]), channel_id=DM
+    )
+    await dc.shows(DM, "Part 19:")
+    await anyio.sleep(0.1)
+    parts = [t for t in dc.fake.channel_view(DM) if "Part" in t]
+    assert len(parts) > 1
+    assert all(len(t) <= 2000 for t in parts)
+    assert "\n\n".join(parts).count("Part ") == 20
+
+
+async def test_rate_limits_and_server_errors_are_survived(dc: Harness) -> None:
+    dc.fake.inject("POST channels", Fault(429, retry_after=0.2), times=2)
+    dc.fake.inject("POST channels", Fault(500), times=1)
+    await dc.fake.push_message("still there?", channel_id=DM)
+    await dc.shows(DM, "echo: still there?")
+    await anyio.sleep(0.2)
+    assert [t for t in dc.fake.channel_view(DM) if "still there" in t] == ["echo: still there?"]
+
+
+async def test_gateway_drop_mid_turn_delivers_the_reply_once(dc: Harness, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    steps = [{"text": "part one"}, {"wait_file": str(release)}, {"text": ", part two"}]
+    await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+    await dc.shows(DM, "part one")
+    dc.fake.replay_overlap = 5  # the resumed session re-delivers the message being answered
+    await dc.fake.disconnect()
+    await dc.fake.wait_for(lambda: dc.fake.resumes >= 1)
+    release.touch()
+    await dc.shows(DM, "part one, part two")
+    await anyio.sleep(0.3)
+    finals = [t for t in dc.fake.channel_view(DM) if "part" in t]
+    assert finals == ["part one, part two"]  # the replayed MESSAGE_CREATE did not run again
+    assert not any("queued" in t for t in dc.fake.channel_view(DM))
+    assert len(dc.manager.slots()) == 1
+    assert dc.manager._slots[f"dc:{DM}"].turns == 1
