@@ -14,7 +14,8 @@ import attrs
 from evie import __version__
 from evie.agent.process import PiProcess
 from evie.config import Config, load_config, starter_config
-from evie.errors import EvieError
+from evie.errors import ConfigError, EvieError
+from evie.http import parse_listen
 from evie.logs import setup_logging
 from evie.runtime import build_launcher, open_runtime
 
@@ -72,6 +73,34 @@ async def _check(config: Config) -> int:
     return 0
 
 
+def _status(config: Config) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not config.http.listen:
+        raise ConfigError("`evie status` needs [http] listen in the config of the running evie")
+    host, port = parse_listen(config.http.listen)
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
+            sessions = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"evie: no running evie answered on {config.http.listen} ({exc})", file=sys.stderr)
+        return 1
+    if not sessions:
+        print("running; no sessions yet")
+    for s in sessions:
+        line = f"{s['key']:<24} {s['state']:<9} {s['session_id']}"
+        if s.get("turn_elapsed") is not None:
+            line += f"  turn {s['turn_elapsed']:.1f}s"
+            if s.get("current_tool"):
+                line += f" ({s['current_tool']})"
+        if s.get("last_outcome"):
+            line += f"  last: {s['last_outcome']}"
+        print(line)
+    return 0
+
+
 def _init(path: Path) -> int:
     if path.exists():
         print(f"{path} already exists; not overwriting it.", file=sys.stderr)
@@ -95,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve every configured interface until SIGTERM/SIGINT")
     run.add_argument("--terminal", action="store_true", help="also chat on this terminal")
     sub.add_parser("check", help="validate the config and probe a pi start")
+    sub.add_parser("status", help="ask a running `evie run` for its sessions (needs [http])")
     init = sub.add_parser("init", help="write a commented starter config")
     init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
     args = parser.parse_args(argv)
@@ -106,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(config, quiet=command == "chat")
         if command == "check":
             return anyio.run(_check, config)
+        if command == "status":
+            return _status(config)
         if command == "run":
             from evie.daemon import run_daemon
 
@@ -116,8 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     except EvieError as exc:
         print(f"evie: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # from a task group: report evie's own errors plainly
+        matched, rest = group.split(EvieError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            print(f"evie: {leaf}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Protocol
 
 import anyio
@@ -19,6 +20,7 @@ import anyio.abc
 
 from evie.config import Config
 from evie.errors import ConfigError
+from evie.http import serve_http
 from evie.runtime import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,18 @@ async def run_daemon(
     terminal: bool = False,
     on_ready: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> None:
-    async with open_runtime(config) as runtime:
+    async with open_runtime(config) as runtime, AsyncExitStack() as stack:
         interfaces = build_interfaces(runtime)
         if not interfaces and not terminal:
             raise ConfigError(
                 "nothing to run: set [telegram] or [discord] token (or EVIE_TELEGRAM_TOKEN / "
                 "EVIE_DISCORD_TOKEN), or use `evie chat` for the terminal"
             )
+        if config.http.listen:
+            port = await stack.enter_async_context(
+                serve_http(config.http.listen, runtime.manager, runtime.metrics)
+            )
+            log.info("http: /healthz and /metrics on port %d", port)
         async with anyio.create_task_group() as tg:
             serving = anyio.create_task_group()
             async with serving:
@@ -64,7 +71,7 @@ async def run_daemon(
                     await serving.start(interface.run)
                 if terminal:
                     serving.start_soon(_terminal, runtime, serving)
-                tg.start_soon(_on_signals, interfaces, serving, config.sessions.shutdown_grace)
+                tg.start_soon(_on_signals, runtime, interfaces, serving)
                 log.info("evie is running (%d interface(s))", len(interfaces))
                 if on_ready is not None:
                     await on_ready(runtime)
@@ -81,11 +88,16 @@ async def _terminal(runtime: Runtime, serving: anyio.abc.TaskGroup) -> None:
 
 
 async def _on_signals(
-    interfaces: list[Interface], serving: anyio.abc.TaskGroup, grace: float
+    runtime: Runtime, interfaces: list[Interface], serving: anyio.abc.TaskGroup
 ) -> None:
+    settings = runtime.manager.settings
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s: finishing running turns (up to %gs)", signum.name, grace)
+            log.info(
+                "received %s: finishing running turns (up to %gs)",
+                signum.name,
+                settings.shutdown_grace,
+            )
             break
         else:
             return
@@ -93,8 +105,12 @@ async def _on_signals(
             tg.start_soon(_force_on_second_signal, signals)
             for interface in interfaces:
                 await interface.stop_intake()
-            await anyio.sleep(grace)
-            log.warning("grace period over: aborting turns still running")
+            await anyio.sleep(settings.shutdown_grace)
+            # still running: abort, so each chat is told its turn was stopped
+            log.warning(
+                "grace period over: aborting %d running turn(s)", runtime.manager.abort_all()
+            )
+            await anyio.sleep(settings.abort_grace)
             serving.cancel_scope.cancel()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 # Telegram bot tokens look like 123456789:AA...; Discord tokens are three dot-separated
 # base64 parts. Both are redacted even when evie does not know the exact value.
 _TOKEN_SHAPES = re.compile(
-    r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b|\b[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{20,}\b"
+    r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{30,}|\b[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{20,}\b"
 )
 
 

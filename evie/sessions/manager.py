@@ -121,9 +121,7 @@ class SessionManager:
         self._accepting = False
         slots = self.slots()
         if not await self._wait_for_turns(slots, self.settings.shutdown_grace):
-            for slot in slots:
-                if slot.process is not None and slot.turn is not None:
-                    slot.process.abort()
+            self.abort_all()
             await self._wait_for_turns(slots, self.settings.abort_grace)
         async with anyio.create_task_group() as tg:
             for slot in slots:
@@ -319,6 +317,14 @@ class SessionManager:
             return False
         slot.process.abort()
         return True
+
+    def abort_all(self) -> int:
+        """Ask every running turn to stop (shutdown); returns how many were running."""
+        running = [s for s in self.slots() if s.turn is not None and s.process is not None]
+        for slot in running:
+            assert slot.process is not None
+            slot.process.abort()
+        return len(running)
 
     async def new_session(self, key: str) -> Slot:
         """Start over with a fresh session; a running turn in the old one is aborted."""

@@ -1,0 +1,141 @@
+"""Optional loopback HTTP endpoint: /healthz, /metrics (Prometheus text), /status (JSON).
+
+The same figures feed ``/status`` in chats; this only renders them. Binding is
+refused for anything but a loopback address: the endpoint has no auth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from evie import __version__
+from evie.errors import ConfigError
+from evie.metrics import Histogram, Metrics
+from evie.sessions.manager import SessionManager
+from evie.sessions.slot import SlotState
+
+
+def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for bound, count in zip(h.buckets, h.counts, strict=False):
+        cumulative += count
+        lines.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
+    lines.append(f'{name}_bucket{{le="+Inf"}} {h.count}')
+    lines.append(f"{name}_sum {h.total:.9f}")
+    lines.append(f"{name}_count {h.count}")
+    return lines
+
+
+def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
+    statuses = manager.all_status()
+    by_state = Counter(s.state.value for s in statuses)
+    lines = ["# HELP evie_sessions Sessions by state.", "# TYPE evie_sessions gauge"]
+    lines += [
+        f'evie_sessions{{state="{st.value}"}} {by_state.get(st.value, 0)}' for st in SlotState
+    ]
+    lines += [
+        "# HELP evie_pi_processes Live pi processes.",
+        "# TYPE evie_pi_processes gauge",
+        f"evie_pi_processes {sum(1 for s in statuses if s.pid is not None)}",
+        "# HELP evie_queue_depth Messages queued into running turns, not yet started.",
+        "# TYPE evie_queue_depth gauge",
+        f"evie_queue_depth {sum(len(s.queued) for s in statuses)}",
+        "# HELP evie_turns_total Finished turns by outcome.",
+        "# TYPE evie_turns_total counter",
+    ]
+    lines += [f'evie_turns_total{{outcome="{k}"}} {v}' for k, v in sorted(metrics.turns.items())]
+    lines += [
+        "# HELP evie_queued_messages_total Messages queued mid-turn.",
+        "# TYPE evie_queued_messages_total counter",
+        f"evie_queued_messages_total {metrics.queued_messages}",
+        "# HELP evie_spawn_failures_total pi processes that failed to start.",
+        "# TYPE evie_spawn_failures_total counter",
+        f"evie_spawn_failures_total {metrics.spawn_failures}",
+    ]
+    lines += _histogram("evie_turn_duration_seconds", "Turn wall time.", metrics.turn_seconds)
+    lines += _histogram(
+        "evie_guard_wait_seconds", "Wait for the session-map guard.", metrics.guard_wait
+    )
+    lines += _histogram(
+        "evie_guard_hold_seconds", "Hold of the session-map guard.", metrics.guard_hold
+    )
+    lines += _histogram(
+        "evie_spawn_seconds", "pi start-up until first answer.", metrics.spawn_seconds
+    )
+    lines += _histogram(
+        "evie_persist_serialise_seconds", "State snapshot serialisation.", metrics.persist_serialise
+    )
+    lines += _histogram("evie_persist_write_seconds", "State file write.", metrics.persist_write)
+    return "\n".join(lines) + "\n"
+
+
+def status_json(manager: SessionManager) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for s in manager.all_status():
+        out.append(
+            {
+                "key": s.key,
+                "session_id": s.session_id,
+                "state": s.state.value,
+                "pid": s.pid,
+                "model": s.model,
+                "turn_elapsed": s.turn_elapsed,
+                "current_tool": s.current_tool,
+                "queued": len(s.queued),
+                "last_outcome": s.last_outcome.value if s.last_outcome else None,
+                "last_error": s.last_error,
+                "turns": s.turns,
+                "idle_for": round(s.idle_for, 3),
+            }
+        )
+    return out
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"[http] listen must be a loopback address (got {host!r})")
+    return host, int(port)
+
+
+@asynccontextmanager
+async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> AsyncIterator[int]:
+    """Serve until the block exits; yields the bound port (useful with port 0)."""
+    host, port = parse_listen(listen)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "version": __version__})
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(
+            text=render_metrics(manager, metrics), content_type="text/plain", charset="utf-8"
+        )
+
+    async def status_view(_: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(status_json(manager)), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/status", status_view)
+    runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = int(runner.addresses[0][1]) if runner.addresses else port
+    try:
+        yield bound
+    finally:
+        await runner.cleanup()

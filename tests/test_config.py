@@ -1,0 +1,145 @@
+"""Configuration validation and the `evie init` / `evie check` commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from evie.cli import main
+from evie.config import load_config, parse_config
+from evie.errors import ConfigError
+from evie.logs import RedactSecrets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def errors_of(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, environ={})
+    return str(info.value).splitlines()[1:]
+
+
+def test_defaults_need_no_file() -> None:
+    config = parse_config({}, environ={})
+    assert config.sessions.mid_turn == "follow_up"
+    assert config.telegram.token is None
+    assert config.pi_command[-1].endswith("pi")
+
+
+def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
+    lines = errors_of(
+        {
+            "agent": {"command": 5, "startup_timeout": -1, "modle": "x"},
+            "sessions": {"max_processes": 0, "mid_turn": "later", "idle_timeout": "soon"},
+            "telegram": {"allowed_user_ids": ["me"], "api_url": "ftp://x"},
+            "http": {"listen": "8080"},
+            "log": {"level": "loud"},
+            "extra": {},
+            "state": "here",
+        }
+    )
+    expected = [
+        "agent.command: expected a program name or a list",
+        "agent.startup_timeout: expected a number >= 0, got -1",
+        "agent.modle: unknown key",
+        "sessions.max_processes: expected a whole number >= 1, got 0",
+        "sessions.mid_turn: expected one of 'follow_up', 'steer', got 'later'",
+        "sessions.idle_timeout: expected a number >= 0, got 'soon'",
+        "telegram.allowed_user_ids: expected a list of numeric user ids",
+        "telegram.api_url: expected a URL starting with http://",
+        'http.listen: expected "host:port"',
+        "log.level: expected one of",
+        "extra: unknown section",
+        "state: expected a [state] table",
+    ]
+    assert len(lines) == len(expected)
+    for want, line in zip(expected, lines, strict=True):
+        assert want in line, (want, line)
+
+
+def test_tokens_can_come_from_the_environment() -> None:
+    config = parse_config({}, environ={"EVIE_TELEGRAM_TOKEN": "1:abc", "EVIE_DISCORD_TOKEN": "d"})
+    assert config.telegram.token == "1:abc"
+    assert config.discord.token == "d"
+
+
+def test_a_world_readable_file_with_tokens_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[telegram]\ntoken = "123:abc"\n')
+    path.chmod(0o644)
+    assert "chmod 600" in load_config(path, environ={}).warnings[0]
+    path.chmod(0o600)
+    assert load_config(path, environ={}).warnings == ()
+
+
+def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist; create one with `evie init`"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(ROOT / "config.example.toml", environ={})
+    assert config.sessions.max_processes == 8
+
+
+def test_init_writes_a_valid_private_file_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "evie" / "config.toml"
+    assert main(["init", str(path)]) == 0
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    data = tomllib.loads(path.read_text())
+    parse_config(data, environ={})  # what init writes is valid as it stands
+    path.write_text("# mine\n")
+    assert main(["init", str(path)]) == 1
+    assert path.read_text() == "# mine\n"
+
+
+def test_check_probes_a_pi_start(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    fake = ROOT / "tests" / "fake_pi.py"
+    config.write_text(f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "model fake/fake-1" in out.stdout
+    config.write_text('[agent]\ncommand = ["/nonexistent/pi"]\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "could not start pi with '/nonexistent/pi'" in out.stderr
+
+
+def test_log_lines_never_carry_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "987654321:AAF-this-is-a-telegram-token-value"
+    record = logging.LogRecord(
+        "t",
+        logging.INFO,
+        __file__,
+        1,
+        "url %s failed",
+        (f"https://api.telegram.org/bot{secret}/getMe",),
+        None,
+    )
+    RedactSecrets(["my-discord-token"]).filter(record)
+    assert secret not in record.getMessage()
+    assert "[redacted]" in record.getMessage()
