@@ -2,9 +2,10 @@
 
 The adapter only translates: aiogram updates into :class:`Incoming`, and the
 :class:`Transport` calls into Bot API methods with aiogram's exceptions mapped
-to the shared delivery errors. Updates are handled one task each in evie's
-own task group (``handle_as_tasks=False`` plus ``start_soon``), so every task
-has an owner and polling never waits for a turn.
+to the shared delivery errors. evie runs its own ``getUpdates`` loop and feeds
+the dispatcher (aiogram's ``start_polling`` leaves its polling task running
+when cancelled, adr/0007); each message is then handled in a task of evie's
+own task group, so every task has an owner and polling never waits for a turn.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class TelegramInterface:
         self.frontend: ChatFrontend | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._bot_id: int | None = None
-        self._dispatcher: Dispatcher | None = None
+        self._poll_scope = anyio.CancelScope()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -160,34 +161,57 @@ class TelegramInterface:
                 log.warning("telegram: could not register commands: %s", exc)
             router = Router()
             router.message.register(self._on_message)
-            dispatcher = self._dispatcher = Dispatcher()
+            dispatcher = Dispatcher()
             dispatcher.include_router(router)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 task_status.started()
                 log.info("telegram: polling as @%s", me.username)
-                await dispatcher.start_polling(
-                    bot,
-                    handle_signals=False,
-                    handle_as_tasks=False,
-                    close_bot_session=False,
-                    polling_timeout=self._polling_timeout,
-                    allowed_updates=["message"],
-                )
+                with self._poll_scope:
+                    await self._poll(bot, dispatcher)
+                # intake stopped: the task group now waits for messages being handled
         finally:
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
+
+    async def _poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
+        """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007)."""
+        offset: int | None = None
+        failures = 0
+        while True:
+            try:
+                updates = await _mapped(
+                    lambda: bot.get_updates(
+                        offset=offset,
+                        timeout=self._polling_timeout,
+                        allowed_updates=["message"],
+                        request_timeout=self._polling_timeout + 15,
+                    )
+                )
+                failures = 0
+            except RetryLater as exc:
+                await anyio.sleep(exc.seconds)
+                continue
+            except Transient as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("telegram: getUpdates failed (%s); retrying in %gs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            except Permanent as exc:
+                raise ConfigError(
+                    f"Telegram refused polling: {exc} (check [telegram] token)"
+                ) from None
+            for update in updates or []:
+                offset = update.update_id + 1
+                await dispatcher.feed_update(bot, update)
 
     async def stop_intake(self) -> None:
         """Stop polling for new updates; handlers already running carry on.
 
         :meth:`run` returns once they have finished (cancel it to cut them short).
         """
-        if self._dispatcher is not None:
-            try:
-                await self._dispatcher.stop_polling()
-            except RuntimeError:
-                pass  # polling had not started (or already stopped)
+        self._poll_scope.cancel()
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)

@@ -1,0 +1,1 @@
+"""Benchmarks for evie: `just bench` (all) or `just bench NAME ...`."""

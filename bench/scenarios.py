@@ -1,0 +1,350 @@
+"""The benchmarks. Each prints its figures and a one-line summary, and saves JSON."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from bench.common import REAL_PI, fake_launcher, fmt_s, save, summary
+from evie.agent import protocol as p
+from evie.agent.events import Prompt, TurnEvent, TurnFinished
+from evie.agent.process import PiProcess
+from evie.sessions.manager import SessionManager, SessionSettings
+
+
+async def _sink(_event: TurnEvent) -> None:
+    return None
+
+
+def _held(release: Path, text: str = "working") -> Prompt:
+    return Prompt("script:" + json.dumps([{"text": text}, {"wait_file": str(release)}]))
+
+
+class GlobalLockManager:
+    """The design evie replaces: one lock held across every turn and every status."""
+
+    def __init__(self, process: PiProcess) -> None:
+        self._lock = anyio.Lock()
+        self._process = process
+        self.last_activity = time.monotonic()
+
+    async def send(self, prompt: Prompt) -> None:
+        async with self._lock:
+            turn = self._process.start_turn(prompt.text)
+            async for _event in turn:
+                self.last_activity = time.monotonic()
+
+    async def status(self) -> float:
+        async with self._lock:
+            return self.last_activity
+
+
+async def _sample_latency(call: Callable[[], Awaitable[object]], seconds: float) -> list[float]:
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+        await anyio.sleep(0.01)
+    return samples
+
+
+async def status_latency(tmp: Path) -> None:
+    """1. /status latency during a running turn: evie vs one global lock."""
+    turn_seconds = 2.0
+    release = tmp / "release-status"
+    async with SessionManager(fake_launcher(tmp / "a")) as manager:
+        await manager.send("chat", Prompt("warm"), _sink)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", _held(release), _sink)
+            await anyio.sleep(0.2)
+
+            async def ours() -> object:
+                return manager.get_status("chat")
+
+            evie = await _sample_latency(ours, turn_seconds)
+            release.touch()
+    release.unlink()
+    async with anyio.create_task_group() as tg:
+        process = await PiProcess.spawn(fake_launcher(tmp / "b").spec_for("base"), tg)
+        baseline = GlobalLockManager(process)
+        tg.start_soon(baseline.send, _held(release))
+        await anyio.sleep(0.2)
+
+        async def release_later() -> None:
+            await anyio.sleep(turn_seconds)
+            release.touch()
+
+        tg.start_soon(release_later)
+        # the first status call waits for the whole turn; later ones are quick again
+        global_lock = await _sample_latency(baseline.status, 0.2)
+        await process.close()
+    ours_s, base_s = summary(evie), summary(global_lock)
+    ratio = base_s["max"] / max(ours_s["max"], 1e-9)
+    print(f"  evie status:        p50 {fmt_s(ours_s['p50'])}  p99 {fmt_s(ours_s['p99'])}"
+          f"  max {fmt_s(ours_s['max'])}  (n={ours_s['n']})")  # fmt: skip
+    print(f"  global-lock status: max {fmt_s(base_s['max'])} (the first call waits for the turn)")
+    save(
+        "status_latency",
+        {"evie": ours_s, "global_lock": base_s, "ratio_max": ratio},
+        f"p99 {fmt_s(ours_s['p99'])} during a {turn_seconds:g}s turn; a global lock waits "
+        f"{fmt_s(base_s['max'])} ({ratio:,.0f}x)",
+    )
+
+
+async def guard_hold(tmp: Path, sessions: int = 200) -> None:
+    """2. Guard hold/wait under many sessions with spawns, turns, cleanup and status."""
+    settings = SessionSettings(idle_timeout=0.5, max_processes=sessions)
+    async with SessionManager(fake_launcher(tmp / "g"), settings) as manager:
+        stop = anyio.Event()
+
+        async def status_loop() -> None:
+            while not stop.is_set():
+                for i in range(0, sessions, 7):
+                    manager.get_status(f"s{i}")
+                await anyio.sleep(0.005)
+
+        async def cleanup_loop() -> None:
+            while not stop.is_set():
+                await manager.cleanup_idle()
+                await anyio.sleep(0.2)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(status_loop)
+            tg.start_soon(cleanup_loop)
+            async with anyio.create_task_group() as turns:
+                for i in range(sessions):
+                    steps = [{"text": "x" * 64, "chunk": 8}, {"sleep": 0.3}]
+                    prompt = Prompt("script:" + json.dumps(steps))
+                    turns.start_soon(manager.send, f"s{i}", prompt, _sink)
+            stop.set()
+        wall = time.perf_counter() - started
+    m = manager.metrics
+    hold_max, spawn_min = m.guard_hold.max, _min_bucket(m.spawn_seconds)
+    print(f"  {sessions} sessions, wall {fmt_s(wall)}; guard acquisitions {m.guard_hold.count}")
+    print(f"  guard hold: mean {fmt_s(m.guard_hold.mean)}  max {fmt_s(hold_max)}")
+    print(f"  guard wait: mean {fmt_s(m.guard_wait.mean)}  max {fmt_s(m.guard_wait.max)}")
+    print(f"  spawn:      mean {fmt_s(m.spawn_seconds.mean)}  max {fmt_s(m.spawn_seconds.max)}")
+    save(
+        "guard_hold",
+        {
+            "sessions": sessions,
+            "acquisitions": m.guard_hold.count,
+            "hold_mean": m.guard_hold.mean,
+            "hold_max": hold_max,
+            "wait_max": m.guard_wait.max,
+            "spawn_mean": m.spawn_seconds.mean,
+            "spawn_fastest_bucket": spawn_min,
+            "hold_max_vs_spawn_mean": hold_max / max(m.spawn_seconds.mean, 1e-9),
+        },
+        f"max guard hold {fmt_s(hold_max)} vs mean spawn {fmt_s(m.spawn_seconds.mean)}: "
+        f"hold never includes a spawn ({hold_max / max(m.spawn_seconds.mean, 1e-9):.1e} of one)",
+    )
+
+
+def _min_bucket(h: object) -> float:
+    counts = getattr(h, "counts", [])
+    buckets = getattr(h, "buckets", ())
+    for bound, count in zip(buckets, counts, strict=False):
+        if count:
+            return float(bound)
+    return float("nan")
+
+
+async def concurrency(tmp: Path) -> None:
+    """3. N concurrent sessions with a fixed turn time: wall time vs ideal."""
+    turn = 1.0
+    rows = {}
+    for n in (1, 10, 50, 200):
+        async with SessionManager(
+            fake_launcher(tmp / f"c{n}"), SessionSettings(max_processes=n)
+        ) as manager:
+            async with anyio.create_task_group() as tg:  # warm: processes started
+                for i in range(n):
+                    tg.start_soon(manager.send, f"s{i}", Prompt("warm"), _sink)
+            prompt = Prompt("script:" + json.dumps([{"sleep": turn}, {"text": "done"}]))
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(manager.send, f"s{i}", prompt, _sink)
+            wall = time.perf_counter() - started
+        rows[n] = {"wall": wall, "ideal": turn, "ratio": wall / turn}
+        print(f"  N={n:<4} wall {fmt_s(wall):>8}  ideal {fmt_s(turn)}  ratio {wall / turn:.2f}")
+    worst = max(r["ratio"] for r in rows.values())
+    save(
+        "concurrency",
+        rows,
+        f"N up to 200 turns of {turn:g}s run together; worst wall/ideal {worst:.2f}",
+    )
+
+
+async def telegram_overhead(tmp: Path, turns: int = 30) -> None:
+    """4. evie's own time per turn: Bot API update in → reply sent, fake pi answering at once."""
+    from evie.config import TelegramConfig
+    from evie.interfaces.streaming import Delivery
+    from evie.interfaces.telegram import TelegramInterface
+    from tests.fake_telegram import TOKEN, running_fake_telegram
+
+    async with running_fake_telegram() as fake:
+        config = TelegramConfig(
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({42})
+        )
+        async with SessionManager(fake_launcher(tmp / "t")) as manager:
+            interface = TelegramInterface(
+                manager, config, delivery=Delivery(), edit_interval=1.0, polling_timeout=1
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(interface.run)
+                samples = []
+                for i in range(turns + 1):
+                    text = f"ping {i}"
+                    started = time.perf_counter()
+                    fake.push_message(text)
+                    await fake.wait_for(lambda t=text: f"echo: {t}" in fake.chat_view(42))  # type: ignore[misc]
+                    if i:  # the first includes the pi start
+                        samples.append(time.perf_counter() - started)
+                tg.cancel_scope.cancel()
+    s = summary(samples)
+    print(f"  update→reply: p50 {fmt_s(s['p50'])}  p99 {fmt_s(s['p99'])} (fake pi turn ≈ 0)")
+    save(
+        "telegram_overhead",
+        s,
+        f"update in → reply sent p50 {fmt_s(s['p50'])}, p99 {fmt_s(s['p99'])}",
+    )
+
+
+def _quadratic_stream(reply_bytes: int, delta: int) -> list[bytes]:
+    """pi's stdout for one reply: each update carries two copies of the text so far."""
+    lines = []
+    text = ""
+    piece = "abcd"[:delta]
+    for _ in range(reply_bytes // delta):
+        text += piece
+        partial = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+        event = {
+            "type": "message_update",
+            "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": piece,
+                                      "partial": partial},
+            "message": partial,
+        }  # fmt: skip
+        lines.append(msgspec.json.encode(event))
+    return lines
+
+
+async def parse_throughput(_tmp: Path) -> None:
+    """5. Event-stream parse throughput on the quadratic stream: msgspec structs vs json.loads."""
+    reply, delta = 16 * 1024, 4
+    lines = _quadratic_stream(reply, delta)
+    total = sum(len(line) + 1 for line in lines)
+
+    def run(fn: Callable[[bytes], object]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for line in lines:
+                fn(line)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    ours = run(p.decode_line)
+    naive = run(json.loads)
+    mb = total / 1e6
+    print(f"  stream: {len(lines)} lines, {mb:.0f} MB for a {reply // 1024} KB reply "
+          f"in {delta}-byte deltas")  # fmt: skip
+    print(f"  evie (msgspec structs): {mb / ours:,.0f} MB/s;  json.loads: {mb / naive:,.0f} MB/s")
+    save(
+        "parse_throughput",
+        {
+            "bytes": total,
+            "lines": len(lines),
+            "evie_mb_s": mb / ours,
+            "json_mb_s": mb / naive,
+            "ratio": naive / ours,
+        },  # fmt: skip
+        f"{mb / ours:,.0f} MB/s vs json.loads {mb / naive:,.0f} MB/s ({naive / ours:.1f}x)",
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def cold_start(tmp: Path) -> None:
+    """6. First reply latency of a new session, and memory per live session (real pi)."""
+    figures: dict[str, object] = {}
+    async with SessionManager(fake_launcher(tmp / "cf")) as manager:
+        started = time.perf_counter()
+        await manager.send("new", Prompt("hi"), _sink)
+        figures["fake_pi_first_reply"] = time.perf_counter() - started
+    print(f"  fake pi: first reply {fmt_s(float(figures['fake_pi_first_reply']))}")  # type: ignore[arg-type]
+    if not REAL_PI.exists():
+        print("  real pi not installed (npm ci); skipping the real-pi figures")
+        save("cold_start", figures, "real pi not installed")
+        return
+    from evie.agent.launcher import PiLauncher
+    from tests.fake_llm import running_fake_llm, write_agent_dir
+
+    async with running_fake_llm() as llm:
+        agent = tmp / "real" / "agent"
+        write_agent_dir(agent, llm)
+        launcher = PiLauncher(command=(str(REAL_PI),), state_dir=tmp / "real", agent_dir=agent,
+                              provider="fake", model="fake-1", system_prompt="Be brief.")  # fmt: skip
+        async with SessionManager(launcher, SessionSettings(max_processes=8)) as manager:
+            firsts = []
+            for i in range(3):
+                started = time.perf_counter()
+                result = await manager.send(f"s{i}", Prompt("hi"), _sink)
+                assert isinstance(result, TurnFinished)
+                firsts.append(time.perf_counter() - started)
+            warm = []
+            for _ in range(5):
+                started = time.perf_counter()
+                await manager.send("s0", Prompt("again"), _sink)
+                warm.append(time.perf_counter() - started)
+            rss = [_rss_kib(s.pid) for s in manager.all_status() if s.pid]
+    figures.update(
+        real_pi_first_reply=summary(firsts),
+        real_pi_warm_reply=summary(warm),
+        rss_mib_per_session=[r / 1024 for r in rss],
+    )
+    mean_rss = sum(rss) / len(rss) / 1024 if rss else float("nan")
+    print(f"  real pi: first reply p50 {fmt_s(summary(firsts)['p50'])}, warm reply p50 "
+          f"{fmt_s(summary(warm)['p50'])}, RSS {mean_rss:.0f} MiB per live session")  # fmt: skip
+    save(
+        "cold_start",
+        figures,
+        f"real pi first reply {fmt_s(summary(firsts)['p50'])} (warm {fmt_s(summary(warm)['p50'])}),"
+        f" {mean_rss:.0f} MiB RSS per live session",
+    )
+
+
+SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
+    "status_latency": status_latency,
+    "guard_hold": guard_hold,
+    "concurrency": concurrency,
+    "telegram_overhead": telegram_overhead,
+    "parse_throughput": parse_throughput,
+    "cold_start": cold_start,
+}
+
+
+async def run(names: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="evie-bench-") as tmp:
+        for name in names or list(SCENARIOS):
+            print(f"-- {name}: {(SCENARIOS[name].__doc__ or '').strip()}")
+            await SCENARIOS[name](Path(tmp) / name)
