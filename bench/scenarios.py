@@ -268,7 +268,7 @@ async def parse_throughput(_tmp: Path) -> None:
             "evie_mb_s": mb / ours,
             "json_mb_s": mb / naive,
             "ratio": naive / ours,
-        },  # fmt: skip
+        },
         f"{mb / ours:,.0f} MB/s vs json.loads {mb / naive:,.0f} MB/s ({naive / ours:.1f}x)",
     )
 
@@ -302,8 +302,14 @@ async def cold_start(tmp: Path) -> None:
     async with running_fake_llm() as llm:
         agent = tmp / "real" / "agent"
         write_agent_dir(agent, llm)
-        launcher = PiLauncher(command=(str(REAL_PI),), state_dir=tmp / "real", agent_dir=agent,
-                              provider="fake", model="fake-1", system_prompt="Be brief.")  # fmt: skip
+        launcher = PiLauncher(
+            command=(str(REAL_PI),),
+            state_dir=tmp / "real",
+            agent_dir=agent,
+            provider="fake",
+            model="fake-1",
+            system_prompt="Be brief.",
+        )
         async with SessionManager(launcher, SessionSettings(max_processes=8)) as manager:
             firsts = []
             for i in range(3):

@@ -11,6 +11,7 @@ own task group, so every task has an owner and polling never waits for a turn.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -181,7 +182,8 @@ class TelegramInterface:
         while True:
             try:
                 updates = await _mapped(
-                    lambda: bot.get_updates(
+                    functools.partial(
+                        bot.get_updates,
                         offset=offset,
                         timeout=self._polling_timeout,
                         allowed_updates=["message"],
