@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -22,6 +22,18 @@ FAKE_PI = Path(__file__).with_name("fake_pi.py")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After every test, nothing started for its state dir (pi, fakes, tool children) runs."""
+    yield
+    from evie.reaper import marked_processes, reap
+
+    owner = str((tmp_path / "state").resolve())
+    leftovers = marked_processes(owner)
+    reap(owner)
+    assert leftovers == [], f"processes left running by the test: {leftovers}"
 
 
 @attrs.frozen

@@ -86,6 +86,7 @@ class FakeTelegram:
     _changed: anyio.Event = attrs.Factory(anyio.Event)
     _closing: bool = False
     max_poll: float = 1.0
+    delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
 
     @property
     def base_url(self) -> str:
@@ -190,6 +191,8 @@ class FakeTelegram:
             if fault.retry_after is not None:
                 body["parameters"] = {"retry_after": fault.retry_after}
             return web.json_response(body, status=fault.status)
+        if self.delay and method in ("sendMessage", "editMessageText"):
+            await anyio.sleep(self.delay)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return self._error(404, "Not Found: method not found")

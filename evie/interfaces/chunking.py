@@ -47,8 +47,15 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
-def _split_block(block: str, fits: Callable[[str], bool]) -> list[str]:
-    """Split one block that does not fit, by lines; code fences are repeated per piece."""
+def _split_block(
+    block: str, limit: int, render: Callable[[str], str], fits: Callable[[str], bool]
+) -> list[str]:
+    """Split one block that does not fit, by lines; code fences are repeated per piece.
+
+    Lines are packed by their individually rendered lengths (linear time), and
+    each piece is then checked as a whole and trimmed if rendering it together
+    came out longer.
+    """
     lines = block.split("\n")
     opener = closer = ""
     if _FENCE.match(lines[0].lstrip()):
@@ -60,32 +67,48 @@ def _split_block(block: str, fits: Callable[[str], bool]) -> list[str]:
         inner = "\n".join(body)
         return f"{opener}\n{inner}\n{closer}" if opener else inner
 
+    overhead = len(render(wrap([]))) if opener else 0
     pieces: list[str] = []
     current: list[str] = []
-    for line in lines:
-        if fits(wrap([*current, line])):
-            current.append(line)
-            continue
-        if current:
+    size = overhead
+    pending = list(reversed(lines))
+    while pending:
+        line = pending.pop()
+        cost = len(render(line)) + 1
+        if current and size + cost > limit:
+            while len(current) > 1 and not fits(wrap(current)):
+                pending.append(current.pop())  # rendered together it came out longer
             pieces.append(wrap(current))
-            current = []
-        if fits(wrap([line])):
-            current = [line]
+            current, size = [], overhead
+        if not current and not fits(wrap([line])):
+            pieces.extend(_cut_line(line, wrap, fits))  # a line longer than a message
             continue
-        # a single line longer than a message: cut it
-        rest = line
-        while rest:
-            lo, hi = 1, len(rest)
-            while lo < hi:  # longest prefix that fits
-                mid = (lo + hi + 1) // 2
-                if fits(wrap([rest[:mid]])):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            pieces.append(wrap([rest[:lo]]))
-            rest = rest[lo:]
+        current.append(line)
+        size += cost
     if current:
+        while len(current) > 1 and not fits(wrap(current)):
+            pending.append(current.pop())
         pieces.append(wrap(current))
+        if pending:
+            pieces.extend(_split_block(wrap(list(reversed(pending))), limit, render, fits))
+    return pieces
+
+
+def _cut_line(
+    line: str, wrap: Callable[[list[str]], str], fits: Callable[[str], bool]
+) -> list[str]:
+    pieces = []
+    rest = line
+    while rest:
+        lo, hi = 1, len(rest)
+        while lo < hi:  # the longest prefix that fits
+            mid = (lo + hi + 1) // 2
+            if fits(wrap([rest[:mid]])):
+                lo = mid
+            else:
+                hi = mid - 1
+        pieces.append(wrap([rest[:lo]]))
+        rest = rest[lo:]
     return pieces
 
 
@@ -113,7 +136,7 @@ def split_message(text: str, limit: int, render: Callable[[str], str] = lambda s
         if fits(block):
             current = block
         else:
-            pieces = _split_block(block, fits)
+            pieces = _split_block(block, limit, render, fits)
             chunks.extend(pieces[:-1])
             current = pieces[-1] if pieces else ""
     if current:

@@ -203,18 +203,25 @@ class SessionManager:
             queued = await self._try_queue(slot, prompt)
             if queued is not None:
                 return queued
-            async with slot.lock:
+            slot.waiters += 1
+            try:
+                await slot.lock.acquire()
+            finally:
+                slot.waiters -= 1
+            try:
                 if slot.retired or not self._is_current(slot):
                     continue  # replaced while we waited: use the new slot
                 result = await self._run_turn(slot, prompt, on_event)
+            finally:
+                slot.lock.release()
             if result is not None:
                 return result
         raise SessionReplaced("this chat's session was replaced several times; send it again")
 
     async def _try_queue(self, slot: Slot, prompt: Prompt) -> Queued | None:
         process, turn = slot.process, slot.turn
-        if process is None or turn is None or not turn.accepts_followups:
-            return None
+        if process is None or turn is None or not turn.accepts_followups or slot.waiters:
+            return None  # (a message already waiting for the next turn keeps its place)
         steer = self.settings.mid_turn == "steer"
         try:
             await process.queue_message(

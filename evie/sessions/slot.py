@@ -46,6 +46,7 @@ class Slot:
     last_error: str | None = None
     turns: int = 0
     retired: bool = False
+    waiters: int = 0  # sends waiting for the lock: later messages queue behind them
 
     def snapshot(self) -> SlotStatus:
         turn, process = self.turn, self.process
