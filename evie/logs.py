@@ -8,6 +8,12 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
+
+#: the chat and session a log line is about; set by the code handling them, and
+#: inherited by every task started from there (pi's reader tasks included)
+chat_var: ContextVar[str | None] = ContextVar("evie_chat", default=None)
+session_var: ContextVar[str | None] = ContextVar("evie_session", default=None)
 
 # Telegram bot tokens look like 123456789:AA...; Discord tokens are three dot-separated
 # base64 parts. Both are redacted even when evie does not know the exact value.
@@ -37,6 +43,27 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class AddContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.chat = chat_var.get()
+        record.session = session_var.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = [
+            f"{name}={value}"
+            for name in ("chat", "session")
+            if (value := getattr(record, name, None)) is not None
+        ]
+        return f"{line} [{' '.join(context)}]" if context else line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -58,10 +85,8 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactSecrets(secrets))
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(AddContext())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))

@@ -15,8 +15,10 @@ from evie.agent.events import Prompt, TurnEvent
 from evie.agent.launcher import PiLauncher
 from evie.agent.process import LaunchSpec
 from evie.sessions.manager import SessionManager, SessionSettings
+from tests.fake_llm import FakeLLM, write_agent_dir
 
 FAKE_PI = Path(__file__).with_name("fake_pi.py")
+PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
 
 
 @pytest.fixture
@@ -116,3 +118,17 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def real_launcher(tmp_path: Path, llm: FakeLLM) -> PiLauncher:
+    """The real pi from node_modules, talking to the fake LLM."""
+    agent_dir = tmp_path / "state" / "agent"
+    write_agent_dir(agent_dir, llm)
+    return PiLauncher(
+        command=(str(PI),),
+        state_dir=tmp_path / "state",
+        agent_dir=agent_dir,
+        provider="fake",
+        model="fake-1",
+        system_prompt="You are a test.",
+    )

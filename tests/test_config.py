@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -143,3 +144,42 @@ def test_log_lines_never_carry_tokens(caplog: pytest.LogCaptureFixture) -> None:
     RedactSecrets(["my-discord-token"]).filter(record)
     assert secret not in record.getMessage()
     assert "[redacted]" in record.getMessage()
+
+
+def test_log_lines_carry_the_chat_and_session(tmp_path: Path) -> None:
+    import anyio
+
+    from evie.agent.events import Prompt
+    from evie.logs import AddContext, JsonFormatter, TextFormatter
+    from evie.sessions.manager import SessionManager
+    from tests.conftest import Recorder, fake_launcher
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    handler.addFilter(AddContext())
+    logger = logging.getLogger("evie")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+
+        async def run() -> None:
+            async with SessionManager(fake_launcher(tmp_path)) as manager:
+                await manager.send("tg:42", Prompt("hi"), Recorder())
+
+        anyio.run(run)
+    finally:
+        logger.removeHandler(handler)
+    turn_lines = [r for r in records if r.getMessage().startswith("turn ")]
+    assert [r.getMessage().split(" (")[0] for r in turn_lines][:1] == ["turn started"]
+    assert all(getattr(r, "chat", None) == "tg:42" for r in turn_lines)
+    assert all(getattr(r, "session", None) for r in turn_lines)
+    text = TextFormatter().format(turn_lines[-1])
+    assert "[chat=tg:42 session=" in text
+    as_json = json.loads(JsonFormatter().format(turn_lines[-1]))
+    assert as_json["chat"] == "tg:42"
+    assert as_json["msg"].startswith("turn done")

@@ -21,10 +21,9 @@ from evie.config import TelegramConfig
 from evie.interfaces.streaming import Delivery
 from evie.interfaces.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager, SessionSettings
-from tests.conftest import Recorder, fake_launcher
+from tests.conftest import PI, Recorder, fake_launcher, real_launcher
 from tests.fake_llm import Reply, running_fake_llm
 from tests.fake_telegram import TOKEN, FakeTelegram, Fault, running_fake_telegram
-from tests.test_real_pi import PI, real_launcher
 
 pytestmark = pytest.mark.anyio
 OWNER = 42

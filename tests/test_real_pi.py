@@ -19,15 +19,12 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
-from evie.agent.launcher import PiLauncher
 from evie.config import parse_config
 from evie.reaper import marked_processes
 from evie.runtime import open_runtime
 from evie.sessions.manager import SessionManager
-from tests.conftest import Recorder, pid_alive
+from tests.conftest import PI, Recorder, pid_alive, real_launcher
 from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
-
-PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
 
 pytestmark = [
     pytest.mark.anyio,
@@ -40,19 +37,6 @@ pytestmark = [
 async def llm() -> AsyncIterator[FakeLLM]:
     async with running_fake_llm() as fake:
         yield fake
-
-
-def real_launcher(tmp_path: Path, llm: FakeLLM) -> PiLauncher:
-    agent_dir = tmp_path / "state" / "agent"
-    write_agent_dir(agent_dir, llm)
-    return PiLauncher(
-        command=(str(PI),),
-        state_dir=tmp_path / "state",
-        agent_dir=agent_dir,
-        provider="fake",
-        model="fake-1",
-        system_prompt="You are a test.",
-    )
 
 
 async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:

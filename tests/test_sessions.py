@@ -360,3 +360,24 @@ async def test_shutdown_stops_every_process(tmp_path: Path) -> None:
         assert len(pids) == 2
     assert not any(pid_alive(pid) for pid in pids)
     assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+
+
+async def test_at_most_max_processes_stay_alive_least_recent_first(tmp_path: Path) -> None:
+    settings = SessionSettings(max_processes=2)
+    async with SessionManager(fake_launcher(tmp_path), settings) as manager:
+        for key in ("a", "b", "c"):
+            await manager.send(key, Prompt(f"hi {key}"), Recorder())
+        with anyio.fail_after(5):
+            while manager._slots["a"].process is not None:
+                await anyio.sleep(0.01)
+        assert manager._slots["b"].process is not None
+        assert manager._slots["c"].process is not None
+        # the reclaimed session resumes on its next message (same session id)
+        session_id = manager._slots["a"].session_id
+        rec = Recorder()
+        assert await manager.send("a", Prompt("back"), rec) == TurnFinished(Outcome.DONE)
+        assert manager._slots["a"].session_id == session_id
+        with anyio.fail_after(5):
+            while manager._slots["b"].process is not None:
+                await anyio.sleep(0.01)
+        assert sum(1 for s in manager.slots() if s.process is not None) == 2

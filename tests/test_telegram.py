@@ -15,7 +15,8 @@ from evie.config import TelegramConfig
 from evie.interfaces.streaming import Delivery
 from evie.interfaces.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
-from tests.conftest import fake_launcher
+from tests.conftest import PI, fake_launcher, real_launcher
+from tests.fake_llm import Reply, running_fake_llm
 from tests.fake_telegram import TOKEN, FakeTelegram, Fault, running_fake_telegram
 
 pytestmark = pytest.mark.anyio
@@ -195,3 +196,27 @@ async def test_photos_reach_pi_as_images(tg: Harness) -> None:
     assert prompt["images"] == [
         {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/jpeg"}
     ]
+
+
+@pytest.mark.realpi
+@pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)")
+async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
+    async with running_fake_llm() as llm, running_fake_telegram() as fake:
+        llm.queue(Reply(text="Hi! Here is **something** useful.\n\n```sh\nls -la\n```", chunk=4))
+        config = TelegramConfig(
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+        )
+        async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+            interface = TelegramInterface(manager, config, edit_interval=0.05, polling_timeout=1)
+            async with anyio.create_task_group() as group:
+                await group.start(interface.run)
+                fake.push_message("hello real pi")
+                await fake.wait_for(
+                    lambda: any("<b>something</b>" in t for t in fake.chat_view(OWNER)),
+                    seconds=30,
+                )
+                group.cancel_scope.cancel()
+        final = next(m for m in fake.messages.values() if "<b>something</b>" in m.text)
+        assert final.parse_mode == "HTML"
+        assert '<pre><code class="language-sh">ls -la</code></pre>' in final.text
+        assert llm.user_texts(llm.requests[-1]) == ["hello real pi"]

@@ -16,12 +16,10 @@ import pytest
 from evie.interfaces.terminal import TerminalChat
 from evie.reaper import marked_processes
 from evie.sessions.manager import SessionManager
-from tests.conftest import fake_launcher
+from tests.conftest import PI, fake_launcher
 from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
 
 pytestmark = pytest.mark.anyio
-
-PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
 
 
 class Screen:

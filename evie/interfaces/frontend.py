@@ -13,6 +13,7 @@ from evie.agent.events import Prompt
 from evie.errors import EvieError
 from evie.interfaces.contract import ChatRef, DeliveryError, Incoming, Transport
 from evie.interfaces.streaming import Delivery, ReplyStreamer
+from evie.logs import chat_var
 from evie.sessions.manager import Queued, SessionManager
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class ChatFrontend:
 
     async def handle(self, msg: Incoming) -> None:
         """Handle one incoming message to completion (run it in its own task)."""
+        chat_var.set(msg.chat.key)
         if msg.message_id is not None:
             seen = (msg.chat.key, msg.message_id)
             if seen in self._seen:

@@ -28,6 +28,7 @@ import attrs
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
+from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
@@ -236,6 +237,8 @@ class SessionManager:
         return Queued(position=turn.followups_sent - turn.followups_started, steer=steer)
 
     async def _run_turn(self, slot: Slot, prompt: Prompt, on_event: EventSink) -> SendResult | None:
+        chat_var.set(slot.key)
+        session_var.set(slot.session_id)
         process = slot.process
         if process is None or not process.alive:
             process = await self._start_process(slot)
@@ -250,6 +253,7 @@ class SessionManager:
         if notice:
             await on_event(Notice(notice))
         turn = process.start_turn(prompt.text, [i.to_pi() for i in prompt.images])
+        log.info("turn started (%d chars, %d images)", len(prompt.text), len(prompt.images))
         slot.turn = turn
         slot.state = SlotState.RUNNING
         self._notify(slot, terminal=True)  # "running" must reach disk before a crash can
@@ -271,6 +275,7 @@ class SessionManager:
             spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
             process = await PiProcess.spawn(spec, self._tasks)
         except AgentStartError as exc:
+            log.error("pi failed to start: %s", exc)
             self.metrics.spawn_failures += 1
             slot.state = SlotState.CRASHED
             slot.last_outcome = Outcome.FAILED
@@ -278,6 +283,7 @@ class SessionManager:
             self._notify(slot, terminal=True)
             return None
         self.metrics.spawn_seconds.observe(time.perf_counter() - started)
+        log.info("pi started (pid %d) in %.2fs", process.pid, time.perf_counter() - started)
         if slot.retired or not self._is_current(slot):
             await process.close()
             return None
@@ -305,6 +311,12 @@ class SessionManager:
         slot.last_error = finished.error
         slot.last_activity = time.monotonic()
         self.metrics.turns[finished.outcome.value] += 1
+        log.info(
+            "turn %s after %.2fs%s",
+            finished.outcome.value,
+            turn.elapsed,
+            f": {finished.error}" if finished.error else "",
+        )
         self.metrics.turn_seconds.observe(turn.elapsed)
         if finished.outcome is Outcome.CRASHED or not process.alive:
             slot.process = None
