@@ -106,6 +106,9 @@ class FakeDiscord:
     _changed: anyio.Event = attrs.Factory(anyio.Event)
     session_id: str = "fake-session"
     replay_overlap: int = 0  # RESUME replays this many already-delivered events too
+    app_commands: list[dict[str, Any]] = attrs.Factory(list)
+    interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    files: dict[str, bytes] = attrs.Factory(dict)
 
     @property
     def base_url(self) -> str:
@@ -195,6 +198,44 @@ class FakeDiscord:
         await self._dispatch("MESSAGE_CREATE", data)
         return message_id
 
+    def attachment(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """An attachment object whose URL this fake serves."""
+        self.files[name] = data
+        return {"id": str(self._snowflake()), "filename": name, "size": len(data),
+                "url": f"{self.base_url}/attachments/{name}",
+                "proxy_url": f"{self.base_url}/attachments/{name}",
+                "content_type": content_type}  # fmt: skip
+
+    async def push_interaction(self, name: str, *, user_id: int = 42, channel_id: int = 500) -> int:
+        """A slash command invocation in a DM channel."""
+        interaction_id = self._snowflake()
+        user = {"id": str(user_id), "username": f"user{user_id}", "discriminator": "0",
+                "avatar": None}  # fmt: skip
+        command = next(c for c in self.app_commands if c["name"] == name)
+        data = {
+            "id": str(interaction_id),
+            "application_id": str(BOT_ID),
+            "type": 2,
+            "token": f"itoken{interaction_id}",
+            "version": 1,
+            "channel_id": str(channel_id),
+            "channel": {"id": str(channel_id), "type": 1},
+            "user": user,
+            "locale": "en-US",
+            "attachment_size_limit": 8_000_000,
+            "authorizing_integration_owners": {},
+            "context": 1,
+            "data": {"id": command["id"], "name": name, "type": 1},
+        }
+        await self._dispatch("INTERACTION_CREATE", data)
+        return interaction_id
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data)
+
     async def disconnect(self, code: int = 4000) -> None:
         """Drop the gateway connection; the client resumes on resume_gateway_url."""
         if self._ws is not None:
@@ -274,6 +315,23 @@ class FakeDiscord:
             return _json({"url": self.gateway_url, "shards": 1, "session_start_limit":
                           {"total": 1000, "remaining": 1000, "reset_after": 0,
                            "max_concurrency": 1}})  # fmt: skip
+        if parts[0] == "applications" and parts[-1] == "commands" and request.method == "PUT":
+            self.app_commands = [
+                {**c, "id": str(self._snowflake()), "application_id": str(BOT_ID), "version": "1",
+                 "type": c.get("type", 1)}
+                for c in await request.json()
+            ]  # fmt: skip
+            return _json(self.app_commands)
+        if parts[0] == "interactions" and parts[-1] == "callback":
+            body = await request.json()
+            interaction_id = int(parts[1])
+            self.interaction_replies[interaction_id] = body
+            self._wake()
+            message = self._message_json(
+                PostedMessage(self._snowflake(), 0, body.get("data", {}).get("content", ""))
+            )
+            return _json({"interaction": {"id": str(interaction_id), "type": 2},
+                          "resource": {"type": body["type"], "message": message}})  # fmt: skip
         if parts[0] == "channels" and len(parts) >= 3:
             channel_id = int(parts[1])
             if parts[2] == "typing":
@@ -325,6 +383,7 @@ async def running_fake_discord() -> AsyncIterator[FakeDiscord]:
     fake = FakeDiscord()
     app = web.Application()
     app.router.add_get("/gateway", fake._gateway)
+    app.router.add_get("/attachments/{name}", fake._attachment)
     app.router.add_route("*", "/api/v10/{path:.*}", fake._rest)
     runner = web.AppRunner(app, shutdown_timeout=0.2)
     await runner.setup()

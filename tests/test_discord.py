@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,3 +134,41 @@ async def test_gateway_drop_mid_turn_delivers_the_reply_once(dc: Harness, tmp_pa
     assert not any("queued" in t for t in dc.fake.channel_view(DM))
     assert len(dc.manager.slots()) == 1
     assert dc.manager._slots[f"dc:{DM}"].turns == 1
+
+
+async def test_slash_commands_are_registered_and_answered(dc: Harness, tmp_path: Path) -> None:
+    await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 4)
+    assert {c["name"] for c in dc.fake.app_commands} == {"status", "stop", "new", "help"}
+    release = tmp_path / "release"
+    steps = [{"text": "crunching"}, {"wait_file": str(release)}]
+    await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+    await dc.shows(DM, "crunching")
+    iid = await dc.fake.push_interaction("status", channel_id=DM)
+    await dc.fake.wait_for(lambda: iid in dc.fake.interaction_replies)
+    reply = dc.fake.interaction_replies[iid]
+    assert reply["type"] == 4
+    assert "Turn running for" in reply["data"]["content"]
+    stranger = await dc.fake.push_interaction("status", user_id=9, channel_id=901)
+    await dc.fake.wait_for(lambda: stranger in dc.fake.interaction_replies)
+    refusal = dc.fake.interaction_replies[stranger]["data"]
+    assert refusal["content"] == "Sorry, this is a private assistant."
+    assert refusal["flags"] == 64  # ephemeral
+    stop = await dc.fake.push_interaction("stop", channel_id=DM)
+    await dc.fake.wait_for(lambda: stop in dc.fake.interaction_replies)
+    await dc.shows(DM, "Stopped.")
+
+
+async def test_image_attachments_reach_pi(
+    dc: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picture = b"\x89PNG\r\n\x1a\n not really"
+    attachment = dc.fake.attachment("shot.png", picture, "image/png")
+    record = tmp_path / "state" / "record.jsonl"
+    monkeypatch.setenv("FAKE_PI_RECORD", str(record))
+    await dc.fake.push_message("look", channel_id=DM, attachments=[attachment])
+    await dc.shows(DM, "echo: look")
+    prompts = [json.loads(line) for line in record.read_text().splitlines()]
+    prompt = next(p for p in prompts if p.get("type") == "prompt")
+    assert prompt["images"] == [
+        {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/png"}
+    ]

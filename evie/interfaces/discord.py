@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import discord
 import yarl
+from discord import app_commands
 
 from evie.agent.events import Image
 from evie.config import DiscordConfig
 from evie.errors import ConfigError
 from evie.interfaces.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
-from evie.interfaces.frontend import ChatFrontend
+from evie.interfaces.frontend import COMMANDS, REFUSAL, ChatFrontend
 from evie.interfaces.streaming import Delivery
 from evie.sessions.manager import SessionManager
 
@@ -87,7 +88,11 @@ class _Client(discord.Client):
         super().__init__(intents=intents, **options)
         self._owner = owner
 
+    async def setup_hook(self) -> None:
+        self._owner._add_app_commands(self)
+
     async def on_ready(self) -> None:
+        await self._owner._sync_app_commands()
         self._owner._ready.set()
 
     async def on_message(self, message: discord.Message) -> None:
@@ -116,6 +121,8 @@ class DiscordInterface:
         self._client: _Client | None = None
         self.frontend: ChatFrontend | None = None
         self._accepting = True
+        self._tree: app_commands.CommandTree[_Client] | None = None
+        self._synced = False
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -161,6 +168,41 @@ class DiscordInterface:
     async def stop_intake(self) -> None:
         """Ignore new messages from now on; running handlers carry on."""
         self._accepting = False
+
+    # -- application (slash) commands: /status /stop /new /help -----------------------
+
+    def _add_app_commands(self, client: _Client) -> None:
+        self._tree = tree = app_commands.CommandTree(client)
+        for name, description in COMMANDS:
+            tree.add_command(
+                app_commands.Command(
+                    name=name, description=description, callback=self._app_command(name)
+                )
+            )
+
+    def _app_command(self, name: str) -> Callable[[discord.Interaction], Coroutine[Any, Any, None]]:
+        async def callback(interaction: discord.Interaction) -> None:
+            await self._on_app_command(interaction, name)
+
+        return callback
+
+    async def _sync_app_commands(self) -> None:
+        if self._tree is None or self._synced:
+            return
+        try:
+            await self._tree.sync()
+            self._synced = True
+        except discord.HTTPException as exc:  # the text commands still work
+            log.warning("discord: could not register slash commands: %s", exc)
+
+    async def _on_app_command(self, interaction: discord.Interaction, name: str) -> None:
+        frontend = self.frontend
+        if frontend is None or not frontend.allows(interaction.user.id):
+            await interaction.response.send_message(REFUSAL, ephemeral=True)
+            return
+        chat = ChatRef("dc", interaction.channel_id or interaction.user.id)
+        text = await frontend.command_reply(name, chat)
+        await interaction.response.send_message(text[:2000], allowed_mentions=NO_MENTIONS)
 
     def _on_message(self, message: discord.Message) -> None:
         if not self._accepting or self._tg is None or self.frontend is None:

@@ -99,7 +99,7 @@ class ChatFrontend:
             if len(self._seen) > 10_000:
                 self._seen.popitem(last=False)
         try:
-            if msg.user_id not in self.allowed:
+            if not self.allows(msg.user_id):
                 await self._refuse(msg)
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
@@ -129,25 +129,30 @@ class ChatFrontend:
         await self.delivery.run(lambda: self.transport.send(chat, text, formatted=False))
 
     async def _command(self, command: str, chat: ChatRef) -> None:
+        await self.say(chat, await self.command_reply(command, chat))
+
+    async def command_reply(self, command: str, chat: ChatRef) -> str:
+        """Carry out a command and return the answer (platforms decide how to post it)."""
         key = chat.key
         if command in ("help", "start"):
-            await self.say(chat, HELP)
-        elif command == "status":
+            return HELP
+        if command == "status":
             status = self.manager.get_status(key)
             if status is None:
-                await self.say(chat, "No session yet: send a message to start one.")
-                return
+                return "No session yet: send a message to start one."
             text = status.render()
             usage = format_stats(await self.manager.session_stats(key, seconds=1.0))
-            await self.say(chat, f"{text}\n{usage}" if usage else text)
-        elif command == "stop":
+            return f"{text}\n{usage}" if usage else text
+        if command == "stop":
             stopped = await self.manager.abort(key)
-            await self.say(chat, "Stopping…" if stopped else "Nothing is running.")
-        elif command == "new":
+            return "Stopping…" if stopped else "Nothing is running."
+        if command == "new":
             slot = await self.manager.new_session(key)
-            await self.say(chat, f"Started a new session ({slot.session_id}).")
-        else:
-            await self.say(chat, f"Unknown command /{command}. /help lists what I understand.")
+            return f"Started a new session ({slot.session_id})."
+        return f"Unknown command /{command}. /help lists what I understand."
+
+    def allows(self, user_id: int) -> bool:
+        return user_id in self.allowed
 
     async def _converse(self, msg: Incoming) -> None:
         images = msg.images
