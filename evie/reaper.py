@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import IO
 
+from evie import procfs
 from evie.errors import StateError
 
 log = logging.getLogger(__name__)
@@ -25,34 +24,13 @@ MARKER = "EVIE_OWNER"
 
 def marked_processes(owner: str) -> list[int]:
     """Pids whose environment carries ``EVIE_OWNER=<owner>`` (never our own pid)."""
-    needle = f"{MARKER}={owner}".encode()
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    me = os.getpid()
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
+    return procfs.with_environment(MARKER, owner)
 
 
 def reap(owner: str) -> int:
     """SIGKILL every leftover process of ``owner``; returns how many were signalled."""
     pids = marked_processes(owner)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    procfs.kill_all(pids)
     if pids:
         log.warning("stopped %d process(es) left behind by an earlier evie: %s", len(pids), pids)
     return len(pids)

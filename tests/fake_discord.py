@@ -21,6 +21,8 @@ import anyio
 import attrs
 from aiohttp import WSMsgType, web
 
+from tests.loopback import serve_on_loopback
+
 BOT_ID = 900_000_000_000_000_001
 BOT_USER = {
     "id": str(BOT_ID),
@@ -65,6 +67,30 @@ def _guild() -> dict[str, Any]:
                                          "locked": False},
                      "message_count": 0, "member_count": 1}],
     }  # fmt: skip
+
+
+def _message_payload(
+    message_id: int, channel_id: int, content: str, author: dict[str, Any]
+) -> dict[str, Any]:
+    """A message object as the gateway and REST API send it."""
+    return {
+        "id": str(message_id),
+        "type": 0,
+        "content": content,
+        "channel_id": str(channel_id),
+        "author": author,
+        "attachments": [],
+        "embeds": [],
+        "mentions": [],
+        "mention_roles": [],
+        "pinned": False,
+        "mention_everyone": False,
+        "tts": False,
+        "timestamp": "2026-11-25T00:00:00+00:00",
+        "edited_timestamp": None,
+        "flags": 0,
+        "components": [],
+    }
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -173,24 +199,9 @@ class FakeDiscord:
             content = f"<@{BOT_ID}> {content}"
         if not self._intents & CONTENT_INTENT:
             content = ""  # what Discord does without the message-content intent
-        data: dict[str, Any] = {
-            "id": str(message_id),
-            "type": 0,
-            "content": content,
-            "channel_id": str(channel_id),
-            "author": author,
-            "attachments": attachments or [],
-            "embeds": [],
-            "mentions": [BOT_USER] if mention_bot else [],
-            "mention_roles": [],
-            "pinned": False,
-            "mention_everyone": False,
-            "tts": False,
-            "timestamp": "2026-11-25T00:00:00+00:00",
-            "edited_timestamp": None,
-            "flags": 0,
-            "components": [],
-        }
+        data = _message_payload(message_id, channel_id, content, author)
+        data["attachments"] = attachments or []
+        data["mentions"] = [BOT_USER] if mention_bot else []
         if guild_id is not None:
             data["guild_id"] = str(guild_id)
             data["member"] = {"roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
@@ -358,24 +369,7 @@ class FakeDiscord:
         return _json({"message": "404: Not Found", "code": 0}, 404)
 
     def _message_json(self, m: PostedMessage) -> dict[str, Any]:
-        return {
-            "id": str(m.id),
-            "type": 0,
-            "content": m.content,
-            "channel_id": str(m.channel_id),
-            "author": BOT_USER,
-            "attachments": [],
-            "embeds": [],
-            "mentions": [],
-            "mention_roles": [],
-            "pinned": False,
-            "mention_everyone": False,
-            "tts": False,
-            "timestamp": "2026-11-25T00:00:00+00:00",
-            "edited_timestamp": None,
-            "flags": 0,
-            "components": [],
-        }
+        return _message_payload(m.id, m.channel_id, m.content, BOT_USER)
 
 
 @asynccontextmanager
@@ -385,16 +379,9 @@ async def running_fake_discord() -> AsyncIterator[FakeDiscord]:
     app.router.add_get("/gateway", fake._gateway)
     app.router.add_get("/attachments/{name}", fake._attachment)
     app.router.add_route("*", "/api/v10/{path:.*}", fake._rest)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    fake.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake
-    finally:
-        if fake._ws is not None:
-            await fake._ws.close()
-        await runner.cleanup()
+    async with serve_on_loopback(app) as fake.port:
+        try:
+            yield fake
+        finally:
+            if fake._ws is not None:
+                await fake._ws.close()

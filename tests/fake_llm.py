@@ -20,6 +20,8 @@ import anyio
 import attrs
 from aiohttp import web
 
+from tests.loopback import serve_on_loopback
+
 
 @attrs.frozen
 class Reply:
@@ -123,17 +125,8 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     llm = FakeLLM()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", llm._handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    llm.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_on_loopback(app) as llm.port:
         yield llm
-    finally:
-        await runner.cleanup()
 
 
 def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2) -> None:

@@ -21,6 +21,8 @@ import anyio
 import attrs
 from aiohttp import web
 
+from tests.loopback import serve_on_loopback
+
 BOT = {"id": 999, "is_bot": True, "first_name": "evie", "username": "evie_test_bot"}
 TOKEN = "123456:TEST-token-for-the-fake-bot-api_xyz"
 ALLOWED_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "code", "pre", "a",
@@ -315,19 +317,12 @@ async def running_fake_telegram() -> AsyncIterator[FakeTelegram]:
     app = web.Application()
     app.router.add_route("*", "/bot{token}/{method}", fake._api)
     app.router.add_get("/file/bot{token}/{path:.*}", fake._file)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    fake.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake
-    finally:
-        fake._closing = True
-        fake._wake()
-        await runner.cleanup()
+    async with serve_on_loopback(app) as fake.port:
+        try:
+            yield fake
+        finally:
+            fake._closing = True  # let a parked long poll return so the server can stop
+            fake._wake()
 
 
 def recorded_json(params: dict[str, str], key: str) -> Any:

@@ -15,7 +15,6 @@ import itertools
 import logging
 import math
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
+from evie import procfs
 from evie.agent import protocol as p
 from evie.agent.events import Outcome
 from evie.agent.turn import Turn
@@ -137,7 +137,7 @@ class PiProcess:
             if self.exited.is_set():
                 return
             self._closing = True
-            descendants = await anyio.to_thread.run_sync(_descendants, self.pid)
+            descendants = await anyio.to_thread.run_sync(procfs.descendants, self.pid)
             try:
                 self._proc.terminate()
             except ProcessLookupError:
@@ -151,7 +151,7 @@ class PiProcess:
                 except ProcessLookupError:
                     pass
                 await self.exited.wait()
-            _kill_pids(descendants)
+            procfs.kill_all(descendants)
 
     # -- commands -----------------------------------------------------------------
 
@@ -359,39 +359,3 @@ class PiProcess:
         last = self._stderr_tail[-1] if self._stderr_tail else ""
         detail = f": {last}" if last else ""
         return f"pi stopped unexpectedly ({how}){detail}. Your next message starts it again."
-
-
-def _descendants(pid: int) -> list[int]:
-    """All processes below ``pid``, read from /proc (empty where /proc is absent)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name may contain spaces and parens: parse after the last ')'
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def _kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass

@@ -1,0 +1,21 @@
+"""Serving a fake's aiohttp app on 127.0.0.1 with a port chosen by the OS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+
+@asynccontextmanager
+async def serve_on_loopback(app: web.Application) -> AsyncIterator[int]:
+    """Start ``app`` on 127.0.0.1:0 and yield the bound port; stop it on exit."""
+    runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
