@@ -298,7 +298,7 @@ class Turn:
 
     def step(self, step: dict[str, Any]) -> None:
         """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
-        error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | stderr."""
+        error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | env | stderr."""
         self.check_abort()
         if "text" in step:
             self.stream(step["text"], step.get("chunk", 4), step.get("delay", 0))
@@ -338,6 +338,8 @@ class Turn:
             emit_raw(step["raw"].encode("utf-8") + b"\n")
         elif "raw_hex" in step:
             emit_raw(bytes.fromhex(step["raw_hex"]) + b"\n")
+        elif "env" in step:
+            self.stream(f"{step['env']}={os.environ.get(step['env'], '<unset>')}", 64, 0)
         elif "stderr" in step:
             sys.stderr.write(step["stderr"] + "\n")
             sys.stderr.flush()

@@ -18,6 +18,7 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
+from evie.reaper import marked_processes
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotState
 from evie.state import StateStore
@@ -381,3 +382,18 @@ async def test_at_most_max_processes_stay_alive_least_recent_first(tmp_path: Pat
             while manager._slots["b"].process is not None:
                 await anyio.sleep(0.01)
         assert sum(1 for s in manager.slots() if s.process is not None) == 2
+
+
+async def test_evie_secrets_are_not_passed_to_pi(
+    manager: SessionManager, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EVIE_TELEGRAM_TOKEN", "123:secret")
+    monkeypatch.setenv("SOME_TOOL_SETTING", "kept")
+    rec = Recorder()
+    await manager.send(
+        "chat", script({"env": "EVIE_TELEGRAM_TOKEN"}, {"env": "SOME_TOOL_SETTING"}), rec
+    )
+    assert rec.text() == "EVIE_TELEGRAM_TOKEN=<unset>SOME_TOOL_SETTING=kept"
+    process = manager._slots["chat"].process
+    assert process is not None
+    assert process.pid in marked_processes(str((tmp_path / "state").resolve()))  # the marker does

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DIALOG_METHODS = frozenset({"select", "confirm", "input", "editor"})
 
 Callback = Callable[[p.Response | None], None]
+PRIVATE_ENV_PREFIX = "EVIE_"  # EVIE_TELEGRAM_TOKEN, EVIE_DISCORD_TOKEN, EVIE_CONFIG …
 
 
 @attrs.frozen
@@ -90,7 +91,9 @@ class PiProcess:
     async def spawn(cls, spec: LaunchSpec, task_group: anyio.abc.TaskGroup) -> PiProcess:
         """Start pi and wait until it answers ``get_state`` (pi has no ready event)."""
         await anyio.to_thread.run_sync(lambda: spec.cwd.mkdir(parents=True, exist_ok=True))
-        env = {**os.environ, **spec.env}
+        # evie's own secrets (bot tokens) never reach pi, whose tools run model-written code
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)}
+        env = {**inherited, **spec.env}
         try:
             proc = await anyio.open_process(
                 list(spec.argv), stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=spec.cwd, env=env

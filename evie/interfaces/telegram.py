@@ -14,6 +14,7 @@ import base64
 import functools
 import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -257,7 +258,7 @@ class TelegramInterface:
                 if found.lower() == mention.lower():
                     return (text[: entity.offset] + text[entity.offset + entity.length :]).strip()
         if mention and mention.lower() in text.lower():
-            return text.replace(mention, "").strip()
+            return re.sub(re.escape(mention), "", text, flags=re.IGNORECASE).strip()
         return None
 
     def _photo_fetcher(self, message: Message) -> Callable[[], Awaitable[tuple[Image, ...]]]:
