@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from evie.agent.events import (
@@ -397,3 +398,17 @@ async def test_evie_secrets_are_not_passed_to_pi(
     process = manager._slots["chat"].process
     assert process is not None
     assert process.pid in marked_processes(str((tmp_path / "state").resolve()))  # the marker does
+
+
+async def test_unusable_state_dir_fails_the_turn_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    launcher = fake_launcher(tmp_path)
+    launcher = attrs.evolve(
+        launcher, base=attrs.evolve(launcher.base, state_dir=tmp_path / "blocker")
+    )
+    async with SessionManager(launcher) as manager:
+        result = await manager.send("chat", Prompt("hi"), Recorder())
+        assert isinstance(result, TurnFinished)
+        assert result.outcome is Outcome.FAILED
+        assert "could not prepare the session's files" in (result.error or "")
+        assert manager.get_status("chat").state is SlotState.CRASHED  # type: ignore[union-attr]

@@ -109,6 +109,13 @@ class ChatFrontend:
             await self._converse(msg)
         except DeliveryError as exc:
             log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, exc)
+        except Exception:  # one chat's bug must not take the interface (and every chat) down
+            log.exception("chat %s: unexpected error handling a message", msg.chat.key)
+            with anyio.move_on_after(10):
+                try:
+                    await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
+                except DeliveryError:
+                    pass
 
     async def _refuse(self, msg: Incoming) -> None:
         """One short refusal per stranger per interval; never touches the manager."""

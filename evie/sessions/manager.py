@@ -272,7 +272,12 @@ class SessionManager:
         slot.state = SlotState.STARTING
         started = time.perf_counter()
         try:
-            spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
+            try:
+                spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
+            except OSError as exc:
+                raise AgentStartError(
+                    f"could not prepare the session's files: {exc}. Check [state] dir."
+                ) from exc
             process = await PiProcess.spawn(spec, self._tasks)
         except AgentStartError as exc:
             log.error("pi failed to start: %s", exc)
