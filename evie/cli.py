@@ -65,6 +65,11 @@ async def _check(config: Config) -> int:
             model = process.state.get("model") or {}
             await process.close()
     print(f"pi started in {elapsed:.2f}s; model {model.get('provider')}/{model.get('id')}")
+    if model.get("id") in (None, "unknown"):
+        print(
+            "warning: pi has no model: set [agent] provider and model, and the provider's "
+            "API key in the environment (or [agent] agent_dir pointing at a pi login)"
+        )
     if config.telegram.token and not config.telegram.allowed_user_ids:
         print("warning: [telegram] allowed_user_ids is empty: nobody can use the bot")
     if config.discord.token and not config.discord.allowed_user_ids:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from typing import TextIO
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
+from anyio.lowlevel import EventLoopToken
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from evie.agent.events import (
@@ -77,11 +81,15 @@ class TerminalChat:
             self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
             if self._notice:
                 self._line(f"[note] {self._notice}")
-            async with anyio.create_task_group() as tg:
-                while True:
-                    line = await anyio.to_thread.run_sync(
-                        self._stdin.readline, abandon_on_cancel=True
-                    )
+            lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
+            threading.Thread(
+                target=self._read_lines,
+                args=(lines_send, anyio.lowlevel.current_token()),
+                name="evie-terminal-input",
+                daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
+            ).start()
+            async with anyio.create_task_group() as tg, lines:
+                async for line in lines:
                     if not line:
                         break  # EOF: let running turns finish, then leave
                     text = line.strip()
@@ -92,6 +100,17 @@ class TerminalChat:
                         break
                     await self._handle(text, tg)
             self._out_send.close()
+
+    def _read_lines(self, send: MemoryObjectSendStream[str], token: EventLoopToken) -> None:
+        """Runs in its own daemon thread: hands each line (then "" at EOF) to the loop."""
+        while True:
+            line = self._stdin.readline()
+            try:
+                anyio.from_thread.run_sync(send.send_nowait, line, token=token)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
+                return  # the chat is over
+            if not line:
+                return
 
     async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
         if text == "/help":

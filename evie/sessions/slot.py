@@ -110,5 +110,5 @@ class SlotStatus:
         if self.last_outcome is not None:
             tail = f" ({self.last_error})" if self.last_error else ""
             lines.append(f"Last turn: {self.last_outcome.value}{tail}")
-        lines.append(f"Turns: {self.turns}; idle for {self.idle_for:.0f}s")
+        lines.append(f"Turns: {self.turns}; last activity {self.idle_for:.0f}s ago")
         return "\n".join(lines)
