@@ -21,12 +21,15 @@ import anyio.abc
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
+from evie.interfaces.frontend import ChatFrontend
 from evie.runtime import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
 
 
 class Interface(Protocol):
+    frontend: ChatFrontend | None
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None: ...
 
     async def stop_intake(self) -> None: ...
@@ -69,6 +72,7 @@ async def run_daemon(
             async with serving:
                 for interface in interfaces:
                     await serving.start(interface.run)
+                serving.start_soon(_announce_notices, runtime, interfaces)
                 if terminal:
                     serving.start_soon(_terminal, runtime, serving)
                 tg.start_soon(_on_signals, runtime, interfaces, serving)
@@ -77,6 +81,14 @@ async def run_daemon(
                     await on_ready(runtime)
             tg.cancel_scope.cancel()
     log.info("evie stopped")
+
+
+async def _announce_notices(runtime: Runtime, interfaces: list[Interface]) -> None:
+    """Tell each chat whose turn a restart interrupted, without waiting for it to write."""
+    keys = list(runtime.store.pending_notices())
+    for interface in interfaces:
+        if interface.frontend is not None:
+            await interface.frontend.announce(keys, runtime.store.take_notice)
 
 
 async def _terminal(runtime: Runtime, serving: anyio.abc.TaskGroup) -> None:

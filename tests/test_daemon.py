@@ -121,3 +121,34 @@ async def test_sigterm_aborts_turns_after_the_grace(tmp_path: Path, telegram: Fa
     record = json.loads((state / "state.json").read_text())["sessions"]["tg:42"]
     assert record["last_outcome"] == "aborted"
     assert marked_processes(str(state.resolve())) == []
+
+
+async def test_after_kill_9_the_interrupted_chat_is_told_on_restart(
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
+    proc, _base, state = await start_daemon(tmp_path, telegram, grace=5)
+    try:
+        telegram.push_message(script(tmp_path / "never"))
+        await telegram.wait_for(lambda: "working" in " ".join(telegram.chat_view(42)))
+    finally:
+        proc.kill()  # no shutdown at all
+        await proc.wait()
+    proc, _base, state = await start_daemon(tmp_path, telegram, grace=5)
+    try:
+        await telegram.wait_for(
+            lambda: any("evie was stopped while" in t for t in telegram.chat_view(42))
+        )
+        telegram.push_message("hello again")
+        await telegram.wait_for(lambda: "echo: hello again" in telegram.chat_view(42))
+        told = [t for t in telegram.chat_view(42) if "evie was stopped while" in t]
+        assert len(told) == 1  # once, not again with the next message
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    record = json.loads((state / "state.json").read_text())["sessions"]["tg:42"]
+    assert record["notice"] is None
+    assert record["last_outcome"] == "done"

@@ -58,6 +58,19 @@ class ChatRef:
         base = f"{self.platform}:{self.chat_id}"
         return base if self.thread_id is None else f"{base}:{self.thread_id}"
 
+    @classmethod
+    def from_key(cls, key: str) -> ChatRef | None:
+        """The inverse of :attr:`key`; None for keys that are not chat keys (``terminal``)."""
+        parts = key.split(":")
+        try:
+            if len(parts) == 2:
+                return cls(parts[0], int(parts[1]))
+            if len(parts) == 3:
+                return cls(parts[0], int(parts[1]), int(parts[2]))
+        except ValueError:
+            pass
+        return None
+
 
 @attrs.frozen
 class Incoming:

@@ -140,6 +140,7 @@ class DiscordInterface:
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
             edit_interval=self._edit_interval,
+            platform="dc",
         )
         try:
             async with anyio.create_task_group() as tg:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 
@@ -73,7 +73,9 @@ class ChatFrontend:
         typing_interval: float = 4.5,
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
+        platform: str = "",
     ) -> None:
+        self.platform = platform
         self.manager = manager
         self.transport = transport
         self.allowed = frozenset(allowed_user_ids)
@@ -157,6 +159,27 @@ class ChatFrontend:
             slot = await self.manager.new_session(key)
             return f"Started a new session ({slot.session_id})."
         return f"Unknown command /{command}. /help lists what I understand."
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices (e.g. turns cut short by a restart) to this platform's chats.
+
+        ``take`` hands out each notice once, so a chat never hears it twice even when
+        its next message races this announcement. Returns how many were posted.
+        """
+        posted = 0
+        for key in keys:
+            chat = ChatRef.from_key(key)
+            if chat is None or chat.platform != self.platform:
+                continue
+            text = take(key)
+            if text is None:
+                continue
+            try:
+                await self.say(chat, f"ℹ️ {text}")
+                posted += 1
+            except DeliveryError as exc:
+                log.warning("chat %s: could not deliver a notice: %s", key, exc)
+        return posted
 
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed

@@ -154,6 +154,7 @@ class TelegramInterface:
                 delivery=self._delivery,
                 edit_interval=self._edit_interval,
                 bot_username=me.username,
+                platform="tg",
             )
             await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
             commands = [BotCommand(command=name, description=text) for name, text in COMMANDS]
