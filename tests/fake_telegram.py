@@ -10,7 +10,6 @@ method: 429 with ``retry_after``, 400 ``can't parse entities``, 400
 from __future__ import annotations
 
 import html.parser
-import json
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -323,7 +322,3 @@ async def running_fake_telegram() -> AsyncIterator[FakeTelegram]:
         finally:
             fake._closing = True  # let a parked long poll return so the server can stop
             fake._wake()
-
-
-def recorded_json(params: dict[str, str], key: str) -> Any:
-    return json.loads(params[key])

@@ -53,7 +53,6 @@ class AssistantMessage:
 
     text: str
     stop_reason: str
-    error: str | None = None
 
 
 @attrs.frozen

@@ -202,7 +202,7 @@ class PiProcess:
             raise AgentCrashed(self._exit_message(), returncode=self.returncode)
         if self.turn is not None and self.turn.finished is None:
             raise AgentError("a turn is already running in this session")
-        turn = Turn(text, lambda cb: self.send_nowait({"type": "get_state"}, cb))
+        turn = Turn(lambda cb: self.send_nowait({"type": "get_state"}, cb))
         self.turn = turn
 
         def on_prompt(response: p.Response | None) -> None:

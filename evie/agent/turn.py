@@ -52,8 +52,7 @@ def summarize_tool_args(tool_name: str, raw: msgspec.Raw, limit: int = 80) -> st
 class Turn:
     """State of one prompt's run inside pi, fed by the process's reader task."""
 
-    def __init__(self, prompt_text: str, barrier: Barrier) -> None:
-        self.prompt_text = prompt_text
+    def __init__(self, barrier: Barrier) -> None:
         self.started_at = time.monotonic()
         self.events = EventQueue()
         self._barrier = barrier

@@ -15,7 +15,7 @@ is written once: :class:`RetryLater` (rate limited: wait exactly this long),
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import attrs
 
@@ -107,6 +107,3 @@ class Transport(Protocol):
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None: ...
 
     async def typing(self, chat: ChatRef) -> None: ...
-
-
-T = TypeVar("T")

@@ -40,7 +40,6 @@ class Slot:
     state: SlotState = SlotState.IDLE
     process: PiProcess | None = None
     turn: Turn | None = None
-    created_at: float = attrs.field(factory=time.time)
     last_activity: float = attrs.field(factory=time.monotonic)
     last_outcome: Outcome | None = None
     last_error: str | None = None
