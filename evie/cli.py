@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "init":
             return _init(Path(args.path) if args.path else DEFAULT_CONFIG)
         config = _load(args)
-        _setup_logging(config, quiet=command == "chat")
+        _setup_logging(config, quiet=command == "chat" or getattr(args, "terminal", False))
         if command == "check":
             return anyio.run(_check, config)
         if command == "status":
