@@ -296,20 +296,11 @@ async def cold_start(tmp: Path) -> None:
         print("  real pi not installed (npm ci); skipping the real-pi figures")
         save("cold_start", figures, "real pi not installed")
         return
-    from evie.agent.launcher import PiLauncher
-    from tests.fake_llm import running_fake_llm, write_agent_dir
+    from tests.conftest import real_launcher
+    from tests.fake_llm import running_fake_llm
 
     async with running_fake_llm() as llm:
-        agent = tmp / "real" / "agent"
-        write_agent_dir(agent, llm)
-        launcher = PiLauncher(
-            command=(str(REAL_PI),),
-            state_dir=tmp / "real",
-            agent_dir=agent,
-            provider="fake",
-            model="fake-1",
-            system_prompt="Be brief.",
-        )
+        launcher = real_launcher(tmp / "real", llm)
         async with SessionManager(launcher, SessionSettings(max_processes=8)) as manager:
             firsts = []
             for i in range(3):

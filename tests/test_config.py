@@ -104,28 +104,26 @@ def test_init_writes_a_valid_private_file_and_never_overwrites(tmp_path: Path) -
     assert path.read_text() == "# mine\n"
 
 
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
 def test_check_probes_a_pi_start(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     fake = ROOT / "tests" / "fake_pi.py"
     config.write_text(f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-m", "evie.cli", "--config", str(config), "check"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = run_cli(config, "check")
     assert out.returncode == 0, out.stderr
     assert "model fake/fake-1" in out.stdout
     config.write_text('[agent]\ncommand = ["/nonexistent/pi"]\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "evie.cli", "--config", str(config), "check"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = run_cli(config, "check")
     assert out.returncode == 2
     assert "could not start pi with '/nonexistent/pi'" in out.stderr
 

@@ -9,6 +9,7 @@ import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -71,15 +72,40 @@ async def start_daemon(
     return proc, base, state
 
 
+@asynccontextmanager
+async def daemon(
+    tmp_path: Path, fake: FakeTelegram, grace: float
+) -> AsyncIterator[tuple[anyio.abc.Process, str]]:
+    """`evie run` as a subprocess; killed at the end if the test did not stop it."""
+    proc, base, _state = await start_daemon(tmp_path, fake, grace)
+    try:
+        yield proc, base
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def stops_cleanly(proc: anyio.abc.Process) -> None:
+    with anyio.fail_after(20):
+        assert await proc.wait() == 0
+
+
+def persisted(tmp_path: Path, key: str = "tg:42") -> dict[str, object]:
+    record: dict[str, object] = json.loads((tmp_path / "state" / "state.json").read_text())[
+        "sessions"
+    ][key]
+    return record
+
+
 def script(release: Path) -> str:
     steps = [{"text": "working"}, {"wait_file": str(release)}, {"text": " and done"}]
     return "script:" + json.dumps(steps)
 
 
 async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path, telegram: FakeTelegram) -> None:
-    proc, base, state = await start_daemon(tmp_path, telegram, grace=20)
     release = tmp_path / "release"
-    try:
+    async with daemon(tmp_path, telegram, grace=20) as (proc, base):
         telegram.push_message(script(release))
         await telegram.wait_for(lambda: "working" in " ".join(telegram.chat_view(42)))
         metrics = await anyio.to_thread.run_sync(get, base + "/metrics")
@@ -93,48 +119,32 @@ async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path, telegram: Fa
         assert proc.returncode is None  # still finishing the turn
         release.touch()
         await telegram.wait_for(lambda: "working and done" in telegram.chat_view(42))
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    record = json.loads((state / "state.json").read_text())["sessions"]["tg:42"]
+        await stops_cleanly(proc)
+    record = persisted(tmp_path)
     assert record["last_outcome"] == "done"
     assert record["running"] is False
-    assert marked_processes(str(state.resolve())) == []
+    assert marked_processes(str((tmp_path / "state").resolve())) == []
 
 
 async def test_sigterm_aborts_turns_after_the_grace(tmp_path: Path, telegram: FakeTelegram) -> None:
-    proc, _base, state = await start_daemon(tmp_path, telegram, grace=0.5)
-    try:
+    async with daemon(tmp_path, telegram, grace=0.5) as (proc, _base):
         telegram.push_message(script(tmp_path / "never"))
         await telegram.wait_for(lambda: "working" in " ".join(telegram.chat_view(42)))
         proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stops_cleanly(proc)
     assert any("Stopped." in t for t in telegram.chat_view(42))  # the user was told
-    record = json.loads((state / "state.json").read_text())["sessions"]["tg:42"]
-    assert record["last_outcome"] == "aborted"
-    assert marked_processes(str(state.resolve())) == []
+    assert persisted(tmp_path)["last_outcome"] == "aborted"
+    assert marked_processes(str((tmp_path / "state").resolve())) == []
 
 
 async def test_after_kill_9_the_interrupted_chat_is_told_on_restart(
     tmp_path: Path, telegram: FakeTelegram
 ) -> None:
-    proc, _base, state = await start_daemon(tmp_path, telegram, grace=5)
-    try:
+    async with daemon(tmp_path, telegram, grace=5) as (proc, _base):
         telegram.push_message(script(tmp_path / "never"))
         await telegram.wait_for(lambda: "working" in " ".join(telegram.chat_view(42)))
-    finally:
-        proc.kill()  # no shutdown at all
-        await proc.wait()
-    proc, _base, state = await start_daemon(tmp_path, telegram, grace=5)
-    try:
+        # leaving the block kills it: no shutdown at all
+    async with daemon(tmp_path, telegram, grace=5) as (proc, _base):
         await telegram.wait_for(
             lambda: any("evie was stopped while" in t for t in telegram.chat_view(42))
         )
@@ -143,12 +153,7 @@ async def test_after_kill_9_the_interrupted_chat_is_told_on_restart(
         told = [t for t in telegram.chat_view(42) if "evie was stopped while" in t]
         assert len(told) == 1  # once, not again with the next message
         proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    record = json.loads((state / "state.json").read_text())["sessions"]["tg:42"]
+        await stops_cleanly(proc)
+    record = persisted(tmp_path)
     assert record["notice"] is None
     assert record["last_outcome"] == "done"
