@@ -199,7 +199,9 @@ class Turn:
             self._conclude()
 
     def _conclude(self) -> None:
-        if self.abort_requested or self._last_stop == "aborted":
+        # an abort that came too late to stop a reply that completed is not an abort
+        stopped_early = self._last_stop in (None, "error", "aborted")
+        if self._last_stop == "aborted" or (self.abort_requested and stopped_early):
             self._finish(Outcome.ABORTED, None)
         elif self._last_stop == "error":
             error = self._final_error or self._last_error or "the model returned an error"
