@@ -412,3 +412,19 @@ async def test_unusable_state_dir_fails_the_turn_with_a_clear_message(tmp_path: 
         assert result.outcome is Outcome.FAILED
         assert "could not prepare the session's files" in (result.error or "")
         assert manager.get_status("chat").state is SlotState.CRASHED  # type: ignore[union-attr]
+
+
+async def test_messages_queued_before_a_stop_are_reported_and_ride_along(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.send, "chat", held(tmp_path / "never"), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        assert isinstance(await manager.send("chat", Prompt("and then?"), Recorder()), Queued)
+        await manager.abort("chat")
+    assert rec.events[-1] == TurnFinished(Outcome.ABORTED, None, ("and then?",))
+    nxt = Recorder()
+    await manager.send("chat", Prompt("next"), nxt)
+    # as pi does, the message left in its queue is answered along with the next one
+    assert [m.text for m in nxt.of(AssistantMessage)] == ["echo: next", "echo: and then?"]  # type: ignore[attr-defined]

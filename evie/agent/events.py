@@ -78,6 +78,9 @@ class TurnFinished:
 
     outcome: Outcome
     error: str | None = None
+    # messages queued into this turn that pi had not started when it ended (after /stop);
+    # pi keeps them and sends them along with the next message
+    unanswered: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -212,7 +212,7 @@ class Turn:
     def _finish(self, outcome: Outcome, error: str | None) -> None:
         if self.finished is not None:
             return
-        self.finished = TurnFinished(outcome, error)
+        self.finished = TurnFinished(outcome, error, tuple(self.queued_texts))
         self._running = False
         self.current_tool = None
         self.retry = None

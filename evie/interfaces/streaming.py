@@ -97,6 +97,17 @@ OUTCOME_LINES = {
 }
 
 
+def unanswered_line(count: int) -> str:
+    if not count:
+        return ""
+    if count == 1:
+        return "📥 Your queued message was not answered; pi sends it along with your next one."
+    return (
+        f"📥 Your {count} queued messages were not answered; "
+        "pi sends them along with your next one."
+    )
+
+
 class ReplyStreamer:
     """The event sink for one turn in one chat."""
 
@@ -137,9 +148,9 @@ class ReplyStreamer:
             case Notice(text=text):
                 async with self._lock:
                     await self.post(f"ℹ️ {text}", formatted=False)
-            case TurnFinished(outcome=outcome, error=error):
+            case TurnFinished(outcome=outcome, error=error, unanswered=unanswered):
                 async with self._lock:
-                    await self._finish(outcome, error)
+                    await self._finish(outcome, error, len(unanswered))
 
     async def live_updates(self) -> None:
         """Refresh the live message every ``edit_interval`` while it changes (run as a task).
@@ -221,10 +232,11 @@ class ReplyStreamer:
         await self._delivery.run(lambda: transport.send(chat, text, formatted=formatted))
         self.messages_posted += 1
 
-    async def _finish(self, outcome: Outcome, error: str | None) -> None:
+    async def _finish(self, outcome: Outcome, error: str | None, unanswered: int) -> None:
         leftover = "".join(self._pieces).strip()
         line = OUTCOME_LINES.get(outcome, "").format(error=error or "unknown error")
-        text = "\n\n".join(part for part in (leftover, line) if part)
+        pending = unanswered_line(unanswered)
+        text = "\n\n".join(part for part in (leftover, line, pending) if part)
         self._pieces = []
         self._status = None
         if not text:

@@ -35,6 +35,7 @@ from evie.agent.events import (
     TurnFinished,
 )
 from evie.errors import EvieError
+from evie.interfaces.streaming import unanswered_line
 from evie.sessions.manager import Queued, SessionManager
 
 HELP = """Commands:
@@ -141,11 +142,14 @@ class TerminalChat:
 
     async def _render(self, event: TurnEvent) -> None:
         match event:
-            case TurnFinished(outcome=Outcome.DONE):
+            case TurnFinished(outcome=Outcome.DONE, unanswered=()):
                 if self._mid_line:
                     self.say("\n")
-            case TurnFinished(outcome=outcome, error=error):
-                self._line(f"[{outcome.value}] {error or ''}".rstrip())
+            case TurnFinished(outcome=outcome, error=error, unanswered=unanswered):
+                if outcome is not Outcome.DONE:
+                    self._line(f"[{outcome.value}] {error or ''}".rstrip())
+                if unanswered:
+                    self._line(unanswered_line(len(unanswered)))
             case AssistantMessage(text=text) if text:
                 # the text was already streamed as deltas; end the paragraph
                 self.say("\n" if self._mid_line else "")
