@@ -12,6 +12,7 @@ import pytest
 
 from evie.agent.events import (
     AssistantMessage,
+    FollowUpStarted,
     Outcome,
     Prompt,
     RetryScheduled,
@@ -22,7 +23,7 @@ from evie.agent.events import (
 from evie.config import parse_config
 from evie.reaper import marked_processes
 from evie.runtime import open_runtime
-from evie.sessions.manager import SessionManager
+from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from tests.conftest import PI, Recorder, pid_alive, real_launcher
 from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
 
@@ -149,3 +150,39 @@ async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -
         while pid_alive(child):
             await anyio.sleep(0.02)
     assert marked_processes(str((tmp_path / "state").resolve())) == []
+
+
+async def test_a_message_sent_mid_turn_is_answered_as_a_follow_up(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="second answer"))
+    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", Prompt("tell me something long"), rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            queued = await manager.send("chat", Prompt("and one more thing"), Recorder())
+            assert isinstance(queued, Queued)
+        assert rec.events[-1] == TurnFinished(Outcome.DONE)
+        assert rec.of(FollowUpStarted) == [FollowUpStarted("and one more thing")]
+        texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
+        assert texts == ["first " * 60, "second answer"]
+        assert llm.user_texts(llm.requests[-1]) == ["tell me something long", "and one more thing"]
+
+
+async def test_steer_mode_delivers_the_message_into_the_running_turn(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="steered"))
+    settings = SessionSettings(mid_turn="steer")
+    async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", Prompt("go"), rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            assert await manager.send("chat", Prompt("actually, stop"), Recorder()) == Queued(
+                position=1, steer=True
+            )
+        assert rec.events[-1] == TurnFinished(Outcome.DONE)
+        assert rec.of(FollowUpStarted) == [FollowUpStarted("actually, stop")]
+        assert llm.user_texts(llm.requests[-1])[-1] == "actually, stop"
