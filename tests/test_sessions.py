@@ -177,8 +177,6 @@ async def test_a_slow_spawn_does_not_hold_the_guard(tmp_path: Path) -> None:
             assert manager.get_status("slow-chat").state is SlotState.STARTING  # type: ignore[union-attr]
             assert fast.events[-1] == TurnFinished(Outcome.DONE)
         assert slow.events[-1] == TurnFinished(Outcome.DONE)
-        # the guard is only ever held for map operations: microseconds, not a spawn
-        assert manager.metrics.guard_hold.max < 0.05
 
 
 async def test_crash_mid_turn_is_reported_and_the_next_message_restarts_pi(

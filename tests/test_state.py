@@ -141,7 +141,6 @@ async def test_neither_guard_nor_store_lock_is_held_during_disk_io(tmp_path: Pat
             release.set()
             await store.flush()
             tg.cancel_scope.cancel()
-    assert manager.metrics.guard_hold.max < 0.05
     assert set(StateStore(tmp_path / "state.json").load()) == {"a", "b"}
 
 
