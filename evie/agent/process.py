@@ -15,7 +15,6 @@ import itertools
 import logging
 import math
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -70,13 +69,10 @@ class PiProcess:
         self._proc = proc
         self.spec = spec
         self.pid = proc.pid
-        self.started_at = time.monotonic()
-        self.last_output_at = self.started_at
         self.turn: Turn | None = None
         self.returncode: int | None = None
         self.exited = anyio.Event()
         self.protocol_errors = 0
-        self.dialogs_cancelled = 0
         self.state: dict[str, Any] = {}
         self._pending: dict[str, Callback] = {}
         self._ids = itertools.count(1)
@@ -249,7 +245,6 @@ class PiProcess:
         splitter = p.LineSplitter()
         try:
             async for chunk in stdout:
-                self.last_output_at = time.monotonic()
                 for line in splitter.feed(chunk):
                     try:
                         self._dispatch(line)
@@ -327,7 +322,6 @@ class PiProcess:
         if isinstance(msg, p.ExtensionUIRequest):
             if msg.method in DIALOG_METHODS:
                 # A dialog blocks the turn forever (even abort waits): cancel it.
-                self.dialogs_cancelled += 1
                 self._write({"type": "extension_ui_response", "id": msg.id, "cancelled": True})
             return
         turn = self.turn

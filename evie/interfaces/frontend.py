@@ -86,8 +86,6 @@ class ChatFrontend:
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed updates
-        self.refusals_sent = 0
-        self.strangers_seen = 0
 
     async def handle(self, msg: Incoming) -> None:
         """Handle one incoming message to completion (run it in its own task)."""
@@ -121,7 +119,6 @@ class ChatFrontend:
 
     async def _refuse(self, msg: Incoming) -> None:
         """One short refusal per stranger per interval; never touches the manager."""
-        self.strangers_seen += 1
         now = time.monotonic()
         last = self._refused.get(msg.user_id)
         if last is not None and now - last < self.refusal_interval:
@@ -131,7 +128,6 @@ class ChatFrontend:
         while len(self._refused) > 10_000:
             self._refused.popitem(last=False)
         log.info("refused user %s in chat %s", msg.user_id, msg.chat.key)
-        self.refusals_sent += 1
         await self.say(msg.chat, REFUSAL)
 
     async def say(self, chat: ChatRef, text: str) -> None:

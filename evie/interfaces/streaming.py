@@ -68,7 +68,6 @@ class Delivery:
         self.max_rate_limited = max_rate_limited
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
-        self.retries = 0
 
     async def run(self, op: Callable[[], Awaitable[T]]) -> T:
         transient = limited = 0
@@ -79,13 +78,11 @@ class Delivery:
                 limited += 1
                 if limited > self.max_rate_limited:
                     raise
-                self.retries += 1
                 await anyio.sleep(exc.seconds)
             except Transient:
                 transient += 1
                 if transient > self.max_transient:
                     raise
-                self.retries += 1
                 await anyio.sleep(min(self.max_backoff, self.base_backoff * 2 ** (transient - 1)))
 
 
@@ -128,7 +125,6 @@ class ReplyStreamer:
         self._pieces: list[str] = []  # text of the assistant message being streamed
         self._status: str | None = None  # tool or retry line under the streamed text
         self._lock = anyio.Lock()  # one platform operation at a time keeps the order
-        self.messages_posted = 0
 
     async def __call__(self, event: TurnEvent) -> None:
         match event:
@@ -221,7 +217,6 @@ class ReplyStreamer:
                 await self._delivery.run(
                     lambda: transport.edit(chat, reuse, text, formatted=formatted)
                 )
-                self.messages_posted += 1
                 return
             except Permanent:
                 pass  # the preview message is gone: post a new one instead
@@ -230,7 +225,6 @@ class ReplyStreamer:
     async def post(self, text: str, *, formatted: bool) -> None:
         chat, transport = self._chat, self._transport
         await self._delivery.run(lambda: transport.send(chat, text, formatted=formatted))
-        self.messages_posted += 1
 
     async def _finish(self, outcome: Outcome, error: str | None, unanswered: int) -> None:
         leftover = "".join(self._pieces).strip()
