@@ -13,9 +13,8 @@ import attrs
 
 from evie import __version__
 from evie.agent.process import PiProcess
-from evie.config import Config, load_config, starter_config
+from evie.config import Config, load_config, split_listen, starter_config
 from evie.errors import ConfigError, EvieError
-from evie.http import parse_listen
 from evie.logs import setup_logging
 from evie.runtime import build_launcher, open_runtime
 
@@ -85,7 +84,7 @@ def _status(config: Config) -> int:
 
     if not config.http.listen:
         raise ConfigError("`evie status` needs [http] listen in the config of the running evie")
-    host, port = parse_listen(config.http.listen)
+    host, port = split_listen(config.http.listen)
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
             sessions = json.loads(response.read())

@@ -7,6 +7,7 @@ keys are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import stat
@@ -95,11 +96,24 @@ def _url(v: Any) -> str:
     return s
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8765"`` / ``"[::1]:8765"`` → host and port (validated by the config)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _listen(v: Any) -> str:
     s = _str(v)
     host, sep, port = s.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise _Bad('expected "host:port", e.g. "127.0.0.1:8765"')
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:  # the endpoint has no authentication
+        raise _Bad(f"expected a loopback address such as 127.0.0.1, got host {host!r}")
     return s
 
 

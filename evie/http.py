@@ -1,12 +1,11 @@
 """Optional loopback HTTP endpoint: /healthz, /metrics (Prometheus text), /status (JSON).
 
-The same figures feed ``/status`` in chats; this only renders them. Binding is
-refused for anything but a loopback address: the endpoint has no auth.
+The same figures feed ``/status`` in chats; this only renders them. The config
+accepts only loopback addresses for it: the endpoint has no auth.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from evie import __version__
-from evie.errors import ConfigError
+from evie.config import split_listen
 from evie.metrics import Histogram, Metrics
 from evie.sessions.manager import SessionManager
 from evie.sessions.slot import SlotState
@@ -98,22 +97,10 @@ def status_json(manager: SessionManager) -> list[dict[str, object]]:
     return out
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(f"[http] listen must be a loopback address (got {host!r})")
-    return host, int(port)
-
-
 @asynccontextmanager
 async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (useful with port 0)."""
-    host, port = parse_listen(listen)
+    host, port = split_listen(listen)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True, "version": __version__})

@@ -64,6 +64,12 @@ def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
         assert want in line, (want, line)
 
 
+def test_the_http_endpoint_must_be_on_loopback() -> None:
+    assert "expected a loopback address" in errors_of({"http": {"listen": "0.0.0.0:8765"}})[0]
+    for ok in ("127.0.0.1:8765", "localhost:1", "[::1]:8765"):
+        assert parse_config({"http": {"listen": ok}}, environ={}).http.listen == ok
+
+
 def test_tokens_can_come_from_the_environment() -> None:
     config = parse_config({}, environ={"EVIE_TELEGRAM_TOKEN": "1:abc", "EVIE_DISCORD_TOKEN": "d"})
     assert config.telegram.token == "1:abc"
