@@ -1,7 +1,7 @@
 # evie's tasks. Run through ./dev (which installs everything first): ./dev just check
 
 # lint, format check, strict typing and the test suite: what CI runs
-check: lint typecheck test
+check: lint typecheck layers test
 
 lint:
     ruff check .
@@ -9,6 +9,10 @@ lint:
 
 typecheck:
     mypy
+
+# the layer rules (adr/0008), enforced by import-linter
+layers:
+    lint-imports
 
 test *args:
     pytest {{args}}

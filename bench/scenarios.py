@@ -188,9 +188,9 @@ async def concurrency(tmp: Path) -> None:
 
 async def telegram_overhead(tmp: Path, turns: int = 30) -> None:
     """4. evie's own time per turn: Bot API update in → reply sent, fake pi answering at once."""
+    from evie.chat.streaming import Delivery
     from evie.config import TelegramConfig
-    from evie.interfaces.streaming import Delivery
-    from evie.interfaces.telegram import TelegramInterface
+    from evie.platforms.telegram import TelegramInterface
     from tests.fake_telegram import TOKEN, running_fake_telegram
 
     async with running_fake_telegram() as fake:

@@ -44,7 +44,7 @@ def _setup_logging(config: Config, *, quiet: bool) -> None:
 
 
 async def _chat(config: Config) -> None:
-    from evie.interfaces.terminal import TerminalChat
+    from evie.platforms.terminal import TerminalChat
 
     async with open_runtime(config) as runtime:
         await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()

@@ -18,10 +18,10 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from evie.chat.frontend import ChatFrontend
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
-from evie.interfaces.frontend import ChatFrontend
 from evie.runtime import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ def build_interfaces(runtime: Runtime) -> list[Interface]:
     config = runtime.config
     interfaces: list[Interface] = []
     if config.telegram.token:
-        from evie.interfaces.telegram import TelegramInterface
+        from evie.platforms.telegram import TelegramInterface
 
         interfaces.append(TelegramInterface(runtime.manager, config.telegram))
     if config.discord.token:
-        from evie.interfaces.discord import DiscordInterface
+        from evie.platforms.discord import DiscordInterface
 
         interfaces.append(DiscordInterface(runtime.manager, config.discord))
     return interfaces
@@ -92,7 +92,7 @@ async def _announce_notices(runtime: Runtime, interfaces: list[Interface]) -> No
 
 
 async def _terminal(runtime: Runtime, serving: anyio.abc.TaskGroup) -> None:
-    from evie.interfaces.terminal import TerminalChat
+    from evie.platforms.terminal import TerminalChat
 
     notice = runtime.store.take_notice("terminal")
     await TerminalChat(runtime.manager, notice=notice).run()

@@ -10,9 +10,9 @@ import anyio.to_thread
 import attrs
 
 from evie.agent.launcher import PiLauncher
+from evie.agent.reaper import lock_state_dir, reap
 from evie.config import Config
 from evie.metrics import Metrics
-from evie.reaper import lock_state_dir, reap
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
 

@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
     """After every test, nothing started for its state dir (pi, fakes, tool children) runs."""
     yield
-    from evie.reaper import marked_processes, reap
+    from evie.agent.reaper import marked_processes, reap
 
     owner = str((tmp_path / "state").resolve())
     leftovers = marked_processes(owner)

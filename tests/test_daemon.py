@@ -17,7 +17,7 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from evie.reaper import marked_processes
+from evie.agent.reaper import marked_processes
 from tests.conftest import FAKE_PI
 from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
 

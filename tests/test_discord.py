@@ -12,9 +12,9 @@ import attrs
 import discord
 import pytest
 
+from evie.chat.streaming import Delivery
 from evie.config import DiscordConfig
-from evie.interfaces.discord import DiscordInterface
-from evie.interfaces.streaming import Delivery
+from evie.platforms.discord import DiscordInterface
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
 from tests.fake_discord import TOKEN, FakeDiscord, Fault, running_fake_discord

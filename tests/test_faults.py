@@ -17,9 +17,9 @@ import anyio
 import pytest
 
 from evie.agent.events import AssistantMessage, Outcome, Prompt, TextDelta, TurnFinished
+from evie.chat.streaming import Delivery
 from evie.config import TelegramConfig
-from evie.interfaces.streaming import Delivery
-from evie.interfaces.telegram import TelegramInterface
+from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager, SessionSettings
 from tests.conftest import PI, Recorder, fake_launcher, real_launcher
 from tests.fake_llm import Reply, running_fake_llm

@@ -20,8 +20,8 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
+from evie.agent.reaper import marked_processes
 from evie.config import parse_config
-from evie.reaper import marked_processes
 from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from tests.conftest import PI, Recorder, pid_alive, real_launcher

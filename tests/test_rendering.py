@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evie.interfaces.chunking import split_message
-from evie.interfaces.telegram_html import markdown_to_html
+from evie.chat.chunking import split_message
+from evie.chat.telegram_html import markdown_to_html
 from tests.fake_telegram import html_error
 
 

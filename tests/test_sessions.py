@@ -19,7 +19,7 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
-from evie.reaper import marked_processes
+from evie.agent.reaper import marked_processes
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotState
 from evie.state import StateStore

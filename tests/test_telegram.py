@@ -11,9 +11,9 @@ import anyio
 import attrs
 import pytest
 
+from evie.chat.streaming import Delivery
 from evie.config import TelegramConfig
-from evie.interfaces.streaming import Delivery
-from evie.interfaces.telegram import TelegramInterface
+from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher, real_launcher
 from tests.fake_llm import Reply, running_fake_llm

@@ -13,8 +13,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from evie.interfaces.terminal import TerminalChat
-from evie.reaper import marked_processes
+from evie.agent.reaper import marked_processes
+from evie.platforms.terminal import TerminalChat
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher
 from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir

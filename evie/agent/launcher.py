@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from evie.agent.process import LaunchSpec
-from evie.reaper import MARKER
+from evie.agent.reaper import MARKER
 
 ISOLATION_FLAGS = (
     "--no-extensions",
@@ -39,7 +39,7 @@ class PiLauncher:
 
     @property
     def owner(self) -> str:
-        """The marker value inherited by pi and its children (see evie.reaper)."""
+        """The marker value inherited by pi and its children (see evie.agent.reaper)."""
         return str(self.state_dir.resolve())
 
     def session_file(self, session_id: str) -> Path:

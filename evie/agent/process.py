@@ -26,7 +26,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from evie import procfs
+from evie.agent import procfs
 from evie.agent import protocol as p
 from evie.agent.events import Outcome
 from evie.agent.turn import Turn

@@ -90,24 +90,3 @@ class SlotStatus:
     last_outcome: Outcome | None
     last_error: str | None
     turns: int
-
-    def render(self) -> str:
-        """Plain-text status, shared by every interface."""
-        lines = [f"Session {self.session_id}: {self.state.value}"]
-        if self.turn_elapsed is not None:
-            doing = f", running {self.current_tool}" if self.current_tool else ""
-            lines.append(f"Turn running for {self.turn_elapsed:.1f}s{doing}")
-        if self.retry_attempt is not None:
-            attempt, most = self.retry_attempt
-            lines.append(f"Retrying after an error (attempt {attempt}/{most}): {self.retry_error}")
-        if self.queued:
-            lines.append(f"Queued messages: {len(self.queued)}")
-        lines.append(
-            f"Agent: {'pid ' + str(self.pid) if self.pid else 'not running'}"
-            + (f", model {self.model}" if self.model else "")
-        )
-        if self.last_outcome is not None:
-            tail = f" ({self.last_error})" if self.last_error else ""
-            lines.append(f"Last turn: {self.last_outcome.value}{tail}")
-        lines.append(f"Turns: {self.turns}; last activity {self.idle_for:.0f}s ago")
-        return "\n".join(lines)

@@ -32,8 +32,8 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
-from evie.interfaces.chunking import split_message
-from evie.interfaces.contract import (
+from evie.chat.chunking import split_message
+from evie.chat.contract import (
     ChatRef,
     DeliveryError,
     FormattingRejected,

@@ -4,7 +4,7 @@ A platform adapter (Telegram, Discord) turns its updates into
 :class:`Incoming` and implements :class:`Transport` — send, edit, typing,
 and its limits. Everything else (commands, access control, streaming edits,
 chunking, retries, follow-up acknowledgements) lives once in
-:mod:`evie.interfaces.frontend` and :mod:`evie.interfaces.streaming`.
+:mod:`evie.chat.frontend` and :mod:`evie.chat.streaming`.
 
 Transports report failures as the small hierarchy below, so the retry policy
 is written once: :class:`RetryLater` (rate limited: wait exactly this long),

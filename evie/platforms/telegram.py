@@ -33,9 +33,7 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, LinkPreviewOptions, Message
 
 from evie.agent.events import Image
-from evie.config import TelegramConfig
-from evie.errors import ConfigError
-from evie.interfaces.contract import (
+from evie.chat.contract import (
     ChatRef,
     FormattingRejected,
     Incoming,
@@ -44,9 +42,11 @@ from evie.interfaces.contract import (
     Sent,
     Transient,
 )
-from evie.interfaces.frontend import COMMANDS, ChatFrontend
-from evie.interfaces.streaming import Delivery
-from evie.interfaces.telegram_html import markdown_to_html
+from evie.chat.frontend import COMMANDS, ChatFrontend
+from evie.chat.streaming import Delivery
+from evie.chat.telegram_html import markdown_to_html
+from evie.config import TelegramConfig
+from evie.errors import ConfigError
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
+from evie.chat.status import render_status
+from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
-from evie.interfaces.streaming import unanswered_line
 from evie.sessions.manager import Queued, SessionManager
 
 HELP = """Commands:
@@ -118,7 +119,9 @@ class TerminalChat:
             self._line(HELP)
         elif text == "/status":
             status = self._manager.get_status(self._key)
-            self._line(status.render() if status else "No session yet: send a message to start.")
+            self._line(
+                render_status(status) if status else "No session yet: send a message to start."
+            )
         elif text == "/stop":
             stopped = await self._manager.abort(self._key)
             self._line("Stopping the turn…" if stopped else "Nothing is running.")

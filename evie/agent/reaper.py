@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from evie import procfs
+from evie.agent import procfs
 from evie.errors import StateError
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable
 import anyio
 
 from evie.agent.events import Prompt
+from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
+from evie.chat.status import render_status
+from evie.chat.streaming import Delivery, ReplyStreamer
 from evie.errors import EvieError
-from evie.interfaces.contract import ChatRef, DeliveryError, Incoming, Transport
-from evie.interfaces.streaming import Delivery, ReplyStreamer
 from evie.logs import chat_var
 from evie.sessions.manager import Queued, SessionManager
 
@@ -145,7 +146,7 @@ class ChatFrontend:
             status = self.manager.get_status(key)
             if status is None:
                 return "No session yet: send a message to start one."
-            text = status.render()
+            text = render_status(status)
             usage = format_stats(await self.manager.session_stats(key, seconds=1.0))
             return f"{text}\n{usage}" if usage else text
         if command == "stop":

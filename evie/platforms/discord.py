@@ -22,11 +22,11 @@ import yarl
 from discord import app_commands
 
 from evie.agent.events import Image
+from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
+from evie.chat.frontend import COMMANDS, REFUSAL, ChatFrontend
+from evie.chat.streaming import Delivery
 from evie.config import DiscordConfig
 from evie.errors import ConfigError
-from evie.interfaces.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
-from evie.interfaces.frontend import COMMANDS, REFUSAL, ChatFrontend
-from evie.interfaces.streaming import Delivery
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
