@@ -10,56 +10,14 @@ from collections.abc import Callable, Iterable
 import anyio
 
 from evie.agent.events import Prompt
+from evie.chat.commands import REFUSAL, parse_command, run_command
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
-from evie.chat.status import render_status
 from evie.chat.streaming import Delivery, ReplyStreamer
 from evie.errors import EvieError
 from evie.logs import chat_var
 from evie.sessions.manager import Queued, SessionManager
 
 log = logging.getLogger(__name__)
-
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("status", "What the agent is doing right now"),
-    ("stop", "Abort the running turn"),
-    ("new", "Start a fresh session"),
-    ("help", "How to use this bot"),
-)
-
-HELP = (
-    "Send me a message and I pass it to your pi coding agent; its answer streams back here.\n"
-    "Messages sent while it works are queued and answered in turn.\n\n"
-    + "\n".join(f"/{name} — {text}" for name, text in COMMANDS)
-)
-
-REFUSAL = "Sorry, this is a private assistant."
-
-
-def parse_command(text: str, bot_username: str | None = None) -> str | None:
-    """``/status`` or ``/status@ThisBot`` → ``status``; anything else → None."""
-    if not text.startswith("/"):
-        return None
-    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
-    name, _, target = word.partition("@")
-    if target and bot_username and target.lower() != bot_username.lower():
-        return None  # addressed to another bot in the group
-    return name.lower() or None
-
-
-def format_stats(stats: dict[str, object] | None) -> str:
-    if not stats:
-        return ""
-    tokens = stats.get("tokens")
-    parts = []
-    if isinstance(tokens, dict):
-        parts.append(f"tokens in {tokens.get('input', 0)}, out {tokens.get('output', 0)}")
-    cost = stats.get("cost")
-    if isinstance(cost, int | float) and cost:
-        parts.append(f"cost ${cost:.4f}")
-    usage = stats.get("contextUsage")
-    if isinstance(usage, dict) and isinstance(usage.get("percent"), int | float):
-        parts.append(f"context {usage['percent']:.0f}%")
-    return "Usage: " + ", ".join(parts) if parts else ""
 
 
 class ChatFrontend:
@@ -139,23 +97,7 @@ class ChatFrontend:
 
     async def command_reply(self, command: str, chat: ChatRef) -> str:
         """Carry out a command and return the answer (platforms decide how to post it)."""
-        key = chat.key
-        if command in ("help", "start"):
-            return HELP
-        if command == "status":
-            status = self.manager.get_status(key)
-            if status is None:
-                return "No session yet: send a message to start one."
-            text = render_status(status)
-            usage = format_stats(await self.manager.session_stats(key, seconds=1.0))
-            return f"{text}\n{usage}" if usage else text
-        if command == "stop":
-            stopped = await self.manager.abort(key)
-            return "Stopping…" if stopped else "Nothing is running."
-        if command == "new":
-            slot = await self.manager.new_session(key)
-            return f"Started a new session ({slot.session_id})."
-        return f"Unknown command /{command}. /help lists what I understand."
+        return await run_command(self.manager, chat.key, command)
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices (e.g. turns cut short by a restart) to this platform's chats.

@@ -22,8 +22,9 @@ import yarl
 from discord import app_commands
 
 from evie.agent.events import Image
+from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
-from evie.chat.frontend import COMMANDS, REFUSAL, ChatFrontend
+from evie.chat.frontend import ChatFrontend
 from evie.chat.streaming import Delivery
 from evie.config import DiscordConfig
 from evie.errors import ConfigError
@@ -174,10 +175,12 @@ class DiscordInterface:
 
     def _add_app_commands(self, client: _Client) -> None:
         self._tree = tree = app_commands.CommandTree(client)
-        for name, description in COMMANDS:
+        for command in CHAT_COMMANDS:
             tree.add_command(
                 app_commands.Command(
-                    name=name, description=description, callback=self._app_command(name)
+                    name=command.name,
+                    description=command.summary,
+                    callback=self._app_command(command.name),
                 )
             )
 

@@ -33,6 +33,7 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, LinkPreviewOptions, Message
 
 from evie.agent.events import Image
+from evie.chat.commands import CHAT_COMMANDS
 from evie.chat.contract import (
     ChatRef,
     FormattingRejected,
@@ -42,7 +43,7 @@ from evie.chat.contract import (
     Sent,
     Transient,
 )
-from evie.chat.frontend import COMMANDS, ChatFrontend
+from evie.chat.frontend import ChatFrontend
 from evie.chat.streaming import Delivery
 from evie.chat.telegram_html import markdown_to_html
 from evie.config import TelegramConfig
@@ -157,7 +158,7 @@ class TelegramInterface:
                 platform="tg",
             )
             await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
-            commands = [BotCommand(command=name, description=text) for name, text in COMMANDS]
+            commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
             try:
                 await self._delivery.run(lambda: _mapped(lambda: bot.set_my_commands(commands)))
             except Exception as exc:  # the menu is a nicety; never fatal

@@ -34,18 +34,10 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
-from evie.chat.status import render_status
+from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
 from evie.sessions.manager import Queued, SessionManager
-
-HELP = """Commands:
-  /status  what the agent is doing (answers while a turn runs)
-  /stop    abort the running turn
-  /new     start a fresh session (the old one is kept on disk)
-  /help    this text
-  /quit    leave (also Ctrl-D)
-Anything else is sent to the agent; messages sent while it works are queued."""
 
 
 class TerminalChat:
@@ -115,21 +107,11 @@ class TerminalChat:
                 return
 
     async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
-        if text == "/help":
-            self._line(HELP)
-        elif text == "/status":
-            status = self._manager.get_status(self._key)
+        command = parse_command(text) if " " not in text else None
+        if command is not None:
             self._line(
-                render_status(status) if status else "No session yet: send a message to start."
+                await run_command(self._manager, self._key, command, commands=TERMINAL_COMMANDS)
             )
-        elif text == "/stop":
-            stopped = await self._manager.abort(self._key)
-            self._line("Stopping the turn…" if stopped else "Nothing is running.")
-        elif text == "/new":
-            slot = await self._manager.new_session(self._key)
-            self._line(f"Started a new session ({slot.session_id}).")
-        elif text.startswith("/") and " " not in text:
-            self._line(f"Unknown command {text}. /help lists the commands.")
         else:
             tg.start_soon(self._send, text)
 
