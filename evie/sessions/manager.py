@@ -30,6 +30,7 @@ from evie.agent.process import LaunchSpec, PiProcess
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
 from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
+from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
 
@@ -47,7 +48,7 @@ class Launcher(Protocol):
 class SessionObserver(Protocol):
     """Told about changes worth persisting (adr/0006); called synchronously."""
 
-    def session_changed(self, slot: Slot, *, terminal: bool) -> None: ...
+    def session_changed(self, facts: SessionFacts, change: Change) -> None: ...
 
     def take_notice(self, key: str) -> str | None:
         """A message to show once before this chat's next turn, if any."""
@@ -256,7 +257,7 @@ class SessionManager:
         log.info("turn started (%d chars, %d images)", len(prompt.text), len(prompt.images))
         slot.turn = turn
         slot.state = SlotState.RUNNING
-        self._notify(slot, terminal=True)  # "running" must reach disk before a crash can
+        self._notify(slot, Change.TURN_STARTED)
         try:
             async for event in turn:
                 slot.last_activity = time.monotonic()
@@ -285,7 +286,7 @@ class SessionManager:
             slot.state = SlotState.CRASHED
             slot.last_outcome = Outcome.FAILED
             slot.last_error = str(exc)
-            self._notify(slot, terminal=True)
+            self._notify(slot, Change.TURN_ENDED)
             return None
         self.metrics.spawn_seconds.observe(time.perf_counter() - started)
         log.info("pi started (pid %d) in %.2fs", process.pid, time.perf_counter() - started)
@@ -330,7 +331,7 @@ class SessionManager:
                 slot.state = SlotState.CRASHED
         if slot.state is SlotState.RUNNING:
             slot.state = SlotState.IDLE  # a retired slot becomes CLOSED once its pi is stopped
-        self._notify(slot, terminal=True)
+        self._notify(slot, Change.TURN_ENDED)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -361,7 +362,7 @@ class SessionManager:
             return old, new
 
         old, new = self._guard.run(replace)
-        self._notify(new, terminal=True)
+        self._notify(new, Change.SESSION_REPLACED)
         if old is not None:
             self._tasks.start_soon(self._retire, old)
         return new
@@ -427,7 +428,16 @@ class SessionManager:
             except Exception:
                 log.exception("idle cleanup failed")
 
-    def _notify(self, slot: Slot, *, terminal: bool) -> None:
+    def _notify(self, slot: Slot, change: Change) -> None:
+        """Tell the observer, with a frozen copy of the slot's facts (never the slot)."""
         if self._observer is None or not self._is_current(slot):
             return
-        self._observer.session_changed(slot, terminal=terminal)
+        facts = SessionFacts(
+            key=slot.key,
+            session_id=slot.session_id,
+            running=slot.turn is not None and slot.state in (SlotState.STARTING, SlotState.RUNNING),
+            last_outcome=slot.last_outcome,
+            last_error=slot.last_error,
+            turns=slot.turns,
+        )
+        self._observer.session_changed(facts, change)
