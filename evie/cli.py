@@ -61,10 +61,10 @@ async def _check(config: Config) -> int:
             started = anyio.current_time()
             process = await PiProcess.spawn(spec, tg)
             elapsed = anyio.current_time() - started
-            model = process.state.get("model") or {}
+            model = process.state.model
             await process.close()
-    print(f"pi started in {elapsed:.2f}s; model {model.get('provider')}/{model.get('id')}")
-    if model.get("id") in (None, "unknown"):
+    print(f"pi started in {elapsed:.2f}s; model {model.name if model else 'none'}")
+    if model is None or model.id == "unknown":
         print(
             "warning: pi has no model: set [agent] provider and model, and the provider's "
             "API key in the environment (or [agent] agent_dir pointing at a pi login)"

@@ -13,8 +13,10 @@ A plain prompt is answered with ``echo: <text>``. A prompt of the form
 in :func:`Turn.step`.
 
 Options: ``--startup-delay S``, ``--exit-at-start CODE``, ``--record FILE``
-(every received command is appended as a JSON line); the real pi flags are
-accepted and ignored, except ``--session PATH``.
+(every received command is appended as a JSON line), ``--garble COMMAND``
+(every answer to ``get_state`` or ``get_session_stats`` has wrong-typed fields;
+the script step ``{"garble": COMMAND}`` does it for the next answer only); the
+real pi flags are accepted and ignored, except ``--session PATH``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ class Aborted(Exception):
     pass
 
 
+#: answers with the right names but wrong types (a pi that changed under evie)
+GARBLED: dict[str, dict[str, Any]] = {
+    "get_state": {"model": "fake-1", "isStreaming": "no", "pendingMessageCount": "two"},
+    "get_session_stats": {"tokens": {"input": "ten", "output": [20]}, "cost": "cheap"},
+}
+
+
 class Session:
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -89,6 +98,14 @@ class Agent:
         self.turn_thread: threading.Thread | None = None
         self.dialogs: dict[str, threading.Event] = {}
         self.ended_by_error = False
+        self.garble: dict[str, int] = {}  # command -> how many answers to garble
+
+    def garbled(self, kind: str) -> bool:
+        with STATE_LOCK:
+            left = self.garble.get(kind, 0)
+            if left:
+                self.garble[kind] = left - 1
+            return bool(left)
 
     # -- command handling (reader thread) --
 
@@ -105,7 +122,9 @@ class Agent:
         def fail(error: str) -> None:
             emit({"id": rid, "type": "response", "command": kind, "success": False, "error": error})
 
-        if kind == "get_state":
+        if kind in GARBLED and self.garbled(kind):
+            ok(GARBLED[kind])
+        elif kind == "get_state":
             with STATE_LOCK:
                 ok(
                     {
@@ -298,7 +317,8 @@ class Turn:
 
     def step(self, step: dict[str, Any]) -> None:
         """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
-        error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | env | stderr."""
+        error(+fail_times,max_retries,retry_delay,then) | dialog | garble(+times) | raw |
+        raw_hex | env | stderr."""
         self.check_abort()
         if "text" in step:
             self.stream(step["text"], step.get("chunk", 4), step.get("delay", 0))
@@ -334,6 +354,9 @@ class Turn:
             )
             event.wait()
             self.stream("dialog answered", 8, 0)
+        elif "garble" in step:
+            with STATE_LOCK:
+                self.agent.garble[step["garble"]] = step.get("times", 1)
         elif "raw" in step:
             emit_raw(step["raw"].encode("utf-8") + b"\n")
         elif "raw_hex" in step:
@@ -460,6 +483,7 @@ def main(argv: list[str]) -> int:
     exit_at_start: int | None = None
     record: str | None = os.environ.get("FAKE_PI_RECORD")
     session_path: str | None = None
+    garble: dict[str, int] = {}
     for arg in args:
         if arg == "--startup-delay":
             startup_delay = float(next(args))
@@ -469,11 +493,14 @@ def main(argv: list[str]) -> int:
             record = next(args)
         elif arg == "--session":
             session_path = next(args)
+        elif arg == "--garble":
+            garble[next(args)] = 1_000_000
     if exit_at_start is not None:
         sys.stderr.write("fake pi: refusing to start\n")
         return exit_at_start
     time.sleep(startup_delay)
     agent = Agent(Session(session_path))
+    agent.garble.update(garble)
     stdin = sys.stdin.buffer
     buf = b""
     while True:

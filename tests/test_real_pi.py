@@ -60,7 +60,7 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
         await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
         slot = manager._slots["chat"]
         assert slot.process is not None
-        session_file = Path(slot.process.state["sessionFile"])
+        session_file = Path(slot.process.state.sessionFile or "")
         os.kill(slot.process.pid, signal.SIGKILL)
         with anyio.fail_after(10):
             await slot.process.exited.wait()
@@ -70,7 +70,7 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
         )
         # the new pi process resumed the same session file with the full history
         assert slot.process is not None
-        assert Path(slot.process.state["sessionFile"]) == session_file
+        assert Path(slot.process.state.sessionFile or "") == session_file
         assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
 
 

@@ -28,9 +28,16 @@ import attrs
 
 from evie.agent import procfs
 from evie.agent import protocol as p
+from evie.agent.answers import Answer, PiState, decode_answer
 from evie.agent.events import Outcome
 from evie.agent.turn import Turn
-from evie.errors import AgentCrashed, AgentError, AgentRequestError, AgentStartError
+from evie.errors import (
+    AgentCrashed,
+    AgentError,
+    AgentProtocolError,
+    AgentRequestError,
+    AgentStartError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,7 @@ class PiProcess:
         self.returncode: int | None = None
         self.exited = anyio.Event()
         self.protocol_errors = 0
-        self.state: dict[str, Any] = {}
+        self.state = PiState()  # as answered to the start-up get_state
         self._pending: dict[str, Callback] = {}
         self._ids = itertools.count(1)
         self._outbox_send, self._outbox_recv = anyio.create_memory_object_stream[bytes](math.inf)
@@ -114,8 +121,13 @@ class PiProcess:
         except AgentCrashed as exc:
             await self.close()
             raise AgentStartError(f"pi exited while starting: {exc}") from None
-        state = response.payload()
-        self.state = state if isinstance(state, dict) else {}
+        try:
+            if not response.success:
+                raise AgentProtocolError(f"pi refused get_state: {response.error}")
+            self.state = decode_answer(response, PiState)
+        except AgentProtocolError as exc:
+            await self.close()
+            raise AgentStartError(f"{exc}; check that [agent] command runs pi 0.73") from None
         return self
 
     @property
@@ -185,12 +197,12 @@ class PiProcess:
             raise AgentCrashed(self._exit_message(), returncode=self.returncode)
         return waiter.response
 
-    async def call(self, command: dict[str, Any]) -> Any:
-        """Like :meth:`request`, but raise on ``success: false`` and return ``data``."""
-        response = await self.request(command)
+    async def query(self, command: str, kind: type[Answer]) -> Answer:
+        """Ask pi a question; its typed answer (AgentError when refused or misshapen)."""
+        response = await self.request({"type": command})
         if not response.success:
-            raise AgentRequestError(response.error or f"pi refused {command['type']}")
-        return response.payload()
+            raise AgentRequestError(response.error or f"pi refused {command}")
+        return decode_answer(response, kind)
 
     def start_turn(self, text: str, images: Sequence[Mapping[str, str]] = ()) -> Turn:
         """Send a prompt; the returned turn yields its events until it is over."""

@@ -146,11 +146,7 @@ class Response(msgspec.Struct, frozen=True, tag="response"):
     command: str = ""
     success: bool = False
     error: str | None = None
-    data: msgspec.Raw = msgspec.Raw(b"null")
-
-    def payload(self) -> Any:
-        """The ``data`` field, decoded on demand (only callers that need it pay)."""
-        return msgspec.json.decode(self.data) if self.data else None
+    data: msgspec.Raw = msgspec.Raw(b"null")  # decoded on demand (evie.agent.answers)
 
 
 class OtherEvent(msgspec.Struct, frozen=True):

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from evie.agent import protocol as p
+from evie.agent.answers import PiState, decode_answer
 from evie.agent.event_queue import EventQueue
 from evie.agent.events import (
     AssistantMessage,
@@ -30,8 +31,14 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
+from evie.errors import AgentProtocolError
 
 Barrier = Callable[[Callable[[p.Response | None], None]], None]
+
+INCOMPATIBLE = (
+    "The turn was ended; send your message again, and if this repeats check that "
+    "[agent] command runs pi 0.73"
+)
 
 
 def summarize_tool_args(tool_name: str, raw: msgspec.Raw, limit: int = 80) -> str:
@@ -177,8 +184,12 @@ class Turn:
         self._settled = True
         pending = 0
         if state is not None and state.success:
-            data = state.payload() or {}
-            pending = int(data.get("pendingMessageCount") or 0)
+            try:
+                pending = decode_answer(state, PiState).pendingMessageCount
+            except AgentProtocolError as exc:
+                # pi is not speaking the protocol we know: end the turn rather than guess
+                self._finish(Outcome.FAILED, f"{exc}. {INCOMPATIBLE}")
+                return
         # ``isStreaming`` is not used: pi clears it only after agent_end's listeners
         # settle, so it can still read true for a run that is over.
         if self._waiting_for_followup(pending):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from evie.agent.answers import SessionStats
 from evie.chat.status import render_status
 from evie.sessions.manager import SessionManager
 
@@ -59,20 +60,16 @@ def parse_command(text: str, bot_username: str | None = None) -> str | None:
     return name.lower() or None
 
 
-def format_stats(stats: dict[str, object] | None) -> str:
-    if not stats:
+def format_stats(stats: SessionStats | None) -> str:
+    if stats is None:
         return ""
-    tokens = stats.get("tokens")
-    parts = []
-    if isinstance(tokens, dict):
-        parts.append(f"tokens in {tokens.get('input', 0)}, out {tokens.get('output', 0)}")
-    cost = stats.get("cost")
-    if isinstance(cost, int | float) and cost:
-        parts.append(f"cost ${cost:.4f}")
-    usage = stats.get("contextUsage")
-    if isinstance(usage, dict) and isinstance(usage.get("percent"), int | float):
-        parts.append(f"context {usage['percent']:.0f}%")
-    return "Usage: " + ", ".join(parts) if parts else ""
+    parts = [f"tokens in {stats.tokens.input}, out {stats.tokens.output}"]
+    if stats.cost:
+        parts.append(f"cost ${stats.cost:.4f}")
+    usage = stats.contextUsage
+    if usage is not None and usage.percent is not None:
+        parts.append(f"context {usage.percent:.0f}%")
+    return "Usage: " + ", ".join(parts)
 
 
 async def run_command(

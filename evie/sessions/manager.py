@@ -25,6 +25,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
+from evie.agent.answers import SessionStats
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
@@ -175,7 +176,7 @@ class SessionManager:
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
 
-    async def session_stats(self, key: str, seconds: float = 2.0) -> dict[str, object] | None:
+    async def session_stats(self, key: str, seconds: float = 2.0) -> SessionStats | None:
         """Token and cost figures from pi, if a process is alive; bounded in time."""
         slot = self._lookup(key)
         process = slot.process if slot is not None else None
@@ -183,10 +184,10 @@ class SessionManager:
             return None
         with anyio.move_on_after(seconds):
             try:
-                data = await process.call({"type": "get_session_stats"})
-            except AgentError:
+                return await process.query("get_session_stats", SessionStats)
+            except AgentError as exc:
+                log.warning("no usage figures for /status: %s", exc)
                 return None
-            return data if isinstance(data, dict) else None
         return None
 
     # -- turns ------------------------------------------------------------------------

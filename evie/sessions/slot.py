@@ -49,17 +49,14 @@ class Slot:
 
     def snapshot(self) -> SlotStatus:
         turn, process = self.turn, self.process
-        model = process.state.get("model") if process is not None else None
-        model_name = None
-        if isinstance(model, dict):
-            model_name = f"{model.get('provider', '?')}/{model.get('id', '?')}"
+        model = process.state.model if process is not None else None
         retry = turn.retry if turn is not None else None
         return SlotStatus(
             key=self.key,
             session_id=self.session_id,
             state=self.state,
             pid=process.pid if process is not None and process.alive else None,
-            model=model_name,
+            model=model.name if model is not None else None,
             turn_elapsed=turn.elapsed if turn is not None else None,
             current_tool=turn.current_tool if turn is not None else None,
             queued=tuple(turn.queued_texts) if turn is not None else (),
