@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake ``pi --mode rpc``: a real subprocess speaking pi's RPC protocol.
 
-Measured pi behaviour it reproduces (see shared/docs/pi-rpc.md): LF-only JSON
+Measured pi behaviour it reproduces (see docs/pi-rpc.md): LF-only JSON
 lines, responses correlated by id (out of order when a turn is running),
 ``message_update`` carrying two full copies of the message so far, follow-up
 and steer queues, ``abort`` answered after ``agent_end``, auto-retry after an

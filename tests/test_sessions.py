@@ -67,7 +67,7 @@ async def test_status_and_stats_answer_while_a_turn_runs(
         assert other is not None
         assert other.state is SlotState.IDLE
         assert stats is not None
-        assert "tokens" in stats
+        assert (stats.tokens.input, stats.tokens.output) == (10, 20)
         assert rec.of(TurnFinished) == []  # the turn really was still running
         release.touch()
     assert rec.events[-1] == TurnFinished(Outcome.DONE)

@@ -1,6 +1,6 @@
 """How evie starts pi for a session: flags, environment and working directory.
 
-The flags follow shared/docs/pi-rpc.md: ``--session <absolute path>`` (never
+The flags follow docs/pi-rpc.md: ``--session <absolute path>`` (never
 ``--resume``/``--continue``, which prompt on stdin in RPC mode), every
 ``--no-*`` discovery flag so a stray project file cannot change behaviour, and
 ``PI_CODING_AGENT_DIR`` so nothing is written under the user's HOME.
