@@ -195,12 +195,10 @@ async def telegram_overhead(tmp: Path, turns: int = 30) -> None:
 
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({42})
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({42}), polling_timeout=1
         )
         async with SessionManager(fake_launcher(tmp / "t")) as manager:
-            interface = TelegramInterface(
-                manager, config, delivery=Delivery(), edit_interval=1.0, polling_timeout=1
-            )
+            interface = TelegramInterface(manager, config, delivery=Delivery())
             async with anyio.create_task_group() as tg:
                 await tg.start(interface.run)
                 samples = []

@@ -170,6 +170,8 @@ class TelegramConfig:
     token: str | None = setting(None, _opt_str, "bot token (or EVIE_TELEGRAM_TOKEN)")
     api_url: str = setting("https://api.telegram.org", _url, "Bot API server")
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+    edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
+    polling_timeout: int = setting(25, _pos_int, "seconds a getUpdates long poll waits")
 
 
 @attrs.frozen
@@ -178,6 +180,7 @@ class DiscordConfig:
     api_url: str | None = setting(None, _opt(_url), "REST base, e.g. .../api/v10")
     gateway_url: str | None = setting(None, _opt(_url), "gateway websocket URL")
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+    edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
 
 
 @attrs.frozen

@@ -32,13 +32,7 @@ def build_launcher(config: Config) -> PiLauncher:
 
 
 def session_settings(config: Config) -> SessionSettings:
-    s = config.sessions
-    return SessionSettings(
-        idle_timeout=s.idle_timeout,
-        max_processes=s.max_processes,
-        mid_turn=s.mid_turn,
-        shutdown_grace=s.shutdown_grace,
-    )
+    return SessionSettings.from_config(config.sessions)
 
 
 @attrs.frozen

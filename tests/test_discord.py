@@ -45,13 +45,13 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
                 api_url=fake.api_url,
                 gateway_url=fake.gateway_url,
                 allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
             )
             async with SessionManager(fake_launcher(tmp_path)) as manager:
                 interface = DiscordInterface(
                     manager,
                     config,
                     delivery=Delivery(base_backoff=0.01),
-                    edit_interval=0.05,
                     client_options={"guild_ready_timeout": 0.05},
                 )
                 async with anyio.create_task_group() as group:

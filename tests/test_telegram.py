@@ -43,16 +43,14 @@ async def tg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[H
     monkeypatch.setenv("FAKE_PI_RECORD", str(record))
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.05,
+            polling_timeout=1,
         )
         async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(
-                manager,
-                config,
-                delivery=Delivery(base_backoff=0.01),
-                edit_interval=0.05,
-                polling_timeout=1,
-            )
+            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)
                 yield Harness(fake, manager, interface, record)
@@ -204,10 +202,14 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
     async with running_fake_llm() as llm, running_fake_telegram() as fake:
         llm.queue(Reply(text="Hi! Here is **something** useful.\n\n```sh\nls -la\n```", chunk=4))
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.05,
+            polling_timeout=1,
         )
         async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-            interface = TelegramInterface(manager, config, edit_interval=0.05, polling_timeout=1)
+            interface = TelegramInterface(manager, config)
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)
                 fake.push_message("hello real pi")

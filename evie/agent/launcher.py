@@ -14,6 +14,7 @@ import attrs
 
 from evie.agent.process import LaunchSpec
 from evie.agent.reaper import MARKER
+from evie.config import AgentConfig
 
 ISOLATION_FLAGS = (
     "--no-extensions",
@@ -22,6 +23,9 @@ ISOLATION_FLAGS = (
     "--no-themes",
     "--no-context-files",
 )
+
+
+_AGENT = AgentConfig()  # the defaults of [agent], declared once in evie.config
 
 
 @attrs.frozen
@@ -34,8 +38,8 @@ class PiLauncher:
     system_prompt: str | None = None
     cwd: Path | None = None  # None: a private work dir per session
     extra_env: tuple[tuple[str, str], ...] = ()
-    startup_timeout: float = 30.0
-    stop_timeout: float = 3.0
+    startup_timeout: float = _AGENT.startup_timeout
+    stop_timeout: float = 3.0  # SIGTERM to SIGKILL (pi itself exits in ~30 ms)
 
     @property
     def owner(self) -> str:

@@ -54,9 +54,9 @@ class LaunchSpec:
 
     argv: tuple[str, ...]
     cwd: Path
-    env: Mapping[str, str] = attrs.field(factory=dict)
-    startup_timeout: float = 30.0
-    stop_timeout: float = 3.0
+    env: Mapping[str, str]
+    startup_timeout: float
+    stop_timeout: float
 
 
 @attrs.define(eq=False)

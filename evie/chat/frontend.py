@@ -27,8 +27,8 @@ class ChatFrontend:
         transport: Transport,
         *,
         allowed_user_ids: Iterable[int],
+        edit_interval: float,  # from the platform's config section
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         typing_interval: float = 4.5,
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,

@@ -107,7 +107,6 @@ class DiscordInterface:
         config: DiscordConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         if not config.token:
@@ -115,7 +114,6 @@ class DiscordInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
         self._client_options = client_options or {}
         self._ready = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -140,7 +138,7 @@ class DiscordInterface:
             DiscordTransport(client),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
-            edit_interval=self._edit_interval,
+            edit_interval=self._config.edit_interval,
             platform="dc",
         )
         try:

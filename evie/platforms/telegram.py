@@ -123,16 +123,12 @@ class TelegramInterface:
         config: TelegramConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
-        polling_timeout: int = 25,
     ) -> None:
         if not config.token:
             raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
-        self._polling_timeout = polling_timeout
         self.frontend: ChatFrontend | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._bot_id: int | None = None
@@ -153,7 +149,7 @@ class TelegramInterface:
                 TelegramTransport(bot),
                 allowed_user_ids=self._config.allowed_user_ids,
                 delivery=self._delivery,
-                edit_interval=self._edit_interval,
+                edit_interval=self._config.edit_interval,
                 bot_username=me.username,
                 platform="tg",
             )
@@ -188,9 +184,9 @@ class TelegramInterface:
                     functools.partial(
                         bot.get_updates,
                         offset=offset,
-                        timeout=self._polling_timeout,
+                        timeout=self._config.polling_timeout,
                         allowed_updates=["message"],
-                        request_timeout=self._polling_timeout + 15,
+                        request_timeout=self._config.polling_timeout + 15,
                     )
                 )
                 failures = 0

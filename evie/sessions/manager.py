@@ -28,6 +28,7 @@ import attrs
 from evie.agent.answers import SessionStats
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
 from evie.agent.process import LaunchSpec, PiProcess
+from evie.config import SessionsConfig
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
 from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
@@ -56,13 +57,25 @@ class SessionObserver(Protocol):
         ...
 
 
+_SESSIONS = SessionsConfig()  # the defaults of [sessions], declared once in evie.config
+
+
 @attrs.frozen
 class SessionSettings:
-    idle_timeout: float = 1800.0
-    max_processes: int = 8
-    mid_turn: Literal["follow_up", "steer"] = "follow_up"
+    """What the manager needs; a field named like a [sessions] key takes its value from there."""
+
+    idle_timeout: float = _SESSIONS.idle_timeout
+    max_processes: int = _SESSIONS.max_processes
+    mid_turn: Literal["follow_up", "steer"] = _SESSIONS.mid_turn
     abort_grace: float = 10.0  # how long an aborted turn may take to wind down
-    shutdown_grace: float = 30.0  # how long running turns may finish at shutdown
+    shutdown_grace: float = _SESSIONS.shutdown_grace
+
+    @classmethod
+    def from_config(cls, sessions: SessionsConfig) -> SessionSettings:
+        names = {f.name for f in attrs.fields(SessionsConfig)}
+        return cls(
+            **{f.name: getattr(sessions, f.name) for f in attrs.fields(cls) if f.name in names}
+        )
 
 
 @attrs.frozen
