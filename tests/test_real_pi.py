@@ -52,7 +52,10 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         assert llm.user_texts(llm.requests[-1]) == ["hi there"]
         status = manager.get_status("chat")
         assert status is not None
-        assert status.model == "fake/fake-1"
+        assert status.model == "fake/fake-1"  # pi's get_state answer, typed
+        stats = await manager.session_stats("chat")  # and its get_session_stats answer
+        assert stats is not None
+        assert (stats.tokens.input, stats.tokens.output) == (10, 5)  # the fake LLM's usage
 
 
 async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> None:
