@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
-#: changes that must reach the disk before anything else happens (adr/0006)
+#: changes written at once; the others ride along with the next write (adr/0006)
 URGENT = frozenset({Change.TURN_STARTED, Change.SESSION_REPLACED})
 
 
