@@ -24,7 +24,14 @@ from evie.agent.events import Notice, Outcome, Prompt, TurnFinished
 from evie.errors import StateError
 from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.manager import SessionManager
-from evie.state import INTERRUPTED_NOTICE, SessionRecord, StateFile, StateStore, atomic_write
+from evie.state import (
+    INTERRUPTED_NOTICE,
+    URGENT,
+    SessionRecord,
+    StateFile,
+    StateStore,
+    atomic_write,
+)
 from tests.conftest import Recorder, fake_launcher, script
 
 pytestmark = pytest.mark.anyio
@@ -189,6 +196,44 @@ async def test_one_write_per_turn_when_turns_follow_each_other(tmp_path: Path) -
     assert writer.count == turns + 1  # the last end, flushed at shutdown
     assert writer.files[-1].sessions["a"].turns == turns
     assert not writer.files[-1].sessions["a"].running
+
+
+async def test_chaos_every_urgent_change_is_written_promptly_and_the_last_facts_win(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(11)
+    files: list[StateFile] = []
+
+    def slow_writer(path: Path, data: bytes) -> None:
+        time.sleep(rng.random() * 0.003)  # one write at a time, so one thread uses rng here
+        atomic_write(path, data)
+        files.append(msgspec.json.decode(data, type=StateFile))
+
+    store = StateStore(tmp_path / "state.json", coalesce=60, writer=slow_writer)
+    store.load()
+    expected: dict[str, int] = {}
+    urgent = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        for seq in range(150):
+            key = f"chat-{rng.randrange(10)}"
+            change = rng.choice(list(Change))
+            running = change is Change.TURN_STARTED
+            store.session_changed(SessionFacts(key, f"s-{seq}", running, turns=seq), change)
+            expected[key] = seq
+            if change in URGENT:
+                urgent += 1
+                # on disk without waiting for the 60 s window
+                await wait_until(
+                    lambda: any(key in f.sessions and f.sessions[key].turns >= seq for f in files),  # noqa: B023
+                )
+            elif rng.random() < 0.3:
+                await anyio.sleep(rng.random() * 0.002)
+        writes_before_shutdown = len(files)
+        tg.cancel_scope.cancel()
+    assert urgent > 20
+    assert writes_before_shutdown <= urgent  # the other changes never caused a write
+    assert {k: r.turns for k, r in files[-1].sessions.items()} == expected
 
 
 async def test_a_file_joined_from_pieces_is_the_file_msgspec_would_write(tmp_path: Path) -> None:
