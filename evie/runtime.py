@@ -37,7 +37,6 @@ def session_settings(config: Config) -> SessionSettings:
         idle_timeout=s.idle_timeout,
         max_processes=s.max_processes,
         mid_turn=s.mid_turn,
-        shutdown_grace=s.shutdown_grace,
     )
 
 
