@@ -131,13 +131,13 @@ class SessionManager(AsyncContextManagerMixin):
         """Keys of the chats whose turn is running now."""
         return [s.key for s in self.slots() if s.turn is not None]
 
-    async def wait_for_turns(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for running turns to end; True when none runs.
+    async def wait_for_turns(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for running turns to end; True when none runs.
 
         Returns as soon as the last one has ended. Call :meth:`stop_accepting` first,
         or a waiting message may start the next turn.
         """
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(seconds):
             for slot in self.slots():
                 async with slot.lock:
                     pass
