@@ -114,7 +114,7 @@ async def _serve(
             log.info("http: /healthz and /metrics on port %d", port)
         grace = Grace(
             shutdown=config.sessions.shutdown_grace,
-            abort=runtime.manager.settings.abort_grace,
+            abort=config.sessions.abort_grace,
             delivery=DELIVERY_GRACE,
         )
         await _serve_platforms(runtime, platforms, stop, grace, on_ready)

@@ -37,6 +37,7 @@ def session_settings(config: Config) -> SessionSettings:
         idle_timeout=s.idle_timeout,
         max_processes=s.max_processes,
         mid_turn=s.mid_turn,
+        abort_grace=s.abort_grace,
     )
 
 
