@@ -178,7 +178,6 @@ class DiscordInterface:
                     self._tg = handlers
                     task_status.started()
                     await self._intake_stopped.wait()
-                    self._health = PlatformHealth("down", detail="intake stopped")
                 # every message handler has finished: drop the gateway connection
                 connection.cancel_scope.cancel()
         finally:
@@ -206,6 +205,7 @@ class DiscordInterface:
         """
         self._accepting = False
         self._intake_stopped.set()
+        self._health = PlatformHealth("down", detail="intake stopped")
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices to the Discord channels among ``keys``."""
