@@ -310,7 +310,10 @@ class Turn:
         elif "sleep" in step:
             self.sleep(step["sleep"])
         elif "deaf" in step:
-            time.sleep(step["deaf"])  # a pi that ignores abort for this long
+            # a pi that ignores abort: says ``say`` (no abort check), then sleeps regardless
+            if step.get("say"):
+                self.delta(step["say"])
+            time.sleep(step["deaf"])
         elif "wait_file" in step:
             while not os.path.exists(step["wait_file"]):
                 self.sleep(0.01)

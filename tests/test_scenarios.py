@@ -219,7 +219,7 @@ async def test_sigterm_when_pi_ignores_the_abort_still_tells_the_chat(
 ) -> None:
     async with evie_process(driver, tmp_path, grace=0.3, abort_grace=0.5) as evie:
         await running(evie)
-        await driver.send(script({"text": "not listening"}, {"deaf": 60}))
+        await driver.send(script({"deaf": 60, "say": "not listening"}))
         await evie.shows("not listening")
         assert evie.process is not None
         evie.process.send_signal(signal.SIGTERM)
