@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -170,5 +171,22 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
+def run_as_program() -> None:
+    """The ``evie`` program: :func:`main`, then exit without the interpreter's teardown.
+
+    By the time ``main`` returns, pi is stopped, state is flushed and every
+    connection is closed; tearing down aiogram's, discord.py's and pydantic's
+    module state only adds about a second to every stop on a busy machine.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_program()

@@ -158,6 +158,7 @@ class SessionsConfig:
         "follow_up", _choice("follow_up", "steer"), "what a message sent mid-turn does"
     )
     shutdown_grace: float = setting(30.0, _pos_float, "seconds running turns get at shutdown")
+    abort_grace: float = setting(10.0, _pos_float, "seconds an aborted turn gets to end")
 
 
 @attrs.frozen

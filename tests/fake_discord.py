@@ -135,6 +135,12 @@ class FakeDiscord:
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
+    holds: dict[str, anyio.Event] = attrs.Factory(dict)  # REST path -> gate
+
+    def hold(self, path: str) -> anyio.Event:
+        """REST calls to ``path`` (e.g. ``users/@me``, the login) wait until the event is set."""
+        gate = self.holds[path] = anyio.Event()
+        return gate
 
     @property
     def base_url(self) -> str:
@@ -310,6 +316,9 @@ class FakeDiscord:
         path = request.match_info["path"]
         self.calls.append((request.method, path))
         self._wake()
+        gate = self.holds.get(path)
+        if gate is not None:
+            await gate.wait()
         route = f"{request.method} {path.split('/')[0]}"
         fault = self._fault(route)
         if fault is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -222,3 +223,50 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
         assert final.parse_mode == "HTML"
         assert '<pre><code class="language-sh">ls -la</code></pre>' in final.text
         assert llm.user_texts(llm.requests[-1]) == ["hello real pi"]
+
+
+async def test_health_follows_polling_and_run_returns_after_its_handlers(tmp_path: Path) -> None:
+    async with running_fake_telegram() as fake:
+        config = TelegramConfig(
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+        )
+        async with SessionManager(fake_launcher(tmp_path)) as manager:
+            interface = TelegramInterface(
+                manager, config, delivery=Delivery(base_backoff=0.01), polling_timeout=1
+            )
+            assert interface.health().state == "starting"
+            returned = anyio.Event()
+
+            async def serve(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                await interface.run(task_status=task_status)
+                returned.set()
+
+            async def until(predicate: Callable[[], bool]) -> None:
+                with anyio.fail_after(10):
+                    while not predicate():
+                        await anyio.sleep(0.01)
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(serve)
+                await until(lambda: interface.health().seconds_since_ok is not None)
+                assert interface.health().state == "up"
+                fake.inject("getUpdates", Fault(502, "Bad Gateway"))
+                await until(lambda: interface.health().state == "degraded")
+                degraded = interface.health()
+                assert degraded.consecutive_failures == 1
+                assert "Bad Gateway" in degraded.detail
+                await until(lambda: interface.health().state == "up")  # the next poll worked
+                assert interface.health().consecutive_failures == 0
+
+                release = tmp_path / "release"
+                steps = [{"text": "working"}, {"wait_file": str(release)}, {"text": " done"}]
+                fake.push_message("script:" + json.dumps(steps))
+                await fake.wait_for(lambda: "working" in " ".join(fake.chat_view(OWNER)))
+                await interface.stop_intake()
+                await until(lambda: interface.health().state == "down")
+                fake.push_message("too late")  # intake has stopped: never fetched
+                release.touch()
+                with anyio.fail_after(10):
+                    await returned.wait()
+                # run returned only after the running handler delivered its answer
+                assert fake.chat_view(OWNER) == ["working done"]

@@ -15,11 +15,13 @@ import functools
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import attrs
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -48,6 +50,7 @@ from evie.chat.streaming import Delivery
 from evie.chat.telegram_html import markdown_to_html
 from evie.config import TelegramConfig
 from evie.errors import ConfigError
+from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,10 @@ class TelegramTransport:
 
 
 class TelegramInterface:
+    """The Telegram platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "telegram"
+
     def __init__(
         self,
         manager: SessionManager,
@@ -133,11 +140,13 @@ class TelegramInterface:
         self._tg: anyio.abc.TaskGroup | None = None
         self._bot_id: int | None = None
         self._poll_scope = anyio.CancelScope()
+        self._health = PlatformHealth("starting", detail="connecting")
+        self._last_ok: float | None = None  # monotonic time of the last answered getUpdates
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Poll until cancelled; messages are handled in tasks this method owns."""
+        """Poll until intake stops, then return once the message handlers have finished."""
         assert self._config.token is not None
         session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
         bot = Bot(self._config.token, session=session)
@@ -167,10 +176,14 @@ class TelegramInterface:
                 self._tg = tg
                 task_status.started()
                 log.info("telegram: polling as @%s", me.username)
+                self._health = PlatformHealth("up", detail=f"polling as @{me.username}")
                 with self._poll_scope:
                     await self._poll(bot, dispatcher)
                 # intake stopped: the task group now waits for messages being handled
+                self._health = PlatformHealth("down", detail="intake stopped")
         finally:
+            if self._health.state != "down":
+                self._health = PlatformHealth("down", detail="stopped")
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
@@ -190,11 +203,19 @@ class TelegramInterface:
                     )
                 )
                 failures = 0
+                self._last_ok = time.monotonic()
+                self._health = PlatformHealth("up", detail="polling")
             except RetryLater as exc:
+                self._health = PlatformHealth(
+                    "degraded", consecutive_failures=failures, detail=f"getUpdates: {exc}"
+                )
                 await anyio.sleep(exc.seconds)
                 continue
             except Transient as exc:
                 failures += 1
+                self._health = PlatformHealth(
+                    "degraded", consecutive_failures=failures, detail=f"getUpdates failed: {exc}"
+                )
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("telegram: getUpdates failed (%s); retrying in %gs", exc, delay)
                 await anyio.sleep(delay)
@@ -213,6 +234,15 @@ class TelegramInterface:
         :meth:`run` returns once they have finished (cancel it to cut them short).
         """
         self._poll_scope.cancel()
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to the Telegram chats among ``keys``."""
+        frontend = self.frontend
+        return 0 if frontend is None else await frontend.announce(keys, take)
+
+    def health(self) -> PlatformHealth:
+        since = None if self._last_ok is None else time.monotonic() - self._last_ok
+        return attrs.evolve(self._health, seconds_since_ok=since)
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 import anyio
@@ -37,10 +38,15 @@ from evie.agent.events import (
 from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
+from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import Queued, SessionManager
 
 
 class TerminalChat:
+    """The terminal platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "terminal"
+
     def __init__(
         self,
         manager: SessionManager,
@@ -59,6 +65,8 @@ class TerminalChat:
         self._out_recv: MemoryObjectReceiveStream[str]
         self._out_send, self._out_recv = anyio.create_memory_object_stream[str](math.inf)
         self._mid_line = False
+        self._intake = anyio.CancelScope()
+        self._health = PlatformHealth("starting")
 
     def say(self, text: str) -> None:
         """Queue text for the terminal; never blocks."""
@@ -69,7 +77,11 @@ class TerminalChat:
     def _line(self, text: str) -> None:
         self.say(("\n" if self._mid_line else "") + text + "\n")
 
-    async def run(self) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read lines until end of input, /quit or :meth:`stop_intake`; then return once
+        the turns started here have finished (/quit cuts them short)."""
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
             self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
@@ -82,18 +94,39 @@ class TerminalChat:
                 name="evie-terminal-input",
                 daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
             ).start()
+            self._health = PlatformHealth("up", detail="reading the terminal")
+            task_status.started()
             async with anyio.create_task_group() as tg, lines:
-                async for line in lines:
-                    if not line:
-                        break  # EOF: let running turns finish, then leave
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text in ("/quit", "/exit"):
-                        tg.cancel_scope.cancel()
-                        break
-                    await self._handle(text, tg)
+                with self._intake:
+                    async for line in lines:
+                        if not line:
+                            break  # EOF: let running turns finish, then leave
+                        text = line.strip()
+                        if not text:
+                            continue
+                        if text in ("/quit", "/exit"):
+                            tg.cancel_scope.cancel()
+                            break
+                        await self._handle(text, tg)
+                self._health = PlatformHealth("down", detail="input closed")
             self._out_send.close()
+
+    async def stop_intake(self) -> None:
+        """Stop reading input; turns already started carry on."""
+        self._intake.cancel()
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Show this terminal's pending notice, if ``keys`` has one."""
+        if self._key not in frozenset(keys):
+            return 0
+        text = take(self._key)
+        if text is None:
+            return 0
+        self._line(f"[note] {text}")
+        return 1
+
+    def health(self) -> PlatformHealth:
+        return self._health  # nothing remote to poll: up while reading
 
     def _read_lines(self, send: MemoryObjectSendStream[str], token: EventLoopToken) -> None:
         """Runs in its own daemon thread: hands each line (then "" at EOF) to the loop."""

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Literal, Protocol
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
+from anyio import AsyncContextManagerMixin
 
 from evie.agent.answers import SessionStats
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
@@ -67,8 +69,7 @@ class SessionSettings:
     idle_timeout: float = _SESSIONS.idle_timeout
     max_processes: int = _SESSIONS.max_processes
     mid_turn: Literal["follow_up", "steer"] = _SESSIONS.mid_turn
-    abort_grace: float = 10.0  # how long an aborted turn may take to wind down
-    shutdown_grace: float = _SESSIONS.shutdown_grace
+    abort_grace: float = _SESSIONS.abort_grace  # how long an aborted turn may take to wind down
 
     @classmethod
     def from_config(cls, sessions: SessionsConfig) -> SessionSettings:
@@ -87,9 +88,10 @@ class Queued:
 
 
 SendResult = Queued | TurnFinished
+SHUTTING_DOWN = "evie is shutting down; send your message again in a minute"
 
 
-class SessionManager:
+class SessionManager(AsyncContextManagerMixin):
     def __init__(
         self,
         launcher: Launcher,
@@ -111,20 +113,22 @@ class SessionManager:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> SessionManager:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._idle_loop)
-        return self
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[SessionManager]:
+        """Own the background tasks (pi's pumps, retirements, idle cleanup); on exit stop pi.
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
-        assert self._tg is not None
-        try:
-            await self.shutdown()
-        finally:
-            self._tg.cancel_scope.cancel()
-            result = await self._tg.__aexit__(*exc_info)  # type: ignore[arg-type]
-        return result
+        Exiting does not wait for running turns: the shutdown timeline (``evie.shutdown``)
+        decides how long they get, using the primitives below.
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._idle_loop)
+            try:
+                yield self
+            finally:
+                await self.close_all()
+                tg.cancel_scope.cancel()
+                self._tg = None
 
     @property
     def _tasks(self) -> anyio.abc.TaskGroup:
@@ -132,25 +136,35 @@ class SessionManager:
             raise RuntimeError("use the SessionManager as `async with SessionManager(...)`")
         return self._tg
 
-    async def shutdown(self) -> None:
-        """Stop intake, let running turns finish (up to the grace), then stop pi."""
-        self._accepting = False
-        slots = self.slots()
-        if not await self._wait_for_turns(slots, self.settings.shutdown_grace):
-            self.abort_all()
-            await self._wait_for_turns(slots, self.settings.abort_grace)
-        async with anyio.create_task_group() as tg:
-            for slot in slots:
-                tg.start_soon(self._stop_slot, slot)
+    # -- shutdown primitives (the timeline that uses them is evie.shutdown) ----------
 
-    @staticmethod
-    async def _wait_for_turns(slots: list[Slot], seconds: float) -> bool:
+    def stop_accepting(self) -> None:
+        """From now on no turn starts: new messages, and those waiting for one, get an error."""
+        self._accepting = False
+
+    def running(self) -> list[str]:
+        """Keys of the chats whose turn is running now."""
+        return [s.key for s in self.slots() if s.turn is not None]
+
+    async def wait_for_turns(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for running turns to end; True when none runs.
+
+        Returns as soon as the last one has ended. Call :meth:`stop_accepting` first,
+        or a waiting message may start the next turn.
+        """
         with anyio.move_on_after(seconds):
-            for slot in slots:
+            for slot in self.slots():
                 async with slot.lock:
                     pass
             return True
         return False
+
+    async def close_all(self) -> None:
+        """Stop every pi process (in parallel); a turn still running ends as interrupted."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for slot in self.slots():
+                    tg.start_soon(self._stop_slot, slot)
 
     async def _stop_slot(self, slot: Slot) -> None:
         process, slot.process = slot.process, None
@@ -212,7 +226,7 @@ class SessionManager:
         :class:`TurnFinished`. It may be slow: pi's output is drained regardless.
         """
         if not self._accepting:
-            raise SessionReplaced("evie is shutting down; send your message again in a moment")
+            raise SessionReplaced(SHUTTING_DOWN)
         for _attempt in range(3):
             slot = self._get_or_create(key)
             slot.last_activity = time.monotonic()
@@ -227,6 +241,8 @@ class SessionManager:
             try:
                 if slot.retired or not self._is_current(slot):
                     continue  # replaced while we waited: use the new slot
+                if not self._accepting:
+                    raise SessionReplaced(SHUTTING_DOWN)  # never start a turn at shutdown
                 result = await self._run_turn(slot, prompt, on_event)
             finally:
                 slot.lock.release()
