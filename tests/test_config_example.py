@@ -132,5 +132,5 @@ def test_the_runtime_builds_the_settings_from_the_config() -> None:
     )
     settings = SessionSettings.from_config(config.sessions)
     assert (settings.idle_timeout, settings.max_processes, settings.mid_turn) == (5, 3, "steer")
-    assert settings.shutdown_grace == SessionsConfig().shutdown_grace
+    assert settings.abort_grace == SessionsConfig().abort_grace
     assert build_launcher(config).startup_timeout == 7
