@@ -8,12 +8,23 @@ The flags follow shared/docs/pi-rpc.md: ``--session <absolute path>`` (never
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
 
 from evie.agent.process import LaunchSpec
 from evie.agent.reaper import MARKER
+from evie.errors import AgentStartError
+
+#: what evie mints (``20261125-201259-1a2b3c4d``) and any plain file-name-safe id: never a
+#: path, never ``..``, so a session file and work dir stay where evie puts them.
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+def is_valid_session_id(session_id: str) -> bool:
+    return _SESSION_ID.fullmatch(session_id) is not None
+
 
 ISOLATION_FLAGS = (
     "--no-extensions",
@@ -46,6 +57,8 @@ class PiLauncher:
         return (self.state_dir / "sessions" / f"{session_id}.jsonl").resolve()
 
     def spec_for(self, session_id: str) -> LaunchSpec:
+        if not is_valid_session_id(session_id):
+            raise AgentStartError(f"invalid session id {session_id!r}; send /new to start afresh")
         session_file = self.session_file(session_id)
         session_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
