@@ -40,9 +40,12 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         f'evie_sessions{{state="{st.value}"}} {by_state.get(st.value, 0)}' for st in SlotState
     ]
     lines += [
-        "# HELP evie_pi_processes Live pi processes.",
+        "# HELP evie_pi_processes Live pi processes, retiring ones included.",
         "# TYPE evie_pi_processes gauge",
-        f"evie_pi_processes {sum(1 for s in statuses if s.pid is not None)}",
+        f"evie_pi_processes {manager.live_processes()}",
+        "# HELP evie_pi_processes_retiring pi processes no chat uses any more, being stopped.",
+        "# TYPE evie_pi_processes_retiring gauge",
+        f"evie_pi_processes_retiring {manager.retiring_processes()}",
         "# HELP evie_queue_depth Messages queued into running turns, not yet started.",
         "# TYPE evie_queue_depth gauge",
         f"evie_queue_depth {sum(len(s.queued) for s in statuses)}",
@@ -57,6 +60,9 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         "# HELP evie_spawn_failures_total pi processes that failed to start.",
         "# TYPE evie_spawn_failures_total counter",
         f"evie_spawn_failures_total {metrics.spawn_failures}",
+        "# HELP evie_pi_lines_dropped_total pi output lines over [agent] max_line_bytes.",
+        "# TYPE evie_pi_lines_dropped_total counter",
+        f"evie_pi_lines_dropped_total {metrics.lines_dropped}",
     ]
     lines += _histogram("evie_turn_duration_seconds", "Turn wall time.", metrics.turn_seconds)
     lines += _histogram(
@@ -92,6 +98,9 @@ def status_json(manager: SessionManager) -> list[dict[str, object]]:
                 "last_error": s.last_error,
                 "turns": s.turns,
                 "idle_for": round(s.idle_for, 3),
+                "last_event_ago": (
+                    round(s.last_event_ago, 3) if s.last_event_ago is not None else None
+                ),
             }
         )
     return out

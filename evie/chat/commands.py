@@ -89,7 +89,7 @@ async def run_command(
         status = manager.get_status(key)
         if status is None:
             return NO_SESSION
-        text = render_status(status)
+        text = render_status(status, retiring=manager.retiring_processes())
         usage = format_stats(await manager.session_stats(key, seconds=1.0))
         return f"{text}\n{usage}" if usage else text
     if command == "stop":

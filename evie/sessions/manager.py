@@ -143,9 +143,13 @@ class SessionManager:
         if not await self._wait_for_turns(slots, self.settings.shutdown_grace):
             self.abort_all()
             await self._wait_for_turns(slots, self.settings.abort_grace)
+        attached = {slot.process for slot in slots}
         async with anyio.create_task_group() as tg:
             for slot in slots:
                 tg.start_soon(self._stop_slot, slot)
+            for process in self._live():  # retiring ones (after /new, idle or LRU)
+                if process not in attached:
+                    tg.start_soon(process.close)
 
     @staticmethod
     async def _wait_for_turns(slots: list[Slot], seconds: float) -> bool:
