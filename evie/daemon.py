@@ -64,7 +64,9 @@ async def run_daemon(
             )
         if config.http.listen:
             port = await stack.enter_async_context(
-                serve_http(config.http.listen, runtime.manager, runtime.metrics)
+                serve_http(
+                    config.http.listen, runtime.manager, runtime.metrics, token=config.http.token
+                )
             )
             log.info("http: /healthz and /metrics on port %d", port)
         async with anyio.create_task_group() as tg:

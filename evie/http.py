@@ -1,14 +1,18 @@
 """Optional loopback HTTP endpoint: /healthz, /metrics (Prometheus text), /status (JSON).
 
 The same figures feed ``/status`` in chats; this only renders them. The config
-accepts only loopback addresses for it: the endpoint has no auth.
+accepts only loopback addresses for it. A request whose ``Host`` is not the
+listen address is refused, so a web page cannot read it through DNS rebinding
+(a browser sends the attacker's host name); with ``[http] token`` every request
+must also carry ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -106,8 +110,39 @@ def status_json(manager: SessionManager) -> list[dict[str, object]]:
     return out
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _allowed_hosts(host: str, port: int) -> frozenset[str]:
+    names = {host, "localhost"} if host in ("127.0.0.1", "::1", "localhost") else {host}
+    out = set()
+    for name in names:
+        shown = f"[{name}]" if ":" in name else name
+        out |= {shown.lower(), f"{shown}:{port}".lower()}
+    return frozenset(out)
+
+
+def refusal(
+    request: web.Request, allowed_hosts: frozenset[str], token: str | None
+) -> web.Response | None:
+    """Why this request is refused (DNS rebinding, missing token), or None to serve it."""
+    if (request.headers.get("Host") or "").lower() not in allowed_hosts:
+        return web.json_response({"error": "unexpected Host header"}, status=421)
+    if token:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return web.json_response(
+                {"error": "missing or wrong bearer token ([http] token)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return None
+
+
 @asynccontextmanager
-async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> AsyncIterator[int]:
+async def serve_http(
+    listen: str, manager: SessionManager, metrics: Metrics, *, token: str | None = None
+) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (useful with port 0)."""
     host, port = split_listen(listen)
 
@@ -122,7 +157,14 @@ async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> 
     async def status_view(_: web.Request) -> web.Response:
         return web.Response(text=json.dumps(status_json(manager)), content_type="application/json")
 
-    app = web.Application()
+    allowed = [_allowed_hosts(host, port)]  # set again once the port is bound
+
+    @web.middleware
+    async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = refusal(request, allowed[0], token)
+        return refused if refused is not None else await handler(request)
+
+    app = web.Application(middlewares=[checked])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/status", status_view)
@@ -131,6 +173,7 @@ async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> 
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = int(runner.addresses[0][1]) if runner.addresses else port
+    allowed[0] = _allowed_hosts(host, bound)
     try:
         yield bound
     finally:

@@ -42,8 +42,11 @@ DIALOG_METHODS = frozenset({"select", "confirm", "input", "editor"})
 
 Callback = Callable[[p.Response | None], None]
 PRIVATE_ENV_PREFIX = "EVIE_"  # EVIE_TELEGRAM_TOKEN, EVIE_DISCORD_TOKEN, EVIE_CONFIG …
-#: pi's longest line is ~3x the reply; see evie.config (``[agent] max_line_bytes``).
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+#: pi's longest line is ~3.05x the reply (measured: a 1 MB reply has a 3.05 MB
+#: ``message_update``); 32 MiB keeps every line of a 10 MB reply. See adr/0014.
+DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+#: records that must not be lost to the cap: a stand-in is dispatched instead
+_STAND_INS = {"agent_end": b'{"type":"agent_end"}'}
 
 
 @attrs.frozen
@@ -291,6 +294,11 @@ class PiProcess:
                 lines = splitter.feed(chunk)
                 if splitter.dropped:
                     self._count_dropped(splitter, "stdout")
+                    for head in splitter.dropped:
+                        stand_in = _STAND_INS.get(p.record_type(head) or "")
+                        if stand_in is not None:  # the turn must still learn it is over
+                            lines.append(stand_in)
+                    splitter.dropped.clear()
                 for line in lines:
                     try:
                         self._dispatch(line)
@@ -335,6 +343,7 @@ class PiProcess:
                 lines = splitter.feed(chunk)
                 if splitter.dropped:
                     self._count_dropped(splitter, "stderr")
+                    splitter.dropped.clear()
                 for line in lines:
                     self._note_stderr(line)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
@@ -346,16 +355,17 @@ class PiProcess:
             done.set()
 
     def _count_dropped(self, splitter: p.LineSplitter, stream: str) -> None:
-        dropped, splitter.dropped = splitter.dropped, 0
-        self.lines_dropped += dropped
+        self.lines_dropped += len(splitter.dropped)
         if self._metrics is not None:
-            self._metrics.lines_dropped += dropped
-        log.warning(
-            "pi[%s] wrote a %s line longer than [agent] max_line_bytes (%d); dropped it",
-            self.pid,
-            stream,
-            self.spec.max_line_bytes,
-        )
+            self._metrics.lines_dropped += len(splitter.dropped)
+        for head in splitter.dropped:
+            log.warning(
+                "pi[%s] wrote a %s line (%s) longer than [agent] max_line_bytes (%d); dropped it",
+                self.pid,
+                stream,
+                p.record_type(head) or "unknown",
+                self.spec.max_line_bytes,
+            )
 
     def _note_stderr(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()

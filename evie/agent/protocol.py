@@ -9,6 +9,7 @@ parser without ever becoming Python objects (see adr/0003).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -24,18 +25,20 @@ class LineSplitter:
     raw inside JSON strings. pi's longest lines are about three times the reply
     (every ``message_update`` carries two full copies of the message so far), so
     the cap must sit well above that; a line longer than ``max_line`` is not
-    kept in memory at all: its bytes are skipped up to the next newline and it
-    is counted in :attr:`dropped`.
+    kept in memory at all: its bytes are skipped up to the next newline and its
+    first :data:`HEAD` bytes are kept in :attr:`dropped` (to tell what it was).
     """
 
     __slots__ = ("_buf", "_discarding", "_scanned", "dropped", "max_line")
+
+    HEAD = 200
 
     def __init__(self, max_line: int | None = None) -> None:
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already known to hold no newline
         self._discarding = False  # inside an over-long line: skip to its newline
         self.max_line = max_line
-        self.dropped = 0
+        self.dropped: list[bytes] = []  # heads of dropped lines, for the caller to take
 
     def feed(self, chunk: bytes) -> list[bytes]:
         lines: list[bytes] = []
@@ -52,7 +55,7 @@ class LineSplitter:
         pos = buf.find(b"\n", self._scanned)
         while pos != -1:
             if limit is not None and pos - start > limit:
-                self.dropped += 1
+                self.dropped.append(bytes(buf[start : start + self.HEAD]))
             else:
                 lines.append(bytes(buf[start:pos]))
             start = pos + 1
@@ -60,7 +63,7 @@ class LineSplitter:
         if start:
             del buf[:start]
         if limit is not None and len(buf) > limit:
-            self.dropped += 1
+            self.dropped.append(bytes(buf[: self.HEAD]))
             buf.clear()
             self._discarding = True
         self._scanned = len(buf)
@@ -73,6 +76,15 @@ class LineSplitter:
         self._scanned = 0
         self._discarding = False
         return rest
+
+
+_TYPE_AT_START = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z_]{1,40})"')
+
+
+def record_type(head: bytes) -> str | None:
+    """The ``type`` of a record from its first bytes (pi writes ``type`` first)."""
+    match = _TYPE_AT_START.match(head)
+    return match.group(1).decode("ascii") if match else None
 
 
 def encode_command(command: dict[str, Any]) -> bytes:

@@ -59,6 +59,15 @@ def parse_command(text: str, bot_username: str | None = None) -> str | None:
     return name.lower() or None
 
 
+def for_another_bot(text: str, bot_username: str | None) -> bool:
+    """``/cmd@OtherBot``: a command addressed to some other bot in the group."""
+    if not text.startswith("/"):
+        return False
+    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    _, _, target = word.partition("@")
+    return bool(target) and (bot_username is None or target.lower() != bot_username.lower())
+
+
 def format_stats(stats: dict[str, object] | None) -> str:
     if not stats:
         return ""
