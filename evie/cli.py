@@ -48,7 +48,8 @@ async def _chat(config: Config) -> None:
     from evie.platforms.terminal import TerminalChat
 
     async with open_runtime(config) as runtime:
-        await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()
+        notice = runtime.store.take_notice("terminal")
+        await TerminalChat(runtime.manager, notice=notice, interrupts=True).run()
 
 
 async def _check(config: Config) -> int:

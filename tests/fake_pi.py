@@ -40,6 +40,8 @@ def on_sigterm(signum: int, _frame: object) -> None:
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
 STATE_LOCK = threading.Lock()
 
 
@@ -101,6 +103,7 @@ class Agent:
         self.turn_thread: threading.Thread | None = None
         self.dialogs: dict[str, threading.Event] = {}
         self.ended_by_error = False
+        self.end_pad = 0  # bytes of padding in the next agent_end (its "messages")
 
     # -- command handling (reader thread) --
 
@@ -225,7 +228,8 @@ class Agent:
             with STATE_LOCK:
                 self.streaming = False
         if not self.ended_by_error:
-            emit({"type": "agent_end", "messages": []})
+            pad, self.end_pad = self.end_pad, 0
+            emit({"type": "agent_end", "messages": [{"pad": "x" * pad}] if pad else []})
         self.ended_by_error = False
 
     def user_message(self, text: str) -> None:
@@ -312,7 +316,8 @@ class Turn:
         """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
         error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | env | stderr |
         hang(+say) (silent forever, ignoring abort; ``"hard"`` also ignores SIGTERM) |
-        big_line (one line of N bytes) | shell (run a command, stream its output)."""
+        big_line (one line of N bytes) | end_pad (a big agent_end) |
+        shell (run a command, stream its output)."""
         self.check_abort()
         if "hang" in step:
             if step["hang"] == "hard":
@@ -321,6 +326,8 @@ class Turn:
                 self.delta(step["say"])
             while True:
                 time.sleep(3600)
+        elif "end_pad" in step:
+            self.agent.end_pad = step["end_pad"]
         elif "big_line" in step:
             emit_raw(b'{"type":"noise","pad":"' + b"x" * step["big_line"] + b'"}\n')
         elif "shell" in step:

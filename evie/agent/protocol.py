@@ -55,7 +55,7 @@ class LineSplitter:
         pos = buf.find(b"\n", self._scanned)
         while pos != -1:
             if limit is not None and pos - start > limit:
-                self.dropped.append(bytes(buf[start : start + self.HEAD]))
+                self.dropped.append(bytes(buf[start : min(pos, start + self.HEAD)]))
             else:
                 lines.append(bytes(buf[start:pos]))
             start = pos + 1
