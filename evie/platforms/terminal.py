@@ -90,8 +90,9 @@ class TerminalChat:
                 daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
             ).start()
             async with anyio.create_task_group() as tg, lines:
+                watcher = anyio.CancelScope()  # owned here: ends when input does
                 if self._interrupts:
-                    tg.start_soon(self._on_interrupt, tg)
+                    tg.start_soon(self._on_interrupt, tg, watcher)
                 async for line in lines:
                     if not line:
                         break  # EOF: let running turns finish, then leave
@@ -102,10 +103,11 @@ class TerminalChat:
                         tg.cancel_scope.cancel()
                         break
                     await self._handle(text, tg)
+                watcher.cancel()
             self._out_send.close()
 
-    async def _on_interrupt(self, tg: anyio.abc.TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT) as signals:
+    async def _on_interrupt(self, tg: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
+        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
             async for _ in signals:
                 if await self._manager.abort(self._key):
                     self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
