@@ -9,6 +9,7 @@ The flags follow shared/docs/pi-rpc.md: ``--session <absolute path>`` (never
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import attrs
@@ -112,6 +113,11 @@ class PiLauncher:
         """pi inside bubblewrap: evie's state dir is empty but for this session's file,
         the agent dir and a work dir inside it; the config file reads as empty."""
         assert self.sandbox is not None
+        if shutil.which(argv[0]) is None:  # inside bwrap it would fail less legibly
+            raise AgentStartError(
+                f"could not start pi with {argv[0]!r}: not found or not executable. "
+                "Check [agent] command in the config (is pi installed? run `npm ci`)."
+            )
         state = self.state_dir.resolve()
         session_file.touch(mode=0o600)  # a bind needs its source (pi accepts an empty file)
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
