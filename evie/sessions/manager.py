@@ -479,8 +479,7 @@ class SessionManager:
             slot.lock.release()
 
     async def _forget_when_gone(self, process: PiProcess) -> None:
-        with anyio.CancelScope(shield=True):
-            await process.exited.wait()
+        await process.exited.wait()
         self._processes.discard(process)
 
     async def _make_room(self) -> None:
