@@ -16,6 +16,9 @@ from evie.config import parse_config
 from evie.http import serve_http
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
+from tests.test_discord import OWNER as DC_OWNER
+from tests.test_discord import Harness as DcHarness
+from tests.test_discord import dc  # noqa: F401 - the fixture
 from tests.test_telegram import OWNER, Harness, tg  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio
@@ -91,3 +94,15 @@ async def test_strangers_bare_commands_in_a_group_get_no_reply(tg: Harness) -> N
     await tg.final_text(GROUP, "echo: ping")
     assert tg.fake.chat_view(GROUP) == [REFUSAL, "echo: ping"]
     assert prompts_sent(tg.record) == ["ping"]
+
+
+async def test_strangers_bare_commands_in_a_guild_get_no_reply(dc: DcHarness) -> None:  # noqa: F811
+    await dc.fake.push_message("/status", user_id=7, channel_id=700, guild_id=1)
+    await dc.fake.push_message("/help", user_id=8, channel_id=700, guild_id=1, mention_bot=True)
+    await dc.shows(700, REFUSAL)
+    # a round trip through the same channel: everything pushed before has been handled
+    await dc.fake.push_message(
+        "ping", user_id=DC_OWNER, channel_id=700, guild_id=1, mention_bot=True
+    )
+    await dc.shows(700, "echo: ping")
+    assert dc.fake.channel_view(700) == [REFUSAL, "echo: ping"]
