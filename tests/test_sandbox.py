@@ -177,3 +177,23 @@ def test_evie_makes_itself_undumpable(tmp_path: Path) -> None:
     env = {**os.environ, "EVIE_CONFIG": str(tmp_path / "missing.toml")}
     done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_evie_check_reports_the_sandbox_in_force(tmp_path: Path, mode: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\nsandbox = "{mode}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = "bwrap" if mode == "auto" and choose("auto").bwrap is not None else "off"
+    assert f"sandbox: {expected}" in done.stdout
+    assert ("warning: without the sandbox" in done.stdout) is (expected == "off")
