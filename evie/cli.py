@@ -14,10 +14,11 @@ import attrs
 
 from evie import __version__
 from evie.agent.process import PiProcess
+from evie.agent.sandbox import make_undumpable
 from evie.config import Config, load_config, split_listen, starter_config
 from evie.errors import ConfigError, EvieError
 from evie.logs import setup_logging
-from evie.runtime import build_launcher, open_runtime
+from evie.runtime import build_launcher, choose_sandbox, open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -40,7 +41,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _setup_logging(config: Config, *, quiet: bool) -> None:
     level = "warning" if quiet and config.log.level in ("debug", "info") else config.log.level
-    secrets = (config.telegram.token or "", config.discord.token or "")
+    secrets = (config.telegram.token or "", config.discord.token or "", config.http.token or "")
     setup_logging(level, config.log.format, secrets)
 
 
@@ -48,15 +49,22 @@ async def _chat(config: Config) -> None:
     from evie.platforms.terminal import TerminalChat
 
     async with open_runtime(config) as runtime:
-        await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()
+        notice = runtime.store.take_notice("terminal")
+        await TerminalChat(runtime.manager, notice=notice, interrupts=True).run()
 
 
 async def _check(config: Config) -> int:
     print(f"config: {config.source or 'built-in defaults'}")
     command = config.pi_command
     print(f"pi command: {' '.join(command)}")
+    sandbox = await anyio.to_thread.run_sync(choose_sandbox, config)
+    print(f"sandbox: {sandbox.note}")
+    if sandbox.bwrap is None:
+        print("warning: without the sandbox pi's tools can read evie's config and state")
     with tempfile.TemporaryDirectory(prefix="evie-check-") as tmp:
-        probe = attrs.evolve(build_launcher(config), state_dir=Path(tmp))
+        probe = attrs.evolve(
+            build_launcher(config, sandbox.bwrap), state_dir=Path(tmp), work_root=Path(tmp) / "w"
+        )
         spec = probe.spec_for("evie-check")
         async with anyio.create_task_group() as tg:
             started = anyio.current_time()
@@ -86,8 +94,11 @@ def _status(config: Config) -> int:
     if not config.http.listen:
         raise ConfigError("`evie status` needs [http] listen in the config of the running evie")
     host, port = split_listen(config.http.listen)
+    request = urllib.request.Request(f"http://{host}:{port}/status")
+    if config.http.token:
+        request.add_header("Authorization", f"Bearer {config.http.token}")
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             sessions = json.loads(response.read())
     except (urllib.error.URLError, OSError) as exc:
         print(f"evie: no running evie answered on {config.http.listen} ({exc})", file=sys.stderr)
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="write a commented starter config")
     init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
     args = parser.parse_args(argv)
+    # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
+    make_undumpable()
     command = args.command or "chat"
     try:
         if command == "init":

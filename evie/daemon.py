@@ -109,7 +109,9 @@ async def _serve(
         platforms = build_platforms(runtime, terminal=terminal)
         if config.http.listen:
             port = await stack.enter_async_context(
-                serve_http(config.http.listen, runtime.manager, runtime.metrics)
+                serve_http(
+                    config.http.listen, runtime.manager, runtime.metrics, token=config.http.token
+                )
             )
             log.info("http: /healthz and /metrics on port %d", port)
         grace = Grace(

@@ -1,14 +1,18 @@
 """Optional loopback HTTP endpoint: /healthz, /metrics (Prometheus text), /status (JSON).
 
 The same figures feed ``/status`` in chats; this only renders them. The config
-accepts only loopback addresses for it: the endpoint has no auth.
+accepts only loopback addresses for it. A request whose ``Host`` is not the
+listen address is refused, so a web page cannot read it through DNS rebinding
+(a browser sends the attacker's host name); with ``[http] token`` every request
+must also carry ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -40,9 +44,12 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         f'evie_sessions{{state="{st.value}"}} {by_state.get(st.value, 0)}' for st in SlotState
     ]
     lines += [
-        "# HELP evie_pi_processes Live pi processes.",
+        "# HELP evie_pi_processes Live pi processes, retiring ones included.",
         "# TYPE evie_pi_processes gauge",
-        f"evie_pi_processes {sum(1 for s in statuses if s.pid is not None)}",
+        f"evie_pi_processes {manager.live_processes()}",
+        "# HELP evie_pi_processes_retiring pi processes no chat uses any more, being stopped.",
+        "# TYPE evie_pi_processes_retiring gauge",
+        f"evie_pi_processes_retiring {manager.retiring_processes()}",
         "# HELP evie_queue_depth Messages queued into running turns, not yet started.",
         "# TYPE evie_queue_depth gauge",
         f"evie_queue_depth {sum(len(s.queued) for s in statuses)}",
@@ -57,6 +64,9 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         "# HELP evie_spawn_failures_total pi processes that failed to start.",
         "# TYPE evie_spawn_failures_total counter",
         f"evie_spawn_failures_total {metrics.spawn_failures}",
+        "# HELP evie_pi_lines_dropped_total pi output lines over [agent] max_line_bytes.",
+        "# TYPE evie_pi_lines_dropped_total counter",
+        f"evie_pi_lines_dropped_total {metrics.lines_dropped}",
     ]
     lines += _histogram("evie_turn_duration_seconds", "Turn wall time.", metrics.turn_seconds)
     lines += _histogram(
@@ -92,13 +102,47 @@ def status_json(manager: SessionManager) -> list[dict[str, object]]:
                 "last_error": s.last_error,
                 "turns": s.turns,
                 "idle_for": round(s.idle_for, 3),
+                "last_event_ago": (
+                    round(s.last_event_ago, 3) if s.last_event_ago is not None else None
+                ),
             }
         )
     return out
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _allowed_hosts(host: str, port: int) -> frozenset[str]:
+    names = {host, "localhost"} if host in ("127.0.0.1", "::1", "localhost") else {host}
+    out = set()
+    for name in names:
+        shown = f"[{name}]" if ":" in name else name
+        out |= {shown.lower(), f"{shown}:{port}".lower()}
+    return frozenset(out)
+
+
+def refusal(
+    request: web.Request, allowed_hosts: frozenset[str], token: str | None
+) -> web.Response | None:
+    """Why this request is refused (DNS rebinding, missing token), or None to serve it."""
+    if (request.headers.get("Host") or "").lower() not in allowed_hosts:
+        return web.json_response({"error": "unexpected Host header"}, status=421)
+    if token:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return web.json_response(
+                {"error": "missing or wrong bearer token ([http] token)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return None
+
+
 @asynccontextmanager
-async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> AsyncIterator[int]:
+async def serve_http(
+    listen: str, manager: SessionManager, metrics: Metrics, *, token: str | None = None
+) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (useful with port 0)."""
     host, port = split_listen(listen)
 
@@ -113,7 +157,14 @@ async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> 
     async def status_view(_: web.Request) -> web.Response:
         return web.Response(text=json.dumps(status_json(manager)), content_type="application/json")
 
-    app = web.Application()
+    allowed = [_allowed_hosts(host, port)]  # set again once the port is bound
+
+    @web.middleware
+    async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = refusal(request, allowed[0], token)
+        return refused if refused is not None else await handler(request)
+
+    app = web.Application(middlewares=[checked])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/status", status_view)
@@ -122,6 +173,7 @@ async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> 
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = int(runner.addresses[0][1]) if runner.addresses else port
+    allowed[0] = _allowed_hosts(host, bound)
     try:
         yield bound
     finally:

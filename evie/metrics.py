@@ -48,3 +48,4 @@ class Metrics:
     turns: Counter[str] = attrs.Factory(Counter)  # by outcome
     spawn_failures: int = 0
     queued_messages: int = 0
+    lines_dropped: int = 0  # pi output lines over [agent] max_line_bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,13 +12,17 @@ import attrs
 
 from evie.agent.launcher import PiLauncher
 from evie.agent.reaper import lock_state_dir, reap
+from evie.agent.sandbox import Bubblewrap, SandboxChoice, choose
 from evie.config import Config
+from evie.errors import ConfigError
 from evie.metrics import Metrics
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
 
+log = logging.getLogger(__name__)
 
-def build_launcher(config: Config) -> PiLauncher:
+
+def build_launcher(config: Config, sandbox: Bubblewrap | None = None) -> PiLauncher:
     return PiLauncher(
         command=config.pi_command,
         state_dir=config.state.dir,
@@ -28,11 +33,29 @@ def build_launcher(config: Config) -> PiLauncher:
         cwd=config.agent.cwd,
         extra_env=config.agent.env,
         startup_timeout=config.agent.startup_timeout,
+        sandbox=sandbox,
+        secret_files=(config.source,) if config.source is not None else (),
+        max_line_bytes=config.agent.max_line_bytes,
     )
 
 
+def choose_sandbox(config: Config) -> SandboxChoice:
+    """``[agent] sandbox`` resolved by probing bubblewrap; ``bwrap`` that fails is an error."""
+    choice = choose(config.agent.sandbox)
+    if config.agent.sandbox == "bwrap" and choice.bwrap is None:
+        raise ConfigError(
+            f'[agent] sandbox = "bwrap" but the sandbox is {choice.note}; '
+            'install bubblewrap or set sandbox = "auto"'
+        )
+    return choice
+
+
 def session_settings(config: Config) -> SessionSettings:
-    return SessionSettings.from_config(config.sessions)
+    return attrs.evolve(
+        SessionSettings.from_config(config.sessions),
+        max_turn_seconds=config.agent.max_turn_seconds,
+        stall_timeout=config.agent.stall_timeout,
+    )
 
 
 @attrs.frozen
@@ -47,7 +70,16 @@ class Runtime:
 async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     """Load state, start the manager and the state writer; on exit stop pi and flush."""
     metrics = Metrics()
-    launcher = build_launcher(config)
+    choice = await anyio.to_thread.run_sync(choose_sandbox, config)
+    if choice.bwrap is None:
+        log.warning(
+            "sandbox %s: pi's tools can read what your user can, evie's config included "
+            "(see README, Security)",
+            choice.note,
+        )
+    else:
+        log.info("sandbox: %s", choice.note)
+    launcher = build_launcher(config, choice.bwrap)
     lock = await anyio.to_thread.run_sync(lock_state_dir, config.state.dir)
     try:
         await anyio.to_thread.run_sync(reap, launcher.owner)

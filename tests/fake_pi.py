@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +32,18 @@ import uuid
 from typing import Any
 
 OUT_LOCK = threading.Lock()
+IGNORE_SIGTERM = threading.Event()  # set by the "hang": "hard" step
+
+
+def on_sigterm(signum: int, _frame: object) -> None:
+    """Die of SIGTERM as usual, unless a step asked to play deaf (only the main thread
+    may install handlers, so this one is always installed and consults the flag)."""
+    if IGNORE_SIGTERM.is_set():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 STATE_LOCK = threading.Lock()
 
 
@@ -99,6 +113,7 @@ class Agent:
         self.dialogs: dict[str, threading.Event] = {}
         self.ended_by_error = False
         self.garble: dict[str, int] = {}  # command -> how many answers to garble
+        self.end_pad = 0  # bytes of padding in the next agent_end (its "messages")
 
     def garbled(self, kind: str) -> bool:
         with STATE_LOCK:
@@ -232,7 +247,8 @@ class Agent:
             with STATE_LOCK:
                 self.streaming = False
         if not self.ended_by_error:
-            emit({"type": "agent_end", "messages": []})
+            pad, self.end_pad = self.end_pad, 0
+            emit({"type": "agent_end", "messages": [{"pad": "x" * pad}] if pad else []})
         self.ended_by_error = False
 
     def user_message(self, text: str) -> None:
@@ -318,9 +334,28 @@ class Turn:
     def step(self, step: dict[str, Any]) -> None:
         """Steps: text(+chunk,delay) | big(+chunk) | sleep | deaf | wait_file | tool | crash |
         error(+fail_times,max_retries,retry_delay,then) | dialog | garble(+times) | raw |
-        raw_hex | env | stderr."""
+        raw_hex | env | stderr |
+        hang(+say) (silent forever, ignoring abort; ``"hard"`` also ignores SIGTERM) |
+        big_line (one line of N bytes) | end_pad (a big agent_end) |
+        shell (run a command, stream its output)."""
         self.check_abort()
-        if "text" in step:
+        if "hang" in step:
+            if step["hang"] == "hard":
+                IGNORE_SIGTERM.set()
+            if "say" in step:  # said after deafness starts, so an abort can never win a race
+                self.delta(step["say"])
+            while True:
+                time.sleep(3600)
+        elif "end_pad" in step:
+            self.agent.end_pad = step["end_pad"]
+        elif "big_line" in step:
+            emit_raw(b'{"type":"noise","pad":"' + b"x" * step["big_line"] + b'"}\n')
+        elif "shell" in step:
+            done = subprocess.run(
+                step["shell"], shell=True, capture_output=True, text=True, check=False
+            )
+            self.stream(done.stdout + done.stderr, 4096, 0)
+        elif "text" in step:
             self.stream(step["text"], step.get("chunk", 4), step.get("delay", 0))
         elif "big" in step:
             unit = "0123456789abcdef" * 4 + "\n"
@@ -503,6 +538,7 @@ def main(argv: list[str]) -> int:
     if exit_at_start is not None:
         sys.stderr.write("fake pi: refusing to start\n")
         return exit_at_start
+    signal.signal(signal.SIGTERM, on_sigterm)
     time.sleep(startup_delay)
     agent = Agent(Session(session_path))
     agent.garble.update(garble)

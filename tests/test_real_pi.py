@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from evie.agent import procfs
 from evie.agent.events import (
     AssistantMessage,
     FollowUpStarted,
@@ -126,9 +127,13 @@ async def test_unauthorised_fails_at_once(tmp_path: Path, llm: FakeLLM) -> None:
         assert len(llm.requests) == 1
 
 
-async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -> None:
-    marker_file = tmp_path / "child.pid"
-    command = f"nohup sleep 300 >/dev/null 2>&1 & echo $! > {marker_file}; echo started"
+@pytest.mark.parametrize("sandbox", ["off", "auto"])
+async def test_tool_children_do_not_outlive_evie(
+    tmp_path: Path, llm: FakeLLM, sandbox: str
+) -> None:
+    # a unique argument finds the child on the host (inside a sandbox, $! is another pid)
+    seconds = f"300.{os.getpid()}{len(str(tmp_path))}"
+    command = f"nohup sleep {seconds} >/dev/null 2>&1 & echo started"
     llm.queue(Reply(tool=("bash", {"command": command})), Reply(text="ran it"))
     config = parse_config(
         {
@@ -137,17 +142,23 @@ async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -
                 "provider": "fake",
                 "model": "fake-1",
                 "agent_dir": str(tmp_path / "agent"),
+                "sandbox": sandbox,
             },
             "state": {"dir": str(tmp_path / "state")},
         }
     )
     write_agent_dir(tmp_path / "agent", llm)
+
+    def children() -> list[int]:
+        needle = f"sleep\0{seconds}".encode()
+        return [pid for pid, cmdline in procfs.read_each("cmdline") if needle in cmdline]
+
     async with open_runtime(config) as runtime:
         rec = Recorder()
         result = await runtime.manager.send("chat", Prompt("start a background job"), rec)
         assert result == TurnFinished(Outcome.DONE)
         assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
-        child = int(marker_file.read_text())
+        [child] = children()
         assert pid_alive(child)
     with anyio.fail_after(5):
         while pid_alive(child):

@@ -67,6 +67,7 @@ class Turn:
         self.current_tool: str | None = None
         self.retry: RetryScheduled | None = None
         self.abort_requested = False
+        self.abort_reason: str | None = None  # set when evie, not the user, stopped the turn
         self.followups_sent = 0
         self.followups_started = 0
         self.queued_texts: list[str] = []
@@ -213,7 +214,7 @@ class Turn:
         # an abort that came too late to stop a reply that completed is not an abort
         stopped_early = self._last_stop in (None, "error", "aborted")
         if self._last_stop == "aborted" or (self.abort_requested and stopped_early):
-            self._finish(Outcome.ABORTED, None)
+            self._finish(Outcome.ABORTED, self.abort_reason)
         elif self._last_stop == "error":
             error = self._final_error or self._last_error or "the model returned an error"
             self._finish(Outcome.FAILED, error)

@@ -60,6 +60,15 @@ def parse_command(text: str, bot_username: str | None = None) -> str | None:
     return name.lower() or None
 
 
+def for_another_bot(text: str, bot_username: str | None) -> bool:
+    """``/cmd@OtherBot``: a command addressed to some other bot in the group."""
+    if not text.startswith("/"):
+        return False
+    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    _, _, target = word.partition("@")
+    return bool(target) and (bot_username is None or target.lower() != bot_username.lower())
+
+
 def format_stats(stats: SessionStats | None) -> str:
     if stats is None:
         return ""
@@ -86,7 +95,7 @@ async def run_command(
         status = manager.get_status(key)
         if status is None:
             return NO_SESSION
-        text = render_status(status)
+        text = render_status(status, retiring=manager.retiring_processes())
         usage = format_stats(await manager.session_stats(key, seconds=1.0))
         return f"{text}\n{usage}" if usage else text
     if command == "stop":

@@ -278,6 +278,7 @@ class DiscordInterface:
         if client is None or client.user is None or message.author.bot:
             return None
         text = message.content
+        named = True  # the message names this bot (a bare /cmd in a guild does not)
         if message.guild is not None:
             me = client.user
             mentioned = any(user.id == me.id for user in message.mentions)
@@ -289,6 +290,7 @@ class DiscordInterface:
             )
             if not (mentioned or replied or text.startswith("/")):
                 return None
+            named = mentioned or replied
             for form in (f"<@{me.id}>", f"<@!{me.id}>"):
                 text = text.replace(form, "")
             text = text.strip()
@@ -299,6 +301,7 @@ class DiscordInterface:
             text=text,
             message_id=message.id,
             fetch_images=self._image_fetcher(images) if images else None,
+            addressed=named,
         )
 
     def _image_fetcher(

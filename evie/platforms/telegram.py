@@ -255,10 +255,12 @@ class TelegramInterface:
             return None
         text = message.text or message.caption or ""
         chat = message.chat
+        named = True  # the message names this bot (a bare /cmd in a group does not)
         if chat.type != "private":
             addressed = self._addressed_text(message, text)
             if addressed is None:
                 return None  # group chatter not meant for the bot
+            named = not text.startswith("/") or "@" in text.split(maxsplit=1)[0]
             text = addressed
         thread = message.message_thread_id if message.is_topic_message else None
         fetch = self._photo_fetcher(message) if message.photo else None
@@ -268,6 +270,7 @@ class TelegramInterface:
             text=text,
             message_id=message.message_id,
             fetch_images=fetch,
+            addressed=named,
         )
 
     def _addressed_text(self, message: Message, text: str) -> str | None:

@@ -1,5 +1,9 @@
 """``evie chat``: one session from the terminal, through the same SessionManager.
 
+Ctrl-C is evie's to interpret (``interrupts=True``, as in ``evie chat``): pi
+runs in its own session, so the terminal's SIGINT never reaches it; a Ctrl-C
+stops the running turn like ``/stop``, and with nothing running it leaves.
+
 Input is read in a worker thread and every message is sent from its own task,
 so ``/status`` and ``/stop`` work while a turn streams. Output goes through a
 single writer task that writes in a thread: a stalled terminal or pipe never
@@ -9,6 +13,7 @@ blocks the event loop (and so never stops pi's stdout from being drained).
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -55,8 +60,10 @@ class TerminalChat:
         stdout: TextIO | None = None,
         key: str = "terminal",
         notice: str | None = None,
+        interrupts: bool = False,
     ) -> None:
         self._notice = notice
+        self._interrupts = interrupts
         self._manager = manager
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
@@ -98,6 +105,9 @@ class TerminalChat:
             task_status.started()
             async with anyio.create_task_group() as tg, lines:
                 with self._intake:
+                    watcher = anyio.CancelScope()  # owned here: ends when input does
+                    if self._interrupts:
+                        tg.start_soon(self._on_interrupt, tg, watcher)
                     async for line in lines:
                         if not line:
                             break  # EOF: let running turns finish, then leave
@@ -108,8 +118,19 @@ class TerminalChat:
                             tg.cancel_scope.cancel()
                             break
                         await self._handle(text, tg)
+                    watcher.cancel()
                 self._health = PlatformHealth("down", detail="input closed")
             self._out_send.close()
+
+    async def _on_interrupt(self, tg: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
+        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if await self._manager.abort(self._key):
+                    self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
+                else:
+                    self._line("[bye]")
+                    tg.cancel_scope.cancel()
+                    return
 
     async def stop_intake(self) -> None:
         """Stop reading input; turns already started carry on."""

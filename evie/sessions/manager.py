@@ -29,6 +29,7 @@ from anyio import AsyncContextManagerMixin
 
 from evie.agent.answers import SessionStats
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
+from evie.agent.launcher import is_valid_session_id
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.config import SessionsConfig
 from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
@@ -37,6 +38,7 @@ from evie.metrics import Metrics
 from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
+from evie.sessions.watchdog import TurnWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class SessionSettings:
     max_processes: int = _SESSIONS.max_processes
     mid_turn: Literal["follow_up", "steer"] = _SESSIONS.mid_turn
     abort_grace: float = _SESSIONS.abort_grace  # how long an aborted turn may take to wind down
+    max_turn_seconds: float | None = None  # a longer turn is stopped ([agent]; None: no limit)
+    stall_timeout: float | None = None  # a turn in which pi is silent this long is stopped
 
     @classmethod
     def from_config(cls, sessions: SessionsConfig) -> SessionSettings:
@@ -91,6 +95,18 @@ SendResult = Queued | TurnFinished
 SHUTTING_DOWN = "evie is shutting down; send your message again in a minute"
 
 
+def _valid_sessions(known: dict[str, str]) -> dict[str, str]:
+    """Drop stored session ids that are not plain ids: a tampered state file must not
+    point pi at a session file or work dir outside evie's directories."""
+    valid = {}
+    for key, session_id in known.items():
+        if is_valid_session_id(session_id):
+            valid[key] = session_id
+        else:
+            log.warning("chat %s: ignoring invalid stored session id %r", key, session_id)
+    return valid
+
+
 class SessionManager(AsyncContextManagerMixin):
     def __init__(
         self,
@@ -105,11 +121,14 @@ class SessionManager(AsyncContextManagerMixin):
         self.settings = settings or SessionSettings()
         self.metrics = metrics or Metrics()
         self._observer = observer
-        self._known = dict(known_sessions or {})  # key -> session id, from persisted state
+        self._known = _valid_sessions(known_sessions or {})  # key -> id, from persisted state
         self._slots: dict[str, Slot] = {}
         self._guard = BriefGuard(self.metrics)
         self._tg: anyio.abc.TaskGroup | None = None
         self._accepting = True
+        # every live pi process, attached to a slot or retiring: what max_processes counts
+        self._processes: set[PiProcess] = set()
+        self._spawning = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -162,9 +181,14 @@ class SessionManager(AsyncContextManagerMixin):
     async def close_all(self) -> None:
         """Stop every pi process (in parallel); a turn still running ends as interrupted."""
         with anyio.CancelScope(shield=True):
+            slots = self.slots()
+            attached = {slot.process for slot in slots}
             async with anyio.create_task_group() as tg:
-                for slot in self.slots():
+                for slot in slots:
                     tg.start_soon(self._stop_slot, slot)
+                for process in self._live():  # retiring ones (after /new, idle or LRU)
+                    if process not in attached:
+                        tg.start_soon(process.close)
 
     async def _stop_slot(self, slot: Slot) -> None:
         process, slot.process = slot.process, None
@@ -202,6 +226,15 @@ class SessionManager(AsyncContextManagerMixin):
 
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
+
+    def live_processes(self) -> int:
+        """pi processes alive now, including retiring ones (what max_processes counts)."""
+        return len(self._live())
+
+    def retiring_processes(self) -> int:
+        """Live pi processes no chat uses any more (after /new, idle or LRU), being stopped."""
+        attached = {s.process for s in self.slots() if s.process is not None}
+        return sum(1 for p in self._live() if p not in attached)
 
     async def session_stats(self, key: str, seconds: float = 2.0) -> SessionStats | None:
         """Token and cost figures from pi, if a process is alive; bounded in time."""
@@ -288,20 +321,45 @@ class SessionManager(AsyncContextManagerMixin):
         slot.turn = turn
         slot.state = SlotState.RUNNING
         self._notify(slot, Change.TURN_STARTED)
+        watch_scope = self._watch(slot, process)
         try:
             async for event in turn:
                 slot.last_activity = time.monotonic()
                 await on_event(event)
         finally:
+            watch_scope.cancel()
+            slot.watchdog = None
             with anyio.CancelScope(shield=True):
                 await self._wind_down(slot, process)
         assert turn.finished is not None
         return turn.finished
 
+    def _watch(self, slot: Slot, process: PiProcess) -> anyio.CancelScope:
+        """Start the turn's watchdog; the caller owns it through the returned scope."""
+        assert process.turn is not None
+        settings = self.settings
+        watchdog = slot.watchdog = TurnWatchdog(
+            process,
+            process.turn,
+            abort_grace=settings.abort_grace,
+            max_turn_seconds=settings.max_turn_seconds,
+            stall_timeout=settings.stall_timeout,
+        )
+        scope = anyio.CancelScope()
+
+        async def watch() -> None:
+            with scope:
+                await watchdog.run()
+
+        self._tasks.start_soon(watch)
+        return scope
+
     async def _start_process(self, slot: Slot) -> PiProcess | None:
         """Spawn under the slot's lock (the guard is not held)."""
         slot.state = SlotState.STARTING
+        await self._make_room()
         started = time.perf_counter()
+        self._spawning += 1
         try:
             try:
                 spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
@@ -309,7 +367,9 @@ class SessionManager(AsyncContextManagerMixin):
                 raise AgentStartError(
                     f"could not prepare the session's files: {exc}. Check [state] dir."
                 ) from exc
-            process = await PiProcess.spawn(spec, self._tasks)
+            process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
+            self._processes.add(process)
+            self._tasks.start_soon(self._forget_when_gone, process)
         except AgentStartError as exc:
             log.error("pi failed to start: %s", exc)
             self.metrics.spawn_failures += 1
@@ -318,6 +378,8 @@ class SessionManager(AsyncContextManagerMixin):
             slot.last_error = str(exc)
             self._notify(slot, Change.TURN_ENDED)
             return None
+        finally:
+            self._spawning -= 1
         self.metrics.spawn_seconds.observe(time.perf_counter() - started)
         log.info("pi started (pid %d) in %.2fs", process.pid, time.perf_counter() - started)
         if slot.retired or not self._is_current(slot):
@@ -366,20 +428,29 @@ class SessionManager(AsyncContextManagerMixin):
     # -- commands ----------------------------------------------------------------------
 
     async def abort(self, key: str) -> bool:
-        """Stop the running turn in this chat; False when nothing was running."""
+        """Stop the running turn in this chat; False when nothing was running.
+
+        The turn ends within ``abort_grace``: if pi ignores the abort, the
+        watchdog kills it and tells the chat (see evie.sessions.watchdog).
+        """
         slot = self._lookup(key)
-        if slot is None or slot.turn is None or slot.process is None:
+        if slot is None:
             return False
-        slot.process.abort()
+        return self._abort_slot(slot)
+
+    @staticmethod
+    def _abort_slot(slot: Slot) -> bool:
+        if slot.turn is None or slot.process is None:
+            return False
+        if slot.watchdog is not None:
+            slot.watchdog.request_abort()
+        else:  # the turn is winding down already
+            slot.process.abort()
         return True
 
     def abort_all(self) -> int:
         """Ask every running turn to stop (shutdown); returns how many were running."""
-        running = [s for s in self.slots() if s.turn is not None and s.process is not None]
-        for slot in running:
-            assert slot.process is not None
-            slot.process.abort()
-        return len(running)
+        return sum(1 for slot in self.slots() if self._abort_slot(slot))
 
     async def new_session(self, key: str) -> Slot:
         """Start over with a fresh session; a running turn in the old one is aborted."""
@@ -398,8 +469,7 @@ class SessionManager(AsyncContextManagerMixin):
         return new
 
     async def _retire(self, slot: Slot) -> None:
-        if slot.process is not None and slot.turn is not None:
-            slot.process.abort()
+        self._abort_slot(slot)  # a hung turn is killed after abort_grace by its watchdog
         async with slot.lock:
             await self._stop_slot(slot)
             slot.state = SlotState.CLOSED
@@ -432,13 +502,40 @@ class SessionManager(AsyncContextManagerMixin):
             process = slot.process
             if process is None or slot.turn is not None:
                 return False
-            slot.process = None
+            slot.process = None  # retiring from here on: still counted until it is gone
             await process.close()
             if slot.state is SlotState.CRASHED:
                 slot.state = SlotState.IDLE
             return True
         finally:
             slot.lock.release()
+
+    async def _forget_when_gone(self, process: PiProcess) -> None:
+        await process.exited.wait()
+        self._processes.discard(process)
+
+    async def _make_room(self) -> None:
+        """Before a spawn: stop idle processes (LRU) and wait for retiring ones to be gone.
+
+        Retiring processes count toward ``max_processes`` until they have exited;
+        each is gone within ``abort_grace`` plus pi's stop timeout. Busy processes
+        are never stopped: when every process runs a turn, the spawn goes ahead.
+        """
+        while len(self._live()) + self._spawning >= self.settings.max_processes:
+            current = [s for s in self.slots() if s.process is not None]
+            idle = sorted((s for s in current if s.turn is None), key=lambda s: s.last_activity)
+            for slot in idle:
+                if await self._stop_if_idle(slot):
+                    break
+            else:
+                attached = {s.process for s in current}
+                retiring = [p for p in self._live() if p not in attached]
+                if not retiring:
+                    return
+                await retiring[0].exited.wait()
+
+    def _live(self) -> list[PiProcess]:
+        return [p for p in self._processes if not p.exited.is_set()]
 
     def _enforce_max_processes(self, keep: Slot) -> None:
         live = [s for s in self.slots() if s.process is not None and s is not keep]

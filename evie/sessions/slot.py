@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -17,6 +18,9 @@ import attrs
 from evie.agent.events import Outcome
 from evie.agent.process import PiProcess
 from evie.agent.turn import Turn
+
+if TYPE_CHECKING:
+    from evie.sessions.watchdog import TurnWatchdog
 
 
 class SlotState(enum.Enum):
@@ -46,6 +50,7 @@ class Slot:
     turns: int = 0
     retired: bool = False
     waiters: int = 0  # sends waiting for the lock: later messages queue behind them
+    watchdog: TurnWatchdog | None = None  # the running turn's, owned by SessionManager._run_turn
 
     def snapshot(self) -> SlotStatus:
         turn, process = self.turn, self.process
@@ -63,6 +68,11 @@ class Slot:
             retry_attempt=(retry.attempt, retry.max_attempts) if retry is not None else None,
             retry_error=retry.error if retry is not None else None,
             idle_for=time.monotonic() - self.last_activity,
+            last_event_ago=(
+                time.monotonic() - process.last_output_at
+                if process is not None and process.alive
+                else None
+            ),
             last_outcome=self.last_outcome,
             last_error=self.last_error,
             turns=self.turns,
@@ -84,6 +94,7 @@ class SlotStatus:
     retry_attempt: tuple[int, int] | None
     retry_error: str | None
     idle_for: float
+    last_event_ago: float | None  # seconds since pi last wrote anything (None: not running)
     last_outcome: Outcome | None
     last_error: str | None
     turns: int
