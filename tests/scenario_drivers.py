@@ -264,9 +264,13 @@ class Evie:
         self, predicate: Callable[[list[str]], bool], *, user: int = OWNER, seconds: float = 20
     ) -> None:
         """Wait until what ``user`` sees satisfies ``predicate``."""
-        with anyio.fail_after(seconds):
-            while not predicate(self.driver.texts(user)):
-                await anyio.sleep(0.01)
+        try:
+            with anyio.fail_after(seconds):
+                while not predicate(self.driver.texts(user)):
+                    await anyio.sleep(0.01)
+        except TimeoutError:
+            seen = "\n---\n".join(self.driver.texts(user))
+            raise AssertionError(f"not seen within {seconds}s; the chat shows:\n{seen}") from None
 
     async def shows(self, *needles: str, user: int = OWNER, seconds: float = 20) -> None:
         """Wait until one message ``user`` sees contains every needle."""

@@ -184,13 +184,13 @@ async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: P
                 api_url=fake.api_url,
                 gateway_url=fake.gateway_url,
                 allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
             )
             async with SessionManager(fake_launcher(tmp_path)) as manager:
                 interface = DiscordInterface(
                     manager,
                     config,
                     delivery=Delivery(base_backoff=0.01),
-                    edit_interval=0.05,
                     client_options={"guild_ready_timeout": 0.05},
                 )
                 assert interface.health().state == "starting"

@@ -160,7 +160,7 @@ async def test_a_tampered_state_file_cannot_point_pi_elsewhere(tmp_path: Path) -
         slot = manager._slots["chat"]
         assert ".." not in slot.session_id
         assert slot.process is not None
-        session_file = Path(slot.process.state["sessionFile"])
+        session_file = Path(slot.process.state.sessionFile or "")
         assert session_file.parent == (tmp_path / "state" / "sessions").resolve()
         await manager.send("ok", Prompt("hi"), Recorder())
         assert manager._slots["ok"].session_id == "20260101-000000-abcd"

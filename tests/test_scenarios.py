@@ -223,9 +223,10 @@ async def test_sigterm_when_pi_ignores_the_abort_still_tells_the_chat(
         await evie.shows("not listening")
         assert evie.process is not None
         evie.process.send_signal(signal.SIGTERM)
-        await evie.shows(driver.interrupted)
+        # the turn watchdog kills a pi that ignores the abort after abort_grace
+        await evie.shows("pi did not stop, so I stopped it")
         assert await stopped(evie) == 0
-    assert evie.persisted(driver.key())["last_outcome"] == "interrupted"
+    assert evie.persisted(driver.key())["last_outcome"] == "aborted"
     assert "Traceback" not in evie.log()
 
 

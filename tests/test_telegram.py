@@ -228,12 +228,13 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
 async def test_health_follows_polling_and_run_returns_after_its_handlers(tmp_path: Path) -> None:
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            polling_timeout=1,
         )
         async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(
-                manager, config, delivery=Delivery(base_backoff=0.01), polling_timeout=1
-            )
+            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
             assert interface.health().state == "starting"
             returned = anyio.Event()
 

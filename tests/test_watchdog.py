@@ -201,7 +201,11 @@ class Harness:
 async def tg(tmp_path: Path) -> AsyncIterator[Harness]:
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({42})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({42}),
+            edit_interval=0.05,
+            polling_timeout=1,
         )
         settings = SessionSettings(abort_grace=GRACE)
         async with SessionManager(fake_launcher(tmp_path), settings) as manager:
@@ -209,8 +213,6 @@ async def tg(tmp_path: Path) -> AsyncIterator[Harness]:
                 manager,
                 config,
                 delivery=Delivery(base_backoff=0.01),
-                edit_interval=0.05,
-                polling_timeout=1,
             )
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)

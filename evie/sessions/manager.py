@@ -439,18 +439,18 @@ class SessionManager(AsyncContextManagerMixin):
         return self._abort_slot(slot)
 
     @staticmethod
-    def _abort_slot(slot: Slot) -> bool:
+    def _abort_slot(slot: Slot, *, final: bool = False) -> bool:
         if slot.turn is None or slot.process is None:
             return False
         if slot.watchdog is not None:
-            slot.watchdog.request_abort()
+            slot.watchdog.request_abort(final=final)
         else:  # the turn is winding down already
             slot.process.abort()
         return True
 
     def abort_all(self) -> int:
         """Ask every running turn to stop (shutdown); returns how many were running."""
-        return sum(1 for slot in self.slots() if self._abort_slot(slot))
+        return sum(1 for slot in self.slots() if self._abort_slot(slot, final=True))
 
     async def new_session(self, key: str) -> Slot:
         """Start over with a fresh session; a running turn in the old one is aborted."""

@@ -28,6 +28,7 @@ from evie.agent.turn import Turn
 log = logging.getLogger(__name__)
 
 KILLED = "pi did not stop, so I restarted it; your history is kept"
+KILLED_FINALLY = "pi did not stop, so I stopped it; your history is kept"  # evie is stopping
 
 
 class TurnWatchdog:
@@ -50,12 +51,17 @@ class TurnWatchdog:
         self.abort_requested_at: float | None = None
         self.reason: str | None = None  # why evie (not the user) stopped the turn
         self.killed = False
+        self.final = False  # evie is stopping: pi is not started again
         self._wake = anyio.Event()
 
-    def request_abort(self, reason: str | None = None) -> None:
-        """Ask pi to stop; the grace period starts now (a repeat keeps the first)."""
+    def request_abort(self, reason: str | None = None, *, final: bool = False) -> None:
+        """Ask pi to stop; the grace period starts now (a repeat keeps the first).
+
+        ``final`` (shutdown): pi will not be started again, so the user is not told it was.
+        """
         if self.turn.finished is not None:
             return
+        self.final = self.final or final
         if self.abort_requested_at is None:
             self.abort_requested_at = time.monotonic()
             self.reason = reason
@@ -111,5 +117,6 @@ class TurnWatchdog:
         )
         self.killed = True
         why = f"{self.reason}; " if self.reason else ""
-        self.turn.process_exited(Outcome.ABORTED, f"{why}{KILLED}")
+        killed = KILLED_FINALLY if self.final else KILLED
+        self.turn.process_exited(Outcome.ABORTED, f"{why}{killed}")
         await self.process.kill()
