@@ -50,6 +50,12 @@ def _pos_int(v: Any) -> int:
     return v
 
 
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad("expected a whole number >= 0")
+    return v
+
+
 def _path(v: Any) -> Path:
     return Path(os.path.expanduser(_str(v)))
 
@@ -158,6 +164,7 @@ class SessionsConfig:
         "follow_up", _choice("follow_up", "steer"), "what a message sent mid-turn does"
     )
     shutdown_grace: float = setting(30.0, _pos_float, "seconds running turns get at shutdown")
+    warm_spares: int = setting(1, _count, "pi processes kept booted for new sessions")
 
 
 @attrs.frozen

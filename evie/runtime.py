@@ -38,6 +38,7 @@ def session_settings(config: Config) -> SessionSettings:
         max_processes=s.max_processes,
         mid_turn=s.mid_turn,
         shutdown_grace=s.shutdown_grace,
+        warm_spares=s.warm_spares,
     )
 
 

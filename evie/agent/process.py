@@ -192,6 +192,21 @@ class PiProcess:
             raise AgentRequestError(response.error or f"pi refused {command['type']}")
         return response.payload()
 
+    async def switch_session(self, session_file: Path, spec: LaunchSpec) -> None:
+        """Point this (idle) pi at another session file: pi's ``switch_session``.
+
+        pi loads the file's history (or starts it empty) and takes the working
+        directory from the file's header, or its own cwd for a new file, exactly
+        as a fresh ``pi --session FILE`` would (adr/0016). ``spec`` becomes the
+        spec this process is known by. Raises :class:`AgentError` on refusal.
+        """
+        data = await self.call({"type": "switch_session", "sessionPath": str(session_file)})
+        if isinstance(data, dict) and data.get("cancelled"):
+            raise AgentRequestError("pi cancelled the session switch")
+        self.spec = spec
+        state = (await self.request({"type": "get_state"})).payload()
+        self.state = state if isinstance(state, dict) else {}
+
     def start_turn(self, text: str, images: Sequence[Mapping[str, str]] = ()) -> Turn:
         """Send a prompt; the returned turn yields its events until it is over."""
         if self.returncode is not None:

@@ -32,6 +32,7 @@ from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
+from evie.sessions.spares import SparePool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class SessionSettings:
     mid_turn: Literal["follow_up", "steer"] = "follow_up"
     abort_grace: float = 10.0  # how long an aborted turn may take to wind down
     shutdown_grace: float = 30.0  # how long running turns may finish at shutdown
+    warm_spares: int = 0  # pre-started pi processes for new sessions (adr/0016)
 
 
 @attrs.frozen
@@ -93,6 +95,7 @@ class SessionManager:
         self._guard = BriefGuard(self.metrics)
         self._tg: anyio.abc.TaskGroup | None = None
         self._accepting = True
+        self._spares: SparePool | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -100,7 +103,25 @@ class SessionManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._idle_loop)
+        if self.settings.warm_spares:
+            self._spares = SparePool(
+                self._launcher,
+                self.settings.warm_spares,
+                self._tg,
+                room=self._room_for_spares,
+                metrics=self.metrics,
+            )
+            self._tg.start_soon(self._spares.run)
         return self
+
+    @property
+    def spares(self) -> SparePool | None:
+        return self._spares
+
+    def _room_for_spares(self) -> int:
+        assert self._spares is not None
+        tally = self.metrics.sessions.processes
+        return self.settings.max_processes - tally - self._spares.size
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
         assert self._tg is not None
@@ -120,6 +141,8 @@ class SessionManager:
     async def shutdown(self) -> None:
         """Stop intake, let running turns finish (up to the grace), then stop pi."""
         self._accepting = False
+        if self._spares is not None:
+            await self._spares.close()
         slots = self.slots()
         if not await self._wait_for_turns(slots, self.settings.shutdown_grace):
             self.abort_all()
@@ -151,7 +174,7 @@ class SessionManager:
             slot = self._slots.get(key)
             if slot is None:
                 session_id = self._known.pop(key, None) or mint_session_id()
-                slot = self._slots[key] = Slot(key, session_id)
+                slot = self._slots[key] = Slot(key, session_id, tally=self.metrics.sessions)
             return slot
 
         return self._guard.run(lookup)
@@ -278,7 +301,9 @@ class SessionManager:
                 raise AgentStartError(
                     f"could not prepare the session's files: {exc}. Check [state] dir."
                 ) from exc
-            process = await PiProcess.spawn(spec, self._tasks)
+            process = await self._spares.take(spec) if self._spares is not None else None
+            if process is None:
+                process = await PiProcess.spawn(spec, self._tasks)
         except AgentStartError as exc:
             log.error("pi failed to start: %s", exc)
             self.metrics.spawn_failures += 1
@@ -355,7 +380,7 @@ class SessionManager:
 
         def replace() -> tuple[Slot | None, Slot]:
             old = self._slots.get(key)
-            new = self._slots[key] = Slot(key, mint_session_id())
+            new = self._slots[key] = Slot(key, mint_session_id(), tally=self.metrics.sessions)
             if old is not None:
                 old.retired = True
             return old, new
@@ -412,6 +437,9 @@ class SessionManager:
     def _enforce_max_processes(self, keep: Slot) -> None:
         live = [s for s in self.slots() if s.process is not None and s is not keep]
         excess = len(live) + 1 - self.settings.max_processes
+        if self._spares is not None:  # spares make room first
+            excess += self._spares.size
+            excess -= self._spares.give_up(excess)
         if excess <= 0:
             return
         idle = sorted((s for s in live if s.turn is None), key=lambda s: s.last_activity)

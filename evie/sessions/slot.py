@@ -17,6 +17,7 @@ import attrs
 from evie.agent.events import Outcome
 from evie.agent.process import PiProcess
 from evie.agent.turn import Turn
+from evie.metrics import SessionTally
 
 
 class SlotState(enum.Enum):
@@ -32,20 +33,54 @@ def mint_session_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(4)
 
 
+def _count_state(slot: Slot, _a: attrs.Attribute[SlotState], new: SlotState) -> SlotState:
+    if slot.tally is not None and new is not slot.state:
+        slot.tally.by_state[slot.state.value] -= 1
+        slot.tally.by_state[new.value] += 1
+    return new
+
+
+def _count_process(
+    slot: Slot, _a: attrs.Attribute[PiProcess | None], new: PiProcess | None
+) -> PiProcess | None:
+    if slot.tally is not None and (new is None) != (slot.process is None):
+        slot.tally.processes += 1 if new is not None else -1
+    return new
+
+
+def _count_turn(slot: Slot, _a: attrs.Attribute[Turn | None], new: Turn | None) -> Turn | None:
+    if slot.tally is not None:
+        if new is None:
+            slot.tally.running.discard(slot)
+        else:
+            slot.tally.running.add(slot)
+    return new
+
+
 @attrs.define(eq=False)
 class Slot:
+    """One chat's session. ``state``, ``process`` and ``turn`` keep ``tally`` current."""
+
     key: str
     session_id: str = attrs.field(factory=mint_session_id)
     lock: anyio.Lock = attrs.field(factory=anyio.Lock)
-    state: SlotState = SlotState.IDLE
-    process: PiProcess | None = None
-    turn: Turn | None = None
+    state: SlotState = attrs.field(default=SlotState.IDLE, on_setattr=_count_state)
+    process: PiProcess | None = attrs.field(default=None, on_setattr=_count_process)
+    turn: Turn | None = attrs.field(default=None, on_setattr=_count_turn)
     last_activity: float = attrs.field(factory=time.monotonic)
     last_outcome: Outcome | None = None
     last_error: str | None = None
     turns: int = 0
     retired: bool = False
     waiters: int = 0  # sends waiting for the lock: later messages queue behind them
+    tally: SessionTally | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tally is not None:
+            self.tally.by_state[self.state.value] += 1
+            self.tally.processes += self.process is not None
+            if self.turn is not None:
+                self.tally.running.add(self)
 
     def snapshot(self) -> SlotStatus:
         turn, process = self.turn, self.process
