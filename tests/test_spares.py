@@ -14,7 +14,6 @@ import pytest
 from evie.agent.events import Outcome, TurnFinished
 from evie.agent.reaper import marked_processes
 from evie.sessions.manager import SessionManager, SessionSettings
-from evie.sessions.spares import SPARE_PREFIX
 from tests.conftest import FakeLauncher, Recorder, fake_launcher, script
 
 pytestmark = pytest.mark.anyio
@@ -56,14 +55,12 @@ async def test_a_new_session_takes_the_spare_in_its_own_work_dir(tmp_path: Path)
         status = manager.get_status("chat")
         assert status is not None
         work = (tmp_path / "state" / "work" / status.session_id).resolve()
-        assert reply(rec) == f"cwd={work}"  # the placeholder dir became the session's
+        assert reply(rec) == f"cwd={work}"  # the spare was booted as this session
         session_file = tmp_path / "state" / "sessions" / f"{status.session_id}.jsonl"
         assert json.loads(session_file.read_text().splitlines()[0])["cwd"] == str(work)
         assert manager.metrics.spares_taken == 1
         # the pool is refilled with another process
         assert await ready_spare(manager, not_pid=spare) != spare
-    work_dirs = os.listdir(tmp_path / "state" / "work")
-    assert not [d for d in work_dirs if d.startswith(SPARE_PREFIX)]  # placeholders removed
 
 
 async def test_a_reclaimed_session_gets_its_history_back_from_a_spare(tmp_path: Path) -> None:

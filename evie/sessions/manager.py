@@ -110,6 +110,7 @@ class SessionManager:
                 self._tg,
                 room=self._room_for_spares,
                 metrics=self.metrics,
+                mint=mint_session_id,
             )
             self._tg.start_soon(self._spares.run)
         return self
@@ -117,6 +118,11 @@ class SessionManager:
     @property
     def spares(self) -> SparePool | None:
         return self._spares
+
+    def _new_session_id(self) -> str:
+        """A warm spare's id when one is ready (it is booted as that session), else a new one."""
+        claimed = self._spares.claim_id() if self._spares is not None else None
+        return claimed or mint_session_id()
 
     def _room_for_spares(self) -> int:
         assert self._spares is not None
@@ -173,7 +179,7 @@ class SessionManager:
         def lookup() -> Slot:
             slot = self._slots.get(key)
             if slot is None:
-                session_id = self._known.pop(key, None) or mint_session_id()
+                session_id = self._known.pop(key, None) or self._new_session_id()
                 slot = self._slots[key] = Slot(key, session_id, tally=self.metrics.sessions)
             return slot
 
@@ -301,7 +307,9 @@ class SessionManager:
                 raise AgentStartError(
                     f"could not prepare the session's files: {exc}. Check [state] dir."
                 ) from exc
-            process = await self._spares.take(spec) if self._spares is not None else None
+            process = (
+                await self._spares.take(slot.session_id, spec) if self._spares is not None else None
+            )
             if process is None:
                 process = await PiProcess.spawn(spec, self._tasks)
         except AgentStartError as exc:
@@ -380,7 +388,7 @@ class SessionManager:
 
         def replace() -> tuple[Slot | None, Slot]:
             old = self._slots.get(key)
-            new = self._slots[key] = Slot(key, mint_session_id(), tally=self.metrics.sessions)
+            new = self._slots[key] = Slot(key, self._new_session_id(), tally=self.metrics.sessions)
             if old is not None:
                 old.retired = True
             return old, new

@@ -1,21 +1,19 @@
 """Warm spares: pi processes started ahead of need (adr/0016).
 
-pi takes about a second to boot; a session that needs a process (a new chat,
-``/new``, or one whose idle pi was stopped) takes a booted spare instead and
-points it at its own session file with pi's ``switch_session``, which loads the
-file's history exactly as ``pi --session FILE`` does at start-up.
+pi takes about a second to boot. Each spare is booted as the *next* new
+session: ``spec_for(id)`` with a freshly minted id, so it already has that
+session's file, working directory and command line. A new session (a new
+chat, or ``/new``) is given a spare's id when one is ready (:meth:`claim_id`),
+and takes that very process: nothing to switch.
 
-A spare may only serve a session that would run in the same working
-directory with the same command line and environment:
-
-* pi takes a session's working directory from its file's header, or from its
-  own cwd for a file that does not exist yet; so an existing session fits
-  only a spare whose cwd is the one in its header;
-* with a private work dir per session (no ``[agent] cwd``), a spare waits in
-  an empty placeholder dir beside the others (``work/.spare-…``); a *new*
-  session renames it to its own work dir, so pi's cwd (which follows the
-  directory) becomes the session's before the switch. A session whose work
-  dir already exists is never served by a placeholder: it cold-starts.
+A session that already exists (its idle pi was stopped) can still take a spare
+by pointing it at its own file with pi's ``switch_session``, which loads the
+history exactly as ``pi --session FILE`` does at start-up — but only when the
+spare would run it the same way: the same command line and environment, and
+the same working directory. pi takes a session's working directory from its
+file's header (or, for a file not written yet, from its own cwd, which Node
+caches at start), so with a private work dir per session (no ``[agent] cwd``)
+an existing session never fits another session's spare and starts cold.
 
 Spares count against ``max_processes`` and are the first processes given up
 when sessions need room. One owner task (:meth:`SparePool.run`) keeps the pool
@@ -27,8 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +33,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 import anyio.to_thread
+import attrs
 
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.errors import AgentError
@@ -43,7 +41,8 @@ from evie.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-SPARE_PREFIX = ".spare-"
+#: a claimed spare whose session has not started by then is stopped (and replaced)
+CLAIM_SECONDS = 120.0
 
 
 class SpecSource(Protocol):
@@ -83,8 +82,8 @@ def header_cwd(session_file: Path) -> Path | None:
     return Path(cwd) if isinstance(cwd, str) and cwd else None
 
 
-def plan_adoption(spare: LaunchSpec, target: LaunchSpec) -> Path | bool | None:
-    """Can this spare serve ``target``? False: no. None: as it is. A path: rename its cwd there.
+def can_switch(spare: LaunchSpec, target: LaunchSpec) -> bool:
+    """Would this spare, switched to ``target``'s file, run it as a cold start would?
 
     Blocking (it reads the session file's header): call it off the loop.
     """
@@ -93,37 +92,15 @@ def plan_adoption(spare: LaunchSpec, target: LaunchSpec) -> Path | bool | None:
     session_file = session_file_of(target)
     if session_file is None:
         return False
-    if session_file.exists():
-        recorded = header_cwd(session_file)
-        wanted = recorded if recorded is not None else target.cwd
-        return None if wanted == spare.cwd else False
-    if target.cwd == spare.cwd:
-        return None
-    placeholder = spare.cwd.name.startswith(SPARE_PREFIX)
-    if placeholder and target.cwd.parent == spare.cwd.parent and not target.cwd.exists():
-        return target.cwd
-    return False
+    recorded = header_cwd(session_file) if session_file.exists() else None
+    return (recorded or target.cwd) == spare.cwd
 
 
-def _adopt(spare: LaunchSpec, target: LaunchSpec) -> bool:
-    """Check the fit and, for a placeholder, move its dir to the session's (off the loop)."""
-    plan = plan_adoption(spare, target)
-    if plan is False:
-        return False
-    if isinstance(plan, Path):
-        try:
-            os.rename(spare.cwd, plan)  # atomic; fails if the target appeared meanwhile
-        except OSError:
-            return False
-    return True
-
-
-def _remove_placeholder(cwd: Path) -> None:
-    if cwd.name.startswith(SPARE_PREFIX):
-        try:
-            cwd.rmdir()  # only if pi left it empty
-        except OSError:
-            pass
+@attrs.define(eq=False)
+class _Spare:
+    process: PiProcess
+    session_id: str
+    claimed_at: float | None = None
 
 
 class SparePool:
@@ -137,39 +114,54 @@ class SparePool:
         *,
         room: Callable[[], int],
         metrics: Metrics,
+        mint: Callable[[], str],
     ) -> None:
         """``room()`` says how many more processes ``max_processes`` allows right now."""
         self._launcher = launcher
         self.count = count
         self._tasks = tasks
         self._room = room
-        self._ready: list[PiProcess] = []
+        self._metrics = metrics
+        self._mint = mint
+        self._spares: list[_Spare] = []  # booted, oldest first
         self._starting = 0
         self._wake = anyio.Event()
         self._settled = anyio.Event()  # set when no spare is booting
         self._settled.set()
         self._stopped = False
-        self._metrics = metrics
 
     @property
     def ready(self) -> list[int]:
-        """The pids of the spares waiting to be taken."""
-        return [p.pid for p in self._ready]
+        """The pids of the booted spares nobody has claimed."""
+        return [s.process.pid for s in self._spares if s.claimed_at is None]
 
     @property
     def size(self) -> int:
         """Spares alive or booting: what counts against ``max_processes``."""
-        return len(self._ready) + self._starting
+        return len(self._spares) + self._starting
 
     def poke(self) -> None:
         """Something changed (a spare was taken, a process stopped): reconsider the pool."""
         self._wake.set()
 
+    def claim_id(self) -> str | None:
+        """The session id of a ready spare, promised to the new session that takes it.
+
+        Synchronous and O(spares): safe under the session-map guard.
+        """
+        for spare in self._spares:
+            if spare.claimed_at is None and spare.process.alive:
+                spare.claimed_at = time.monotonic()
+                return spare.session_id
+        return None
+
     async def run(self) -> None:
-        """The owner task: refill the pool while there is room; stop the spares on exit."""
+        """The owner task: refill while there is room, expire stale claims; stop all on exit."""
         try:
             while not self._stopped:
-                if self.size < self.count and self._room() > 0:
+                self._expire_claims()
+                unclaimed = len(self.ready) + self._starting
+                if unclaimed < self.count and self._room() > 0:
                     await self._start_one()
                     continue
                 with anyio.move_on_after(1):  # sessions' processes stopping free room too
@@ -179,83 +171,100 @@ class SparePool:
             with anyio.CancelScope(shield=True):
                 await self.close()
 
+    def _expire_claims(self) -> None:
+        now = time.monotonic()
+        for spare in list(self._spares):
+            if spare.claimed_at is not None and now - spare.claimed_at > CLAIM_SECONDS:
+                self._spares.remove(spare)
+                self._tasks.start_soon(spare.process.close)
+
     async def _start_one(self) -> None:
         self._starting += 1
         self._settled = anyio.Event()
-        process: PiProcess | None = None
+        started = False
         try:
-            spec = await anyio.to_thread.run_sync(
-                self._launcher.spec_for, SPARE_PREFIX + secrets.token_hex(6)
-            )
+            session_id = self._mint()
+            spec = await anyio.to_thread.run_sync(self._launcher.spec_for, session_id)
             # shielded (bounded by the startup timeout): a spawn cut short would leave a
             # process nobody owns; close() waits for it and stops it instead
             with anyio.CancelScope(shield=True):
-                spawned = await PiProcess.spawn(spec, self._tasks)
-            process = spawned
-            self._ready.append(spawned)
-            self._tasks.start_soon(self._watch, spawned)
-            log.info("spare pi ready (pid %d)", spawned.pid)
+                process = await PiProcess.spawn(spec, self._tasks)
+            self._spares.append(_Spare(process, session_id))
+            self._tasks.start_soon(self._watch, process)
+            started = True
+            log.info("spare pi ready (pid %d)", process.pid)
         except (AgentError, OSError) as exc:
             log.warning("could not start a spare pi: %s; trying again in 30 s", exc)
         finally:
             self._starting -= 1
             if not self._starting:
                 self._settled.set()
-        if process is None:
+        if not started:
             await anyio.sleep(30)  # a spare is an optimisation: never a spawn loop
 
     async def _watch(self, process: PiProcess) -> None:
         await process.exited.wait()
-        if process in self._ready:  # died while waiting: forget it and refill
-            self._ready.remove(process)
-            log.warning("spare pi %d exited while waiting", process.pid)
-            self.poke()
+        for spare in self._spares:
+            if spare.process is process:  # died while waiting: forget it and refill
+                self._spares.remove(spare)
+                log.warning("spare pi %d exited while waiting", process.pid)
+                self.poke()
+                break
 
-    async def take(self, target: LaunchSpec) -> PiProcess | None:
-        """A booted pi now pointed at ``target``'s session file, or None (start one cold)."""
-        while self._ready:
-            process = self._ready.pop(0)
-            if not process.alive:
+    async def take(self, session_id: str, target: LaunchSpec) -> PiProcess | None:
+        """A booted pi for ``target``: the one claimed for it, or one switched to its file.
+
+        None when no spare fits: the caller starts pi cold.
+        """
+        for spare in self._spares:
+            if spare.session_id == session_id and spare.process.alive:
+                if spare.process.spec != target:  # the launcher changed its mind
+                    break
+                self._spares.remove(spare)
+                self._metrics.spares_taken += 1
+                self.poke()
+                return spare.process
+        for spare in self._spares:
+            if spare.claimed_at is not None or not spare.process.alive:
                 continue
-            fits = await anyio.to_thread.run_sync(_adopt, process.spec, target)
-            if not fits:
-                self._ready.append(process)  # keep it for a session it does fit
-                self._metrics.spares_missed += 1
-                return None
+            if not await anyio.to_thread.run_sync(can_switch, spare.process.spec, target):
+                continue
+            if spare not in self._spares:  # taken while we looked
+                continue
+            self._spares.remove(spare)
             session_file = session_file_of(target)
             assert session_file is not None
             try:
-                await process.switch_session(session_file, target)
+                await spare.process.switch_session(session_file, target)
             except AgentError as exc:
-                log.warning("spare pi %d could not switch session: %s", process.pid, exc)
-                await self._discard(process)
-                self.poke()
-                return None
+                log.warning("spare pi %d could not switch session: %s", spare.process.pid, exc)
+                self._tasks.start_soon(spare.process.close)
+                break
             self._metrics.spares_taken += 1
             self.poke()
-            return process
+            return spare.process
         self._metrics.spares_missed += 1
         self.poke()
         return None
 
     def give_up(self, n: int) -> int:
-        """Stop up to ``n`` waiting spares to make room for sessions; how many were stopped."""
+        """Stop up to ``n`` unclaimed spares to make room for sessions; how many were stopped."""
         dropped = 0
-        while dropped < n and self._ready:
-            self._tasks.start_soon(self._discard, self._ready.pop())
-            dropped += 1
+        for spare in reversed(list(self._spares)):
+            if dropped >= n:
+                break
+            if spare.claimed_at is None:
+                self._spares.remove(spare)
+                self._tasks.start_soon(spare.process.close)
+                dropped += 1
         return dropped
-
-    async def _discard(self, process: PiProcess) -> None:
-        await process.close()
-        await anyio.to_thread.run_sync(_remove_placeholder, process.spec.cwd)
 
     async def close(self) -> None:
         """Stop refilling and stop every spare, waiting for one being booted."""
         self._stopped = True
         self._wake.set()
         await self._settled.wait()
-        ready, self._ready = self._ready, []
+        spares, self._spares = self._spares, []
         async with anyio.create_task_group() as tg:
-            for process in ready:
-                tg.start_soon(self._discard, process)
+            for spare in spares:
+                tg.start_soon(spare.process.close)
