@@ -7,17 +7,22 @@ accepts only loopback addresses for it: the endpoint has no auth.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 from aiohttp import web
 
 from evie import __version__
 from evie.config import split_listen
 from evie.metrics import Histogram, Metrics
 from evie.sessions.manager import SessionManager
-from evie.sessions.slot import SlotState
+from evie.sessions.slot import SlotState, SlotStatus
+
+#: sessions rendered between two yields to the event loop in ``/status``
+STATUS_CHUNK = 200
 
 
 def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
@@ -33,19 +38,29 @@ def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
 
 
 def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
-    statuses = manager.all_status()
-    by_state = Counter(s.state.value for s in statuses)
+    """Prometheus text from counters kept current on slot transitions: no walk over sessions."""
+    tally = metrics.sessions
     lines = ["# HELP evie_sessions Sessions by state.", "# TYPE evie_sessions gauge"]
     lines += [
-        f'evie_sessions{{state="{st.value}"}} {by_state.get(st.value, 0)}' for st in SlotState
+        f'evie_sessions{{state="{st.value}"}} {tally.by_state.get(st.value, 0)}' for st in SlotState
     ]
+    spares = manager.spares
     lines += [
-        "# HELP evie_pi_processes Live pi processes.",
+        "# HELP evie_pi_processes pi processes held by sessions.",
         "# TYPE evie_pi_processes gauge",
-        f"evie_pi_processes {sum(1 for s in statuses if s.pid is not None)}",
+        f"evie_pi_processes {tally.processes}",
+        "# HELP evie_spare_processes Warm spare pi processes (booted or booting).",
+        "# TYPE evie_spare_processes gauge",
+        f"evie_spare_processes {spares.size if spares is not None else 0}",
+        "# HELP evie_spares_taken_total Sessions that started on a warm spare.",
+        "# TYPE evie_spares_taken_total counter",
+        f"evie_spares_taken_total {metrics.spares_taken}",
+        "# HELP evie_spares_missed_total Sessions that had to start pi cold.",
+        "# TYPE evie_spares_missed_total counter",
+        f"evie_spares_missed_total {metrics.spares_missed}",
         "# HELP evie_queue_depth Messages queued into running turns, not yet started.",
         "# TYPE evie_queue_depth gauge",
-        f"evie_queue_depth {sum(len(s.queued) for s in statuses)}",
+        f"evie_queue_depth {manager.queue_depth()}",
         "# HELP evie_turns_total Finished turns by outcome.",
         "# TYPE evie_turns_total counter",
     ]
@@ -75,26 +90,37 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def status_json(manager: SessionManager) -> list[dict[str, object]]:
+def _status_record(s: SlotStatus) -> dict[str, object]:
+    return {
+        "key": s.key,
+        "session_id": s.session_id,
+        "state": s.state.value,
+        "pid": s.pid,
+        "model": s.model,
+        "turn_elapsed": s.turn_elapsed,
+        "current_tool": s.current_tool,
+        "queued": len(s.queued),
+        "last_outcome": s.last_outcome.value if s.last_outcome else None,
+        "last_error": s.last_error,
+        "turns": s.turns,
+        "idle_for": round(s.idle_for, 3),
+    }
+
+
+async def status_json(manager: SessionManager) -> list[dict[str, object]]:
+    """Every session's status, yielding to the loop every ``STATUS_CHUNK`` sessions."""
     out: list[dict[str, object]] = []
-    for s in manager.all_status():
-        out.append(
-            {
-                "key": s.key,
-                "session_id": s.session_id,
-                "state": s.state.value,
-                "pid": s.pid,
-                "model": s.model,
-                "turn_elapsed": s.turn_elapsed,
-                "current_tool": s.current_tool,
-                "queued": len(s.queued),
-                "last_outcome": s.last_outcome.value if s.last_outcome else None,
-                "last_error": s.last_error,
-                "turns": s.turns,
-                "idle_for": round(s.idle_for, 3),
-            }
-        )
+    for i, slot in enumerate(manager.slots(), 1):
+        out.append(_status_record(slot.snapshot()))
+        if i % STATUS_CHUNK == 0:
+            await anyio.lowlevel.checkpoint()
     return out
+
+
+async def status_body(manager: SessionManager) -> str:
+    """``/status`` as JSON text: snapshots in chunks on the loop, encoding off it."""
+    records = await status_json(manager)
+    return await anyio.to_thread.run_sync(json.dumps, records)
 
 
 @asynccontextmanager
@@ -111,7 +137,7 @@ async def serve_http(listen: str, manager: SessionManager, metrics: Metrics) -> 
         )
 
     async def status_view(_: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(status_json(manager)), content_type="application/json")
+        return web.Response(text=await status_body(manager), content_type="application/json")
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

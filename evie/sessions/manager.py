@@ -203,6 +203,14 @@ class SessionManager:
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
 
+    def queue_depth(self) -> int:
+        """Messages queued into running turns; walks only the running slots (the tally)."""
+        depth = 0
+        for slot in list(self.metrics.sessions.running):
+            turn = getattr(slot, "turn", None)
+            depth += len(turn.queued_texts) if turn is not None else 0
+        return depth
+
     async def session_stats(self, key: str, seconds: float = 2.0) -> dict[str, object] | None:
         """Token and cost figures from pi, if a process is alive; bounded in time."""
         slot = self._lookup(key)

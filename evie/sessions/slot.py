@@ -34,7 +34,7 @@ def mint_session_id() -> str:
 
 
 def _count_state(slot: Slot, _a: attrs.Attribute[SlotState], new: SlotState) -> SlotState:
-    if slot.tally is not None and new is not slot.state:
+    if slot.tally is not None and new is not slot.state and not slot.retired:
         slot.tally.by_state[slot.state.value] -= 1
         slot.tally.by_state[new.value] += 1
     return new
@@ -57,6 +57,14 @@ def _count_turn(slot: Slot, _a: attrs.Attribute[Turn | None], new: Turn | None) 
     return new
 
 
+def _count_retired(slot: Slot, _a: attrs.Attribute[bool], new: bool) -> bool:
+    """A replaced slot leaves the map: it counts as closed from then on."""
+    if slot.tally is not None and new and not slot.retired:
+        slot.tally.by_state[slot.state.value] -= 1
+        slot.tally.by_state[SlotState.CLOSED.value] += 1
+    return new
+
+
 @attrs.define(eq=False)
 class Slot:
     """One chat's session. ``state``, ``process`` and ``turn`` keep ``tally`` current."""
@@ -71,7 +79,7 @@ class Slot:
     last_outcome: Outcome | None = None
     last_error: str | None = None
     turns: int = 0
-    retired: bool = False
+    retired: bool = attrs.field(default=False, on_setattr=_count_retired)
     waiters: int = 0  # sends waiting for the lock: later messages queue behind them
     tally: SessionTally | None = attrs.field(default=None, repr=False)
 
