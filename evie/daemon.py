@@ -22,7 +22,7 @@ from evie.chat.frontend import ChatFrontend
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
-from evie.runtime import Runtime, open_runtime
+from evie.runtime import Runtime, open_runtime, settle_gc
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ async def run_daemon(
                 if terminal:
                     serving.start_soon(_terminal, runtime, serving)
                 tg.start_soon(_on_signals, runtime, interfaces, serving)
+                settle_gc()
                 log.info("evie is running (%d interface(s))", len(interfaces))
                 if on_ready is not None:
                     await on_ready(runtime)

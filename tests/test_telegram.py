@@ -220,3 +220,17 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
         assert final.parse_mode == "HTML"
         assert '<pre><code class="language-sh">ls -la</code></pre>' in final.text
         assert llm.user_texts(llm.requests[-1]) == ["hello real pi"]
+
+
+def test_aiogram_response_classes_survive_a_collection() -> None:
+    """pydantic caches Response[...] weakly; evie holds the ones it uses (no rebuild per gc)."""
+    import gc
+
+    from aiogram.methods import GetUpdates, SendMessage
+    from aiogram.methods.base import Response
+
+    from evie.platforms.telegram import RESPONSE_TYPES
+
+    gc.collect()
+    for method in (GetUpdates, SendMessage):
+        assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
