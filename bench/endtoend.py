@@ -1,0 +1,300 @@
+"""Benchmarks across processes: evie run against the fake Bot API, beside the floor.
+
+Sample counts scale with ``$EVIE_BENCH_SCALE`` (default 1; the smoke test in
+``just check`` runs them tiny). Every figure here was taken on a 2-core
+machine shared with other work: the JSON records the load average.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+
+from bench.common import REAL_PI, ROOT, fake_launcher, fmt_s, save, summary
+from bench.procs import cpu_seconds, echo_bot, evie_run, fake_botapi, rss_mib, write_config
+from evie.agent.events import Prompt, TurnEvent
+from evie.sessions.manager import SessionManager, SessionSettings
+
+WARMUP = 20
+PAUSE = 0.025  # a reply slower than this is a pause worth counting
+
+
+def count(n: int) -> int:
+    return max(3, int(n * float(os.environ.get("EVIE_BENCH_SCALE", "1"))))
+
+
+async def _sink(_event: TurnEvent) -> None:
+    return None
+
+
+def _latency(samples: list[float]) -> dict[str, float]:
+    figures = summary(samples)
+    figures["over_25ms"] = sum(1 for s in samples if s > PAUSE)
+    return figures
+
+
+async def telegram_latency(tmp: Path) -> None:
+    """Update → reply through the fake Bot API (own process): evie run vs a raw aiohttp bot."""
+    n = count(1000)
+    async with fake_botapi(tmp / "floor") as api, echo_bot(api):
+        await api.run(WARMUP)
+        floor = await api.run(n)
+    latency: dict[str, dict[str, float]] = {}
+    cpu: dict[str, float] = {}
+    status: dict[str, float] = {}
+    for label, gc_default in (("evie", False), ("evie_default_gc", True)):
+        async with fake_botapi(tmp / label) as api:
+            config = write_config(tmp / label, api, spares=0)
+            async with evie_run(config, gc_default=gc_default) as (proc, _launched):
+                await api.first_poll()
+                await api.run(WARMUP)  # pi started, every code path warm
+                cpu_before = cpu_seconds(proc.pid)
+                latency[label] = _latency(await api.run(n))
+                cpu[label] = (cpu_seconds(proc.pid) - cpu_before) / n
+                if label == "evie":
+                    status = summary(await api.run(count(1000), prefix="/status", expect=""))
+    f, el, dl = summary(floor), latency["evie"], latency["evie_default_gc"]
+    ratio = el["p50"] / f["p50"]
+    for name, figures in (("floor (raw aiohttp)", f), ("evie", el), ("evie, CPython gc", dl)):
+        print(f"  {name:<20} p50 {fmt_s(figures['p50'])}  p99 {fmt_s(figures['p99'])}"
+              f"  max {fmt_s(figures['max'])}  (n={figures['n']})")  # fmt: skip
+    print(f"  evie CPU per turn {fmt_s(cpu['evie'])} (CPython gc: {fmt_s(cpu['evie_default_gc'])})")
+    save(
+        "telegram_latency",
+        {
+            "floor": f,
+            "latency": latency,
+            "cpu_per_turn": cpu,
+            "ratio_p50": ratio,
+            "ratio_p99": el["p99"] / f["p99"],
+        },
+        f"p50 {fmt_s(el['p50'])} = {ratio:.2f}x the raw aiohttp floor ({fmt_s(f['p50'])}); "
+        f"p99 {fmt_s(el['p99'])} = {el['p99'] / f['p99']:.2f}x the floor's "
+        f"({fmt_s(dl['p99'])} with CPython's gc policy); "
+        f"{el['over_25ms']:.0f}/{el['n']:.0f} over 25 ms (CPython's gc: {dl['over_25ms']:.0f}); "
+        f"evie CPU {fmt_s(cpu['evie'])}/turn ({fmt_s(cpu['evie_default_gc'])} with CPython's gc)",
+        title="Telegram update → reply, fake pi answering at once (bot, fakes: own processes)",
+    )
+    save(
+        "status_as_received",
+        {"evie": status},
+        f"p50 {fmt_s(status['p50'])}, p99 {fmt_s(status['p99'])} (n={status['n']:.0f}); "
+        "includes pi's get_session_stats round trip",
+        title="`/status` as the user receives it (Bot API update → reply)",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def startup(tmp: Path) -> None:
+    """evie run: launch → first getUpdates, and RSS then; evie chat: launch → prompt."""
+    runs = count(5)
+    rows: dict[str, dict[str, float]] = {}
+    for label, with_http in (("telegram", False), ("telegram+http", True)):
+        times, rss = [], []
+        for i in range(runs):
+            async with fake_botapi(tmp / f"{label}{i}") as api:
+                port = _free_port() if with_http else None
+                config = write_config(tmp / f"{label}{i}", api, http_port=port)
+                async with evie_run(config) as (proc, launched):
+                    polled = await api.first_poll()
+                    rss.append(rss_mib(proc.pid))
+                times.append(polled - launched)
+        rows[label] = {**summary(times), "rss_mib": max(rss)}
+    chat_times, chat_rss = [], []
+    for i in range(runs):
+        config = write_config(tmp / f"chat{i}", None)
+        launched = time.perf_counter()
+        chat = subprocess.Popen(  # noqa: ASYNC220 (its output is read in a thread)
+            [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert chat.stdout is not None
+        assert chat.stdin is not None
+        await anyio.to_thread.run_sync(chat.stdout.readline)  # the greeting
+        chat_times.append(time.perf_counter() - launched)
+        chat_rss.append(rss_mib(chat.pid))
+        chat.stdin.close()
+        await anyio.to_thread.run_sync(chat.wait)
+    rows["chat"] = {**summary(chat_times), "rss_mib": max(chat_rss)}
+    for label, r in rows.items():
+        memory = f"RSS {r['rss_mib']:.0f} MiB"
+        print(f"  {label:<14} p50 {fmt_s(r['p50'])}  max {fmt_s(r['max'])}  {memory}")
+    t, c = rows["telegram"], rows["chat"]
+    save(
+        "startup",
+        rows,
+        f"evie run (Telegram) launch → first poll p50 {fmt_s(t['p50'])}, {t['rss_mib']:.0f} MiB; "
+        f"with [http] {fmt_s(rows['telegram+http']['p50'])}; "
+        f"evie chat → prompt {fmt_s(c['p50'])}, {c['rss_mib']:.0f} MiB",
+        title="Start-up: launch → first poll (fake Bot API in its own process), RSS",
+    )
+
+
+async def metrics_scale(tmp: Path, sessions: int = 10_000) -> None:
+    """/metrics and HTTP /status at many sessions: time on the loop."""
+    from evie.http import render_metrics, status_body
+
+    sessions = count(sessions) if sessions == 10_000 else sessions
+    async with SessionManager(fake_launcher(tmp / "m")) as manager:
+        for i in range(sessions):
+            manager._get_or_create(f"tg:{i}")
+        reps = count(1000)
+        ours = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            render_metrics(manager, manager.metrics)
+            ours.append(time.perf_counter() - started)
+        walk = []
+        for _ in range(count(50)):
+            started = time.perf_counter()
+            manager.all_status()  # what /metrics did before: a snapshot of every session
+            walk.append(time.perf_counter() - started)
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            while not done:
+                started = time.perf_counter()
+                await anyio.lowlevel.checkpoint()
+                gaps.append(time.perf_counter() - started)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            started = time.perf_counter()
+            for _ in range(count(20)):
+                await status_body(manager)
+            status_total = (time.perf_counter() - started) / count(20)
+            done = True
+    m, w = summary(ours), summary(walk)
+    figures = {"sessions": sessions, "metrics": m, "walk_before": w,
+               "status_total": status_total, "status_longest_block": max(gaps)}  # fmt: skip
+    print(f"  /metrics at {sessions:,}: p50 {fmt_s(m['p50'])} p99 {fmt_s(m['p99'])}; "
+          f"the old walk {fmt_s(w['p50'])}")  # fmt: skip
+    print(f"  /status: {fmt_s(status_total)} in all, longest block on the loop {fmt_s(max(gaps))}")
+    save(
+        "metrics_scale",
+        figures,
+        f"/metrics p99 {fmt_s(m['p99'])} at {sessions:,} sessions (the walk it replaced: "
+        f"{fmt_s(w['p50'])}); HTTP /status {fmt_s(status_total)}, longest loop block "
+        f"{fmt_s(max(gaps))}",
+        title="`/metrics` and HTTP `/status` with 10,000 sessions (time on the event loop)",
+    )
+
+
+async def spare_first_reply(tmp: Path) -> None:
+    """First reply of a new session: warm spare vs cold start (real pi, fake LLM)."""
+    if not REAL_PI.exists():
+        print("  real pi not installed (npm ci); skipped")
+        return
+    from tests.conftest import real_launcher
+    from tests.fake_llm import running_fake_llm
+
+    runs = count(5)
+    rows: dict[str, dict[str, float]] = {}
+    async with running_fake_llm() as llm:
+        for label, spares in (("warm_spare", 1), ("cold", 0)):
+            launcher = real_launcher(tmp / label, llm)
+            settings = SessionSettings(warm_spares=spares, max_processes=runs + 2)
+            firsts, again = [], []
+            async with SessionManager(launcher, settings) as manager:
+                for i in range(runs):
+                    pool = manager.spares
+                    while pool is not None and not pool.ready:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                    started = time.perf_counter()
+                    await manager.send(f"s{i}", Prompt("hi"), _sink)
+                    firsts.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await manager.send(f"s{i}", Prompt("again"), _sink)
+                    again.append(time.perf_counter() - started)
+            rows[label] = {
+                "first": summary(firsts)["p50"],
+                "warm_session_reply": summary(again)["p50"],
+            }
+    w, c = rows["warm_spare"], rows["cold"]
+    overhead = w["first"] - w["warm_session_reply"]
+    print(f"  first reply: warm spare {fmt_s(w['first'])}, cold {fmt_s(c['first'])}; "
+          f"an established session's reply {fmt_s(w['warm_session_reply'])}")  # fmt: skip
+    save(
+        "spare_first_reply",
+        {**rows, "spare_overhead": overhead},
+        f"new session's first reply {fmt_s(w['first'])} with a warm spare vs {fmt_s(c['first'])}"
+        f" cold; {fmt_s(overhead)} above an established session's reply "
+        f"({fmt_s(w['warm_session_reply'])}, the model's own time + evie)",
+        title="First reply of a new session (real pi, fake LLM)",
+    )
+
+
+_GC_PROBE = """
+import gc, json, sys, time
+import aiogram
+from aiogram.methods import SendMessage
+from aiogram.methods.base import Response
+pin = sys.argv[1] == "pin"
+if pin:
+    import evie.platforms.telegram
+import evie.daemon, evie.http
+tracked = len(gc.get_objects())
+t = time.perf_counter(); gc.collect(); full = time.perf_counter() - t
+Response[SendMessage.__returning__]
+gc.collect()
+t = time.perf_counter(); Response[SendMessage.__returning__]; rebuild = time.perf_counter() - t
+gc.freeze()
+t = time.perf_counter(); gc.collect(); frozen = time.perf_counter() - t
+print(json.dumps({"tracked": tracked, "full_collection": full, "response_after_gc": rebuild,
+                  "full_collection_frozen": frozen}))
+"""
+
+
+async def gc_and_aiogram(_tmp: Path) -> None:
+    """A full collection with aiogram loaded, before/after gc.freeze(); Response[...] rebuilds."""
+    import json
+
+    def probe(mode: str) -> dict[str, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", _GC_PROBE, mode], capture_output=True, text=True, check=True,
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        return dict(json.loads(out.stdout))
+
+    before = await anyio.to_thread.run_sync(probe, "nopin")
+    after = await anyio.to_thread.run_sync(probe, "pin")
+    gc.collect()
+    print(f"  tracked objects {before['tracked']:,.0f}; full collection "
+          f"{fmt_s(before['full_collection'])}, after gc.freeze() "
+          f"{fmt_s(after['full_collection_frozen'])}")  # fmt: skip
+    print(f"  Response[...] after a collection: {fmt_s(before['response_after_gc'])} rebuilt, "
+          f"{fmt_s(after['response_after_gc'])} held by evie")  # fmt: skip
+    save(
+        "gc_and_aiogram",
+        {"aiogram_only": before, "evie_pins": after},
+        f"full collection {fmt_s(before['full_collection'])} over "
+        f"{before['tracked']:,.0f} objects, {fmt_s(after['full_collection_frozen'])} after "
+        f"gc.freeze(); aiogram's Response[...] after a collection: rebuilt in "
+        f"{fmt_s(before['response_after_gc'])}, held by evie {fmt_s(after['response_after_gc'])}",
+        title="Garbage collection with aiogram loaded; aiogram response classes",
+    )
+
+
+SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
+    "telegram_latency": telegram_latency,
+    "startup": startup,
+    "metrics_scale": metrics_scale,
+    "spare_first_reply": spare_first_reply,
+    "gc_and_aiogram": gc_and_aiogram,
+}
