@@ -251,9 +251,11 @@ if pin:
 import evie.daemon, evie.http
 tracked = len(gc.get_objects())
 t = time.perf_counter(); gc.collect(); full = time.perf_counter() - t
-Response[SendMessage.__returning__]
+def build():  # in a function, as aiogram does it (at module level pydantic keeps a global ref)
+    return Response[SendMessage.__returning__]
+build()
 gc.collect()
-t = time.perf_counter(); Response[SendMessage.__returning__]; rebuild = time.perf_counter() - t
+t = time.perf_counter(); build(); rebuild = time.perf_counter() - t
 gc.freeze()
 t = time.perf_counter(); gc.collect(); frozen = time.perf_counter() - t
 print(json.dumps({"tracked": tracked, "full_collection": full, "response_after_gc": rebuild,
