@@ -20,6 +20,11 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+
+# isort: off
+import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
+
+# isort: on
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
