@@ -141,12 +141,10 @@ def write_config(tmp: Path, api: FakeBotApi | None, *, http_port: int | None = N
 
 @asynccontextmanager
 async def evie_run(
-    config: Path, *, gc_default: bool = False
+    config: Path, *, gc_policy: str = "tuned"
 ) -> AsyncIterator[tuple[anyio.abc.Process, float]]:
     """``evie run`` as its own process; yields it and its launch time (wall clock)."""
-    env = _env()
-    if gc_default:
-        env["EVIE_GC"] = "default"
+    env = {**_env(), "EVIE_GC": gc_policy}
     launched = time.time()
     proc = await anyio.open_process(
         [sys.executable, "-m", "evie.cli", "--config", str(config), "run"], env=env, cwd=ROOT

@@ -30,14 +30,16 @@ def settle_gc() -> None:
     in flight. Everything alive after start-up (modules, pydantic models, aiogram's
     types) lives until exit anyway, so ``gc.freeze()`` moves it out of the collector's
     sight; later collections only walk what turns allocate. ``EVIE_GC=default`` keeps
-    CPython's policy (the benchmarks compare both).
+    CPython's policy, ``EVIE_GC=freeze`` only freezes (the benchmarks compare all three).
     """
-    if os.environ.get("EVIE_GC") == "default":
+    policy = os.environ.get("EVIE_GC", "tuned")
+    if policy == "default":
         return
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+    if policy != "freeze":  # "freeze": gc.freeze() alone, for the comparison
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
 
 
 def build_launcher(config: Config) -> PiLauncher:
