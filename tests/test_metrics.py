@@ -76,3 +76,22 @@ async def test_the_counters_match_a_walk_through_random_traffic(tmp_path: Path, 
             assert f'evie_sessions{{state="{state}"}} {count}\n' in text
         records = await status_json(manager)
         assert sorted(r["key"] for r in records) == sorted({s.key for s in manager.slots()})
+
+
+async def test_http_status_lists_every_session_across_chunks(tmp_path: Path) -> None:
+    import json
+
+    from evie.http import STATUS_CHUNK, status_body
+
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        keys = [f"tg:{i}" for i in range(STATUS_CHUNK * 2 + 7)]
+        for key in keys:
+            manager._get_or_create(key)
+        body = json.loads(await status_body(manager))
+        assert [r["key"] for r in body] == keys
+        assert {r["state"] for r in body} == {"idle"}
+        assert f'evie_sessions{{state="idle"}} {len(keys)}\n' in render_metrics(
+            manager, manager.metrics
+        )
+    async with SessionManager(fake_launcher(tmp_path / "empty")) as manager:
+        assert json.loads(await status_body(manager)) == []
