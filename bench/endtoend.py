@@ -169,7 +169,7 @@ async def startup(tmp: Path) -> None:
 
 async def metrics_scale(tmp: Path, sessions: int = 10_000) -> None:
     """/metrics and HTTP /status at many sessions: time on the loop."""
-    from evie.http import render_metrics, status_body
+    from evie.http import STATUS_CHUNK, render_metrics, status_body
 
     sessions = count(sessions) if sessions == 10_000 else sessions
     async with SessionManager(fake_launcher(tmp / "m")) as manager:
@@ -229,7 +229,8 @@ async def metrics_scale(tmp: Path, sessions: int = 10_000) -> None:
         figures,
         f"/metrics p50 {fmt_s(m['p50'])}, p99 {fmt_s(m['p99'])} at {sessions:,} sessions (the "
         f"walk it replaced: p50 {fmt_s(w['p50'])}); HTTP /status {fmt_s(status_total)} in "
-        f"{-(-sessions // 200)} chunks, loop blocks p99 {fmt_s(summary(gaps)['p99'])}, longest "
+        f"{-(-sessions // STATUS_CHUNK)} chunks, loop blocks p99 {fmt_s(summary(gaps)['p99'])}, "
+        f"longest "
         f"{fmt_s(max(gaps, default=0.0))} (longest gc pause meanwhile {fmt_s(longest_gc)})",
         title="`/metrics` and HTTP `/status` with 10,000 sessions (time on the event loop)",
     )

@@ -20,7 +20,7 @@ from evie.sessions.manager import SessionManager
 from evie.sessions.slot import SlotState, SlotStatus
 
 #: sessions rendered between two yields to the event loop in ``/status``
-STATUS_CHUNK = 200
+STATUS_CHUNK = 50
 
 
 def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
@@ -103,16 +103,6 @@ def _status_record(s: SlotStatus) -> dict[str, object]:
         "turns": s.turns,
         "idle_for": round(s.idle_for, 3),
     }
-
-
-async def status_json(manager: SessionManager) -> list[dict[str, object]]:
-    """Every session's status, yielding to the loop every ``STATUS_CHUNK`` sessions."""
-    out: list[dict[str, object]] = []
-    for i, slot in enumerate(manager.slots(), 1):
-        out.append(_status_record(slot.snapshot()))
-        if i % STATUS_CHUNK == 0:
-            await anyio.lowlevel.checkpoint()
-    return out
 
 
 async def status_body(manager: SessionManager) -> bytes:

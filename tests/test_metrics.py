@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from evie.http import render_metrics, status_json
+from evie.http import render_metrics, status_body
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.sessions.slot import SlotState
 from tests.conftest import Recorder, fake_launcher, script
@@ -74,14 +75,12 @@ async def test_the_counters_match_a_walk_through_random_traffic(tmp_path: Path, 
         assert f"evie_pi_processes {processes}\n" in text
         for state, count in states.items():
             assert f'evie_sessions{{state="{state}"}} {count}\n' in text
-        records = await status_json(manager)
+        records = json.loads(await status_body(manager))
         assert sorted(r["key"] for r in records) == sorted({s.key for s in manager.slots()})
 
 
 async def test_http_status_lists_every_session_across_chunks(tmp_path: Path) -> None:
-    import json
-
-    from evie.http import STATUS_CHUNK, status_body
+    from evie.http import STATUS_CHUNK
 
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         keys = [f"tg:{i}" for i in range(STATUS_CHUNK * 2 + 7)]
