@@ -250,8 +250,10 @@ def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
         "u = Update.model_validate({'update_id': 1, 'message': {'message_id': 1, 'date': 1,"
         " 'chat': {'id': 1, 'type': 'private'}, 'sticker': s.model_dump()}})\n"
         "print(Sticker.__pydantic_complete__, u.message.sticker.file_id)\n"
+        "from aiogram.methods import SendDice\n"
+        "print(SendDice.__pydantic_complete__, SendDice(chat_id=5).chat_id)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
     )
-    assert out.stdout.split() == ["False", "True", "f"]
+    assert out.stdout.split() == ["False", "True", "f", "False", "5"]

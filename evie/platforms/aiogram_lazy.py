@@ -9,9 +9,10 @@ one import this module turns those calls into what ``defer_build`` meant: the
 names in that namespace are added to each type's module (where pydantic looks
 up forward references when it builds a type, alone or inside another's schema;
 aiogram imports them there only for type checkers), and pydantic builds each
-type the first time it is used. Nothing else changes, and only while
-aiogram.types is being imported; if aiogram was imported already, this does
-nothing.
+type the first time it is used. aiogram's ~170 API method classes, which are
+not deferred at all, get ``defer_build=True`` as they are created. Nothing else
+changes, and only while aiogram is being imported; if aiogram was imported
+already, this does nothing.
 
 Import this module before anything from aiogram.
 """
@@ -23,6 +24,7 @@ import sys
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic._internal._model_construction import ModelMetaclass
 
 
 def _import_aiogram_types_lazily() -> None:
@@ -54,11 +56,30 @@ def _import_aiogram_types_lazily() -> None:
         )
         return result
 
+    create = ModelMetaclass.__new__
+
+    def create_deferred(
+        mcs: type[ModelMetaclass],
+        cls_name: str,
+        bases: tuple[type[Any], ...],
+        namespace: dict[str, Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> type:
+        if str(namespace.get("__module__", "")).startswith("aiogram.methods."):
+            namespace["model_config"] = {
+                **(namespace.get("model_config") or {}),
+                "defer_build": True,
+            }
+        return create(mcs, cls_name, bases, namespace, *args, **kwargs)
+
     BaseModel.model_rebuild = classmethod(deferred)  # type: ignore[method-assign,assignment]
+    ModelMetaclass.__new__ = create_deferred  # type: ignore[method-assign]
     try:
         importlib.import_module("aiogram.types")
     finally:
         BaseModel.model_rebuild = eager  # type: ignore[method-assign]
+        ModelMetaclass.__new__ = create  # type: ignore[method-assign]
 
 
 _import_aiogram_types_lazily()
