@@ -453,9 +453,8 @@ class SessionManager:
     def _enforce_max_processes(self, keep: Slot) -> None:
         live = [s for s in self.slots() if s.process is not None and s is not keep]
         excess = len(live) + 1 - self.settings.max_processes
-        if self._spares is not None:  # spares make room first
-            excess += self._spares.size
-            excess -= self._spares.give_up(excess)
+        if self._spares is not None:  # spares make room first; they never push a session out
+            self._spares.give_up(excess + self._spares.size)
         if excess <= 0:
             return
         idle = sorted((s for s in live if s.turn is None), key=lambda s: s.last_activity)

@@ -160,8 +160,11 @@ class SparePool:
         try:
             while not self._stopped:
                 self._expire_claims()
+                room = self._room()
+                if room < 0:  # sessions took the room while a spare was booting
+                    self.give_up(-room)
                 unclaimed = len(self.ready) + self._starting
-                if unclaimed < self.count and self._room() > 0:
+                if unclaimed < self.count and room > 0:
                     await self._start_one()
                     continue
                 with anyio.move_on_after(1):  # sessions' processes stopping free room too
