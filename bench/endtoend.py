@@ -135,7 +135,7 @@ async def startup(tmp: Path) -> None:
                     cpu.append(cpu_seconds(proc.pid))  # (+ a little after the poll)
                 times.append(polled - launched)
         rows[label] = {**summary(times), "rss_mib": max(rss), "cpu_p50": summary(cpu)["p50"]}
-    chat_times, chat_rss = [], []
+    chat_times, chat_rss, chat_cpu = [], [], []
     for i in range(runs):
         config = write_config(tmp / f"chat{i}", None)
         launched = time.perf_counter()
@@ -149,9 +149,14 @@ async def startup(tmp: Path) -> None:
         await anyio.to_thread.run_sync(chat.stdout.readline)  # the greeting
         chat_times.append(time.perf_counter() - launched)
         chat_rss.append(rss_mib(chat.pid))
+        chat_cpu.append(cpu_seconds(chat.pid))
         chat.stdin.close()
         await anyio.to_thread.run_sync(chat.wait)
-    rows["chat"] = {**summary(chat_times), "rss_mib": max(chat_rss)}
+    rows["chat"] = {
+        **summary(chat_times),
+        "rss_mib": max(chat_rss),
+        "cpu_p50": summary(chat_cpu)["p50"],
+    }
     for label, r in rows.items():
         memory = f"RSS {r['rss_mib']:.0f} MiB"
         print(f"  {label:<14} p50 {fmt_s(r['p50'])}  max {fmt_s(r['max'])}  {memory}")
@@ -162,7 +167,8 @@ async def startup(tmp: Path) -> None:
         f"evie run (Telegram) launch → first poll p50 {fmt_s(t['p50'])} wall, "
         f"{fmt_s(t['cpu_p50'])} CPU, {t['rss_mib']:.0f} MiB; "
         f"with [http] {fmt_s(rows['telegram+http']['p50'])}; "
-        f"evie chat → prompt {fmt_s(c['p50'])}, {c['rss_mib']:.0f} MiB",
+        f"evie chat → prompt {fmt_s(c['p50'])} wall, {fmt_s(c['cpu_p50'])} CPU, "
+        f"{c['rss_mib']:.0f} MiB",
         title="Start-up: launch → first poll (fake Bot API in its own process), RSS",
     )
 
