@@ -61,6 +61,8 @@ async def test_a_new_session_takes_the_spare_in_its_own_work_dir(tmp_path: Path)
         assert manager.metrics.spares_taken == 1
         # the pool is refilled with another process
         assert await ready_spare(manager, not_pid=spare) != spare
+    # the spare waiting at shutdown leaves no empty work dir behind
+    assert os.listdir(tmp_path / "state" / "work") == [status.session_id]
 
 
 async def test_a_reclaimed_session_gets_its_history_back_from_a_spare(tmp_path: Path) -> None:

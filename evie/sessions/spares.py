@@ -96,6 +96,15 @@ def can_switch(spare: LaunchSpec, target: LaunchSpec) -> bool:
     return (recorded or target.cwd) == spare.cwd
 
 
+def _remove_unused_work_dir(cwd: Path, session_id: str) -> None:
+    """A spare never used leaves its private work dir empty: remove it (never another dir)."""
+    if cwd.name == session_id:
+        try:
+            cwd.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
 @attrs.define(eq=False)
 class _Spare:
     process: PiProcess
@@ -179,7 +188,7 @@ class SparePool:
         for spare in list(self._spares):
             if spare.claimed_at is not None and now - spare.claimed_at > CLAIM_SECONDS:
                 self._spares.remove(spare)
-                self._tasks.start_soon(spare.process.close)
+                self._tasks.start_soon(self._discard, spare)
 
     async def _start_one(self) -> None:
         self._starting += 1
@@ -241,7 +250,7 @@ class SparePool:
                 await spare.process.switch_session(session_file, target)
             except AgentError as exc:
                 log.warning("spare pi %d could not switch session: %s", spare.process.pid, exc)
-                self._tasks.start_soon(spare.process.close)
+                self._tasks.start_soon(self._discard, spare)
                 break
             self._metrics.spares_taken += 1
             self.poke()
@@ -258,7 +267,7 @@ class SparePool:
                 break
             if spare.claimed_at is None:
                 self._spares.remove(spare)
-                self._tasks.start_soon(spare.process.close)
+                self._tasks.start_soon(self._discard, spare)
                 dropped += 1
         return dropped
 
@@ -270,4 +279,9 @@ class SparePool:
         spares, self._spares = self._spares, []
         async with anyio.create_task_group() as tg:
             for spare in spares:
-                tg.start_soon(spare.process.close)
+                tg.start_soon(self._discard, spare)
+
+    async def _discard(self, spare: _Spare) -> None:
+        await spare.process.close()
+        cwd = spare.process.spec.cwd
+        await anyio.to_thread.run_sync(_remove_unused_work_dir, cwd, spare.session_id)
