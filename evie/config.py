@@ -50,6 +50,12 @@ def _pos_int(v: Any) -> int:
     return v
 
 
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad("expected a whole number >= 0")
+    return v
+
+
 def _path(v: Any) -> Path:
     return Path(os.path.expanduser(_str(v)))
 
@@ -179,6 +185,7 @@ class SessionsConfig:
     abort_grace: float = setting(
         10.0, _pos_float, "seconds an aborted turn gets before pi is killed"
     )
+    warm_spares: int = setting(1, _count, "pi processes kept booted for new sessions")
 
 
 @attrs.frozen

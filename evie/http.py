@@ -10,18 +10,21 @@ must also carry ``Authorization: Bearer <token>``.
 from __future__ import annotations
 
 import hmac
-import json
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import anyio.lowlevel
+import msgspec
 from aiohttp import web
 
 from evie import __version__
 from evie.config import split_listen
 from evie.metrics import Histogram, Metrics
 from evie.sessions.manager import SessionManager
-from evie.sessions.slot import SlotState
+from evie.sessions.slot import SlotState, SlotStatus
+
+#: sessions rendered between two yields to the event loop in ``/status``
+STATUS_CHUNK = 50
 
 
 def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
@@ -37,12 +40,13 @@ def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
 
 
 def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
-    statuses = manager.all_status()
-    by_state = Counter(s.state.value for s in statuses)
+    """Prometheus text from counters kept current on slot transitions: no walk over sessions."""
+    tally = metrics.sessions
     lines = ["# HELP evie_sessions Sessions by state.", "# TYPE evie_sessions gauge"]
     lines += [
-        f'evie_sessions{{state="{st.value}"}} {by_state.get(st.value, 0)}' for st in SlotState
+        f'evie_sessions{{state="{st.value}"}} {tally.by_state.get(st.value, 0)}' for st in SlotState
     ]
+    spares = manager.spares
     lines += [
         "# HELP evie_pi_processes Live pi processes, retiring ones included.",
         "# TYPE evie_pi_processes gauge",
@@ -50,9 +54,18 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         "# HELP evie_pi_processes_retiring pi processes no chat uses any more, being stopped.",
         "# TYPE evie_pi_processes_retiring gauge",
         f"evie_pi_processes_retiring {manager.retiring_processes()}",
+        "# HELP evie_spare_processes Warm spare pi processes (booted or booting).",
+        "# TYPE evie_spare_processes gauge",
+        f"evie_spare_processes {spares.size if spares is not None else 0}",
+        "# HELP evie_spares_taken_total Sessions that started on a warm spare.",
+        "# TYPE evie_spares_taken_total counter",
+        f"evie_spares_taken_total {metrics.spares_taken}",
+        "# HELP evie_spares_missed_total Sessions that had to start pi cold.",
+        "# TYPE evie_spares_missed_total counter",
+        f"evie_spares_missed_total {metrics.spares_missed}",
         "# HELP evie_queue_depth Messages queued into running turns, not yet started.",
         "# TYPE evie_queue_depth gauge",
-        f"evie_queue_depth {sum(len(s.queued) for s in statuses)}",
+        f"evie_queue_depth {manager.queue_depth()}",
         "# HELP evie_turns_total Finished turns by outcome.",
         "# TYPE evie_turns_total counter",
     ]
@@ -85,29 +98,42 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def status_json(manager: SessionManager) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    for s in manager.all_status():
-        out.append(
-            {
-                "key": s.key,
-                "session_id": s.session_id,
-                "state": s.state.value,
-                "pid": s.pid,
-                "model": s.model,
-                "turn_elapsed": s.turn_elapsed,
-                "current_tool": s.current_tool,
-                "queued": len(s.queued),
-                "last_outcome": s.last_outcome.value if s.last_outcome else None,
-                "last_error": s.last_error,
-                "turns": s.turns,
-                "idle_for": round(s.idle_for, 3),
-                "last_event_ago": (
-                    round(s.last_event_ago, 3) if s.last_event_ago is not None else None
-                ),
-            }
-        )
-    return out
+def _status_record(s: SlotStatus) -> dict[str, object]:
+    return {
+        "key": s.key,
+        "session_id": s.session_id,
+        "state": s.state.value,
+        "pid": s.pid,
+        "model": s.model,
+        "turn_elapsed": s.turn_elapsed,
+        "current_tool": s.current_tool,
+        "queued": len(s.queued),
+        "last_outcome": s.last_outcome.value if s.last_outcome else None,
+        "last_error": s.last_error,
+        "turns": s.turns,
+        "idle_for": round(s.idle_for, 3),
+        "last_event_ago": round(s.last_event_ago, 3) if s.last_event_ago is not None else None,
+    }
+
+
+async def status_body(manager: SessionManager) -> bytes:
+    """``/status`` as JSON, built and encoded ``STATUS_CHUNK`` sessions at a time.
+
+    Each chunk is a short stretch on the loop; a thread would not help, since
+    encoding holds the GIL (a 10,000-session ``json.dumps`` in a thread blocked
+    the loop for as long as it ran on the loop).
+    """
+    parts: list[bytes] = []
+    chunk: list[dict[str, object]] = []
+    for slot in manager.slots():
+        chunk.append(_status_record(slot.snapshot()))
+        if len(chunk) == STATUS_CHUNK:
+            parts.append(msgspec.json.encode(chunk)[1:-1])
+            chunk = []
+            await anyio.lowlevel.checkpoint()
+    if chunk:
+        parts.append(msgspec.json.encode(chunk)[1:-1])
+    return b"[" + b",".join(p for p in parts if p) + b"]"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -155,7 +181,7 @@ async def serve_http(
         )
 
     async def status_view(_: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(status_json(manager)), content_type="application/json")
+        return web.Response(body=await status_body(manager), content_type="application/json")
 
     allowed = [_allowed_hosts(host, port)]  # set again once the port is bound
 

@@ -82,12 +82,16 @@ class Session:
         self.path = path
         self.session_id = uuid.uuid4().hex
         self.messages: list[dict[str, Any]] = []
+        # like pi: the working directory comes from the header, else the process cwd
+        # (which follows a renamed directory), and is recorded when the file is created
+        self.cwd = os.getcwd()
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for raw in f:
                     entry = json.loads(raw)
                     if entry.get("type") == "session":
                         self.session_id = entry["id"]
+                        self.cwd = entry.get("cwd") or self.cwd
                     elif entry.get("type") == "message":
                         self.messages.append(entry["message"])
 
@@ -98,7 +102,8 @@ class Session:
         new = not os.path.exists(self.path)
         with open(self.path, "a", encoding="utf-8") as f:
             if new:
-                f.write(json.dumps({"type": "session", "id": self.session_id}) + "\n")
+                header = {"type": "session", "id": self.session_id, "cwd": self.cwd}
+                f.write(json.dumps(header) + "\n")
             f.write(json.dumps({"type": "message", "message": message}) + "\n")
 
 
@@ -196,6 +201,18 @@ class Agent:
                 event.set()
         elif kind == "get_session_stats":
             ok({"tokens": {"input": 10, "output": 20, "total": 30}, "cost": 0.0012})
+        elif kind == "switch_session":
+            path = cmd.get("sessionPath", "")
+            with STATE_LOCK:
+                if self.streaming:
+                    fail("Cannot switch sessions while streaming")  # pi tears down first
+                    return
+                session = Session(path)
+                if not os.path.isdir(session.cwd):
+                    fail(f"Stored session working directory does not exist: {session.cwd}")
+                    return
+                self.session = session
+            ok({"cancelled": False})
         elif kind == "new_session":
             with STATE_LOCK:
                 self.session = Session(None)
@@ -334,7 +351,7 @@ class Turn:
     def step(self, step: dict[str, Any]) -> None:
         """Steps: text(+chunk,delay) | big(+chunk) | sleep | deaf | wait_file | tool | crash |
         error(+fail_times,max_retries,retry_delay,then) | dialog | garble(+times) | raw |
-        raw_hex | env | stderr |
+        raw_hex | env | pwd | history | stderr |
         hang(+say) (silent forever, ignoring abort; ``"hard"`` also ignores SIGTERM) |
         big_line (one line of N bytes) | end_pad (a big agent_end) |
         shell (run a command, stream its output)."""
@@ -403,6 +420,11 @@ class Turn:
             emit_raw(bytes.fromhex(step["raw_hex"]) + b"\n")
         elif "env" in step:
             self.stream(f"{step['env']}={os.environ.get(step['env'], '<unset>')}", 64, 0)
+        elif "pwd" in step:  # where this session's tools would run
+            self.stream(f"cwd={self.agent.session.cwd}", 64, 0)
+        elif "history" in step:  # what the model would be sent: every earlier user text
+            texts = [message_text(m) for m in self.agent.session.messages if m["role"] == "user"]
+            self.stream("history=" + json.dumps(texts), 64, 0)
         elif "stderr" in step:
             sys.stderr.write(step["stderr"] + "\n")
             sys.stderr.flush()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from evie.agent import procfs
@@ -200,3 +202,45 @@ async def test_steer_mode_delivers_the_message_into_the_running_turn(
         assert rec.events[-1] == TurnFinished(Outcome.DONE)
         assert rec.of(FollowUpStarted) == [FollowUpStarted("actually, stop")]
         assert llm.user_texts(llm.requests[-1])[-1] == "actually, stop"
+
+
+async def _spare_pid(manager: SessionManager) -> int:
+    pool = manager.spares
+    assert pool is not None
+    with anyio.fail_after(30):
+        while not pool.ready:
+            await anyio.sleep(0.02)
+    return pool.ready[0]
+
+
+async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: FakeLLM) -> None:
+    """pi's switch_session really loads the history: the model is sent the earlier turn."""
+    launcher = attrs.evolve(real_launcher(tmp_path, llm), cwd=tmp_path / "project")
+    settings = SessionSettings(warm_spares=1, max_processes=4)
+    async with SessionManager(launcher, settings) as manager:
+        await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
+        assert await manager.cleanup_idle(now=anyio.current_time() + 10**6) == 1
+        spare = await _spare_pid(manager)
+        result = await manager.send("chat", Prompt("what was the word?"), Recorder())
+        assert result == TurnFinished(Outcome.DONE)
+        status = manager.get_status("chat")
+        assert status is not None
+        assert status.pid == spare
+        assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
+
+
+async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    llm.queue(Reply(tool=("bash", {"command": "pwd"})), Reply(text="done"))
+    settings = SessionSettings(warm_spares=1)
+    async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
+        spare = await _spare_pid(manager)
+        result = await manager.send("chat", Prompt("where are you?"), Recorder())
+        assert result == TurnFinished(Outcome.DONE)
+        status = manager.get_status("chat")
+        assert status is not None
+        assert status.pid == spare
+        work = (tmp_path / "state" / "work" / status.session_id).resolve()
+        tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
+        assert str(work) in json.dumps(tool_results)

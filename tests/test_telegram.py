@@ -271,3 +271,40 @@ async def test_health_follows_polling_and_run_returns_after_its_handlers(tmp_pat
                     await returned.wait()
                 # run returned only after the running handler delivered its answer
                 assert fake.chat_view(OWNER) == ["working done"]
+
+
+def test_aiogram_response_classes_survive_a_collection() -> None:
+    """pydantic caches Response[...] weakly; evie holds the ones it uses (no rebuild per gc)."""
+    import gc
+
+    from aiogram.methods import GetUpdates, SendMessage
+    from aiogram.methods.base import Response
+
+    from evie.platforms.telegram import RESPONSE_TYPES
+
+    gc.collect()
+    for method in (GetUpdates, SendMessage):
+        assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
+
+
+def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
+    """evie imports aiogram with its types deferred (start-up); each still works when used."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import evie.platforms.telegram\n"
+        "from aiogram.types import Sticker, Update\n"
+        "print(Sticker.__pydantic_complete__)\n"
+        "s = Sticker.model_validate({'file_id': 'f', 'file_unique_id': 'u', 'type': 'regular',"
+        " 'width': 1, 'height': 1, 'is_animated': False, 'is_video': False})\n"
+        "u = Update.model_validate({'update_id': 1, 'message': {'message_id': 1, 'date': 1,"
+        " 'chat': {'id': 1, 'type': 'private'}, 'sticker': s.model_dump()}})\n"
+        "print(Sticker.__pydantic_complete__, u.message.sticker.file_id)\n"
+        "from aiogram.methods import SendDice\n"
+        "print(SendDice.__pydantic_complete__, SendDice(chat_id=5).chat_id)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
+    )
+    assert out.stdout.split() == ["False", "True", "f", "False", "5"]

@@ -1,4 +1,4 @@
-"""Typed answers to the two queries evie sends pi: ``get_state`` and ``get_session_stats``.
+"""Typed answers to what evie asks pi: ``get_state``, ``get_session_stats``, ``switch_session``.
 
 Only the fields evie reads are declared (msgspec skips the rest; see
 docs/pi-rpc.md for the full answers). A field of the wrong type is an
@@ -51,7 +51,13 @@ class SessionStats(msgspec.Struct, frozen=True):
     contextUsage: ContextUsage | None = None  # omitted without a model or context window
 
 
-Answer = TypeVar("Answer", PiState, SessionStats)
+class SwitchResult(msgspec.Struct, frozen=True):
+    """``switch_session``: an extension may cancel the switch (adr/0016)."""
+
+    cancelled: bool = False
+
+
+Answer = TypeVar("Answer", PiState, SessionStats, SwitchResult)
 
 
 def decode_answer(response: Response, kind: type[Answer]) -> Answer:

@@ -30,7 +30,7 @@ import attrs
 
 from evie.agent import procfs
 from evie.agent import protocol as p
-from evie.agent.answers import Answer, PiState, decode_answer
+from evie.agent.answers import Answer, PiState, SwitchResult, decode_answer
 from evie.agent.events import Outcome
 from evie.agent.turn import Turn
 from evie.errors import (
@@ -248,6 +248,24 @@ class PiProcess:
         if not response.success:
             raise AgentRequestError(response.error or f"pi refused {command}")
         return decode_answer(response, kind)
+
+    async def switch_session(self, session_file: Path, spec: LaunchSpec) -> None:
+        """Point this (idle) pi at another session file: pi's ``switch_session``.
+
+        pi loads the file's history (or starts it empty) and takes the working
+        directory from the file's header, or its own cwd for a new file, exactly
+        as a fresh ``pi --session FILE`` would (adr/0016). ``spec`` becomes the
+        spec this process is known by. Raises :class:`AgentError` on refusal.
+        """
+        response = await self.request(
+            {"type": "switch_session", "sessionPath": str(session_file)}
+        )
+        if not response.success:
+            raise AgentRequestError(response.error or "pi refused the session switch")
+        if decode_answer(response, SwitchResult).cancelled:
+            raise AgentRequestError("pi cancelled the session switch")
+        self.spec = spec
+        self.state = await self.query("get_state", PiState)
 
     def start_turn(self, text: str, images: Sequence[Mapping[str, str]] = ()) -> Turn:
         """Send a prompt; the returned turn yields its events until it is over."""

@@ -38,6 +38,7 @@ from evie.metrics import Metrics
 from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
+from evie.sessions.spares import SparePool
 from evie.sessions.watchdog import TurnWatchdog
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class SessionSettings:
     abort_grace: float = _SESSIONS.abort_grace  # how long an aborted turn may take to wind down
     max_turn_seconds: float | None = None  # a longer turn is stopped ([agent]; None: no limit)
     stall_timeout: float | None = None  # a turn in which pi is silent this long is stopped
+    # pre-started pi processes for new sessions (adr/0016); off unless [sessions] says so
+    warm_spares: int = 0
 
     @classmethod
     def from_config(cls, sessions: SessionsConfig) -> SessionSettings:
@@ -129,6 +132,7 @@ class SessionManager(AsyncContextManagerMixin):
         # every live pi process, attached to a slot or retiring: what max_processes counts
         self._processes: set[PiProcess] = set()
         self._spawning = 0
+        self._spares: SparePool | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -142,12 +146,36 @@ class SessionManager(AsyncContextManagerMixin):
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._idle_loop)
+            if self.settings.warm_spares:
+                self._spares = SparePool(
+                    self._launcher,
+                    self.settings.warm_spares,
+                    tg,
+                    room=self._room_for_spares,
+                    metrics=self.metrics,
+                    mint=mint_session_id,
+                )
+                tg.start_soon(self._spares.run)
             try:
                 yield self
             finally:
                 await self.close_all()
                 tg.cancel_scope.cancel()
                 self._tg = None
+
+    @property
+    def spares(self) -> SparePool | None:
+        return self._spares
+
+    def _new_session_id(self) -> str:
+        """A warm spare's id when one is ready (it is booted as that session), else a new one."""
+        claimed = self._spares.claim_id() if self._spares is not None else None
+        return claimed or mint_session_id()
+
+    def _room_for_spares(self) -> int:
+        """How many spares may be booted: live and starting pi processes count first."""
+        assert self._spares is not None
+        return self.settings.max_processes - len(self._live()) - self._spawning - self._spares.size
 
     @property
     def _tasks(self) -> anyio.abc.TaskGroup:
@@ -181,6 +209,8 @@ class SessionManager(AsyncContextManagerMixin):
     async def close_all(self) -> None:
         """Stop every pi process (in parallel); a turn still running ends as interrupted."""
         with anyio.CancelScope(shield=True):
+            if self._spares is not None:
+                await self._spares.close()
             slots = self.slots()
             attached = {slot.process for slot in slots}
             async with anyio.create_task_group() as tg:
@@ -203,8 +233,8 @@ class SessionManager(AsyncContextManagerMixin):
         def lookup() -> Slot:
             slot = self._slots.get(key)
             if slot is None:
-                session_id = self._known.pop(key, None) or mint_session_id()
-                slot = self._slots[key] = Slot(key, session_id)
+                session_id = self._known.pop(key, None) or self._new_session_id()
+                slot = self._slots[key] = Slot(key, session_id, tally=self.metrics.sessions)
             return slot
 
         return self._guard.run(lookup)
@@ -226,6 +256,14 @@ class SessionManager(AsyncContextManagerMixin):
 
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
+
+    def queue_depth(self) -> int:
+        """Messages queued into running turns; walks only the running slots (the tally)."""
+        depth = 0
+        for slot in list(self.metrics.sessions.running):
+            turn = getattr(slot, "turn", None)
+            depth += len(turn.queued_texts) if turn is not None else 0
+        return depth
 
     def live_processes(self) -> int:
         """pi processes alive now, including retiring ones (what max_processes counts)."""
@@ -367,7 +405,11 @@ class SessionManager(AsyncContextManagerMixin):
                 raise AgentStartError(
                     f"could not prepare the session's files: {exc}. Check [state] dir."
                 ) from exc
-            process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
+            process = (
+                await self._spares.take(slot.session_id, spec) if self._spares is not None else None
+            )
+            if process is None:
+                process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
             self._processes.add(process)
             self._tasks.start_soon(self._forget_when_gone, process)
         except AgentStartError as exc:
@@ -457,7 +499,7 @@ class SessionManager(AsyncContextManagerMixin):
 
         def replace() -> tuple[Slot | None, Slot]:
             old = self._slots.get(key)
-            new = self._slots[key] = Slot(key, mint_session_id())
+            new = self._slots[key] = Slot(key, self._new_session_id(), tally=self.metrics.sessions)
             if old is not None:
                 old.retired = True
             return old, new
@@ -540,6 +582,8 @@ class SessionManager(AsyncContextManagerMixin):
     def _enforce_max_processes(self, keep: Slot) -> None:
         live = [s for s in self.slots() if s.process is not None and s is not keep]
         excess = len(live) + 1 - self.settings.max_processes
+        if self._spares is not None:  # spares make room first; they never push a session out
+            self._spares.give_up(excess + self._spares.size)
         if excess <= 0:
             return
         idle = sorted((s for s in live if s.turn is None), key=lambda s: s.last_activity)
