@@ -241,6 +241,6 @@ async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
         status = manager.get_status("chat")
         assert status is not None
         assert status.pid == spare
-        work = (tmp_path / "state" / "work" / status.session_id).resolve()
+        work = (tmp_path / "work" / status.session_id).resolve()
         tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
         assert str(work) in json.dumps(tool_results)

@@ -54,7 +54,7 @@ async def test_a_new_session_takes_the_spare_in_its_own_work_dir(tmp_path: Path)
         assert pid_of(manager, "chat") == spare
         status = manager.get_status("chat")
         assert status is not None
-        work = (tmp_path / "state" / "work" / status.session_id).resolve()
+        work = (tmp_path / "work" / status.session_id).resolve()
         assert reply(rec) == f"cwd={work}"  # the spare was booted as this session
         session_file = tmp_path / "state" / "sessions" / f"{status.session_id}.jsonl"
         assert json.loads(session_file.read_text().splitlines()[0])["cwd"] == str(work)
@@ -62,7 +62,7 @@ async def test_a_new_session_takes_the_spare_in_its_own_work_dir(tmp_path: Path)
         # the pool is refilled with another process
         assert await ready_spare(manager, not_pid=spare) != spare
     # the spare waiting at shutdown leaves no empty work dir behind
-    assert os.listdir(tmp_path / "state" / "work") == [status.session_id]
+    assert os.listdir(tmp_path / "work") == [status.session_id]
 
 
 async def test_a_reclaimed_session_gets_its_history_back_from_a_spare(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ async def test_a_spare_never_serves_a_session_that_lives_in_another_dir(tmp_path
         assert second in (manager.spares.ready if manager.spares else [])
         status = manager.get_status("chat")
         assert status is not None
-        work = (tmp_path / "state" / "work" / status.session_id).resolve()
+        work = (tmp_path / "work" / status.session_id).resolve()
         assert reply(rec).startswith(f"cwd={work}")
         assert manager.metrics.spares_missed >= 1
 
