@@ -1,0 +1,232 @@
+"""Blocks → messages: each block rendered once, packed whole when it fits, split when not.
+
+A block too long for one message is cut at a newline (else a space, else
+anywhere) inside its text; every element open at the cut is closed at the
+end of one message and reopened at the start of the next, so a code block
+split in two is two valid code blocks with the same language. All sizes are
+counted in the platform's own units (``Flavor.units``), and the work is
+linear: each token is rendered once, and a cut searches only the window that
+can still fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from evie.chat.render.blocks import CLOSE, OPEN, TEXT, Block, Token
+
+
+class Flavor(Protocol):
+    """How one platform writes the neutral tokens, and how it counts a message."""
+
+    #: the most units one message may have
+    limit: int
+
+    def open(self, kind: str, arg: str, outer: Sequence[str]) -> str | None:
+        """Markup that opens ``kind`` inside ``outer`` kinds; None: not shown on this platform."""
+        ...
+
+    def close(self, kind: str, arg: str, outer: Sequence[str]) -> str: ...
+
+    def text(self, text: str, outer: Sequence[str]) -> str:
+        """Visible text as markup inside ``outer`` (escaped as needed)."""
+        ...
+
+    def units(self, markup: str, visible: str) -> int:
+        """The size the platform counts for this piece of a message."""
+        ...
+
+
+@attrs.frozen
+class Chunk:
+    """One message: formatted, and the same words without formatting (the fallback)."""
+
+    markup: str
+    plain: str
+
+
+@attrs.define
+class _Open:
+    kind: str
+    arg: str
+    markup: str | None  # None: this platform does not show it
+    shown: bool = False  # opened in the current message (opens are lazy: no empty tags)
+    close: str = ""
+    close_units: int = 0
+
+
+class _Writer:
+    """Builds messages token by token, closing and reopening elements at each cut."""
+
+    def __init__(self, flavor: Flavor) -> None:
+        self.flavor = flavor
+        self.stack: list[_Open] = []
+        self.kinds: list[str] = []
+        self.chunks: list[Chunk] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parts: list[str] = []
+        self.plain: list[str] = []
+        self.used = 0
+        self.closing = 0  # units the closes of the shown elements will take
+
+    # -- structure -------------------------------------------------------------------
+
+    def push(self, kind: str, arg: str) -> None:
+        markup = self.flavor.open(kind, arg, self.kinds)
+        entry = _Open(kind, arg, markup)
+        if markup is not None:
+            entry.close = self.flavor.close(kind, arg, self.kinds)
+            entry.close_units = self.flavor.units(entry.close, "")
+        self.stack.append(entry)
+        self.kinds.append(kind)
+
+    def pop(self) -> None:
+        entry = self.stack.pop()
+        self.kinds.pop()
+        if entry.shown:
+            self.parts.append(entry.close)
+            self.used += entry.close_units
+            self.closing -= entry.close_units
+
+    def _pending_units(self) -> int:
+        """Units the not-yet-shown opens (and their closes) will take once text comes."""
+        return sum(
+            self.flavor.units(e.markup, "") + e.close_units
+            for e in self.stack
+            if e.markup is not None and not e.shown
+        )
+
+    def _show_opens(self) -> None:
+        for entry in self.stack:
+            if entry.markup is not None and not entry.shown:
+                entry.shown = True
+                self.parts.append(entry.markup)
+                self.used += self.flavor.units(entry.markup, "")
+                self.closing += entry.close_units
+
+    # -- text --------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        self._show_opens()
+        markup = self.flavor.text(text, self.kinds)
+        self.parts.append(markup)
+        self.plain.append(text)
+        self.used += self.flavor.units(markup, text)
+
+    def room(self) -> int:
+        return self.flavor.limit - self.used - self.closing - self._pending_units()
+
+    def fit(self, text: str, room: int) -> int:
+        """How many characters of ``text`` fit in ``room`` units (a cut prefers line ends)."""
+        if room <= 0:
+            return 0
+        window = text[:room]  # no character costs less than one unit
+        flavor, kinds = self.flavor, self.kinds
+
+        def cost(n: int) -> int:
+            piece = window[:n]
+            return flavor.units(flavor.text(piece, kinds), piece)
+
+        if cost(len(window)) <= room:
+            take = len(window)
+        else:
+            lo, hi = 0, len(window) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if cost(mid) <= room:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            take = lo
+        if take < len(text):  # a cut: prefer the end of a line, then of a word
+            for mark in ("\n", " "):
+                at = text.rfind(mark, take // 2, take)
+                if at >= 0:
+                    return at + 1
+        return take
+
+    def cut(self) -> None:
+        for entry in reversed(self.stack):
+            if entry.shown:
+                self.parts.append(entry.close)
+                entry.shown = False
+        self.emit()
+
+    def emit(self) -> None:
+        plain = "".join(self.plain)
+        if plain.strip():  # platforms refuse empty messages
+            self.chunks.append(Chunk("".join(self.parts), plain))
+        self._reset()
+
+    def write_split(self, tokens: list[Token]) -> None:
+        for kind, value, arg in tokens:
+            if kind == OPEN:
+                self.push(value, arg)
+            elif kind == CLOSE:
+                self.pop()
+            else:
+                text = value
+                while text:
+                    take = self.fit(text, self.room())
+                    if take == 0:
+                        if not self.plain:  # nothing fits even in an empty message
+                            take = 1
+                        else:
+                            self.cut()
+                            continue
+                    piece, text = text[:take], text[take:]
+                    if text and piece.endswith("\n") and len(piece) > 1:
+                        piece = piece[:-1]  # the cut itself ends the line
+                    self.write(piece)
+                    if text:
+                        self.cut()
+
+    def append_whole(self, sep: str, markup: str, plain: str, units: int) -> None:
+        if self.plain:
+            self.parts.append(sep)
+            self.plain.append(sep)
+            self.used += self.flavor.units(sep, sep)
+        self.parts.append(markup)
+        self.plain.append(plain)
+        self.used += units
+
+
+def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int]:
+    """A whole block as (markup, visible text, units), rendered once."""
+    writer = _Writer(flavor)
+    for kind, value, arg in block.tokens:
+        if kind == OPEN:
+            writer.push(value, arg)
+        elif kind == CLOSE:
+            writer.pop()
+        elif value:
+            writer.write(value)
+    markup, plain = "".join(writer.parts), "".join(writer.plain)
+    return markup, plain, flavor.units(markup, plain)
+
+
+def pack(blocks: list[Block], flavor: Flavor) -> list[Chunk]:
+    """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise."""
+    writer = _Writer(flavor)
+    for block in blocks:
+        markup, plain, units = render_block(block, flavor)
+        if writer.plain:
+            sep_units = flavor.units(block.sep, block.sep)
+            if writer.used + sep_units + units <= flavor.limit:
+                writer.append_whole(block.sep, markup, plain, units)
+                continue
+            writer.emit()
+        if units <= flavor.limit:
+            writer.append_whole(block.sep, markup, plain, units)
+        else:
+            writer.write_split(block.tokens)
+    writer.emit()
+    return writer.chunks
+
+
+assert TEXT == 0  # tokens are (kind, value, arg); TEXT is the remaining case above
