@@ -41,11 +41,17 @@ def build_interfaces(runtime: Runtime) -> list[Interface]:
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
-        interfaces.append(TelegramInterface(runtime.manager, config.telegram))
+        interfaces.append(
+            TelegramInterface(
+                runtime.manager, config.telegram, max_chunks=config.delivery.max_chunks
+            )
+        )
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
-        interfaces.append(DiscordInterface(runtime.manager, config.discord))
+        interfaces.append(
+            DiscordInterface(runtime.manager, config.discord, max_chunks=config.delivery.max_chunks)
+        )
     return interfaces
 
 

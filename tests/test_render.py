@@ -80,11 +80,16 @@ def discord_visible(markup: str) -> str:
     out: list[str] = []
     in_fence = False
     stars = tildes = 0
+    fence_quoted = False
     for line in markup.split("\n"):
-        if line.startswith("> "):
+        if line.startswith("> ") and (not in_fence or fence_quoted):
             line = line[2:]
+            quoted = True
+        else:
+            quoted = False
         if line.startswith("```"):
             in_fence = not in_fence
+            fence_quoted = quoted
             continue
         if in_fence:
             out.append(line + "\n")
@@ -126,8 +131,12 @@ def discord_visible(markup: str) -> str:
 
 
 def solid(text: str) -> str:
-    """Text without whitespace: cuts drop the whitespace they fall on."""
-    return re.sub(r"\s+", "", text)
+    """Text without whitespace: cuts drop the whitespace they fall on.
+
+    Zero-width spaces count as whitespace: Discord code gets one between backticks that
+    would otherwise end it (a reader sees the same backticks).
+    """
+    return re.sub(r"[\s\u200b]+", "", text)
 
 
 def check_chunks(markdown: str, platform: str, limit: int) -> list[Chunk]:
@@ -194,7 +203,8 @@ def test_discord_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, l
         ("## Heading", "<b>Heading</b>"),
         ("> quoted\n> more", "<blockquote>quoted\nmore</blockquote>"),
         ("```\n**not bold** <tag>\n```", "<pre>**not bold** &lt;tag&gt;</pre>"),
-        ("```py\nif a < b:\n    pass\n```", '<pre><code class="language-py">if a &lt; b:\n    pass</code></pre>'),
+        ("```py\nif a < b:\n    pass\n```",
+         '<pre><code class="language-py">if a &lt; b:\n    pass</code></pre>'),
         ("2 * 3 * 4", "2 * 3 * 4"),
         ("use <br> and <div>", "use &lt;br&gt; and &lt;div&gt;"),
         ("- a\n- b\n\n1. x", "• a\n• b\n\n1. x"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import anyio.to_thread
 
 from evie.chat.render.blocks import parse
-from evie.chat.render.split import Chunk, Flavor, pack
+from evie.chat.render.split import Chunk, Flavor, pack, split_plain
 
-__all__ = ["INLINE_MAX", "Chunk", "Flavor", "render", "render_off_loop"]
+__all__ = ["INLINE_MAX", "Chunk", "Flavor", "render", "render_off_loop", "split_plain"]
 
 #: texts up to this many characters render on the loop (well under a millisecond of work)
 INLINE_MAX = 4096

@@ -34,7 +34,8 @@ _TAG = re.compile(r"<(/?)([a-z0-9]+)([^>]*)>")
 _ATTR = re.compile(r'([a-z]+)="([^"]*)"')
 _INLINE: Final = {"strong": "b", "em": "i", "del": "s"}
 _BLOCK_TAGS: Final = frozenset(
-    "p h1 h2 h3 h4 h5 h6 pre ul ol li blockquote hr table thead tbody tr th td".split()
+    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "hr"}
+    | {"table", "thead", "tbody", "tr", "th", "td"}
 )
 _LANG = re.compile(r"[\w+#.-]{1,40}")
 
@@ -177,6 +178,8 @@ class _Builder:
                 self.tokens.append((OPEN, "b", ""))
         elif tag == "pre":
             self.start_block()
+            if self.after_bullet:  # a fence must start its own line
+                self.text("\n")
             self.in_pre = True
         elif tag == "hr":
             self.start_block()
@@ -258,7 +261,9 @@ def _table_text(rows: list[list[str]]) -> str:
             if i == len(widths):
                 widths.append(0)
             widths[i] = min(40, max(widths[i], len(cell)))
-    lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines = [
+        " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
     if len(lines) > 1:
         lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import Any
 
-from cmarkgfm import _cmark  # type: ignore[attr-defined]
+from cmarkgfm import _cmark
 from cmarkgfm.cmark import Options
 
 _lib = ctypes.CDLL(_cmark.__file__)
@@ -26,11 +27,11 @@ class _Mem(ctypes.Structure):
     )
 
 
-def _fn(name: str, restype: object, *argtypes: object) -> ctypes._CFuncPtr:
+def _fn(name: str, restype: object, *argtypes: object) -> Any:
     f = getattr(_lib, name)
     f.restype = restype
     f.argtypes = argtypes
-    return f  # type: ignore[no-any-return]
+    return f
 
 
 _vp = ctypes.c_void_p

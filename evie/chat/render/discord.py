@@ -2,7 +2,8 @@
 
 Discord limits ``content`` to 2000 characters of the Markdown as sent, so
 markup counts. Text is escaped with backslashes (Discord hides them); code
-is sent raw; a quote is ``> `` on every line (Discord has no nested quotes);
+is sent raw, except that a run of backticks that would end it gets a
+zero-width space; a quote is ``> `` on every line (Discord has no nested quotes);
 a bare URL stays bare so Discord links it.
 """
 
@@ -16,6 +17,8 @@ DISCORD_LIMIT = 2000
 _SPECIAL = re.compile(r"([\\*_~`|<>#\[\]])")
 _BULLET = re.compile(r"(?m)^([ \t]*)([-+])(?=[ \t]|$)")
 _NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
+_FENCE_IN_CODE = re.compile(r"``(?=`)")
+_TICKS_IN_CODE = re.compile(r"`(?=`)")
 _LONGEST_URL = 400
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
@@ -67,8 +70,11 @@ class DiscordFlavor:
 
     def text(self, text: str, outer: Sequence[str]) -> str:
         if outer:
-            raw = "pre" in outer or "code" in outer or "url" in outer
-            if not raw:
+            if "pre" in outer:  # ``` inside code would end the block: break it invisibly
+                text = _FENCE_IN_CODE.sub("``\u200b", text) if "```" in text else text
+            elif "code" in outer:
+                text = _TICKS_IN_CODE.sub("`\u200b", text) if "``" in text else text
+            elif "url" not in outer:
                 text = escape(text)
             if "quote" in outer:
                 text = text.replace("\n", "\n> ")

@@ -143,11 +143,14 @@ class _Writer:
                 else:
                     hi = mid - 1
             take = lo
-        if take < len(text):  # a cut: prefer the end of a line, then of a word
-            for mark in ("\n", " "):
-                at = text.rfind(mark, take // 2, take)
-                if at >= 0:
-                    return at + 1
+        if take < len(text):  # a cut: at the end of a line, else of a word, never mid-word
+            for lo in (take // 2, 0):
+                for mark in ("\n", " "):
+                    at = text.rfind(mark, lo, take)
+                    if at >= 0:
+                        return at + 1
+            if self.plain:
+                return 0  # start the next message with this word
         return take
 
     def cut(self) -> None:
@@ -229,4 +232,29 @@ def pack(blocks: list[Block], flavor: Flavor) -> list[Chunk]:
     return writer.chunks
 
 
-assert TEXT == 0  # tokens are (kind, value, arg); TEXT is the remaining case above
+class _Plain:
+    """Unformatted text, measured like the platform measures it."""
+
+    def __init__(self, flavor: Flavor) -> None:
+        self.limit = flavor.limit
+        self._units = flavor.units
+
+    def open(self, kind: str, arg: str, outer: Sequence[str]) -> str | None:
+        return None
+
+    def close(self, kind: str, arg: str, outer: Sequence[str]) -> str:
+        return ""
+
+    def text(self, text: str, outer: Sequence[str]) -> str:
+        return text
+
+    def units(self, markup: str, visible: str) -> int:
+        return self._units(markup, markup)
+
+
+def split_plain(text: str, flavor: Flavor) -> list[str]:
+    """Plain text in pieces within the platform's limit (cut at line ends, then spaces)."""
+    writer = _Writer(_Plain(flavor))
+    writer.write_split([(TEXT, text, "")])
+    writer.emit()
+    return [chunk.plain for chunk in writer.chunks]
