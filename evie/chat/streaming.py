@@ -100,7 +100,8 @@ OUTCOME_LINES = {
 
 async def _shielded(op: Callable[[], Awaitable[T]]) -> T:
     with anyio.CancelScope(shield=True):
-        return await op()
+        result = await op()
+    return result
 
 
 REPLY_FILE = "reply.md"
