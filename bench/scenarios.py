@@ -330,6 +330,39 @@ async def cold_start(tmp: Path) -> None:
     )
 
 
+async def render(_tmp: Path) -> None:
+    """7. Replies of any size and shape → messages: CPU per MB and the longest loop stall."""
+    from bench.render import FLAVORS, KINDS, SIZES, measure
+
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    worst_mb, worst_stall = 0.0, 0.0
+    for kind, make in KINDS.items():
+        rows[kind] = {}
+        for label, size in SIZES.items():
+            text = make(size)
+            for name, flavor in FLAVORS.items():
+                cpu, stall, chunks = await measure(text, flavor)
+                per_mb = cpu / (len(text.encode()) / 1e6)
+                rows[kind][f"{label}/{name}"] = {
+                    "bytes": len(text.encode()),
+                    "cpu_s": cpu,
+                    "cpu_ms_per_mb": per_mb * 1e3,
+                    "max_stall_s": stall,
+                    "chunks": chunks,
+                }
+                worst_stall = max(worst_stall, stall)
+                if size >= 1_000_000:  # small inputs are dominated by fixed costs
+                    worst_mb = max(worst_mb, per_mb)
+                print(f"  {kind:<14} {label:>6} {name:<8} cpu {fmt_s(cpu):>9} "
+                      f"({per_mb * 1e3:6.0f} ms/MB)  stall {fmt_s(stall):>9}  {chunks} msgs")  # fmt: skip
+    save(
+        "render",
+        {"rows": rows, "worst_cpu_ms_per_mb": worst_mb * 1e3, "worst_stall_s": worst_stall},
+        f"worst {worst_mb * 1e3:.0f} ms CPU per MB (inputs ≥ 1 MB), "
+        f"longest loop stall {fmt_s(worst_stall)}",
+    )
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
     "status_latency": status_latency,
     "guard_hold": guard_hold,
@@ -337,6 +370,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
     "telegram_overhead": telegram_overhead,
     "parse_throughput": parse_throughput,
     "cold_start": cold_start,
+    "render": render,
 }
 
 

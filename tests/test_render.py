@@ -97,7 +97,11 @@ def discord_visible(markup: str) -> str:
         i = 0
         while i < len(line):
             c = line[i]
-            if c == "\\" and i + 1 < len(line) and line[i + 1] in _ESCAPABLE:
+            if line.startswith(("<http://", "<https://"), i):  # a URL, literal to Discord
+                end = line.index(">", i)
+                out.append(line[i + 1 : end])
+                i = end + 1
+            elif c == "\\" and i + 1 < len(line) and line[i + 1] in _ESCAPABLE:
                 out.append(line[i + 1])
                 i += 2
             elif c == "`":
@@ -120,7 +124,9 @@ def discord_visible(markup: str) -> str:
             elif c == "]" and line.startswith("](", i):
                 i = line.index(")", i) + 1
             else:
-                assert c not in "|<>#]", f"unescaped {c!r} in {line!r}"
+                assert c not in "<>]", f"unescaped {c!r} in {line!r}"
+                assert not line.startswith("||", i), f"unescaped spoiler in {line!r}"
+                assert c != "#" or line[:i].strip(), f"unescaped heading in {line!r}"
                 out.append(c)
                 i += 1
         out.append("\n")
@@ -223,7 +229,7 @@ def test_telegram_html(markdown: str, html: str) -> None:
         ("a_b*c `x*y`", "a\\_b\\*c `x*y`"),
         ("```py\nx = 1\n```", "```py\nx = 1\n```"),
         ("> q\n> r", "> q\n> r"),
-        ("see https://e.com/a_b", "see https://e.com/a_b"),
+        ("see https://e.com/a_b", "see <https://e.com/a_b>"),
         ("\\- not a list", "\\- not a list"),
     ],
 )

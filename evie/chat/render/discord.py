@@ -4,7 +4,8 @@ Discord limits ``content`` to 2000 characters of the Markdown as sent, so
 markup counts. Text is escaped with backslashes (Discord hides them); code
 is sent raw, except that a run of backticks that would end it gets a
 zero-width space; a quote is ``> `` on every line (Discord has no nested quotes);
-a bare URL stays bare so Discord links it.
+a bare URL goes in angle brackets: a link that ends where it should, without
+an embed preview.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 DISCORD_LIMIT = 2000
 
-_SPECIAL = re.compile(r"([\\*_~`|<>#\[\]])")
+_ESCAPES = {ord(c): "\\" + c for c in "\\*_~`|<>#[]"}
 _BULLET = re.compile(r"(?m)^([ \t]*)([-+])(?=[ \t]|$)")
 _NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
 _FENCE_IN_CODE = re.compile(r"``(?=`)")
@@ -24,7 +25,7 @@ _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
 
 def escape(text: str) -> str:
-    text = _SPECIAL.sub(r"\\\1", text)
+    text = text.translate(_ESCAPES)  # C speed; a regex template costs microseconds a match
     if "-" in text or "+" in text:
         text = _BULLET.sub(r"\1\\\2", text)
     if "." in text or ")" in text:
@@ -50,7 +51,7 @@ class DiscordFlavor:
                 return None  # a giant URL would eat the message: show the label only
             markup = "["
         elif kind == "url":
-            markup = ""
+            markup = "<"
         else:
             markup = _SIMPLE[kind][0]
         return markup.replace("\n", "\n> ") if "quote" in outer else markup
@@ -62,7 +63,9 @@ class DiscordFlavor:
             markup = " " + arg if len(arg) > 1 else arg
         elif kind == "a":
             markup = "](" + arg.replace(" ", "%20").replace(")", "%29") + ")"
-        elif kind in ("url", "quote"):
+        elif kind == "url":
+            markup = ">"
+        elif kind == "quote":
             markup = ""
         else:
             markup = _SIMPLE[kind][1]

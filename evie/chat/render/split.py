@@ -12,7 +12,7 @@ can still fit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -200,17 +200,43 @@ class _Writer:
 
 
 def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int]:
-    """A whole block as (markup, visible text, units), rendered once."""
-    writer = _Writer(flavor)
+    """A whole block as (markup, visible text, units), rendered once.
+
+    The same output as :class:`_Writer` (lazy opens: no empty elements) without its
+    bookkeeping, because most blocks fit and this is the hot path.
+    """
+    parts: list[str] = []
+    plain: list[str] = []
+    stack: list[list[Any]] = []  # [markup or None, close, shown]
+    kinds: list[str] = []
+    hidden = 0  # opens not shown yet
     for kind, value, arg in block.tokens:
-        if kind == OPEN:
-            writer.push(value, arg)
-        elif kind == CLOSE:
-            writer.pop()
-        elif value:
-            writer.write(value)
-    markup, plain = "".join(writer.parts), "".join(writer.plain)
-    return markup, plain, flavor.units(markup, plain)
+        if kind == TEXT:
+            if not value:
+                continue
+            if hidden:
+                for entry in stack:
+                    if not entry[2] and entry[0] is not None:
+                        parts.append(entry[0])
+                        entry[2] = True
+                hidden = 0
+            parts.append(flavor.text(value, kinds))
+            plain.append(value)
+        elif kind == OPEN:
+            markup = flavor.open(value, arg, kinds)
+            close = "" if markup is None else flavor.close(value, arg, kinds)
+            stack.append([markup, close, False])
+            kinds.append(value)
+            hidden += markup is not None
+        else:
+            markup, close, shown = stack.pop()
+            kinds.pop()
+            if shown:
+                parts.append(close)
+            elif markup is not None:
+                hidden -= 1
+    text, seen = "".join(parts), "".join(plain)
+    return text, seen, flavor.units(text, seen)
 
 
 def pack(blocks: list[Block], flavor: Flavor) -> list[Chunk]:
