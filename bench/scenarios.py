@@ -332,8 +332,12 @@ async def cold_start(tmp: Path) -> None:
 
 async def render(_tmp: Path) -> None:
     """7. Replies of any size and shape → messages: CPU per MB and the longest loop stall."""
-    from bench.render import FLAVORS, KINDS, SIZES, measure
+    import sys
 
+    from bench.render import FLAVORS, KINDS, SIZES, measure
+    from evie.chat.render import SWITCH_INTERVAL
+
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the daemon runs
     rows: dict[str, dict[str, dict[str, float]]] = {}
     worst_mb, worst_stall = 0.0, 0.0
     for kind, make in KINDS.items():

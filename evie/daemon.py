@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Protocol
@@ -19,6 +20,7 @@ import anyio
 import anyio.abc
 
 from evie.chat.frontend import ChatFrontend
+from evie.chat.render import SWITCH_INTERVAL
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
@@ -61,6 +63,7 @@ async def run_daemon(
     terminal: bool = False,
     on_ready: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)  # worker threads yield to the loop quickly
     async with open_runtime(config) as runtime, AsyncExitStack() as stack:
         interfaces = build_interfaces(runtime)
         if not interfaces and not terminal:

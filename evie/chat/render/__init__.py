@@ -11,10 +11,22 @@ import anyio.to_thread
 from evie.chat.render.blocks import parse
 from evie.chat.render.split import Chunk, Flavor, pack, split_plain
 
-__all__ = ["INLINE_MAX", "Chunk", "Flavor", "render", "render_off_loop", "split_plain"]
+__all__ = [
+    "INLINE_MAX",
+    "SWITCH_INTERVAL",
+    "Chunk",
+    "Flavor",
+    "render",
+    "render_off_loop",
+    "split_plain",
+]
 
-#: texts up to this many characters render on the loop (well under a millisecond of work)
+#: texts up to this many characters render on the loop (about a millisecond of work)
 INLINE_MAX = 4096
+
+#: the GIL switch interval the daemon runs with (Python's default is 5 ms): a worker
+#: thread rendering a big reply hands the GIL back to the event loop within a millisecond
+SWITCH_INTERVAL = 0.001
 
 
 def render(markdown: str, flavor: Flavor) -> list[Chunk]:

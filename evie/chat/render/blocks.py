@@ -29,6 +29,7 @@ CLOSE: Final = 2
 #: (TEXT, text, "") | (OPEN, kind, arg) | (CLOSE, kind, "")
 Token = tuple[int, str, str]
 
+_SLICE = 1 << 18  # big texts are prepared in slices: no single step holds the GIL for long
 _PUA = "\ue000\ue001\ue002\ue003\ue004\ue005\ue006\ue007"
 _TAG = re.compile(r"<(/?)([a-z0-9]+)([^>]*)>")
 _ATTR = re.compile(r'([a-z]+)="([^"]*)"')
@@ -275,5 +276,7 @@ def parse(markdown: str) -> list[Block]:
     if lt is None:  # the text uses all eight stand-ins: give up on keeping "<" raw-safe
         lt = _PUA[0]
         markdown = markdown.replace(lt, "\ufffd")
-    html = to_html(markdown.replace("<", lt))
+    html = to_html(
+        [markdown[i : i + _SLICE].replace("<", lt) for i in range(0, len(markdown), _SLICE)]
+    )
     return _Builder(lt).feed(html)

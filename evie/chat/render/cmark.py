@@ -9,6 +9,7 @@ a worker thread never holds up the event loop.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import threading
 from typing import Any
@@ -46,6 +47,10 @@ _render_html = _fn("cmark_render_html", _vp, _vp, ctypes.c_int, _vp)
 _node_free = _fn("cmark_node_free", None, _vp)
 _parser_free = _fn("cmark_parser_free", None, _vp)
 _default_mem = _fn("cmark_get_default_mem_allocator", ctypes.POINTER(_Mem))
+_strlen = ctypes.CDLL(None).strlen
+_strlen.restype = ctypes.c_size_t
+_strlen.argtypes = (_vp,)
+_SLICE = 1 << 18
 
 #: GFM tables, ~~strikethrough~~ (two tildes only: "~5 min" stays text) and bare URLs as links
 EXTENSIONS = ("table", "strikethrough", "autolink")
@@ -67,9 +72,14 @@ def _loaded_extensions() -> list[int]:
         return _extensions
 
 
-def to_html(markdown: str) -> str:
-    """CommonMark + GFM tables/strikethrough/autolinks → HTML, in linear time."""
-    data = markdown.encode("utf-8", "replace")  # lone surrogates from JSON become "?"
+def to_html(markdown: list[str]) -> str:
+    """CommonMark + GFM tables/strikethrough/autolinks → HTML, in linear time.
+
+    The text comes in slices and the HTML is decoded in slices, so a worker thread
+    running this never holds the GIL for long (the parse itself releases it).
+    """
+    # lone surrogates (from JSON) become "?"
+    data = b"".join(piece.encode("utf-8", "replace") for piece in markdown)
     extensions = _loaded_extensions()
     parser = _parser_new(OPTIONS)
     if not parser:
@@ -84,7 +94,14 @@ def to_html(markdown: str) -> str:
             raise MemoryError("cmark-gfm could not parse the text")
         raw = _render_html(root, OPTIONS, _extensions_of(parser))
         try:
-            return ctypes.string_at(raw).decode("utf-8", "replace")
+            size = _strlen(raw)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            pieces = [
+                decoder.decode(ctypes.string_at(raw + start, min(_SLICE, size - start)))
+                for start in range(0, size, _SLICE)
+            ]
+            pieces.append(decoder.decode(b"", final=True))
+            return "".join(pieces)
         finally:
             _default_mem().contents.free(raw)
     finally:

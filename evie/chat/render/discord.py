@@ -20,7 +20,6 @@ _BULLET = re.compile(r"(?m)^([ \t]*)([-+])(?=[ \t]|$)")
 _NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
 _FENCE_IN_CODE = re.compile(r"``(?=`)")
 _TICKS_IN_CODE = re.compile(r"`(?=`)")
-_LONGEST_URL = 400
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
 
@@ -47,7 +46,7 @@ class DiscordFlavor:
         elif kind == "code":
             markup = arg + " " if len(arg) > 1 else arg
         elif kind == "a":
-            if len(arg) > _LONGEST_URL:
+            if len(arg) > self.limit // 4:
                 return None  # a giant URL would eat the message: show the label only
             markup = "["
         elif kind == "url":

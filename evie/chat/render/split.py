@@ -121,11 +121,12 @@ class _Writer:
     def room(self) -> int:
         return self.flavor.limit - self.used - self.closing - self._pending_units()
 
-    def fit(self, text: str, room: int) -> int:
-        """How many characters of ``text`` fit in ``room`` units (a cut prefers line ends)."""
+    def fit(self, text: str, pos: int, room: int) -> int:
+        """How many characters of ``text[pos:]`` fit in ``room`` units (cut at a line end,
+        else a word end). Only the window that can fit is looked at: linear overall."""
         if room <= 0:
             return 0
-        window = text[:room]  # no character costs less than one unit
+        window = text[pos : pos + room]  # no character costs less than one unit
         flavor, kinds = self.flavor, self.kinds
 
         def cost(n: int) -> int:
@@ -143,10 +144,10 @@ class _Writer:
                 else:
                     hi = mid - 1
             take = lo
-        if take < len(text):  # a cut: at the end of a line, else of a word, never mid-word
+        if pos + take < len(text):  # a cut: at the end of a line, else of a word
             for lo in (take // 2, 0):
                 for mark in ("\n", " "):
-                    at = text.rfind(mark, lo, take)
+                    at = window.rfind(mark, lo, take)
                     if at >= 0:
                         return at + 1
             if self.plain:
@@ -173,20 +174,21 @@ class _Writer:
             elif kind == CLOSE:
                 self.pop()
             else:
-                text = value
-                while text:
-                    take = self.fit(text, self.room())
+                pos, end = 0, len(value)
+                while pos < end:
+                    take = self.fit(value, pos, self.room())
                     if take == 0:
                         if not self.plain:  # nothing fits even in an empty message
                             take = 1
                         else:
                             self.cut()
                             continue
-                    piece, text = text[:take], text[take:]
-                    if text and piece.endswith("\n") and len(piece) > 1:
+                    piece = value[pos : pos + take]
+                    pos += take
+                    if pos < end and piece.endswith("\n") and len(piece) > 1:
                         piece = piece[:-1]  # the cut itself ends the line
                     self.write(piece)
-                    if text:
+                    if pos < end:
                         self.cut()
 
     def append_whole(self, sep: str, markup: str, plain: str, units: int) -> None:
@@ -243,6 +245,10 @@ def pack(blocks: list[Block], flavor: Flavor) -> list[Chunk]:
     """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise."""
     writer = _Writer(flavor)
     for block in blocks:
+        if sum(len(value) for kind, value, _ in block.tokens if kind == TEXT) > flavor.limit:
+            writer.emit()  # too big for any message (a unit per character at least)
+            writer.write_split(block.tokens)
+            continue
         markup, plain, units = render_block(block, flavor)
         if writer.plain:
             sep_units = flavor.units(block.sep, block.sep)
