@@ -357,8 +357,8 @@ async def render(_tmp: Path) -> None:
                 worst_stall = max(worst_stall, stall)
                 if size >= 1_000_000:  # small inputs are dominated by fixed costs
                     worst_mb = max(worst_mb, per_mb)
-                print(f"  {kind:<14} {label:>6} {name:<8} cpu {fmt_s(cpu):>9} "
-                      f"({per_mb * 1e3:6.0f} ms/MB)  stall {fmt_s(stall):>9}  {chunks} msgs")  # fmt: skip
+                figures = f"({per_mb * 1e3:6.0f} ms/MB)  stall {fmt_s(stall):>9}  {chunks} msgs"
+                print(f"  {kind:<14} {label:>6} {name:<8} cpu {fmt_s(cpu):>9} {figures}")
     save(
         "render",
         {"rows": rows, "worst_cpu_ms_per_mb": worst_mb * 1e3, "worst_stall_s": worst_stall},
