@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import anyio
+import anyio.to_thread
 
 from evie.chat.render import render_off_loop
 from evie.chat.render.discord import DiscordFlavor
@@ -107,3 +108,32 @@ async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
         cpu = time.process_time() - cpu
         done.set()
     return cpu, max(stalls, default=0.0), chunks
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def baseline_stalls(seconds: float = 2.0) -> tuple[float, float]:
+    """Longest loop stall with nothing else running, and beside a pure-Python busy thread:
+    what the machine itself (its load, the GIL) costs, to read the figures against."""
+    stalls: list[float] = []
+    done = anyio.Event()
+
+    async def status_loop() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await anyio.sleep(0.001)
+            _status()
+            stalls.append(time.perf_counter() - started - 0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(status_loop)
+        await anyio.sleep(seconds)
+        idle = max(stalls, default=0.0)
+        stalls.clear()
+        await anyio.to_thread.run_sync(_busy, seconds)
+        done.set()
+    return idle, max(stalls, default=0.0)

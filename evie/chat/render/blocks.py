@@ -16,6 +16,7 @@ inline code keeps its ``<``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Final
 
 import attrs
@@ -72,7 +73,9 @@ class _Builder:
         self.lists: list[list[int]] = []  # per open list: [next number or -1 for bullets]
         self.inline: list[bool] = []  # per open inline tag: did it open a token?
         self.in_pre = False
-        self.table: list[list[str]] | None = None
+        self.table: list[str] | None = None  # rows, cells joined by \x1f (few GC objects)
+        self.row: list[str] = []
+        self.widths: list[int] = []
         self.cell: list[str] | None = None
         self.sep = "\n\n"
         self.after_bullet = False
@@ -111,7 +114,9 @@ class _Builder:
 
     # -- the walk ------------------------------------------------------------------
 
-    def feed(self, html: str) -> list[Block]:
+    def feed(self, html: str) -> Iterator[Block]:
+        """Blocks as they complete: only one block's tokens are alive at a time, so a 10 MB
+        reply never holds millions of objects (whose garbage collection would stall)."""
         pos = 0
         after_block = True
         for m in _TAG.finditer(html):
@@ -124,11 +129,14 @@ class _Builder:
                 self.end(tag)
             else:
                 self.start(tag, raw, html, pos)
+            if self.blocks:
+                yield from self.blocks
+                self.blocks.clear()
         if pos < len(html):
             self.data(html[pos:], after_block, True)
         self.depth = 0
         self.end_block()
-        return self.blocks
+        yield from self.blocks
 
     def data(self, raw: str, after_block: bool, before_block: bool) -> None:
         if not (self.in_pre or self.cell is not None):  # newlines beside block tags are layout
@@ -211,9 +219,7 @@ class _Builder:
             self.depth += 1
         elif tag == "table":
             self.start_block()
-            self.table = []
-        elif tag == "tr" and self.table is not None:
-            self.table.append([])
+            self.table, self.row, self.widths = [], [], []
         elif tag in ("th", "td"):
             self.cell = []
 
@@ -246,32 +252,35 @@ class _Builder:
             self.depth -= 1
             self.end_block()
         elif tag in ("th", "td") and self.table is not None and self.cell is not None:
-            self.table[-1].append("".join(self.cell).replace("\n", " "))
+            cell = "".join(self.cell).replace("\n", " ").replace("\x1f", " ")
+            if len(self.row) == len(self.widths):
+                self.widths.append(0)
+            self.widths[len(self.row)] = min(40, max(self.widths[len(self.row)], len(cell)))
+            self.row.append(cell)
             self.cell = None
+        elif tag == "tr" and self.table is not None:
+            self.table.append("\x1f".join(self.row))
+            self.row = []
         elif tag == "table" and self.table is not None:
-            rows, self.table = self.table, None
-            self.tokens += [(OPEN, "pre", ""), (TEXT, _table_text(rows), ""), (CLOSE, "pre", "")]
+            text = _table_text(self.table, self.widths)
+            self.table = None
+            self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
             self.end_block()
 
 
-def _table_text(rows: list[list[str]]) -> str:
+def _table_text(rows: list[str], widths: list[int]) -> str:
     """A table as aligned columns, for a monospaced block (no chat platform has tables)."""
-    widths: list[int] = []
-    for row in rows:
-        for i, cell in enumerate(row):
-            if i == len(widths):
-                widths.append(0)
-            widths[i] = min(40, max(widths[i], len(cell)))
     lines = [
-        " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+        " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row.split("\x1f"))).rstrip()
+        for row in rows
     ]
     if len(lines) > 1:
         lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def parse(markdown: str) -> list[Block]:
-    """Parse once; every later step works on these blocks."""
+def parse(markdown: str) -> Iterator[Block]:
+    """Parse once; every later step works on these blocks, as they come."""
     lt = next((c for c in _PUA if c not in markdown), None)
     if lt is None:  # the text uses all eight stand-ins: give up on keeping "<" raw-safe
         lt = _PUA[0]

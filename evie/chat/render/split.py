@@ -11,7 +11,7 @@ can still fit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -241,7 +241,7 @@ def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int]:
     return text, seen, flavor.units(text, seen)
 
 
-def pack(blocks: list[Block], flavor: Flavor) -> list[Chunk]:
+def pack(blocks: Iterable[Block], flavor: Flavor) -> list[Chunk]:
     """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise."""
     writer = _Writer(flavor)
     for block in blocks:
