@@ -146,6 +146,8 @@ class ReplyStreamer:
         self._max_chunks = max_chunks
         self._on_reply = on_reply  # told each final reply (the frontend keeps it for /last)
         self._delivering: anyio.CancelScope | None = None  # the reply being sent, for /stop
+        self._rendering = False
+        self._stop_requested = False
         self._chat = chat
         self._delivery = delivery
         self._edit_interval = edit_interval
@@ -193,6 +195,9 @@ class ReplyStreamer:
 
     def stop_delivery(self) -> bool:
         """Cancel the messages of the current reply not sent yet; False if none are pending."""
+        if self._rendering:  # a big reply still being rendered: send none of it
+            self._stop_requested = True
+            return True
         scope = self._delivering
         if scope is None:
             return False
@@ -248,7 +253,11 @@ class ReplyStreamer:
         self._status = None
         if text.strip() and self._on_reply is not None:
             self._on_reply(text)
-        chunks = await render_off_loop(text, self._transport.flavor)
+        self._rendering, self._stop_requested = True, False
+        try:
+            chunks = await render_off_loop(text, self._transport.flavor)
+        finally:
+            self._rendering = False
         if not chunks:
             return
         live, self._live, self._shown = self._live, None, ""
@@ -260,6 +269,8 @@ class ReplyStreamer:
         sent = 0
         with anyio.CancelScope() as scope:
             self._delivering = scope
+            if self._stop_requested:  # /stop came while the reply was rendering
+                scope.cancel()
             try:
                 for chunk in chunks[:1] if as_file else chunks:
                     if scope.cancel_called:  # requests are shielded: a stop lands between them

@@ -133,10 +133,18 @@ class _Writer:
             piece = window[:n]
             return flavor.units(flavor.text(piece, kinds), piece)
 
-        if cost(len(window)) <= room:
+        full = cost(len(window))
+        if full <= room:
             take = len(window)
         else:
-            lo, hi = 0, len(window) - 1
+            # every character costs at least one unit: from a proportional guess, the
+            # excess (or the slack) bounds how far the answer can be; then bisect that gap
+            guess = len(window) * room // full
+            at = cost(guess)
+            if at <= room:
+                lo, hi = guess, min(len(window) - 1, guess + room - at)
+            else:
+                lo, hi = 0, guess - (at - room)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if cost(mid) <= room:
