@@ -215,6 +215,8 @@ class _Builder:
             self.after_bullet = True
         elif tag == "blockquote":
             self.start_block()
+            if self.after_bullet:  # a quote must start its own line (Discord's "> ")
+                self.text("\n")
             self.tokens.append((OPEN, "quote", ""))
             self.depth += 1
         elif tag == "table":
