@@ -315,6 +315,53 @@ async def cold_start(tmp: Path) -> None:
     )
 
 
+async def render(_tmp: Path) -> None:
+    """7. Replies of any size and shape → messages: CPU per MB and the longest loop stall."""
+    import os
+    import sys
+
+    from bench.render import FLAVORS, KINDS, SIZES, baseline_stalls, measure
+    from evie.chat.render import SWITCH_INTERVAL
+
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the daemon runs
+    idle, busy = await baseline_stalls()
+    print(f"  machine baseline: idle loop stall {fmt_s(idle)}, beside a busy thread {fmt_s(busy)}")
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    worst_mb, worst_stall = 0.0, 0.0
+    for kind, make in KINDS.items():
+        rows[kind] = {}
+        for label, size in SIZES.items():
+            text = make(size)
+            for name, flavor in FLAVORS.items():
+                cpu, stall, chunks = await measure(text, flavor)
+                per_mb = cpu / (len(text.encode()) / 1e6)
+                rows[kind][f"{label}/{name}"] = {
+                    "bytes": len(text.encode()),
+                    "cpu_s": cpu,
+                    "cpu_ms_per_mb": per_mb * 1e3,
+                    "max_stall_s": stall,
+                    "chunks": chunks,
+                }
+                worst_stall = max(worst_stall, stall)
+                if size >= 1_000_000:  # small inputs are dominated by fixed costs
+                    worst_mb = max(worst_mb, per_mb)
+                figures = f"({per_mb * 1e3:6.0f} ms/MB)  stall {fmt_s(stall):>9}  {chunks} msgs"
+                print(f"  {kind:<14} {label:>6} {name:<8} cpu {fmt_s(cpu):>9} {figures}")
+    save(
+        "render",
+        {
+            "rows": rows,
+            "worst_cpu_ms_per_mb": worst_mb * 1e3,
+            "worst_stall_s": worst_stall,
+            "baseline_idle_stall_s": idle,
+            "baseline_busy_thread_stall_s": busy,
+            "load_average": os.getloadavg(),
+        },
+        f"worst {worst_mb * 1e3:.0f} ms CPU per MB (inputs ≥ 1 MB), longest loop stall "
+        f"{fmt_s(worst_stall)} (machine baseline {fmt_s(idle)} idle, {fmt_s(busy)} busy thread)",
+    )
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
     **endtoend.SCENARIOS,
     "status_latency": status_latency,
@@ -322,6 +369,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
     "concurrency": concurrency,
     "parse_throughput": parse_throughput,
     "cold_start": cold_start,
+    "render": render,
 }
 
 

@@ -212,6 +212,13 @@ class DiscordConfig:
 
 
 @attrs.frozen
+class DeliveryConfig:
+    max_chunks: int = setting(
+        8, _pos_int, "replies longer than this many messages go as a file after the first part"
+    )
+
+
+@attrs.frozen
 class HttpConfig:
     listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
     token: str | None = setting(None, _opt_str, "require Authorization: Bearer <token>")
@@ -230,6 +237,7 @@ class Config:
     state: StateConfig = attrs.Factory(StateConfig)
     telegram: TelegramConfig = attrs.Factory(TelegramConfig)
     discord: DiscordConfig = attrs.Factory(DiscordConfig)
+    delivery: DeliveryConfig = attrs.Factory(DeliveryConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     log: LogConfig = attrs.Factory(LogConfig)
     source: Path | None = None
@@ -250,6 +258,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "state": StateConfig,
     "telegram": TelegramConfig,
     "discord": DiscordConfig,
+    "delivery": DeliveryConfig,
     "http": HttpConfig,
     "log": LogConfig,
 }

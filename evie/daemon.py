@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
@@ -20,6 +21,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from evie.chat.render import SWITCH_INTERVAL
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
@@ -39,11 +41,17 @@ def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platfor
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
-        platforms.append(TelegramInterface(runtime.manager, config.telegram))
+        platforms.append(
+            TelegramInterface(
+                runtime.manager, config.telegram, max_chunks=config.delivery.max_chunks
+            )
+        )
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
-        platforms.append(DiscordInterface(runtime.manager, config.discord))
+        platforms.append(
+            DiscordInterface(runtime.manager, config.discord, max_chunks=config.delivery.max_chunks)
+        )
     if terminal:
         from evie.platforms.terminal import TerminalChat
 
@@ -75,6 +83,7 @@ async def run_daemon(
             "nothing to run: set [telegram] or [discord] token (or EVIE_TELEGRAM_TOKEN / "
             "EVIE_DISCORD_TOKEN), or use `evie chat` for the terminal"
         )
+    sys.setswitchinterval(SWITCH_INTERVAL)  # worker threads yield to the loop quickly
     stop = StopRequest()
     # first, so that a signal during start-up is already a graceful stop
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

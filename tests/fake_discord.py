@@ -114,6 +114,7 @@ class PostedMessage:
     channel_id: int
     content: str
     edits: int = 0
+    attachments: list[tuple[str, bytes]] = attrs.Factory(list)  # (filename, data)
 
 
 @attrs.define
@@ -357,12 +358,12 @@ class FakeDiscord:
             if parts[2] == "typing":
                 return web.Response(status=204)
             if parts[2] == "messages":
-                body = await request.json()
+                body, files = await self._message_body(request)
                 content = body.get("content") or ""
                 if len(content) > 2000:
                     return _json({"message": "Invalid Form Body", "code": 50035}, 400)
                 if request.method == "POST":
-                    m = PostedMessage(self._snowflake(), channel_id, content)
+                    m = PostedMessage(self._snowflake(), channel_id, content, attachments=files)
                     self.messages[m.id] = m
                 elif request.method == "PATCH" and len(parts) == 4:
                     found = self.messages.get(int(parts[3]))
@@ -376,6 +377,15 @@ class FakeDiscord:
                 self._wake()
                 return _json(self._message_json(m))
         return _json({"message": "404: Not Found", "code": 0}, 404)
+
+    @staticmethod
+    async def _message_body(request: web.Request) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """JSON, or multipart with ``payload_json`` and ``files[n]`` when files are attached."""
+        if request.content_type != "multipart/form-data":
+            return await request.json(), []
+        form = await request.post()
+        files = [(v.filename, v.file.read()) for v in form.values() if isinstance(v, web.FileField)]
+        return json.loads(str(form.get("payload_json", "{}"))), files
 
     def _message_json(self, m: PostedMessage) -> dict[str, Any]:
         return _message_payload(m.id, m.channel_id, m.content, BOT_USER)

@@ -1,10 +1,12 @@
 """A fake Telegram Bot API on 127.0.0.1 for driving the real aiogram.
 
-It speaks the HTTP API aiogram uses (form-encoded POSTs, ``{"ok": ...}``
-envelopes), long-polls ``getUpdates``, keeps every chat's messages (with
-edits) so tests can read what a user would see, and injects faults per
-method: 429 with ``retry_after``, 400 ``can't parse entities``, 400
-``message is not modified`` (also produced naturally), 5xx.
+It speaks the HTTP API aiogram uses (form-encoded POSTs, multipart for
+files, ``{"ok": ...}`` envelopes), long-polls ``getUpdates``, keeps every
+chat's messages (with edits) and documents so tests can read what a user
+would see, and injects faults per method: 429 with ``retry_after``, 400
+``can't parse entities``, 400 ``message is not modified`` (also produced
+naturally), 5xx. Lengths are checked as Telegram does: at most 4096 UTF-16
+code units of text *after entity parsing* (1024 for captions).
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ ALLOWED_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "cod
 
 
 class _HtmlCheck(html.parser.HTMLParser):
-    """Telegram's HTML rules, roughly: known tags only, properly nested."""
+    """Telegram's HTML rules, roughly: known tags only, properly nested; the text it leaves."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.stack: list[str] = []
         self.error: str | None = None
+        self.text: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in ALLOWED_TAGS:
@@ -55,6 +61,29 @@ def html_error(text: str) -> str | None:
     if parser.error is None and parser.stack:
         parser.error = f'Can\'t find end tag corresponding to start tag "{parser.stack[-1]}"'
     return parser.error
+
+
+def visible_text(text: str, parse_mode: str | None) -> str:
+    """The message text after entity parsing (what Telegram counts and shows)."""
+    if parse_mode != "HTML":
+        return text
+    parser = _HtmlCheck()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.text)
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+@attrs.define
+class Document:
+    chat_id: int
+    thread_id: int | None
+    filename: str
+    data: bytes
+    caption: str
 
 
 @attrs.define
@@ -81,6 +110,7 @@ class FakeTelegram:
     messages: dict[int, ChatMessage] = attrs.Factory(dict)  # by message_id
     faults: dict[str, deque[Fault]] = attrs.Factory(lambda: defaultdict(deque))
     files: dict[str, bytes] = attrs.Factory(dict)
+    documents: list[Document] = attrs.Factory(list)
     _updates: list[dict[str, Any]] = attrs.Factory(list)
     _next_update: int = 1
     _next_message: int = 5000
@@ -89,6 +119,7 @@ class FakeTelegram:
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
+    reject_html: bool = False  # refuse every HTML message, as if our markup were broken
 
     @property
     def base_url(self) -> str:
@@ -185,7 +216,9 @@ class FakeTelegram:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        params = {k: str(v) for k, v in (await request.post()).items()}
+        form = await request.post()
+        params = {k: str(v) for k, v in form.items() if not isinstance(v, web.FileField)}
+        uploads = {k: v for k, v in form.items() if isinstance(v, web.FileField)}
         self.calls.append((method, params))
         self._wake()
         gate = self.holds.get(method)
@@ -201,8 +234,10 @@ class FakeTelegram:
             if fault.retry_after is not None:
                 body["parameters"] = {"retry_after": fault.retry_after}
             return web.json_response(body, status=fault.status)
-        if self.delay and method in ("sendMessage", "editMessageText"):
+        if self.delay and method in ("sendMessage", "editMessageText", "sendDocument"):
             await anyio.sleep(self.delay)
+        if method == "sendDocument":
+            return self._send_document(params, uploads)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return self._error(404, "Not Found: method not found")
@@ -239,15 +274,45 @@ class FakeTelegram:
 
     def _check_text(self, params: dict[str, str]) -> web.Response | None:
         text = params.get("text", "")
-        if not text.strip():
-            return self._error(400, "Bad Request: message text is empty")
-        if len(text) > 4096:
-            return self._error(400, "Bad Request: message is too long")
         if params.get("parse_mode") == "HTML":
-            problem = html_error(text)
+            problem = "rejected by the test" if self.reject_html else html_error(text)
             if problem:
                 return self._error(400, f"Bad Request: can't parse entities: {problem}")
+        shown = visible_text(text, params.get("parse_mode"))
+        if not shown.strip():
+            return self._error(400, "Bad Request: message text is empty")
+        if utf16_len(shown) > 4096:
+            return self._error(400, "Bad Request: message is too long")
         return None
+
+    def _send_document(
+        self, params: dict[str, str], uploads: dict[str, web.FileField]
+    ) -> web.Response:
+        ref = params.get("document", "")  # aiogram sends "attach://<field>"
+        upload = uploads.get(ref.removeprefix("attach://")) or uploads.get("document")
+        if upload is None:
+            return self._error(400, "Bad Request: there is no document in the request")
+        caption = params.get("caption", "")
+        if utf16_len(visible_text(caption, params.get("parse_mode"))) > 1024:
+            return self._error(400, "Bad Request: message caption is too long")
+        thread = params.get("message_thread_id")
+        document = Document(
+            chat_id=int(params["chat_id"]),
+            thread_id=int(thread) if thread else None,
+            filename=upload.filename,
+            data=upload.file.read(),
+            caption=caption,
+        )
+        self.documents.append(document)
+        self._next_message += 1
+        m = ChatMessage(self._next_message, document.chat_id, document.thread_id, "", None)
+        self._wake()
+        out = self._message_json(m)
+        del out["text"]
+        out["caption"] = caption
+        out["document"] = {"file_id": f"doc{m.message_id}", "file_unique_id": "d",
+                           "file_name": document.filename}  # fmt: skip
+        return web.json_response({"ok": True, "result": out})
 
     def _message_json(self, m: ChatMessage) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -138,8 +138,8 @@ async def test_gateway_drop_mid_turn_delivers_the_reply_once(dc: Harness, tmp_pa
 
 
 async def test_slash_commands_are_registered_and_answered(dc: Harness, tmp_path: Path) -> None:
-    await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 4)
-    assert {c["name"] for c in dc.fake.app_commands} == {"status", "stop", "new", "help"}
+    await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 5)
+    assert {c["name"] for c in dc.fake.app_commands} == {"status", "stop", "new", "last", "help"}
     release = tmp_path / "release"
     steps = [{"text": "crunching"}, {"wait_file": str(release)}]
     await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
@@ -228,3 +228,33 @@ async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: P
     finally:
         discord.http.Route.BASE = base
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+
+
+async def test_long_replies_go_as_first_part_plus_an_attachment(dc: Harness) -> None:
+    paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(30)]  # 2 per message
+    text = "\n\n".join(paragraphs)
+    steps = [{"text": text, "chunk": 20_000}]
+    await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+    await dc.fake.wait_for(lambda: any(m.attachments for m in dc.fake.messages.values()))
+    [message] = [m for m in dc.fake.messages.values() if m.attachments]
+    assert message.attachments == [("reply.md", text.encode())]
+    assert "15 messages long" in message.content
+    shown = [t for t in dc.fake.channel_view(DM) if "Paragraph" in t]
+    assert len(shown) == 1
+    assert all(len(t) <= 2000 for t in dc.fake.channel_view(DM))
+
+
+async def test_last_sends_the_last_reply_as_an_attachment(dc: Harness) -> None:
+    await dc.fake.push_message("some *markdown* here", channel_id=DM)
+    await dc.shows(DM, "echo: some")
+    await dc.fake.push_message("/last", channel_id=DM)
+    await dc.fake.wait_for(lambda: any(m.attachments for m in dc.fake.messages.values()))
+    [message] = [m for m in dc.fake.messages.values() if m.attachments]
+    assert message.attachments == [("reply.md", b"echo: some *markdown* here")]
+
+
+async def test_a_failed_attachment_download_is_reported(dc: Harness) -> None:
+    image = dc.fake.attachment("pic.png", b"\x89PNG", "image/png")
+    del dc.fake.files["pic.png"]  # the CDN answers 404
+    await dc.fake.push_message("look", channel_id=DM, attachments=[image])
+    await dc.shows(DM, "couldn't download your image")

@@ -64,7 +64,7 @@ async def test_a_message_gets_an_answer(tg: Harness) -> None:
     assert tg.fake.method_calls("sendChatAction")
     assert tg.fake.method_calls("deleteWebhook")
     commands = json.loads(tg.fake.method_calls("setMyCommands")[0]["commands"])
-    assert {c["command"] for c in commands} == {"status", "stop", "new", "help"}
+    assert {c["command"] for c in commands} == {"status", "stop", "new", "last", "help"}
 
 
 async def test_status_answers_while_a_turn_runs(tg: Harness, tmp_path: Path) -> None:
@@ -308,3 +308,105 @@ def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
     )
     assert out.stdout.split() == ["False", "True", "f", "False", "5"]
+
+
+# -- issue 12: replies of any size, entities in UTF-16, files ---------------------------
+
+
+def prompts(record: Path) -> list[str]:
+    if not record.exists():
+        return []
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return [p["message"] for p in lines if p.get("type") == "prompt"]
+
+
+async def test_a_mention_after_emoji_is_cut_by_utf16_offsets(tg: Harness) -> None:
+    text = "🔥🔥🔥🔥 @evie_test_bot don't touch prod"
+    offset = len("🔥🔥🔥🔥 ".encode("utf-16-le")) // 2  # 9 units for 5 code points
+    entity = {"type": "mention", "offset": offset, "length": len("@evie_test_bot")}
+    tg.fake.push_message(text, chat_id=-5, chat_type="group", entities=[entity])
+    await tg.final_text(-5, "echo: 🔥🔥🔥🔥 don't touch prod")
+    assert prompts(tg.record) == ["🔥🔥🔥🔥 don't touch prod"]
+
+
+async def test_plain_fallback_is_cut_under_the_limit(tg: Harness) -> None:
+    tg.fake.reject_html = True  # every formatted chunk is refused: all go out as plain text
+    words = 2000
+    text = "**bold** " * words  # rendered: ~10,000 visible characters, ~18,000 of Markdown
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 20_000}]))
+    await tg.fake.wait_for(
+        lambda: sum(t.count("bold") for t in tg.fake.chat_view(OWNER)) >= words, seconds=20
+    )
+    final = [m for m in tg.fake.messages.values() if "bold" in m.text]
+    assert all(m.parse_mode is None for m in final)
+    assert all(len(m.text.encode("utf-16-le")) // 2 <= 4096 for m in final)
+    assert sum(m.text.count("bold") for m in final) == words  # nothing lost
+    assert not any("**" in m.text for m in final)  # the words, not the raw Markdown
+
+
+async def test_long_replies_go_as_first_part_plus_a_file(tg: Harness) -> None:
+    paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(40)]  # 2 per message
+    text = "\n\n".join(paragraphs)
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 20_000}]))
+    await tg.fake.wait_for(lambda: tg.fake.documents, seconds=20)
+    [document] = tg.fake.documents
+    assert document.filename == "reply.md"
+    assert document.data.decode() == text
+    assert "20 messages long" in document.caption
+    shown = [t for t in tg.fake.chat_view(OWNER) if "Paragraph" in t]
+    assert len(shown) == 1
+    assert shown[0].startswith("Paragraph 0:")
+    assert "Paragraph 2:" not in shown[0]  # the first message only
+
+
+async def test_last_sends_the_last_reply_as_a_file(tg: Harness) -> None:
+    tg.fake.push_message("/last")
+    await tg.final_text(OWNER, "No reply yet")
+    tg.fake.push_message("first")
+    await tg.final_text(OWNER, "echo: first")
+    tg.fake.push_message("second **one**")
+    await tg.final_text(OWNER, "echo: second")
+    tg.fake.push_message("/last")
+    await tg.fake.wait_for(lambda: tg.fake.documents)
+    [document] = tg.fake.documents
+    assert document.data == b"echo: second **one**"
+    assert document.chat_id == OWNER
+
+
+async def test_stop_cancels_the_pending_delivery(tmp_path: Path) -> None:
+    async with running_fake_telegram() as fake:
+        fake.delay = 0.2  # a slow Telegram: 20 messages take 4 s
+        config = TelegramConfig(
+            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+        )
+        async with SessionManager(fake_launcher(tmp_path)) as manager:
+            interface = TelegramInterface(
+                manager, config, edit_interval=30, polling_timeout=1, max_chunks=100
+            )
+            async with anyio.create_task_group() as group:
+                await group.start(interface.run)
+                paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(40)]
+                steps = [{"text": "\n\n".join(paragraphs), "chunk": 100_000}]
+                fake.push_message("script:" + json.dumps(steps))
+                await fake.wait_for(lambda: any("Paragraph 0:" in t for t in fake.chat_view(OWNER)))
+                fake.push_message("/stop")
+                await fake.wait_for(
+                    lambda: any("Stopped sending this reply" in t for t in fake.chat_view(OWNER))
+                )
+                await anyio.sleep(0.5)  # nothing more arrives after the stop
+                group.cancel_scope.cancel()
+    shown = [t for t in fake.chat_view(OWNER) if t.startswith("Paragraph")]
+    assert 1 <= len(shown) < 10
+    assert not any("Paragraph 39:" in t for t in shown)
+    stopped = next(t for t in fake.chat_view(OWNER) if "Stopped sending" in t)
+    assert f"({len(shown)} of 20 sent)" in stopped
+
+
+async def test_a_failed_photo_download_is_reported(tg: Harness) -> None:
+    tg.fake.inject("getFile", Fault(400, "Bad Request: invalid file_id"))
+    tg.fake.push_message("what is this?", photo_bytes=b"\xff\xd8 jpeg")
+    await tg.final_text(OWNER, "couldn't download your image")
+    [line] = [t for t in tg.fake.chat_view(OWNER) if "image" in t]
+    assert "\n" not in line
+    assert "invalid file_id" in line
+    assert prompts(tg.record) == []  # pi is not asked about a picture it never got

@@ -29,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", "What the agent is doing right now"),
     Command("stop", "Abort the running turn"),
     Command("new", "Start a fresh session"),
+    Command("last", "Send the last reply as a file", in_terminal=False),
     Command("help", "How to use this bot"),
     Command("quit", "Leave (also Ctrl-D)", in_chat=False),
 )
@@ -43,6 +44,11 @@ INTRO = (
 
 REFUSAL = "Sorry, this is a private assistant."
 NO_SESSION = "No session yet: send a message to start one."
+NO_LAST_REPLY = "No reply yet in this chat: nothing to send as a file."
+LAST_REPLY_CAPTION = "📎 The last reply, as a file."
+LAST_REPLY_SENT = "📎 Sent the last reply as a file."
+DELIVERY_STOPPED = "Stopped sending the rest of the reply."
+IMAGE_FAILED = "⚠️ I couldn't download your image ({error}); please send it again."
 
 
 def help_text(commands: tuple[Command, ...] = CHAT_COMMANDS) -> str:
@@ -87,8 +93,13 @@ async def run_command(
     command: str,
     *,
     commands: tuple[Command, ...] = CHAT_COMMANDS,
+    delivery_stopped: bool = False,
 ) -> str:
-    """Carry out a command for the session ``key``; the answer, for the platform to post."""
+    """Carry out a command for the session ``key``; the answer, for the platform to post.
+
+    ``delivery_stopped``: the chat front end has just cancelled the sending of a reply
+    (``/stop`` ends both the turn and its delivery).
+    """
     if command in ("help", "start"):
         return help_text(commands)
     if command == "status":
@@ -100,7 +111,9 @@ async def run_command(
         return f"{text}\n{usage}" if usage else text
     if command == "stop":
         stopped = await manager.abort(key)
-        return "Stopping…" if stopped else "Nothing is running."
+        if stopped:
+            return "Stopping…"
+        return DELIVERY_STOPPED if delivery_stopped else "Nothing is running."
     if command == "new":
         slot = await manager.new_session(key)
         return f"Started a new session ({slot.session_id})."

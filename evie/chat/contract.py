@@ -2,8 +2,9 @@
 
 A platform adapter (Telegram, Discord) turns its updates into
 :class:`Incoming` and implements :class:`Transport` — send, edit, typing,
-and its limits. Everything else (commands, access control, streaming edits,
-chunking, retries, follow-up acknowledgements) lives once in
+send a file, and its Markdown flavour and limits. Everything else
+(commands, access control, streaming edits, chunking, retries, follow-up
+acknowledgements) lives once in
 :mod:`evie.chat.frontend` and :mod:`evie.chat.streaming`.
 
 Transports report failures as the small hierarchy below, so the retry policy
@@ -20,6 +21,7 @@ from typing import Protocol
 import attrs
 
 from evie.agent.events import Image
+from evie.chat.render import Flavor
 
 
 class DeliveryError(Exception):
@@ -98,15 +100,18 @@ class Sent:
 class Transport(Protocol):
     """What a chat platform must provide. Raise the DeliveryError subclasses above."""
 
-    #: longest message text the platform accepts (after rendering)
+    #: longest message text the platform accepts, in its own units (flavor.units)
     max_length: int
 
-    def render(self, markdown: str) -> str:
-        """Markdown to the platform's formatted text (identity where Markdown is native)."""
-        ...
+    #: how Markdown is written and measured on this platform (evie.chat.render)
+    flavor: Flavor
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent: ...
 
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None: ...
 
     async def typing(self, chat: ChatRef) -> None: ...
+
+    async def send_document(self, chat: ChatRef, filename: str, data: bytes, caption: str) -> Sent:
+        """Post a file (a long reply as Markdown) with a one-line caption."""
+        ...

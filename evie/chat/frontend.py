@@ -10,9 +10,18 @@ from collections.abc import Callable, Iterable
 import anyio
 
 from evie.agent.events import Prompt
-from evie.chat.commands import REFUSAL, for_another_bot, parse_command, run_command
+from evie.chat.commands import (
+    IMAGE_FAILED,
+    LAST_REPLY_CAPTION,
+    LAST_REPLY_SENT,
+    NO_LAST_REPLY,
+    REFUSAL,
+    for_another_bot,
+    parse_command,
+    run_command,
+)
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
-from evie.chat.streaming import Delivery, ReplyStreamer
+from evie.chat.streaming import Delivery, ReplyStreamer, one_line
 from evie.errors import EvieError
 from evie.logs import chat_var
 from evie.sessions.manager import Queued, SessionManager
@@ -33,6 +42,7 @@ class ChatFrontend:
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
         platform: str = "",
+        max_chunks: int = 8,
     ) -> None:
         self.platform = platform
         self.manager = manager
@@ -45,6 +55,9 @@ class ChatFrontend:
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed updates
+        self.max_chunks = max_chunks
+        self._streamers: dict[str, set[ReplyStreamer]] = {}  # replies in flight, per chat
+        self._last: OrderedDict[str, str] = OrderedDict()  # the last reply per chat, for /last
 
     async def handle(self, msg: Incoming) -> None:
         """Handle one incoming message to completion (run it in its own task)."""
@@ -96,11 +109,36 @@ class ChatFrontend:
         await self.delivery.run(lambda: self.transport.send(chat, text, formatted=False))
 
     async def _command(self, command: str, chat: ChatRef) -> None:
+        if command == "last":
+            await self.send_last(chat)
+            return
         await self.say(chat, await self.command_reply(command, chat))
 
     async def command_reply(self, command: str, chat: ChatRef) -> str:
         """Carry out a command and return the answer (platforms decide how to post it)."""
-        return await run_command(self.manager, chat.key, command)
+        if command == "last":
+            return LAST_REPLY_SENT if await self.send_last(chat) else NO_LAST_REPLY
+        stopped = False
+        if command == "stop":
+            streamers = self._streamers.get(chat.key, set())
+            stopped = any([s.stop_delivery() for s in streamers])
+        return await run_command(self.manager, chat.key, command, delivery_stopped=stopped)
+
+    async def send_last(self, chat: ChatRef) -> bool:
+        """``/last``: the last reply in this chat as a Markdown file; False if there is none."""
+        text = self._last.get(chat.key)
+        if text is None:
+            await self.say(chat, NO_LAST_REPLY)
+            return False
+        streamer = ReplyStreamer(self.transport, chat, self.delivery)
+        await streamer.send_file(text, LAST_REPLY_CAPTION)
+        return True
+
+    def _remember(self, key: str, text: str) -> None:
+        self._last[key] = text
+        self._last.move_to_end(key)
+        while len(self._last) > 64:  # bounded: a handful of recent chats
+            self._last.popitem(last=False)
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices (e.g. turns cut short by a restart) to this platform's chats.
@@ -129,23 +167,39 @@ class ChatFrontend:
     async def _converse(self, msg: Incoming) -> None:
         images = msg.images
         if msg.fetch_images is not None:
-            images = images + await msg.fetch_images()
+            try:
+                images = images + await msg.fetch_images()
+            except DeliveryError as exc:  # say so; a prompt without its image would mislead pi
+                log.warning("chat %s: image download failed: %s", msg.chat.key, exc)
+                await self.say(msg.chat, IMAGE_FAILED.format(error=one_line(exc, 120)))
+                return
         if not msg.text.strip() and not images:
             return
         prompt = Prompt(msg.text, images)
+        key = msg.chat.key
         streamer = ReplyStreamer(
-            self.transport, msg.chat, self.delivery, edit_interval=self.edit_interval
+            self.transport,
+            msg.chat,
+            self.delivery,
+            edit_interval=self.edit_interval,
+            max_chunks=self.max_chunks,
+            on_reply=lambda text: self._remember(key, text),
         )
+        self._streamers.setdefault(key, set()).add(streamer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_typing, msg.chat)
             tg.start_soon(streamer.live_updates)
             try:
-                result = await self.manager.send(msg.chat.key, prompt, streamer)
+                result = await self.manager.send(key, prompt, streamer)
             except EvieError as exc:
                 result = None
                 await self.say(msg.chat, f"⚠️ {exc}")
             finally:
                 tg.cancel_scope.cancel()
+                streamers = self._streamers.get(key, set())
+                streamers.discard(streamer)
+                if not streamers:
+                    self._streamers.pop(key, None)
         if isinstance(result, Queued):
             how = "I'll steer the current work with it" if result.steer else "I'll answer it next"
             await self.say(msg.chat, f"📥 Got it — {how} (queued #{result.position}).")

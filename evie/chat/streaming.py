@@ -3,9 +3,13 @@
 One "live" message is edited as text streams (at most one edit per
 ``edit_interval``, in plain text so half-written Markdown cannot break it);
 each complete assistant message then replaces it with the final, formatted
-text, split into as many messages as the platform's limit requires. Every
-send and edit goes through :class:`Delivery`, which honours rate limits and
-retries server errors, so a reply is delivered once and in order.
+text, split into as many messages as the platform's limit requires (rendered
+off the event loop when big, :mod:`evie.chat.render`). A reply longer than
+``max_chunks`` messages is sent as its first message plus the whole reply as a
+Markdown file. Every send and edit goes through :class:`Delivery`, which
+honours rate limits and retries server errors, so a reply is delivered once
+and in order; :meth:`ReplyStreamer.stop_delivery` (``/stop``) cancels what is
+not yet sent.
 
 This is the event sink the SessionManager awaits; it may be slow, because
 pi's output is drained and coalesced independently (adr/0004). Run
@@ -32,7 +36,6 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
-from evie.chat.chunking import split_message
 from evie.chat.contract import (
     ChatRef,
     DeliveryError,
@@ -43,6 +46,7 @@ from evie.chat.contract import (
     Transient,
     Transport,
 )
+from evie.chat.render import Chunk, render_off_loop, split_plain
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +98,26 @@ OUTCOME_LINES = {
 }
 
 
+async def _shielded(op: Callable[[], Awaitable[T]]) -> T:
+    with anyio.CancelScope(shield=True):
+        result = await op()
+    return result
+
+
+REPLY_FILE = "reply.md"
+AS_FILE_CAPTION = "📎 The whole reply ({chunks} messages long) as a file."
+DELIVERY_STOPPED = (
+    "⏹ Stopped sending this reply ({sent} of {total} sent); /last sends it as a file."
+)
+FILE_FAILED = "⚠️ Could not send the whole reply as a file: {error}"
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """The first line of an error, short enough for a chat line."""
+    line = str(text).strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def unanswered_line(count: int) -> str:
     if not count:
         return ""
@@ -115,8 +139,15 @@ class ReplyStreamer:
         delivery: Delivery,
         *,
         edit_interval: float = 1.0,
+        max_chunks: int = 8,
+        on_reply: Callable[[str], None] | None = None,
     ) -> None:
         self._transport = transport
+        self._max_chunks = max_chunks
+        self._on_reply = on_reply  # told each final reply (the frontend keeps it for /last)
+        self._delivering: anyio.CancelScope | None = None  # the reply being sent, for /stop
+        self._rendering = False
+        self._stop_requested = False
         self._chat = chat
         self._delivery = delivery
         self._edit_interval = edit_interval
@@ -162,15 +193,40 @@ class ReplyStreamer:
                     if preview != self._shown:
                         await self._show(preview)
 
+    def stop_delivery(self) -> bool:
+        """Cancel the messages of the current reply not sent yet; False if none are pending."""
+        if self._rendering:  # a big reply still being rendered: send none of it
+            self._stop_requested = True
+            return True
+        scope = self._delivering
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
     # -- live preview ----------------------------------------------------------
 
+    def _units(self, text: str) -> int:
+        return self._transport.flavor.units(text, text)
+
     def _preview(self) -> str:
-        limit = self._transport.max_length
+        """The tail of the streamed text that fits one message (work bounded by the limit)."""
+        limit = self._transport.flavor.limit
         status = f"\n\n{self._status}" if self._status else ""
-        text = "".join(self._pieces)
-        room = limit - len(status) - 2
-        if len(text) > room:
-            text = "…" + text[-(room - 1) :]
+        room = limit - self._units(status) - 2
+        tail: list[str] = []
+        size = 0
+        for piece in reversed(self._pieces):  # only as many pieces as can show
+            tail.append(piece)
+            size += len(piece)
+            if size > room:
+                break
+        text = "".join(reversed(tail))
+        if size > room or len(tail) < len(self._pieces):
+            text = text[-(room - 1) :]
+            while self._units(text) > room - 1:  # wide characters count double
+                text = text[self._units(text) - (room - 1) :]
+            text = "…" + text
         preview = (text + status).strip()
         return preview or "…"
 
@@ -195,32 +251,82 @@ class ReplyStreamer:
     async def _finalize(self, text: str) -> None:
         self._pieces = []
         self._status = None
-        chunks = split_message(text, self._transport.max_length, self._transport.render)
+        if text.strip() and self._on_reply is not None:
+            self._on_reply(text)
+        self._rendering, self._stop_requested = True, False
+        try:
+            chunks = await render_off_loop(text, self._transport.flavor)
+        finally:
+            self._rendering = False
         if not chunks:
             return
         live, self._live, self._shown = self._live, None, ""
-        for i, chunk in enumerate(chunks):
-            await self._deliver(chunk, reuse=live if i == 0 else None)
+        await self._send_reply(text, chunks, live)
 
-    async def _deliver(self, markdown: str, *, reuse: Sent | None) -> None:
-        """Post (or edit into place) one final chunk: formatted, else as plain text."""
+    async def _send_reply(self, markdown: str, chunks: list[Chunk], live: Sent | None) -> None:
+        """Deliver one reply; a long one as its first message plus a file. /stop ends it."""
+        as_file = len(chunks) > self._max_chunks
+        sent = 0
+        with anyio.CancelScope() as scope:
+            self._delivering = scope
+            if self._stop_requested:  # /stop came while the reply was rendering
+                scope.cancel()
+            try:
+                for chunk in chunks[:1] if as_file else chunks:
+                    if scope.cancel_called:  # requests are shielded: a stop lands between them
+                        break
+                    await self._deliver(chunk, reuse=live if sent == 0 else None)
+                    sent += 1
+                if as_file and not scope.cancel_called:
+                    caption = AS_FILE_CAPTION.format(chunks=len(chunks))
+                    await self.send_file(markdown, caption)
+            finally:
+                self._delivering = None
+        if scope.cancel_called:
+            total = 1 if as_file else len(chunks)
+            await self.post(DELIVERY_STOPPED.format(sent=sent, total=total), formatted=False)
+
+    async def send_file(self, markdown: str, caption: str) -> None:
+        chat, transport = self._chat, self._transport
+        data = markdown.encode("utf-8")
         try:
-            await self._put(self._transport.render(markdown), formatted=True, reuse=reuse)
+            await self._delivery.run(
+                lambda: transport.send_document(chat, REPLY_FILE, data, caption)
+            )
+        except Permanent as exc:  # too big, or files not allowed here: say so, in one line
+            await self.post(FILE_FAILED.format(error=one_line(exc)), formatted=False)
+
+    async def _deliver(self, chunk: Chunk, *, reuse: Sent | None) -> None:
+        """Post (or edit into place) one final chunk: formatted, else as plain text.
+
+        The plain text is the chunk's own words without markup, measured the way the
+        platform measures it and cut again if need be, so the fallback never exceeds the limit.
+        """
+        try:
+            await self._put(chunk.markup, formatted=True, reuse=reuse)
         except FormattingRejected:
             log.info("chat %s: formatting rejected, sending plain text", self._chat.key)
-            await self._put(markdown, formatted=False, reuse=reuse)
+            for i, piece in enumerate(split_plain(chunk.plain, self._transport.flavor)):
+                await self._put(piece, formatted=False, reuse=reuse if i == 0 else None)
 
     async def _put(self, text: str, *, formatted: bool, reuse: Sent | None) -> None:
+        """Send one final message. A request under way is finished even if /stop comes
+        (shielded), so a stopped reply never ends in a message that may or may not exist;
+        waits between retries stay cancellable."""
         chat, transport = self._chat, self._transport
         if reuse is not None:
             try:
                 await self._delivery.run(
-                    lambda: transport.edit(chat, reuse, text, formatted=formatted)
+                    lambda: _shielded(
+                        lambda: transport.edit(chat, reuse, text, formatted=formatted)
+                    )
                 )
                 return
             except Permanent:
                 pass  # the preview message is gone: post a new one instead
-        await self.post(text, formatted=formatted)
+        await self._delivery.run(
+            lambda: _shielded(lambda: transport.send(chat, text, formatted=formatted))
+        )
 
     async def post(self, text: str, *, formatted: bool) -> None:
         chat, transport = self._chat, self._transport
@@ -239,8 +345,6 @@ class ReplyStreamer:
             if self._live is not None:  # only a tool/progress line was showing
                 await self._show("✓ Done.")
             return
-        if self._live is not None:
-            live, self._live = self._live, None
-            await self._deliver(text, reuse=live)
-        else:
-            await self._deliver(text, reuse=None)
+        live, self._live = self._live, None
+        chunks = await render_off_loop(text, self._transport.flavor)
+        await self._send_reply(text, chunks, live)

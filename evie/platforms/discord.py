@@ -11,6 +11,7 @@ message id.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -27,13 +28,16 @@ from evie.agent.events import Image
 from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
 from evie.chat.frontend import ChatFrontend
+from evie.chat.render import Flavor
+from evie.chat.render.discord import DiscordFlavor
 from evie.chat.streaming import Delivery
-from evie.config import DiscordConfig
+from evie.config import DeliveryConfig, DiscordConfig
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
+_DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.config
 T = TypeVar("T")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -60,13 +64,11 @@ async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
 
 
 class DiscordTransport:
-    max_length = 2000
+    max_length = 2000  # characters of content, markup included
 
     def __init__(self, client: discord.Client) -> None:
         self._client = client
-
-    def render(self, markdown: str) -> str:
-        return markdown  # Discord renders Markdown itself
+        self.flavor: Flavor = DiscordFlavor(self.max_length)
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
         channel = self._client.get_partial_messageable(chat.chat_id)
@@ -80,6 +82,17 @@ class DiscordTransport:
 
     async def typing(self, chat: ChatRef) -> None:
         await _mapped(lambda: self._client.http.send_typing(chat.chat_id))
+
+    async def send_document(self, chat: ChatRef, filename: str, data: bytes, caption: str) -> Sent:
+        channel = self._client.get_partial_messageable(chat.chat_id)
+        message = await _mapped(
+            lambda: channel.send(
+                caption[: self.max_length],
+                file=discord.File(io.BytesIO(data), filename=filename),
+                allowed_mentions=NO_MENTIONS,
+            )
+        )
+        return Sent(message.id)
 
 
 class _Client(discord.Client):
@@ -127,7 +140,9 @@ class DiscordInterface:
         *,
         delivery: Delivery | None = None,
         client_options: dict[str, Any] | None = None,
+        max_chunks: int = _DELIVERY.max_chunks,
     ) -> None:
+        self._max_chunks = max_chunks
         if not config.token:
             raise ConfigError("[discord] token is not set (or set EVIE_DISCORD_TOKEN)")
         self._manager = manager
@@ -166,6 +181,7 @@ class DiscordInterface:
             delivery=self._delivery,
             edit_interval=self._config.edit_interval,
             platform="dc",
+            max_chunks=self._max_chunks,
         )
         try:
             async with anyio.create_task_group() as connection:

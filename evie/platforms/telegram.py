@@ -44,16 +44,18 @@ from aiogram.methods import (
     GetMe,
     GetUpdates,
     SendChatAction,
+    SendDocument,
     SendMessage,
     SetMyCommands,
 )
 from aiogram.methods.base import Response
-from aiogram.types import BotCommand, LinkPreviewOptions, Message
+from aiogram.types import BotCommand, BufferedInputFile, LinkPreviewOptions, Message, MessageEntity
 
 from evie.agent.events import Image
 from evie.chat.commands import CHAT_COMMANDS
 from evie.chat.contract import (
     ChatRef,
+    DeliveryError,
     FormattingRejected,
     Incoming,
     Permanent,
@@ -62,14 +64,16 @@ from evie.chat.contract import (
     Transient,
 )
 from evie.chat.frontend import ChatFrontend
+from evie.chat.render import Flavor
+from evie.chat.render.telegram import TelegramFlavor, utf16_units
 from evie.chat.streaming import Delivery
-from evie.chat.telegram_html import markdown_to_html
-from evie.config import TelegramConfig
+from evie.config import DeliveryConfig, TelegramConfig
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
+_DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.config
 T = TypeVar("T")
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
@@ -81,7 +85,7 @@ RESPONSE_TYPES = tuple(
     Response[m.__returning__]  # type: ignore[name-defined]
     for m in (
         GetUpdates, SendMessage, EditMessageText, SendChatAction, GetMe, DeleteWebhook,
-        SetMyCommands, GetFile,
+        SetMyCommands, GetFile, SendDocument,
     )
 )  # fmt: skip
 
@@ -106,13 +110,12 @@ async def _mapped(op: Callable[[], Awaitable[T]]) -> T | None:
 
 
 class TelegramTransport:
-    max_length = 4096
+    max_length = 4096  # UTF-16 code units after entity parsing (sendMessage "text")
+    caption_length = 1024  # the same, for a document's caption
 
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
-
-    def render(self, markdown: str) -> str:
-        return markdown_to_html(markdown)
+        self.flavor: Flavor = TelegramFlavor(self.max_length)
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
         message = await _mapped(
@@ -146,6 +149,21 @@ class TelegramTransport:
             )
         )
 
+    async def send_document(self, chat: ChatRef, filename: str, data: bytes, caption: str) -> Sent:
+        if utf16_units(caption) > self.caption_length:
+            caption = caption[: self.caption_length // 2]
+        message = await _mapped(
+            lambda: self._bot.send_document(
+                chat.chat_id,
+                BufferedInputFile(data, filename),
+                caption=caption,
+                message_thread_id=chat.thread_id,
+            )
+        )
+        if message is None:
+            raise Permanent("Telegram returned no message")
+        return Sent(message.message_id)
+
 
 class TelegramInterface:
     """The Telegram platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
@@ -158,9 +176,11 @@ class TelegramInterface:
         config: TelegramConfig,
         *,
         delivery: Delivery | None = None,
+        max_chunks: int = _DELIVERY.max_chunks,
     ) -> None:
         if not config.token:
             raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
+        self._max_chunks = max_chunks
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
@@ -189,6 +209,7 @@ class TelegramInterface:
                 edit_interval=self._config.edit_interval,
                 bot_username=me.username,
                 platform="tg",
+                max_chunks=self._max_chunks,
             )
             await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
             commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
@@ -312,27 +333,52 @@ class TelegramInterface:
         mention = f"@{bot_username}" if bot_username else None
         entities = message.entities or message.caption_entities or []
         for entity in entities:
-            if entity.type == "mention" and mention:
-                found = entity.extract_from(text)
-                if found.lower() == mention.lower():
-                    return (text[: entity.offset] + text[entity.offset + entity.length :]).strip()
+            found = utf16_slice(text, entity.offset, entity.length)
+            to_bot = (
+                entity.type == "mention" and mention and found.lower() == mention.lower()
+            ) or (entity.type == "text_mention" and entity.user and entity.user.id == self._bot_id)
+            if to_bot:
+                return without_entity(text, entity)
         if mention and mention.lower() in text.lower():
-            return re.sub(re.escape(mention), "", text, flags=re.IGNORECASE).strip()
+            return re.sub(r"\s*" + re.escape(mention), " ", text, flags=re.IGNORECASE).strip()
         return None
 
     def _photo_fetcher(self, message: Message) -> Callable[[], Awaitable[tuple[Image, ...]]]:
         photo = max(message.photo or [], key=lambda p: p.width * p.height)
         bot = message.bot
 
+        async def download(buffer: io.BytesIO) -> None:
+            assert bot is not None
+            try:
+                await _mapped(lambda: bot.download(photo.file_id, buffer))
+            except DeliveryError:
+                raise
+            except Exception as exc:  # aiohttp and file errors: retried, then reported
+                raise Transient(f"download failed: {exc}") from None
+
         async def fetch() -> tuple[Image, ...]:
             if bot is None:
                 return ()
             buffer = io.BytesIO()
-            await self._delivery.run(lambda: _mapped(lambda: bot.download(photo.file_id, buffer)))
+            await self._delivery.run(lambda: download(buffer))
             data = base64.b64encode(buffer.getvalue()).decode("ascii")
             return (Image(data=data, mime_type="image/jpeg"),)
 
         return fetch
+
+
+def utf16_slice(text: str, offset: int, length: int) -> str:
+    """The part of ``text`` an entity covers: Telegram counts offsets in UTF-16 code units."""
+    units = text.encode("utf-16-le")
+    return units[2 * offset : 2 * (offset + length)].decode("utf-16-le", "replace")
+
+
+def without_entity(text: str, entity: MessageEntity) -> str:
+    """``text`` with the entity cut out (by UTF-16 offsets) and the gap closed."""
+    units = text.encode("utf-16-le")
+    before = units[: 2 * entity.offset].decode("utf-16-le", "replace").rstrip()
+    after = units[2 * (entity.offset + entity.length) :].decode("utf-16-le", "replace").lstrip()
+    return f"{before} {after}".strip()
 
 
 async def _required(result: Awaitable[Any]) -> Any:

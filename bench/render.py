@@ -1,0 +1,139 @@
+"""The render benchmark: Markdown of every size and shape → chat messages, beside a busy loop.
+
+For each input (ordinary Markdown and the pathological shapes of issue 12) and each size
+(1 KB … 10 MB) it measures the CPU time of rendering and splitting for Telegram and Discord,
+and the longest event-loop stall seen by another task that keeps asking for ``/status``
+while the reply renders the way the streamer renders it (``render_off_loop``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+
+from evie.chat.render import render_off_loop
+from evie.chat.render.discord import DiscordFlavor
+from evie.chat.render.split import Flavor
+from evie.chat.render.telegram import TelegramFlavor
+from evie.chat.status import render_status
+from evie.sessions.slot import SlotState, SlotStatus
+
+SIZES = {"1KB": 1_000, "100KB": 100_000, "1MB": 1_000_000, "10MB": 10_000_000}
+
+_PARAGRAPH = (
+    "Here is **some bold** text, `inline code`, a [link](https://example.com/a_b?c=1&d=2) "
+    "and *italics*, <angle brackets> & ampersands, an emoji 🔥, and more plain words so "
+    "that the sentence reads like an answer.\n\n"
+)
+_ORDINARY = (
+    "## A heading\n\n" + _PARAGRAPH * 3 + "- item one\n- item **two**\n  1. nested\n\n"
+    "> a quote with `code`\n\n```python\ndef f(x):\n    return x < 3  # <tag>\n```\n\n"
+    "| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+)
+
+
+def _repeat(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def _nested_lists(size: int) -> str:
+    return _repeat("- " * 5000 + "deep\n\n", size)  # 5,000 nested lists per line
+
+
+def _table(size: int) -> str:
+    head = "| name | value | notes |\n|---|---:|:---|\n"
+    return head + _repeat("| `key` | 12345 | some **bold** note |\n", size - len(head))
+
+
+def _fence(size: int) -> str:
+    return "```python\n" + _repeat("x = compute(a < b, 'text') + 1\n", size - 14) + "\n```"
+
+
+KINDS: dict[str, Callable[[int], str]] = {
+    "ordinary": lambda n: _repeat(_ORDINARY, n),
+    "unclosed_bold": lambda n: _repeat("**a __b ", n),
+    "single_line": lambda n: _repeat("word " * 40_000 + "\n\n", n),  # 200 KB lines
+    "nested_lists": _nested_lists,
+    "huge_table": _table,
+    "long_fence": _fence,
+}
+
+FLAVORS: dict[str, Flavor] = {"telegram": TelegramFlavor(), "discord": DiscordFlavor()}
+
+
+_STATUS = SlotStatus(
+    key="tg:2",
+    session_id="s",
+    state=SlotState.RUNNING,
+    pid=1,
+    model="fake/fake-1",
+    turn_elapsed=3.0,
+    current_tool="bash",
+    queued=(),
+    retry_attempt=None,
+    retry_error=None,
+    idle_for=0.0,
+    last_outcome=None,
+    last_error=None,
+    turns=1,
+)
+
+
+def _status() -> str:
+    """What /status does in another chat: render a status from plain values."""
+    return render_status(_STATUS)
+
+
+async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
+    """(CPU seconds, longest loop stall in seconds, chunks) for one render beside /status."""
+    stalls: list[float] = []
+    done = anyio.Event()
+
+    async def status_loop() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await anyio.sleep(0.001)
+            _status()
+            stalls.append(time.perf_counter() - started - 0.001)
+
+    chunks = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(status_loop)
+        await anyio.sleep(0.01)
+        cpu = time.process_time()
+        chunks = len(await render_off_loop(text, flavor))
+        cpu = time.process_time() - cpu
+        done.set()
+    return cpu, max(stalls, default=0.0), chunks
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def baseline_stalls(seconds: float = 2.0) -> tuple[float, float]:
+    """Longest loop stall with nothing else running, and beside a pure-Python busy thread:
+    what the machine itself (its load, the GIL) costs, to read the figures against."""
+    stalls: list[float] = []
+    done = anyio.Event()
+
+    async def status_loop() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await anyio.sleep(0.001)
+            _status()
+            stalls.append(time.perf_counter() - started - 0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(status_loop)
+        await anyio.sleep(seconds)
+        idle = max(stalls, default=0.0)
+        stalls.clear()
+        await anyio.to_thread.run_sync(_busy, seconds)
+        done.set()
+    return idle, max(stalls, default=0.0)

@@ -1,0 +1,40 @@
+"""Markdown → chat messages: parsed once, rendered per platform, split by blocks.
+
+:func:`render` is linear in the text; :func:`render_off_loop` runs it in a
+worker thread when the text is big, so the event loop never waits for it.
+"""
+
+from __future__ import annotations
+
+import anyio.to_thread
+
+from evie.chat.render.blocks import parse
+from evie.chat.render.split import Chunk, Flavor, pack, split_plain
+
+__all__ = [
+    "INLINE_MAX",
+    "SWITCH_INTERVAL",
+    "Chunk",
+    "Flavor",
+    "render",
+    "render_off_loop",
+    "split_plain",
+]
+
+#: texts up to this many characters render on the loop (about a millisecond of work)
+INLINE_MAX = 4096
+
+#: the GIL switch interval the daemon runs with (Python's default is 5 ms): a worker
+#: thread rendering a big reply hands the GIL back to the event loop within a millisecond
+SWITCH_INTERVAL = 0.001
+
+
+def render(markdown: str, flavor: Flavor) -> list[Chunk]:
+    """The messages that carry ``markdown`` on a platform, in order."""
+    return pack(parse(markdown), flavor)
+
+
+async def render_off_loop(markdown: str, flavor: Flavor) -> list[Chunk]:
+    if len(markdown) <= INLINE_MAX:
+        return render(markdown, flavor)
+    return await anyio.to_thread.run_sync(render, markdown, flavor)

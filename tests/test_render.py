@@ -1,0 +1,274 @@
+"""Markdown → Telegram HTML and Discord Markdown, split into messages: properties and examples.
+
+The properties hold for any input (hypothesis draws Markdown from the constructs LLMs use and
+the ones that break renderers): every chunk is valid markup for its platform, within the
+platform's limit in the platform's own units, and the visible text of all chunks together is
+the visible text of the unsplit rendering.
+
+"Visible text" is what a reader sees: the chunk with its markup removed, read by an oracle
+independent of the renderer (html.parser for Telegram; a Discord-Markdown reader below).
+Chunks are cut between blocks or at line ends, where the separating whitespace is dropped,
+so texts are compared without whitespace.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evie.chat.render import Chunk, render
+from evie.chat.render.discord import DiscordFlavor
+from evie.chat.render.telegram import TelegramFlavor, utf16_units
+
+# -- oracles ------------------------------------------------------------------------
+
+TELEGRAM_TAGS = {"b", "i", "s", "u", "code", "pre", "a", "blockquote"}
+
+
+class TelegramReader(html.parser.HTMLParser):
+    """Telegram's HTML rules: known tags, properly nested, nothing inside code, no nested quotes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.text: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in TELEGRAM_TAGS:
+            self.errors.append(f"unsupported tag {tag}")
+        inside_pre = self.stack[-1:] == ["pre"] and tag == "code"
+        if ("code" in self.stack or "pre" in self.stack) and not inside_pre:
+            self.errors.append(f"{tag} inside code")
+        if tag == "blockquote" and "blockquote" in self.stack:
+            self.errors.append("nested blockquote")
+        if tag == "a" and not dict(attrs).get("href"):
+            self.errors.append("link without href")
+        self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}>")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def telegram_visible(markup: str) -> str:
+    reader = TelegramReader()
+    reader.feed(markup)
+    reader.close()
+    assert "&" not in markup.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "").replace(
+        "&quot;", ""
+    ), f"unescaped & in {markup!r}"
+    assert not reader.errors, (reader.errors, markup)
+    assert not reader.stack, (f"unclosed {reader.stack}", markup)
+    return "".join(reader.text)
+
+
+_ESCAPABLE = set("\\*_~`|<>#[]-+.)")
+
+
+def discord_visible(markup: str) -> str:
+    """Read Discord Markdown as Discord does for what evie writes; check markers balance."""
+    out: list[str] = []
+    in_fence = False
+    stars = tildes = 0
+    fence_quoted = False
+    for line in markup.split("\n"):
+        if line.startswith("> ") and (not in_fence or fence_quoted):
+            line = line[2:]
+            quoted = True
+        else:
+            quoted = False
+        if line.startswith("```"):
+            in_fence = not in_fence
+            fence_quoted = quoted
+            continue
+        if in_fence:
+            out.append(line + "\n")
+            continue
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if line.startswith(("<http://", "<https://"), i):  # a URL, literal to Discord
+                end = line.index(">", i)
+                out.append(line[i + 1 : end])
+                i = end + 1
+            elif c == "\\" and i + 1 < len(line) and line[i + 1] in _ESCAPABLE:
+                out.append(line[i + 1])
+                i += 2
+            elif c == "`":
+                fence = "``" if line.startswith("`` ", i) else "`"
+                end = line.find(f" {fence}" if fence == "``" else "`", i + len(fence))
+                assert end >= 0, f"unclosed code span in {line!r}"
+                start = i + len(fence) + (1 if fence == "``" else 0)
+                out.append(line[start:end])
+                i = end + len(fence) + (1 if fence == "``" else 0)
+            elif c == "*":
+                stars += 1
+                i += 1
+            elif c == "~":
+                tildes += 1
+                i += 1
+            elif c == "[":
+                close = line.find("](", i)
+                assert close >= 0, f"unclosed link in {line!r}"
+                i += 1
+            elif c == "]" and line.startswith("](", i):
+                i = line.index(")", i) + 1
+            else:
+                assert c not in "<>]", f"unescaped {c!r} in {line!r}"
+                assert not line.startswith("||", i), f"unescaped spoiler in {line!r}"
+                assert c != "#" or line[:i].strip(), f"unescaped heading in {line!r}"
+                out.append(c)
+                i += 1
+        out.append("\n")
+    assert not in_fence, f"unclosed fence in {markup!r}"
+    assert stars % 2 == 0, f"unbalanced * in {markup!r}"
+    assert tildes % 4 == 0, f"unbalanced ~~ in {markup!r}"
+    return "".join(out)
+
+
+def solid(text: str) -> str:
+    """Text without whitespace: cuts drop the whitespace they fall on.
+
+    Zero-width spaces count as whitespace: Discord code gets one between backticks that
+    would otherwise end it (a reader sees the same backticks).
+    """
+    return re.sub(r"[\s\u200b]+", "", text)
+
+
+def check_chunks(markdown: str, platform: str, limit: int) -> list[Chunk]:
+    if platform == "telegram":
+        flavor, whole, visible = TelegramFlavor(limit), TelegramFlavor(10**9), telegram_visible
+    else:
+        flavor, whole, visible = DiscordFlavor(limit), DiscordFlavor(10**9), discord_visible
+    chunks = render(markdown, flavor)
+    reference = render(markdown, whole)
+    assert len(reference) <= 1
+    expected = solid(visible(reference[0].markup)) if reference else ""
+    seen = []
+    for chunk in chunks:
+        if platform == "telegram":
+            assert utf16_units(telegram_visible(chunk.markup)) <= limit, chunk
+        else:
+            assert len(chunk.markup) <= limit, chunk
+        shown = visible(chunk.markup)
+        assert solid(shown) == solid(chunk.plain), chunk  # the fallback says the same
+        assert shown.strip(), "an empty message"
+        seen.append(solid(shown))
+    assert "".join(seen) == expected
+    return chunks
+
+
+# -- properties ----------------------------------------------------------------------
+
+FRAGMENTS = [
+    "**", "*", "_", "__", "~~", "~", "`", "``", "```py\n", "```\n", "~~~\n", "\n", "\n\n",
+    "> ", "> > ", "- ", "1. ", "  - ", "# ", "### ", "[a link](http://x.y/a_b?c=1&d=2)",
+    "![pic](http://x.y/p.png)", "<div>", "</b>", "&amp;", "&", "<", ">", '"', "\\",
+    "|a|b|\n|-|-|\n|1|2|\n", "🔥", "é", "日本", "👨‍👩‍👧", "https://example.com/x_y",
+    "word", "words and more words", " ", "    ", "\t", "---\n", "1)", "\ue000",
+]  # fmt: skip
+markdown_text = st.lists(
+    st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=60
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markdown=markdown_text, limit=st.integers(min_value=8, max_value=400))
+def test_telegram_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, limit: int) -> None:
+    check_chunks(markdown, "telegram", limit)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markdown=markdown_text, limit=st.integers(min_value=200, max_value=2000))
+def test_discord_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, limit: int) -> None:
+    check_chunks(markdown, "discord", limit)
+
+
+# -- examples ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("markdown", "html"),
+    [
+        ("a < b & c > d", "a &lt; b &amp; c &gt; d"),
+        ("**bold** and __bold__", "<b>bold</b> and <b>bold</b>"),
+        ("*it* and _it_ but snake_case_name", "<i>it</i> and <i>it</i> but snake_case_name"),
+        ("~~gone~~ but ~5 min", "<s>gone</s> but ~5 min"),
+        ("`a<b>`", "<code>a&lt;b&gt;</code>"),
+        ("[x](https://e.com/?a=1&b=2)", '<a href="https://e.com/?a=1&amp;b=2">x</a>'),
+        ("## Heading", "<b>Heading</b>"),
+        ("> quoted\n> more", "<blockquote>quoted\nmore</blockquote>"),
+        ("```\n**not bold** <tag>\n```", "<pre>**not bold** &lt;tag&gt;</pre>"),
+        ("```py\nif a < b:\n    pass\n```",
+         '<pre><code class="language-py">if a &lt; b:\n    pass</code></pre>'),
+        ("2 * 3 * 4", "2 * 3 * 4"),
+        ("use <br> and <div>", "use &lt;br&gt; and &lt;div&gt;"),
+        ("- a\n- b\n\n1. x", "• a\n• b\n\n1. x"),
+        ("**unclosed bold", "**unclosed bold"),
+    ],
+)  # fmt: skip
+def test_telegram_html(markdown: str, html: str) -> None:
+    [chunk] = render(markdown, TelegramFlavor())
+    assert chunk.markup == html
+
+
+@pytest.mark.parametrize(
+    ("markdown", "discord"),
+    [
+        ("**bold** and __bold__ *it*", "**bold** and **bold** *it*"),
+        ("a_b*c `x*y`", "a\\_b\\*c `x*y`"),
+        ("```py\nx = 1\n```", "```py\nx = 1\n```"),
+        ("> q\n> r", "> q\n> r"),
+        ("see https://e.com/a_b", "see <https://e.com/a_b>"),
+        ("\\- not a list", "\\- not a list"),
+    ],
+)
+def test_discord_markdown(markdown: str, discord: str) -> None:
+    [chunk] = render(markdown, DiscordFlavor())
+    assert chunk.markup == discord
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord"])
+def test_a_split_code_block_is_closed_and_reopened_with_its_language(platform: str) -> None:
+    code = "```python\n" + "\n".join(f"line_{i} = {i}" for i in range(300)) + "\n```"
+    chunks = check_chunks("Intro\n\n" + code, platform, 500)
+    code_chunks = [c.markup for c in chunks if "line_" in c.markup]
+    assert len(code_chunks) > 3
+    opener = '<pre><code class="language-python">' if platform == "telegram" else "```python\n"
+    closer = "</code></pre>" if platform == "telegram" else "\n```"
+    for markup in code_chunks:
+        assert markup.startswith(opener)
+        assert markup.endswith(closer)
+    lines = "\n".join(m.removeprefix(opener).removesuffix(closer) for m in code_chunks)
+    assert lines.split("\n") == [f"line_{i} = {i}" for i in range(300)]  # cut at line ends
+
+
+def test_telegram_counts_utf16_units_after_entity_parsing() -> None:
+    fire = "🔥" * 3000  # 6000 UTF-16 units, 3000 code points
+    chunks = render(f"**{fire}**", TelegramFlavor())
+    assert len(chunks) == 2
+    assert [utf16_units(c.plain) for c in chunks] == [4096, 6000 - 4096]
+    tags = "<&>" * 1500  # 4500 visible characters, 15000 characters of HTML
+    assert len(render(tags, TelegramFlavor())) == 2
+
+
+def test_paragraphs_are_kept_whole_when_possible() -> None:
+    paras = [f"p{i} " + "x" * 40 for i in range(10)]
+    chunks = check_chunks("\n\n".join(paras), "telegram", 100)
+    assert [c.plain for c in chunks] == [f"{paras[i]}\n\n{paras[i + 1]}" for i in range(0, 10, 2)]
+
+
+def test_pathological_inputs_render_whole() -> None:
+    for markdown in ("**a " * 5000, "- " * 3000 + "x", "> " * 3000 + "x", "x" * 50_000):
+        check_chunks(markdown, "telegram", 4096)
+        check_chunks(markdown, "discord", 2000)
