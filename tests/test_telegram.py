@@ -377,12 +377,14 @@ async def test_stop_cancels_the_pending_delivery(tmp_path: Path) -> None:
     async with running_fake_telegram() as fake:
         fake.delay = 0.2  # a slow Telegram: 20 messages take 4 s
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=30,
+            polling_timeout=1,
         )
         async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(
-                manager, config, edit_interval=30, polling_timeout=1, max_chunks=100
-            )
+            interface = TelegramInterface(manager, config, max_chunks=100)
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)
                 paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(40)]
