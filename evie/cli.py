@@ -44,10 +44,12 @@ def _setup_logging(config: Config, *, quiet: bool) -> None:
 
 
 async def _chat(config: Config) -> None:
-    from evie.platforms.terminal import TerminalChat
+    from evie.daemon import terminal_chat
 
+    if config.agent.cwd is None:  # `evie chat` works where it was started
+        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
     async with open_runtime(config) as runtime:
-        await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()
+        await (await terminal_chat(runtime)).run()
 
 
 async def _check(config: Config) -> int:

@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -22,7 +22,10 @@ from evie.chat.frontend import ChatFrontend
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
-from evie.runtime import Runtime, open_runtime
+from evie.runtime import Runtime, build_launcher, open_runtime
+
+if TYPE_CHECKING:
+    from evie.platforms.terminal import TerminalChat
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,13 @@ class Interface(Protocol):
 def build_interfaces(runtime: Runtime) -> list[Interface]:
     config = runtime.config
     interfaces: list[Interface] = []
+    for name, section in (("telegram", config.telegram), ("discord", config.discord)):
+        if section.token and not section.allowed_user_ids:
+            log.warning(
+                "[%s] allowed_user_ids is empty: everyone is refused; run `evie setup` "
+                "or add your user id (the refusal log line shows it)",
+                name,
+            )
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
@@ -92,11 +102,48 @@ async def _announce_notices(runtime: Runtime, interfaces: list[Interface]) -> No
 
 
 async def _terminal(runtime: Runtime, serving: anyio.abc.TaskGroup) -> None:
-    from evie.platforms.terminal import TerminalChat
-
-    notice = runtime.store.take_notice("terminal")
-    await TerminalChat(runtime.manager, notice=notice).run()
+    await (await terminal_chat(runtime)).run()
     serving.cancel_scope.cancel()
+
+
+async def terminal_chat(runtime: Runtime) -> TerminalChat:
+    """The terminal chat with its banner: model, working dir, and whether it resumes."""
+    from evie.agent.session_file import read_summary
+    from evie.platforms.terminal import TerminalChat
+    from evie.platforms.terminal_render import banner, describe_session
+
+    config = runtime.config
+    key = "terminal"
+    session_id = runtime.manager.known_session(key)
+    summary = None
+    if session_id is not None:
+        path = build_launcher(config).session_file(session_id)
+        summary = await anyio.to_thread.run_sync(read_summary, path)
+    workdir = config.agent.cwd
+    if workdir is None:
+        workdir = config.state.dir / "work" / (session_id or "<new session>")
+    agent = config.agent
+    model = f"{agent.provider or 'default'}/{agent.model or 'default'}"
+    if not agent.provider and not agent.model:
+        model = "pi's default (`evie doctor` shows it)"
+    notices = [runtime.store.take_notice(key)]
+    if summary is not None and summary.cwd is not None and summary.cwd != workdir.resolve():
+        notices.append(
+            f"this conversation was started in {summary.cwd} and pi resumes it there; "
+            f"/new starts one in {workdir}"
+        )
+    return TerminalChat(
+        runtime.manager,
+        key=key,
+        notice="\n".join(n for n in notices if n) or None,
+        banner=banner(
+            model=model,
+            workdir=str(workdir),
+            session=describe_session(session_id, summary.turns if summary else None),
+        ),
+        workdir=workdir,
+        history_path=config.state.dir / "terminal_history",
+    )
 
 
 async def _on_signals(

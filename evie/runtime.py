@@ -9,9 +9,10 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from evie.agent.launcher import PiLauncher
+from evie.agent.launcher import PiLauncher, missing_cwd
 from evie.agent.reaper import lock_state_dir, reap
 from evie.config import Config
+from evie.errors import ConfigError
 from evie.metrics import Metrics
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
@@ -54,6 +55,9 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     """Load state, start the manager and the state writer; on exit stop pi and flush."""
     metrics = Metrics()
     launcher = build_launcher(config)
+    cwd = config.agent.cwd
+    if cwd is not None and not await anyio.to_thread.run_sync(cwd.is_dir):
+        raise ConfigError(missing_cwd(cwd))
     lock = await anyio.to_thread.run_sync(lock_state_dir, config.state.dir)
     try:
         await anyio.to_thread.run_sync(reap, launcher.owner)

@@ -110,6 +110,7 @@ class FakeTelegram:
         photo_bytes: bytes | None = None,
         entities: list[dict[str, Any]] | None = None,
         reply_to_bot: bool = False,
+        username: str | None = None,
     ) -> int:
         chat_id = user_id if chat_id is None else chat_id
         self._next_message += 1
@@ -126,6 +127,8 @@ class FakeTelegram:
             },
             "from": {"id": user_id, "is_bot": False, "first_name": "A"},
         }
+        if username is not None:
+            message["from"]["username"] = username
         if text is not None:
             message["caption" if photo_bytes else "text"] = text
         if entities:

@@ -14,6 +14,7 @@ import attrs
 
 from evie.agent.process import LaunchSpec
 from evie.agent.reaper import MARKER
+from evie.errors import AgentStartError
 
 ISOLATION_FLAGS = (
     "--no-extensions",
@@ -22,6 +23,12 @@ ISOLATION_FLAGS = (
     "--no-themes",
     "--no-context-files",
 )
+
+
+def missing_cwd(cwd: Path) -> str:
+    return (
+        f"working directory {cwd} does not exist: create it (mkdir -p {cwd}) or change [agent] cwd"
+    )
 
 
 @attrs.frozen
@@ -56,7 +63,13 @@ class PiLauncher:
             argv += ["--model", self.model]
         if self.system_prompt:
             argv += ["--system-prompt", self.system_prompt]
-        cwd = self.cwd if self.cwd is not None else self.state_dir / "work" / session_id
+        if self.cwd is None:
+            cwd = self.state_dir / "work" / session_id
+            cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+        elif not self.cwd.is_dir():  # a typo must not become a fresh empty project
+            raise AgentStartError(missing_cwd(self.cwd))
+        else:
+            cwd = self.cwd
         env = {
             "PI_CODING_AGENT_DIR": str(self.agent_dir.resolve()),
             "PI_OFFLINE": "1",

@@ -8,6 +8,8 @@ how its answer reads is written in one place.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from evie.chat.status import render_status
@@ -42,6 +44,7 @@ INTRO = (
 
 REFUSAL = "Sorry, this is a private assistant."
 NO_SESSION = "No session yet: send a message to start one."
+NOT_STARTED = "Session {session_id}: not started yet; your next message resumes it."
 
 
 def help_text(commands: tuple[Command, ...] = CHAT_COMMANDS) -> str:
@@ -81,15 +84,22 @@ async def run_command(
     command: str,
     *,
     commands: tuple[Command, ...] = CHAT_COMMANDS,
+    workdir: Path | None = None,
 ) -> str:
-    """Carry out a command for the session ``key``; the answer, for the platform to post."""
+    """Carry out a command for the session ``key``; the answer, for the platform to post.
+
+    ``workdir`` is where the agent works, shown by ``/status`` where it is worth saying
+    (the terminal, whose default is the directory evie was started in).
+    """
     if command in ("help", "start"):
         return help_text(commands)
     if command == "status":
+        where = f"\nWorking dir: {workdir}" if workdir is not None else ""
         status = manager.get_status(key)
         if status is None:
-            return NO_SESSION
-        text = render_status(status)
+            known = manager.known_session(key)
+            return (NOT_STARTED.format(session_id=known) if known else NO_SESSION) + where
+        text = render_status(status) + where
         usage = format_stats(await manager.session_stats(key, seconds=1.0))
         return f"{text}\n{usage}" if usage else text
     if command == "stop":

@@ -242,6 +242,7 @@ class TelegramInterface:
             text=text,
             message_id=message.message_id,
             fetch_images=fetch,
+            username=user.username,
         )
 
     def _addressed_text(self, message: Message, text: str) -> str | None:

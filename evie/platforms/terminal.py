@@ -1,9 +1,13 @@
 """``evie chat``: one session from the terminal, through the same SessionManager.
 
-Input is read in a worker thread and every message is sent from its own task,
-so ``/status`` and ``/stop`` work while a turn streams. Output goes through a
-single writer task that writes in a thread: a stalled terminal or pipe never
-blocks the event loop (and so never stops pi's stdout from being drained).
+On a terminal, input comes from a prompt_toolkit line editor
+(:mod:`evie.platforms.terminal_repl`) and replies are rendered as Markdown
+(:mod:`evie.platforms.terminal_render`); on a pipe, lines are read in a worker
+thread and printed as they came. Either way every message is sent from its own
+task, so ``/status`` and ``/stop`` work while a turn streams, and output goes
+through a single writer task that writes in a thread: a stalled terminal or
+pipe never blocks the event loop (and so never stops pi's stdout from being
+drained). Model text is always sanitised before it is printed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import TextIO
 
 import anyio
@@ -37,7 +43,12 @@ from evie.agent.events import (
 from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
+from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
+from evie.platforms.terminal_repl import Key, LineEditor
 from evie.sessions.manager import Queued, SessionManager
+
+#: a second Ctrl-C within this many seconds leaves
+DOUBLE_INTERRUPT = 2.0
 
 
 class TerminalChat:
@@ -49,8 +60,28 @@ class TerminalChat:
         stdout: TextIO | None = None,
         key: str = "terminal",
         notice: str | None = None,
+        banner: str | None = None,
+        workdir: Path | None = None,
+        history_path: Path | None = None,
+        editor: LineEditor | None = None,
+        style: Style | None = None,
     ) -> None:
+        """``editor`` forces the line-editor mode (tests drive one through a pipe input);
+        otherwise it is used when stdin and stdout are both terminals."""
         self._notice = notice
+        self._banner = banner
+        self._workdir = workdir
+        interactive = (
+            stdin is None and stdout is None and sys.stdin.isatty() and sys.stdout.isatty()
+        )
+        self._editor = editor
+        if editor is None and interactive:
+            self._editor = LineEditor(history_path)
+        if style is None:
+            style = RichStyle(_terminal_width()) if interactive else PlainStyle()
+        self._style: Style = style
+        self._running = 0  # replies in flight (for Ctrl-C)
+        self._last_interrupt = -math.inf
         self._manager = manager
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
@@ -70,30 +101,70 @@ class TerminalChat:
         self.say(("\n" if self._mid_line else "") + text + "\n")
 
     async def run(self) -> None:
+        if self._editor is not None and self._stdout is sys.stdout:
+            from prompt_toolkit.patch_stdout import StdoutProxy
+
+            # printed above the prompt line, which is redrawn under it
+            self._stdout = StdoutProxy(raw=True)
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
-            self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
+            self._line(self._banner or "evie: talking to pi. /help for commands, Ctrl-D to leave.")
             if self._notice:
-                self._line(f"[note] {self._notice}")
-            lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
-            threading.Thread(
-                target=self._read_lines,
-                args=(lines_send, anyio.lowlevel.current_token()),
-                name="evie-terminal-input",
-                daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
-            ).start()
-            async with anyio.create_task_group() as tg, lines:
-                async for line in lines:
-                    if not line:
-                        break  # EOF: let running turns finish, then leave
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text in ("/quit", "/exit"):
-                        tg.cancel_scope.cancel()
-                        break
-                    await self._handle(text, tg)
+                self._line(self._style.dim(f"[note] {self._notice}"))
+            if self._editor is not None:
+                async with anyio.create_task_group() as tg:
+                    await self._edit_loop(self._editor, tg)
+            else:
+                await self._line_loop()
             self._out_send.close()
+
+    async def _edit_loop(self, editor: LineEditor, tg: anyio.abc.TaskGroup) -> None:
+        """The REPL: messages, commands, Ctrl-C (stop the reply; twice: leave), Ctrl-D."""
+        while True:
+            entry = await editor.read()
+            if entry is Key.EOF:
+                tg.cancel_scope.cancel()  # a running reply is aborted as its task ends
+                return
+            if entry is Key.INTERRUPT:
+                now = time.monotonic()
+                if now - self._last_interrupt < DOUBLE_INTERRUPT:
+                    tg.cancel_scope.cancel()
+                    return
+                self._last_interrupt = now
+                if self._running and await self._manager.abort(self._key):
+                    self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
+                else:
+                    self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
+                continue
+            assert isinstance(entry, str)
+            text = entry.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                tg.cancel_scope.cancel()
+                return
+            await self._handle(text, tg)
+
+    async def _line_loop(self) -> None:
+        """Pipes and tests: one message per line, from a reader thread."""
+        lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
+        threading.Thread(
+            target=self._read_lines,
+            args=(lines_send, anyio.lowlevel.current_token()),
+            name="evie-terminal-input",
+            daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
+        ).start()
+        async with anyio.create_task_group() as tg, lines:
+            async for line in lines:
+                if not line:
+                    break  # EOF: let running turns finish, then leave
+                text = line.strip()
+                if not text:
+                    continue
+                if text in ("/quit", "/exit"):
+                    tg.cancel_scope.cancel()
+                    break
+                await self._handle(text, tg)
 
     def _read_lines(self, send: MemoryObjectSendStream[str], token: EventLoopToken) -> None:
         """Runs in its own daemon thread: hands each line (then "" at EOF) to the loop."""
@@ -107,49 +178,63 @@ class TerminalChat:
                 return
 
     async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
-        command = parse_command(text) if " " not in text else None
+        command = parse_command(text) if " " not in text and "\n" not in text else None
         if command is not None:
-            self._line(
-                await run_command(self._manager, self._key, command, commands=TERMINAL_COMMANDS)
+            answer = await run_command(
+                self._manager,
+                self._key,
+                command,
+                commands=TERMINAL_COMMANDS,
+                workdir=self._workdir,
             )
+            self._line(answer)
         else:
             tg.start_soon(self._send, text)
 
     async def _send(self, text: str) -> None:
+        self._running += 1
         try:
             result = await self._manager.send(self._key, Prompt(text), self._render)
         except EvieError as exc:
-            self._line(f"[error] {exc}")
+            self._line(f"[error] {self._style.plain(str(exc))}")
             return
+        finally:
+            self._running -= 1
         if isinstance(result, Queued):
             how = "steering the running turn" if result.steer else "queued as a follow-up"
-            self._line(f"[{how}: #{result.position}]")
+            self._line(self._style.dim(f"[{how}: #{result.position}]"))
 
     async def _render(self, event: TurnEvent) -> None:
+        style = self._style
         match event:
             case TurnFinished(outcome=Outcome.DONE, unanswered=()):
+                self.say(style.flush())
                 if self._mid_line:
                     self.say("\n")
             case TurnFinished(outcome=outcome, error=error, unanswered=unanswered):
+                self.say(style.flush())
                 if outcome is not Outcome.DONE:
-                    self._line(f"[{outcome.value}] {error or ''}".rstrip())
+                    self._line(style.plain(f"[{outcome.value}] {error or ''}".rstrip()))
                 if unanswered:
-                    self._line(unanswered_line(len(unanswered)))
+                    self._line(style.dim(unanswered_line(len(unanswered))))
             case AssistantMessage(text=text) if text:
                 # the text was already streamed as deltas; end the paragraph
+                self.say(style.flush())
                 self.say("\n" if self._mid_line else "")
             case ToolStarted(tool_name=name, summary=summary):
-                self._line(f"[{name}] {summary}".rstrip())
+                self.say(style.flush())
+                self._line(style.dim(f"[{name}] {summary}".rstrip()))
             case ToolFinished(is_error=True, tool_name=name):
-                self._line(f"[{name} failed]")
+                self._line(style.dim(f"[{name} failed]"))
             case FollowUpStarted(text=text):
-                self._line(f"[now answering] {text}")
+                self.say(style.flush())
+                self._line(style.dim(f"[now answering] {text}"))
             case RetryScheduled(attempt=a, max_attempts=m, delay_ms=d, error=err):
-                self._line(f"[retry {a}/{m} in {d / 1000:g}s] {err}")
+                self._line(style.dim(f"[retry {a}/{m} in {d / 1000:g}s] {err}"))
             case TextDelta(text=text):
-                self.say(text)
+                self.say(style.delta(text))
             case Notice(text=text):
-                self._line(f"[note] {text}")
+                self._line(style.dim(f"[note] {text}"))
             case _:
                 pass
 
@@ -171,3 +256,9 @@ class TerminalChat:
     def _write(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return max(40, min(shutil.get_terminal_size().columns, 120))
