@@ -310,6 +310,10 @@ class FakeDiscord:
         path = request.match_info["path"]
         self.calls.append((request.method, path))
         self._wake()
+        authorized = request.headers.get("Authorization") == f"Bot {TOKEN}"
+        # interaction callbacks and webhooks are authorised by their own token in the URL
+        if not authorized and not path.startswith(("interactions/", "webhooks/")):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         route = f"{request.method} {path.split('/')[0]}"
         fault = self._fault(route)
         if fault is not None:

@@ -461,6 +461,9 @@ def main(argv: list[str]) -> int:
     record: str | None = os.environ.get("FAKE_PI_RECORD")
     session_path: str | None = None
     for arg in args:
+        if arg == "--version":  # as pi does: the version on stdout, then exit
+            print("0.0.0-fake")
+            return 0
         if arg == "--startup-delay":
             startup_delay = float(next(args))
         elif arg == "--exit-at-start":

@@ -185,6 +185,8 @@ class FakeTelegram:
         params = {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append((method, params))
         self._wake()
+        if request.match_info["token"] != TOKEN:  # what the real Bot API says to a bad token
+            return self._error(401, "Unauthorized")
         if self.faults[method]:
             fault = self.faults[method].popleft()
             body: dict[str, Any] = {
