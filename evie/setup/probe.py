@@ -60,7 +60,7 @@ async def probe_turn(config: Config, *, seconds: float = 120.0, turn: bool = Tru
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="evie-probe-") as tmp:
         launcher = attrs.evolve(build_launcher(config), state_dir=Path(tmp))
-        if launcher.cwd is None:
+        if launcher.cwd is None or not launcher.cwd.is_dir():  # (a missing cwd has its own check)
             launcher = attrs.evolve(launcher, cwd=Path(tmp))
         try:
             spec = await anyio.to_thread.run_sync(launcher.spec_for, "evie-probe")
