@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import anyio
 import attrs
+import yarl
 
 TELEGRAM_API = "https://api.telegram.org"
 DISCORD_API = "https://discord.com/api/v10"
@@ -62,8 +63,10 @@ async def _telegram(
     session: aiohttp.ClientSession, base: str, token: str, method: str, **params: Any
 ) -> Any:
     url = f"{base}/bot{token}/{method}"
+    # form-encoded, as the Bot API documents it (objects and lists as JSON strings)
+    form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
     try:
-        async with session.post(url, json=params) as response:
+        async with session.post(url, data=form) as response:
             body = await response.read()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise BotCheckFailed(f"cannot reach the Telegram Bot API at {base}: {exc}") from None
@@ -142,17 +145,17 @@ async def _telegram_update(
     if chat.get("type") != "private" or not isinstance(sender.get("id"), int):
         return None
     text = str(message.get("text") or "")
-    if code in text:
-        await _telegram(
-            session, base, token, "sendMessage", chat_id=chat["id"],
-            text="✅ You are this bot's owner now. Finish the set-up in your terminal.",
-        )  # fmt: skip
-        return Owner(sender["id"], sender.get("username"))
-    await _telegram(
-        session, base, token, "sendMessage", chat_id=chat["id"],
-        text="Hello! Now send the 6-digit code shown in the terminal running `evie setup`.",
-    )  # fmt: skip
-    return None
+    owner = code in text
+    reply = (
+        "✅ You are this bot's owner now. Finish the set-up in your terminal."
+        if owner
+        else "Hello! Now send the 6-digit code shown in the terminal running `evie setup`."
+    )
+    try:
+        await _telegram(session, base, token, "sendMessage", chat_id=chat["id"], text=reply)
+    except BotCheckFailed:
+        pass  # a courtesy: the capture does not depend on it
+    return Owner(sender["id"], sender.get("username")) if owner else None
 
 
 # -- Discord --------------------------------------------------------------------------
@@ -228,7 +231,7 @@ async def discord_capture_owner(
     on_ready: Callable[[], None] | None = None,
 ) -> Owner:
     """Connect to the gateway and wait for a message containing ``code`` (DM or channel)."""
-    url = f"{gateway.rstrip('/')}/?v=10&encoding=json"
+    url = yarl.URL(gateway).update_query(v="10", encoding="json")
     async with aiohttp.ClientSession(timeout=_timeout(seconds + 30)) as session:
         try:
             ws = await session.ws_connect(url, heartbeat=None, timeout=_ws_timeout())
@@ -289,18 +292,23 @@ async def _gateway_session(
             content = str(data.get("content") or "")
             channel = data.get("channel_id")
             if code in content:
-                await _discord(
-                    session, api, token, "POST", f"channels/{channel}/messages",
-                    content="✅ You are this bot's owner now. Finish the set-up in your terminal.",
-                )  # fmt: skip
+                await _courtesy(session, api, token, channel, "✅ You are this bot's owner now.")
                 return Owner(int(author["id"]), author.get("username"))
             if "guild_id" not in data:  # a DM without the code: say what to send
-                await _discord(
-                    session, api, token, "POST", f"channels/{channel}/messages",
-                    content="Hello! Now send the 6-digit code shown by `evie setup`.",
-                )  # fmt: skip
+                await _courtesy(
+                    session, api, token, channel, "Hello! Now send the code shown by `evie setup`."
+                )
     fix = _GATEWAY_CLOSE_FIXES.get(ws.close_code or 0)
     raise BotCheckFailed(fix or f"the Discord gateway closed the connection (code {ws.close_code})")
+
+
+async def _courtesy(
+    session: aiohttp.ClientSession, api: str, token: str, channel: object, text: str
+) -> None:
+    try:
+        await _discord(session, api, token, "POST", f"channels/{channel}/messages", content=text)
+    except BotCheckFailed:
+        pass  # the capture does not depend on it
 
 
 async def _heartbeat(
