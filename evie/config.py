@@ -323,6 +323,17 @@ def _example_value(field: Any) -> Any:
     return ""
 
 
+def _inline(value: Any) -> str:
+    """One-line TOML for the example values above (strings, lists of strings, empty tables)."""
+    import json
+
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def starter_config() -> str:
     """A commented starter ``config.toml``: each key with its doc and default.
 
@@ -345,8 +356,7 @@ def starter_config() -> str:
             if computed:  # depends on this machine: shown, not pinned
                 default = default.factory()
             if default is None or default == () or default == frozenset():
-                example = tomli_w.dumps({field.name: _example_value(field)}).rstrip()
-                out.append(f"# {example}")
+                out.append(f"# {field.name} = {_inline(_example_value(field))}")
                 continue
             if isinstance(default, Path):
                 default = str(default)

@@ -123,6 +123,7 @@ def setup_argv(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "evie.cli", "setup", "--config", str(config), *args]
 
 
+@pytest.mark.timeout(150)  # two real-pi turns and two captures, on a busy 2-core machine
 async def test_non_interactive_setup_with_a_local_server_and_both_bots(
     tmp_path: Path, llm: FakeLLM, telegram: FakeTelegram, discord: FakeDiscord
 ) -> None:
