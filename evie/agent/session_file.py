@@ -9,11 +9,12 @@ Reading is linear in the file size and meant to run in a worker thread.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import attrs
 
-_USER = b'"message":{"role":"user"'
+_USER = re.compile(rb'"message"\s*:\s*\{\s*"role"\s*:\s*"user"')
 
 
 @attrs.frozen
@@ -37,5 +38,5 @@ def read_summary(path: Path) -> SessionSummary | None:
                 cwd = Path(data["cwd"])
         except ValueError:
             pass
-        turns = sum(1 for line in f if _USER in line[:200])
+        turns = sum(1 for line in f if _USER.search(line, 0, 300))
     return SessionSummary(turns=turns, cwd=cwd)
