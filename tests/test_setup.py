@@ -157,7 +157,8 @@ async def test_non_interactive_setup_with_a_local_server_and_both_bots(
     finally:
         term.close()
     assert "Next steps:" in term.screen
-    assert "evie --config" in term.screen and "service install" in term.screen
+    assert "evie --config" in term.screen
+    assert "service install" in term.screen
     # the bots told each person what happened
     assert telegram.chat_view(666) == [
         "Hello! Now send the 6-digit code shown in the terminal running `evie setup`."
