@@ -101,11 +101,20 @@ class TerminalChat:
         self.say(("\n" if self._mid_line else "") + text + "\n")
 
     async def run(self) -> None:
+        proxy = None
         if self._editor is not None and self._stdout is sys.stdout:
             from prompt_toolkit.patch_stdout import StdoutProxy
 
             # printed above the prompt line, which is redrawn under it
-            self._stdout = StdoutProxy(raw=True)
+            self._stdout = proxy = StdoutProxy(raw=True)
+        try:
+            await self._run()
+        finally:
+            if proxy is not None:  # its thread writes what is left, then ends
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(proxy.close)
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
             self._line(self._banner or "evie: talking to pi. /help for commands, Ctrl-D to leave.")
