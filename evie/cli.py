@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     command("status", "ask a running `evie run` for its sessions (needs [http])")
     init = command("init", "write the documented example config (0600, never overwrites)")
     init.add_argument("path", nargs="?", help=f"where (default --config or {DEFAULT_CONFIG})")
-    from evie.setup.wizard import add_arguments as add_setup_arguments
+    from evie.setup.options import add_arguments as add_setup_arguments
 
     add_setup_arguments(command("setup", "choose a model and connect the bots, step by step"))
     service = command("service", "run `evie run` as a systemd user service")
