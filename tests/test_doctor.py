@@ -96,8 +96,8 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
         "✗ http: 127.0.0.1:{busy} is used by another program",
     ),
     "agent dir missing": (
-        {"agent": {"agent_dir": "/nonexistent/agent"}},
-        "✗ agent dir /nonexistent/agent ([agent] agent_dir) does not exist",
+        {"agent": {"agent_dir": "{tmp}/no-agent"}},
+        "✗ agent dir {tmp}/no-agent ([agent] agent_dir) does not exist",
     ),
 }
 
@@ -122,6 +122,7 @@ async def test_each_broken_setup_has_its_cross(tmp_path: Path, case: str) -> Non
         code, lines = await doctor(data, turn=False)
     assert code == 1
     assert any(line.startswith(fill(expected)) for line in failures(lines)), lines
+    assert not (tmp_path / "no-agent").exists()  # the doctor changes nothing
 
 
 async def test_bad_tokens_and_empty_allow_lists(

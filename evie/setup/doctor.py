@@ -61,11 +61,13 @@ async def diagnose(
     for warning in config.warnings:
         add(WARN, warning)
     pi_ok = await _pi(config, add)
-    await anyio.to_thread.run_sync(_agent_dir, config, add)
-    if pi_ok:
-        await _turn(config, add, turn)
-    else:
+    agent_dir_ok = await anyio.to_thread.run_sync(_agent_dir, config, add)
+    if not pi_ok:
         add(FAIL, "model: not checked, pi could not run")
+    elif not agent_dir_ok:  # (starting pi would create it: a typo must not become a login)
+        add(FAIL, "model: not checked, the agent dir is missing")
+    else:
+        await _turn(config, add, turn)
     add(*await anyio.to_thread.run_sync(_state_dir, config.state.dir))
     add(*await anyio.to_thread.run_sync(_cwd, config))
     await _platforms(config, add)
@@ -106,28 +108,29 @@ async def _pi(config: Config, add: Callable[[str, str], None]) -> bool:
     return True
 
 
-def _agent_dir(config: Config, add: Callable[[str, str], None]) -> None:
+def _agent_dir(config: Config, add: Callable[[str, str], None]) -> bool:
     agent_dir = config.agent_dir
     where = "[agent] agent_dir" if config.agent.agent_dir else "default <state>/agent"
     models = agent_dir / "models.json"
     auth = agent_dir / "auth.json"
     if config.agent.agent_dir is not None and not agent_dir.is_dir():
         add(FAIL, f"agent dir {agent_dir} ({where}) does not exist: fix [agent] agent_dir")
-        return
+        return False
     found = [p.name for p in (models, auth, agent_dir / "settings.json") if p.exists()]
     add(OK, f"agent dir: {agent_dir} ({where}); " + (", ".join(found) or "empty"))
     if not models.exists():
-        return
+        return True
     try:
         data = json.loads(models.read_text(encoding="utf-8"))
         providers = sorted(data.get("providers", {}))
     except (OSError, ValueError, AttributeError) as exc:
         add(FAIL, f"{models} is not valid ({exc}): fix it or run `evie setup`")
-        return
+        return True
     add(OK, f"models.json: providers {', '.join(providers) or 'none'}")
     provider = config.agent.provider
     if provider and provider not in providers and not auth.exists():
         add(WARN, f"provider {provider!r} is not in models.json: pi must know it as a built-in")
+    return True
 
 
 async def _turn(config: Config, add: Callable[[str, str], None], turn: bool) -> None:
