@@ -81,6 +81,7 @@ class TerminalChat:
             style = RichStyle(_terminal_width()) if interactive else PlainStyle()
         self._style: Style = style
         self._running = 0  # replies in flight (for Ctrl-C)
+        self._greeted = False
         self._last_interrupt = -math.inf
         self._manager = manager
         self._stdin = stdin or sys.stdin
@@ -105,6 +106,9 @@ class TerminalChat:
         if self._editor is not None and self._stdout is sys.stdout:
             from prompt_toolkit.patch_stdout import StdoutProxy
 
+            self._stdout.write(self._greeting())  # before the first prompt is drawn
+            self._stdout.flush()
+            self._greeted = True
             # printed above the prompt line, which is redrawn under it
             self._stdout = proxy = StdoutProxy(raw=True)
         try:
@@ -117,15 +121,20 @@ class TerminalChat:
     async def _run(self) -> None:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
-            self._line(self._banner or "evie: talking to pi. /help for commands, Ctrl-D to leave.")
-            if self._notice:
-                self._line(self._style.dim(f"[note] {self._notice}"))
+            if not self._greeted:
+                self.say(self._greeting())
             if self._editor is not None:
                 async with anyio.create_task_group() as tg:
                     await self._edit_loop(self._editor, tg)
             else:
                 await self._line_loop()
             self._out_send.close()
+
+    def _greeting(self) -> str:
+        text = (self._banner or "evie: talking to pi. /help for commands, Ctrl-D to leave.") + "\n"
+        if self._notice:
+            text += self._style.dim(f"[note] {self._notice}") + "\n"
+        return text
 
     async def _edit_loop(self, editor: LineEditor, tg: anyio.abc.TaskGroup) -> None:
         """The REPL: messages, commands, Ctrl-C (stop the reply; twice: leave), Ctrl-D."""
