@@ -258,3 +258,30 @@ async def test_a_dead_model_stops_the_wizard_before_writing(tmp_path: Path) -> N
     assert "✗ local/m: " in stdout
     assert "fix the model settings and run `evie setup` again (nothing was written)" in stdout
     assert not config.exists()
+
+
+async def test_reusing_an_existing_pi_login(tmp_path: Path, llm: FakeLLM) -> None:
+    login = tmp_path / "home" / ".pi" / "agent"
+    write_agent_dir(login, llm)  # as if the user had set pi up for themselves
+    config = tmp_path / "config.toml"
+    argv = setup_argv(
+        config, "-y", "--state-dir", str(tmp_path / "state"), "--model-source", "pi-login",
+        "--pi-agent-dir", str(login), "--provider", "fake", "--model", "fake-1",
+        "--skip-telegram", "--skip-discord",
+    )  # fmt: skip
+    out = await anyio.run_process(argv, env=_env(), check=False)
+    stdout = out.stdout.decode()
+    assert out.returncode == 0, stdout + out.stderr.decode()
+    assert f"pi will use the login in {login}" in stdout
+    assert "✓ fake/fake-1 answered" in stdout
+    loaded = load_config(config, environ={})
+    assert loaded.agent_dir == login
+
+    empty = tmp_path / "nobody"
+    empty.mkdir()
+    argv[argv.index(str(login))] = str(empty)
+    out = await anyio.run_process(argv, env=_env(), check=False)
+    assert out.returncode == 1
+    assert f"no pi login in {empty} (no auth.json or models.json): run `pi`, then /login" in (
+        out.stderr.decode()
+    )
