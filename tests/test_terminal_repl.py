@@ -161,3 +161,33 @@ async def test_escape_sequences_from_the_model_never_reach_the_terminal(tmp_path
         assert bad not in text
     assert "Title" in text
     assert "\x1b[" in text  # rich's own styling is there (colours, bold)
+
+
+async def test_evie_chat_on_a_real_terminal_is_the_repl(tmp_path: Path) -> None:
+    """The whole `evie chat` on a pty: TTY detection, the prompt, rendering, paste, Ctrl-D."""
+    import sys
+
+    from tests.test_setup import Terminal, _env
+
+    fake = Path(__file__).with_name("fake_pi.py")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    argv = [sys.executable, "-m", "evie.cli", "chat", "--config", str(config)]
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect(r"session: new\. /help for commands")
+        await term.expect("›")  # the prompt (drawn with cursor moves, not a space)
+        steps = [{"text": "**bold** and \x1b]0;pwned\x07 safe"}]
+        term.type("script:" + json.dumps(steps) + ENTER)
+        await term.expect(r"\x1b\[1mbold\x1b\[0m and  safe")  # rendered, escape removed
+        term.type(PASTE_START + "one\ntwo" + PASTE_END + ENTER)
+        await term.expect(r"echo: one\s+two")
+        term.type(CTRL_D)
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
+    assert "\x1b]0;" not in term.screen  # (the typed line shows it JSON-escaped, inert)
+    assert (tmp_path / "state" / "terminal_history").read_text().count("+one") == 1
