@@ -132,6 +132,9 @@ class FakeDiscord:
     _changed: anyio.Event = attrs.Factory(anyio.Event)
     session_id: str = "fake-session"
     replay_overlap: int = 0  # RESUME replays this many already-delivered events too
+    # the Message Content intent is off in the Developer Portal: IDENTIFY asking for it
+    # is closed with 4014, as Discord does
+    content_intent_enabled: bool = True
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
@@ -267,6 +270,9 @@ class FakeDiscord:
             elif op == 2:
                 self.identifies += 1
                 self._intents = payload["d"].get("intents", 0)
+                if self._intents & CONTENT_INTENT and not self.content_intent_enabled:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                    break
                 ready = {
                     "v": 10,
                     "user": BOT_USER,

@@ -237,12 +237,18 @@ async def discord_capture_owner(
             ws = await session.ws_connect(url, heartbeat=None, timeout=_ws_timeout())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise BotCheckFailed(f"cannot reach the Discord gateway at {gateway}: {exc}") from None
-        async with ws, anyio.create_task_group() as tg:
+        outcome: Owner | BotCheckFailed | None = None
+        async with ws, anyio.create_task_group() as tg:  # the heartbeat's owner
             with anyio.move_on_after(seconds):
-                owner = await _gateway_session(session, api, token, code, ws, tg, on_ready)
-                tg.cancel_scope.cancel()
-                return owner
+                try:
+                    outcome = await _gateway_session(session, api, token, code, ws, tg, on_ready)
+                except BotCheckFailed as exc:  # raised below, not as an exception group
+                    outcome = exc
             tg.cancel_scope.cancel()
+    if isinstance(outcome, BotCheckFailed):
+        raise outcome
+    if outcome is not None:
+        return outcome
     raise BotCheckFailed(
         f"no message with the code {code} arrived within {seconds:g}s: run `evie setup` again"
     )
@@ -316,4 +322,7 @@ async def _heartbeat(
 ) -> None:
     while not ws.closed:
         await anyio.sleep(interval)
-        await ws.send_str(json.dumps({"op": 1, "d": seq[0]}))
+        try:
+            await ws.send_str(json.dumps({"op": 1, "d": seq[0]}))
+        except (aiohttp.ClientError, ConnectionError):
+            return  # the session loop sees the close and reports it
