@@ -191,3 +191,14 @@ async def test_evie_chat_on_a_real_terminal_is_the_repl(tmp_path: Path) -> None:
         term.close()
     assert "\x1b]0;" not in term.screen  # (the typed line shows it JSON-escaped, inert)
     assert (tmp_path / "state" / "terminal_history").read_text().count("+one") == 1
+
+
+async def test_login_points_at_setup_instead_of_unknown_command(tmp_path: Path) -> None:
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe) as (screen, _ended):
+                pipe.send_text("/login" + ENTER)
+                await screen.wait_for("`evie setup`")
+                pipe.send_text(CTRL_D)
+    assert "Unknown command" not in screen.text
+    assert manager.get_status("terminal") is None  # nothing was started for it

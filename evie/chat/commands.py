@@ -44,6 +44,10 @@ INTRO = (
 
 REFUSAL = "Sorry, this is a private assistant."
 NO_SESSION = "No session yet: send a message to start one."
+LOGIN_HINT = (
+    "evie cannot log pi in from a chat. On the machine: run `evie setup` (API key, your pi "
+    "login, or a local server), then `evie doctor`."
+)
 NOT_STARTED = "Session {session_id}: not started yet; your next message resumes it."
 
 
@@ -93,6 +97,8 @@ async def run_command(
     """
     if command in ("help", "start"):
         return help_text(commands)
+    if command == "login":  # pi's own command; people try it here first
+        return LOGIN_HINT
     if command == "status":
         where = f"\nWorking dir: {workdir}" if workdir is not None else ""
         status = manager.get_status(key)
