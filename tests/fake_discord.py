@@ -138,6 +138,12 @@ class FakeDiscord:
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
+    holds: dict[str, anyio.Event] = attrs.Factory(dict)  # REST path -> gate
+
+    def hold(self, path: str) -> anyio.Event:
+        """REST calls to ``path`` (e.g. ``users/@me``, the login) wait until the event is set."""
+        gate = self.holds[path] = anyio.Event()
+        return gate
 
     @property
     def base_url(self) -> str:
@@ -320,6 +326,9 @@ class FakeDiscord:
         # interaction callbacks and webhooks are authorised by their own token in the URL
         if not authorized and not path.startswith(("interactions/", "webhooks/")):
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        gate = self.holds.get(path)
+        if gate is not None:
+            await gate.wait()
         route = f"{request.method} {path.split('/')[0]}"
         fault = self._fault(route)
         if fault is not None:

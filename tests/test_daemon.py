@@ -165,7 +165,7 @@ async def test_start_up_warns_about_an_enabled_platform_nobody_may_use(
     import logging
 
     from evie.config import parse_config
-    from evie.daemon import build_interfaces
+    from evie.daemon import build_platforms
     from evie.metrics import Metrics
     from evie.runtime import Runtime
 
@@ -175,7 +175,7 @@ async def test_start_up_warns_about_an_enabled_platform_nobody_may_use(
     )
     runtime = Runtime(config, manager=None, store=None, metrics=Metrics())  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="evie.daemon"):
-        assert len(build_interfaces(runtime)) == 2
+        assert len(await build_platforms(runtime)) == 2
     assert [r.getMessage() for r in caplog.records] == [
         "[telegram] allowed_user_ids is empty: everyone is refused; run `evie setup` or add "
         "your user id (the refusal log line shows it)"

@@ -30,13 +30,17 @@ def read_summary(path: Path) -> SessionSummary | None:
     except FileNotFoundError:
         return None
     with f:
-        header = f.readline()
+        first = f.readline()
         cwd: Path | None = None
+        turns = 0
         try:
-            data = json.loads(header)
-            if isinstance(data, dict) and isinstance(data.get("cwd"), str):
-                cwd = Path(data["cwd"])
+            data = json.loads(first)
         except ValueError:
-            pass
-        turns = sum(1 for line in f if _USER.search(line, 0, 300))
+            data = None
+        if isinstance(data, dict) and data.get("type") == "session":
+            if isinstance(data.get("cwd"), str):
+                cwd = Path(data["cwd"])
+        elif _USER.search(first, 0, 300):  # no header: the first line is a message too
+            turns = 1
+        turns += sum(1 for line in f if _USER.search(line, 0, 300))
     return SessionSummary(turns=turns, cwd=cwd)

@@ -8,14 +8,23 @@ task, so ``/status`` and ``/stop`` work while a turn streams, and output goes
 through a single writer task that writes in a thread: a stalled terminal or
 pipe never blocks the event loop (and so never stops pi's stdout from being
 drained). Model text is always sanitised before it is printed.
+
+Ctrl-C is evie's to interpret: pi runs in its own session, so the terminal's
+SIGINT never reaches it. In the line editor Ctrl-C arrives as a key: it stops
+the running reply, and a second one within :data:`DOUBLE_INTERRUPT` seconds
+leaves (a SIGINT sent from outside counts the same). On a pipe, with
+``interrupts=True`` (as in ``evie chat``), SIGINT stops the running turn like
+``/stop``, and with nothing running it leaves.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -43,6 +52,7 @@ from evie.agent.events import (
 from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
+from evie.platforms.contract import PlatformHealth
 from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
 from evie.platforms.terminal_repl import Key, LineEditor
 from evie.sessions.manager import Queued, SessionManager
@@ -52,6 +62,10 @@ DOUBLE_INTERRUPT = 2.0
 
 
 class TerminalChat:
+    """The terminal platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "terminal"
+
     def __init__(
         self,
         manager: SessionManager,
@@ -65,12 +79,15 @@ class TerminalChat:
         history_path: Path | None = None,
         editor: LineEditor | None = None,
         style: Style | None = None,
+        interrupts: bool = False,
     ) -> None:
         """``editor`` forces the line-editor mode (tests drive one through a pipe input);
-        otherwise it is used when stdin and stdout are both terminals."""
+        otherwise it is used when stdin and stdout are both terminals. ``interrupts``
+        makes SIGINT evie's to interpret (see the module docstring)."""
         self._notice = notice
         self._banner = banner
         self._workdir = workdir
+        self._interrupts = interrupts
         interactive = (
             stdin is None and stdout is None and sys.stdin.isatty() and sys.stdout.isatty()
         )
@@ -91,6 +108,8 @@ class TerminalChat:
         self._out_recv: MemoryObjectReceiveStream[str]
         self._out_send, self._out_recv = anyio.create_memory_object_stream[str](math.inf)
         self._mid_line = False
+        self._intake = anyio.CancelScope()
+        self._health = PlatformHealth("starting")
 
     def say(self, text: str) -> None:
         """Queue text for the terminal; never blocks."""
@@ -101,7 +120,12 @@ class TerminalChat:
     def _line(self, text: str) -> None:
         self.say(("\n" if self._mid_line else "") + text + "\n")
 
-    async def run(self) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read input until its end, /quit, leaving by Ctrl-C or :meth:`stop_intake`; then
+        return once the turns started here have finished (/quit, Ctrl-D in the editor and
+        leaving by Ctrl-C cut them short)."""
         proxy = None
         if self._editor is not None and self._stdout is sys.stdout:
             from prompt_toolkit.patch_stdout import StdoutProxy
@@ -112,22 +136,26 @@ class TerminalChat:
             # printed above the prompt line, which is redrawn under it
             self._stdout = proxy = StdoutProxy(raw=True)
         try:
-            await self._run()
+            await self._run(task_status)
         finally:
             if proxy is not None:  # its thread writes what is left, then ends
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(proxy.close)
 
-    async def _run(self) -> None:
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
             if not self._greeted:
                 self.say(self._greeting())
-            if self._editor is not None:
-                async with anyio.create_task_group() as tg:
-                    await self._edit_loop(self._editor, tg)
-            else:
-                await self._line_loop()
+            async with anyio.create_task_group() as tg:
+                with self._intake:
+                    self._health = PlatformHealth("up", detail="reading the terminal")
+                    task_status.started()
+                    if self._editor is not None:
+                        await self._edit_loop(self._editor, tg)
+                    else:
+                        await self._line_loop(tg)
+                self._health = PlatformHealth("down", detail="input closed")
             self._out_send.close()
 
     def _greeting(self) -> str:
@@ -138,32 +166,46 @@ class TerminalChat:
 
     async def _edit_loop(self, editor: LineEditor, tg: anyio.abc.TaskGroup) -> None:
         """The REPL: messages, commands, Ctrl-C (stop the reply; twice: leave), Ctrl-D."""
-        while True:
-            entry = await editor.read()
-            if entry is Key.EOF:
-                tg.cancel_scope.cancel()  # a running reply is aborted as its task ends
-                return
-            if entry is Key.INTERRUPT:
-                now = time.monotonic()
-                if now - self._last_interrupt < DOUBLE_INTERRUPT:
+        watcher = anyio.CancelScope()  # owned here: ends when input does
+        if self._interrupts:  # a SIGINT from outside means what Ctrl-C means here
+            tg.start_soon(self._watch_sigint, watcher, lambda: self._repl_interrupt(tg))
+        try:
+            while True:
+                entry = await editor.read()
+                if entry is Key.EOF:
+                    tg.cancel_scope.cancel()  # a running reply is aborted as its task ends
+                    return
+                if entry is Key.INTERRUPT:
+                    if await self._repl_interrupt(tg):
+                        return
+                    continue
+                assert isinstance(entry, str)
+                text = entry.strip()
+                if not text:
+                    continue
+                if text in ("/quit", "/exit"):
                     tg.cancel_scope.cancel()
                     return
-                self._last_interrupt = now
-                if self._running and await self._manager.abort(self._key):
-                    self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
-                else:
-                    self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
-                continue
-            assert isinstance(entry, str)
-            text = entry.strip()
-            if not text:
-                continue
-            if text in ("/quit", "/exit"):
-                tg.cancel_scope.cancel()
-                return
-            await self._handle(text, tg)
+                await self._handle(text, tg)
+        finally:
+            watcher.cancel()
 
-    async def _line_loop(self) -> None:
+    async def _repl_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Ctrl-C in the REPL: stop the running reply; a second within
+        :data:`DOUBLE_INTERRUPT` seconds leaves (returns True)."""
+        now = time.monotonic()
+        if now - self._last_interrupt < DOUBLE_INTERRUPT:
+            self._line(self._style.dim("[bye]"))
+            tg.cancel_scope.cancel()
+            return True
+        self._last_interrupt = now
+        if self._running and await self._manager.abort(self._key):
+            self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
+        else:
+            self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
+        return False
+
+    async def _line_loop(self, tg: anyio.abc.TaskGroup) -> None:
         """Pipes and tests: one message per line, from a reader thread."""
         lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
         threading.Thread(
@@ -172,17 +214,58 @@ class TerminalChat:
             name="evie-terminal-input",
             daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
         ).start()
-        async with anyio.create_task_group() as tg, lines:
-            async for line in lines:
-                if not line:
-                    break  # EOF: let running turns finish, then leave
-                text = line.strip()
-                if not text:
-                    continue
-                if text in ("/quit", "/exit"):
-                    tg.cancel_scope.cancel()
-                    break
-                await self._handle(text, tg)
+        watcher = anyio.CancelScope()  # owned here: ends when input does
+        if self._interrupts:
+            tg.start_soon(self._watch_sigint, watcher, lambda: self._on_interrupt(tg))
+        try:
+            async with lines:
+                async for line in lines:
+                    if not line:
+                        break  # EOF: let running turns finish, then leave
+                    text = line.strip()
+                    if not text:
+                        continue
+                    if text in ("/quit", "/exit"):
+                        tg.cancel_scope.cancel()
+                        break
+                    await self._handle(text, tg)
+        finally:
+            watcher.cancel()
+
+    async def _watch_sigint(
+        self, scope: anyio.CancelScope, on_signal: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Hands each SIGINT to ``on_signal`` until it says the chat is leaving."""
+        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if await on_signal():
+                    return
+
+    async def _on_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
+        """SIGINT in line mode: stop the running turn; with none running, leave."""
+        if await self._manager.abort(self._key):
+            self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
+            return False
+        self._line("[bye]")
+        tg.cancel_scope.cancel()
+        return True
+
+    async def stop_intake(self) -> None:
+        """Stop reading input; turns already started carry on."""
+        self._intake.cancel()
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Show this terminal's pending notice, if ``keys`` has one."""
+        if self._key not in frozenset(keys):
+            return 0
+        text = take(self._key)
+        if text is None:
+            return 0
+        self._line(self._style.dim(f"[note] {text}"))
+        return 1
+
+    def health(self) -> PlatformHealth:
+        return self._health  # nothing remote to poll: up while reading
 
     def _read_lines(self, send: MemoryObjectSendStream[str], token: EventLoopToken) -> None:
         """Runs in its own daemon thread: hands each line (then "" at EOF) to the loop."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ import anyio.to_thread
 import attrs
 
 from evie.config import Config, split_listen
+from evie.errors import ConfigError
+from evie.runtime import choose_sandbox
 from evie.setup import bots
 from evie.setup.probe import pi_version, probe_turn
 
@@ -71,7 +72,7 @@ async def diagnose(
     add(*await anyio.to_thread.run_sync(_state_dir, config.state.dir))
     add(*await anyio.to_thread.run_sync(_cwd, config))
     await _platforms(config, add)
-    add(*_sandbox(config))
+    add(*await anyio.to_thread.run_sync(_sandbox, config))
     add(*await anyio.to_thread.run_sync(_http, config))
     return out
 
@@ -225,17 +226,17 @@ def _allowed(name: str, ids: frozenset[int]) -> tuple[str, str]:
 
 
 def _sandbox(config: Config) -> tuple[str, str]:
-    mode = getattr(config.agent, "sandbox", None)  # [agent] sandbox, where this evie has it
-    if mode is None or mode == "off":
+    """The sandbox pi would run in: ``[agent] sandbox`` resolved as ``evie run`` does."""
+    try:
+        choice = choose_sandbox(config)
+    except ConfigError as exc:
+        return FAIL, f"sandbox: {exc}"
+    if choice.bwrap is None:
         return WARN, (
-            "sandbox: off: the agent runs commands as you, with your files (see README, Security)"
+            f"sandbox: {choice.note}: the agent runs commands as you, with your files, "
+            "evie's config included (see README, Security)"
         )
-    if mode == "auto" and shutil.which("bwrap") is None:
-        return (
-            WARN,
-            "sandbox: auto, but bubblewrap (bwrap) is not installed: the agent runs unsandboxed",
-        )
-    return OK, f"sandbox: {mode}"
+    return OK, f"sandbox: {choice.note}"
 
 
 def _http(config: Config) -> tuple[str, str]:

@@ -49,10 +49,10 @@ def pi_version(config: Config, timeout: float = 20.0) -> str:
 
 
 def _model_name(process: PiProcess) -> str | None:
-    model = process.state.get("model")
-    if not isinstance(model, dict) or model.get("id") in (None, "unknown"):
+    model = process.state.model
+    if model is None or model.id == "unknown":
         return None
-    return f"{model.get('provider', '?')}/{model.get('id')}"
+    return model.name
 
 
 async def probe_turn(config: Config, *, seconds: float = 120.0, turn: bool = True) -> TurnResult:

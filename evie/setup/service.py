@@ -20,8 +20,7 @@ from evie.config import Config
 from evie.errors import ConfigError
 
 UNIT_NAME = "evie.service"
-ABORT_GRACE = 10.0  # SessionSettings.abort_grace: aborted turns winding down
-STOP_MARGIN = 30.0  # stopping pi processes, flushing state
+STOP_MARGIN = 30.0  # stopping pi processes, the platforms' last lines, flushing state
 
 
 def unit_dir() -> Path:
@@ -30,7 +29,7 @@ def unit_dir() -> Path:
 
 
 def stop_timeout(config: Config) -> int:
-    return int(config.sessions.shutdown_grace + ABORT_GRACE + STOP_MARGIN)
+    return int(config.sessions.shutdown_grace + config.sessions.abort_grace + STOP_MARGIN)
 
 
 def render_unit(config: Config, *, python: str | None = None, path_env: str | None = None) -> str:
