@@ -6,19 +6,17 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import anyio
 import attrs
 
 from evie import __version__
-from evie.agent.process import PiProcess
 from evie.agent.sandbox import make_undumpable
-from evie.config import Config, load_config, split_listen, starter_config
+from evie.config import Config, example_config, load_config, split_listen
 from evie.errors import ConfigError, EvieError
 from evie.logs import setup_logging
-from evie.runtime import build_launcher, choose_sandbox, open_runtime
+from evie.runtime import open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -46,44 +44,13 @@ def _setup_logging(config: Config, *, quiet: bool) -> None:
 
 
 async def _chat(config: Config) -> None:
-    from evie.platforms.terminal import TerminalChat
+    from evie.daemon import terminal_chat
 
+    if config.agent.cwd is None:  # `evie chat` works where it was started
+        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
     async with open_runtime(config) as runtime:
-        notice = runtime.store.take_notice("terminal")
-        await TerminalChat(runtime.manager, notice=notice, interrupts=True).run()
-
-
-async def _check(config: Config) -> int:
-    print(f"config: {config.source or 'built-in defaults'}")
-    command = config.pi_command
-    print(f"pi command: {' '.join(command)}")
-    sandbox = await anyio.to_thread.run_sync(choose_sandbox, config)
-    print(f"sandbox: {sandbox.note}")
-    if sandbox.bwrap is None:
-        print("warning: without the sandbox pi's tools can read evie's config and state")
-    with tempfile.TemporaryDirectory(prefix="evie-check-") as tmp:
-        probe = attrs.evolve(
-            build_launcher(config, sandbox.bwrap), state_dir=Path(tmp), work_root=Path(tmp) / "w"
-        )
-        spec = probe.spec_for("evie-check")
-        async with anyio.create_task_group() as tg:
-            started = anyio.current_time()
-            process = await PiProcess.spawn(spec, tg)
-            elapsed = anyio.current_time() - started
-            model = process.state.model
-            await process.close()
-    print(f"pi started in {elapsed:.2f}s; model {model.name if model else 'none'}")
-    if model is None or model.id == "unknown":
-        print(
-            "warning: pi has no model: set [agent] provider and model, and the provider's "
-            "API key in the environment (or [agent] agent_dir pointing at a pi login)"
-        )
-    if config.telegram.token and not config.telegram.allowed_user_ids:
-        print("warning: [telegram] allowed_user_ids is empty: nobody can use the bot")
-    if config.discord.token and not config.discord.allowed_user_ids:
-        print("warning: [discord] allowed_user_ids is empty: nobody can use the bot")
-    print("ok")
-    return 0
+        chat = await terminal_chat(runtime, interrupts=True)
+        await chat.run()
 
 
 def _status(config: Config) -> int:
@@ -124,36 +91,73 @@ def _init(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(starter_config())
-    print(f"wrote {path}")
+        f.write(example_config())
+    flag = "" if path == DEFAULT_CONFIG else f" --config {path}"
+    print(
+        f"wrote {path} (mode 600; every key documented, all commented out).\n"
+        "next steps:\n"
+        f"  evie{flag} setup      choose a model and connect Telegram/Discord, step by step\n"
+        f"  evie{flag} doctor     check everything, with a real test turn\n"
+        f"  evie{flag} chat       talk to pi from this terminal"
+    )
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: $EVIE_CONFIG or {DEFAULT_CONFIG})"
+    # --config is accepted before or after the sub-command: each sub-parser knows it too
+    # (SUPPRESS keeps a sub-parser from overwriting a value given before the sub-command)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(prog="evie", description=__doc__)
     parser.add_argument("--version", action="version", version=f"evie {__version__}")
-    parser.add_argument(
-        "--config", help="config file (default: $EVIE_CONFIG or " + str(DEFAULT_CONFIG) + ")"
-    )
+    parser.add_argument("--config", help=config_help)
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("chat", help="talk to pi from this terminal (needs no tokens)")
-    run = sub.add_parser("run", help="serve every configured interface until SIGTERM/SIGINT")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("chat", "talk to pi from this terminal, in the current directory (needs no tokens)")
+    run = command("run", "serve every configured interface until SIGTERM/SIGINT")
     run.add_argument("--terminal", action="store_true", help="also chat on this terminal")
-    sub.add_parser("check", help="validate the config and probe a pi start")
-    sub.add_parser("status", help="ask a running `evie run` for its sessions (needs [http])")
-    init = sub.add_parser("init", help="write a commented starter config")
-    init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
-    args = parser.parse_args(argv)
+    for name in ("doctor", "check"):
+        doctor = command(name, "check the set-up item by item, with a real test turn")
+        doctor.add_argument("--no-turn", action="store_true", help="skip the test turn")
+    command("status", "ask a running `evie run` for its sessions (needs [http])")
+    init = command("init", "write the documented example config (0600, never overwrites)")
+    init.add_argument("path", nargs="?", help=f"where (default --config or {DEFAULT_CONFIG})")
+    from evie.setup.options import add_arguments as add_setup_arguments
+
+    add_setup_arguments(command("setup", "choose a model and connect the bots, step by step"))
+    service = command("service", "run `evie run` as a systemd user service")
+    service.add_argument("action", choices=("install", "uninstall", "status"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
     make_undumpable()
     command = args.command or "chat"
     try:
         if command == "init":
-            return _init(Path(args.path) if args.path else DEFAULT_CONFIG)
+            target = args.path or args.config or os.environ.get("EVIE_CONFIG")
+            return _init(Path(target) if target else DEFAULT_CONFIG)
+        if command == "setup":
+            from evie.setup.wizard import run_setup
+
+            return run_setup(args, _config_path(args.config) or DEFAULT_CONFIG)
         config = _load(args)
-        _setup_logging(config, quiet=command == "chat" or getattr(args, "terminal", False))
-        if command == "check":
-            return anyio.run(_check, config)
+        if command == "service":
+            from evie.setup.service import service_command
+
+            return service_command(args.action, config)
+        quiet = command in ("chat", "doctor", "check") or getattr(args, "terminal", False)
+        _setup_logging(config, quiet=quiet)
+        if command in ("doctor", "check"):
+            from evie.setup.doctor import run_doctor
+
+            return anyio.run(lambda: run_doctor(config, turn=not args.no_turn))
         if command == "status":
             return _status(config)
         if command == "run":

@@ -340,8 +340,48 @@ def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) 
     return attrs.evolve(config, warnings=tuple(warnings))
 
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def example_config() -> str:
+    """What ``evie init`` writes: the documented ``config.example.toml`` of this checkout,
+    else (an installed wheel without it) the same keys generated from their declarations."""
+    try:
+        return EXAMPLE.read_text(encoding="utf-8")
+    except OSError:
+        return starter_config()
+
+
+def _example_value(field: Any) -> Any:
+    """A valid value to show, commented out, for a key whose default is "unset"."""
+    check = field.metadata["check"]
+    candidates: tuple[Any, ...] = ("", ["pi"], [], {})
+    for candidate in candidates:
+        try:
+            check(candidate)
+        except _Bad:
+            continue
+        return candidate
+    return ""
+
+
+def _inline(value: Any) -> str:
+    """One-line TOML for the example values above (strings, lists of strings, empty tables)."""
+    import json
+
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def starter_config() -> str:
-    """A commented starter ``config.toml``: each key with its doc and default."""
+    """A commented starter ``config.toml``: each key with its doc and default.
+
+    Every commented-out ``# key = value`` line is valid TOML and a valid value,
+    so uncommenting any one of them gives a working file.
+    """
     import tomli_w
 
     out = [
@@ -354,13 +394,15 @@ def starter_config() -> str:
         for field in attrs.fields(cls):
             out.append(f"# {field.name}: {field.metadata['doc']}")
             default = field.default
-            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            computed = isinstance(default, attrs.Factory)  # type: ignore[arg-type]
+            if computed:  # depends on this machine: shown, not pinned
                 default = default.factory()
             if default is None or default == () or default == frozenset():
-                out.append(f"# {field.name} = ...")
+                out.append(f"# {field.name} = {_inline(_example_value(field))}")
                 continue
             if isinstance(default, Path):
                 default = str(default)
-            out.append(tomli_w.dumps({field.name: default}).rstrip())
+            line = tomli_w.dumps({field.name: default}).rstrip()
+            out.append(f"# {line}" if computed else line)
         out.append("")
     return "\n".join(out)

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -26,8 +27,11 @@ from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
 from evie.platforms.contract import Platform
-from evie.runtime import Runtime, open_runtime
+from evie.runtime import Runtime, build_launcher, open_runtime
 from evie.shutdown import Grace, shut_down
+
+if TYPE_CHECKING:
+    from evie.platforms.terminal import TerminalChat
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,16 @@ log = logging.getLogger(__name__)
 DELIVERY_GRACE = 10.0
 
 
-def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platform]:
+async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platform]:
     config = runtime.config
     platforms: list[Platform] = []
+    for name, section in (("telegram", config.telegram), ("discord", config.discord)):
+        if section.token and not section.allowed_user_ids:
+            log.warning(
+                "[%s] allowed_user_ids is empty: everyone is refused; run `evie setup` "
+                "or add your user id (the refusal log line shows it)",
+                name,
+            )
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
@@ -53,9 +64,7 @@ def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platfor
             DiscordInterface(runtime.manager, config.discord, max_chunks=config.delivery.max_chunks)
         )
     if terminal:
-        from evie.platforms.terminal import TerminalChat
-
-        platforms.append(TerminalChat(runtime.manager))
+        platforms.append(await terminal_chat(runtime))
     return platforms
 
 
@@ -115,7 +124,7 @@ async def _serve(
     on_ready: Callable[[Runtime], Awaitable[None]] | None,
 ) -> None:
     async with open_runtime(config) as runtime, AsyncExitStack() as stack:
-        platforms = build_platforms(runtime, terminal=terminal)
+        platforms = await build_platforms(runtime, terminal=terminal)
         if config.http.listen:
             port = await stack.enter_async_context(
                 serve_http(
@@ -196,3 +205,47 @@ async def _announce_notices(runtime: Runtime, platforms: Sequence[Platform]) -> 
     keys = list(runtime.store.pending_notices())
     for platform in platforms:
         await platform.announce(keys, runtime.store.take_notice)
+
+
+async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> TerminalChat:
+    """The terminal chat with its banner: model, working dir, and whether it resumes.
+
+    ``interrupts`` makes SIGINT the chat's to interpret (``evie chat``); under
+    ``evie run --terminal`` it stays the daemon's graceful stop."""
+    from evie.agent.session_file import read_summary
+    from evie.platforms.terminal import TerminalChat
+    from evie.platforms.terminal_render import banner, describe_session
+
+    config = runtime.config
+    key = "terminal"
+    session_id = runtime.manager.known_session(key)
+    launcher = build_launcher(config)
+    summary = None
+    if session_id is not None:
+        summary = await anyio.to_thread.run_sync(read_summary, launcher.session_file(session_id))
+        workdir = await anyio.to_thread.run_sync(launcher.work_dir, session_id)
+    else:
+        workdir = launcher.work_dir("<new session>")  # [agent] cwd, or a new session's own dir
+    agent = config.agent
+    model = f"{agent.provider or 'default'}/{agent.model or 'default'}"
+    if not agent.provider and not agent.model:
+        model = "pi's default (`evie doctor` shows it)"
+    notices = [runtime.store.take_notice(key)]
+    if summary is not None and summary.cwd is not None and summary.cwd != workdir.resolve():
+        notices.append(
+            f"this conversation was started in {summary.cwd} and pi resumes it there; "
+            f"/new starts one in {workdir}"
+        )
+    return TerminalChat(
+        runtime.manager,
+        key=key,
+        notice="\n".join(n for n in notices if n) or None,
+        banner=banner(
+            model=model,
+            workdir=str(workdir),
+            session=describe_session(session_id, summary.turns if summary else None),
+        ),
+        workdir=workdir,
+        history_path=config.state.dir / "terminal_history",
+        interrupts=interrupts,
+    )

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from evie.agent.launcher import PiLauncher
+from evie.agent.launcher import PiLauncher, missing_cwd
 from evie.agent.reaper import lock_state_dir, reap
 from evie.agent.sandbox import Bubblewrap, SandboxChoice, choose
 from evie.config import Config
@@ -95,6 +95,9 @@ class Runtime:
 async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     """Load state, start the manager and the state writer; on exit stop pi and flush."""
     metrics = Metrics()
+    cwd = config.agent.cwd
+    if cwd is not None and not await anyio.to_thread.run_sync(cwd.is_dir):
+        raise ConfigError(missing_cwd(cwd))
     choice = await anyio.to_thread.run_sync(choose_sandbox, config)
     if choice.bwrap is None:
         log.warning(

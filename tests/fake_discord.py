@@ -133,6 +133,9 @@ class FakeDiscord:
     _changed: anyio.Event = attrs.Factory(anyio.Event)
     session_id: str = "fake-session"
     replay_overlap: int = 0  # RESUME replays this many already-delivered events too
+    # the Message Content intent is off in the Developer Portal: IDENTIFY asking for it
+    # is closed with 4014, as Discord does
+    content_intent_enabled: bool = True
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
@@ -274,6 +277,9 @@ class FakeDiscord:
             elif op == 2:
                 self.identifies += 1
                 self._intents = payload["d"].get("intents", 0)
+                if self._intents & CONTENT_INTENT and not self.content_intent_enabled:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                    break
                 ready = {
                     "v": 10,
                     "user": BOT_USER,
@@ -317,6 +323,10 @@ class FakeDiscord:
         path = request.match_info["path"]
         self.calls.append((request.method, path))
         self._wake()
+        authorized = request.headers.get("Authorization") == f"Bot {TOKEN}"
+        # interaction callbacks and webhooks are authorised by their own token in the URL
+        if not authorized and not path.startswith(("interactions/", "webhooks/")):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         gate = self.holds.get(path)
         if gate is not None:
             await gate.wait()

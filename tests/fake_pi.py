@@ -99,7 +99,8 @@ class Session:
         self.messages.append(message)
         if not self.path:
             return
-        new = not os.path.exists(self.path)
+        # like pi: an empty file (the sandbox's bind source, a spare's) gets a header too
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         with open(self.path, "a", encoding="utf-8") as f:
             if new:
                 header = {"type": "session", "id": self.session_id, "cwd": self.cwd}
@@ -547,6 +548,9 @@ def main(argv: list[str]) -> int:
     session_path: str | None = None
     garble: dict[str, int] = {}
     for arg in args:
+        if arg == "--version":  # as pi does: the version on stdout, then exit
+            print("0.0.0-fake")
+            return 0
         if arg == "--startup-delay":
             startup_delay = float(next(args))
         elif arg == "--exit-at-start":

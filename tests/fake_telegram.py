@@ -147,6 +147,7 @@ class FakeTelegram:
         photo_bytes: bytes | None = None,
         entities: list[dict[str, Any]] | None = None,
         reply_to_bot: bool = False,
+        username: str | None = None,
     ) -> int:
         chat_id = user_id if chat_id is None else chat_id
         self._next_message += 1
@@ -163,6 +164,8 @@ class FakeTelegram:
             },
             "from": {"id": user_id, "is_bot": False, "first_name": "A"},
         }
+        if username is not None:
+            message["from"]["username"] = username
         if text is not None:
             message["caption" if photo_bytes else "text"] = text
         if entities:
@@ -221,6 +224,8 @@ class FakeTelegram:
         uploads = {k: v for k, v in form.items() if isinstance(v, web.FileField)}
         self.calls.append((method, params))
         self._wake()
+        if request.match_info["token"] != TOKEN:  # what the real Bot API says to a bad token
+            return self._error(401, "Unauthorized")
         gate = self.holds.get(method)
         if gate is not None:
             await gate.wait()

@@ -401,7 +401,7 @@ async def evie_process(
 
 async def running(evie: Evie) -> None:
     """Wait until the subprocess serves its platform."""
-    ready = "evie: talking to pi" if evie.driver.terminal else "evie is running"
+    ready = "/help for commands" if evie.driver.terminal else "evie is running"  # the banner
     with anyio.fail_after(40):  # a busy machine imports aiogram and discord.py slowly
         while ready not in (evie.driver.texts()[0] if evie.driver.terminal else evie.log()):
             await anyio.sleep(0.02)

@@ -124,14 +124,15 @@ def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_check_probes_a_pi_start(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     fake = ROOT / "tests" / "fake_pi.py"
-    config.write_text(f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n')
+    state = f'[state]\ndir = "{tmp_path / "state"}"\n'
+    config.write_text(f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n' + state)
+    out = run_cli(config, "check")  # the old name of `evie doctor`
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "✓ model: fake/fake-1; test turn answered" in out.stdout
+    config.write_text('[agent]\ncommand = ["/nonexistent/pi"]\n' + state)
     out = run_cli(config, "check")
-    assert out.returncode == 0, out.stderr
-    assert "model fake/fake-1" in out.stdout
-    config.write_text('[agent]\ncommand = ["/nonexistent/pi"]\n')
-    out = run_cli(config, "check")
-    assert out.returncode == 2
-    assert "could not start pi with '/nonexistent/pi'" in out.stderr
+    assert out.returncode == 1
+    assert "✗ pi: /nonexistent/pi not found" in out.stdout
 
 
 def test_log_lines_never_carry_tokens(caplog: pytest.LogCaptureFixture) -> None:

@@ -61,7 +61,7 @@ async def start_daemon(
         [sys.executable, "-m", "evie.cli", "--config", str(config), "run"], env=env
     )
     base = f"http://127.0.0.1:{port}"
-    with anyio.fail_after(40):  # a busy machine imports aiogram slowly
+    with anyio.fail_after(45):  # importing aiogram alone took 20 s on the loaded 2-core CI box
         while True:
             try:
                 if '"ok": true' in await anyio.to_thread.run_sync(get, base + "/healthz"):
@@ -157,3 +157,26 @@ async def test_after_kill_9_the_interrupted_chat_is_told_on_restart(
     record = persisted(tmp_path)
     assert record["notice"] is None
     assert record["last_outcome"] == "done"
+
+
+async def test_start_up_warns_about_an_enabled_platform_nobody_may_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from evie.config import parse_config
+    from evie.daemon import build_platforms
+    from evie.metrics import Metrics
+    from evie.runtime import Runtime
+
+    config = parse_config(
+        {"telegram": {"token": TOKEN}, "discord": {"token": "x", "allowed_user_ids": [1]}},
+        environ={},
+    )
+    runtime = Runtime(config, manager=None, store=None, metrics=Metrics())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="evie.daemon"):
+        assert len(await build_platforms(runtime)) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "[telegram] allowed_user_ids is empty: everyone is refused; run `evie setup` or add "
+        "your user id (the refusal log line shows it)"
+    ]

@@ -215,6 +215,7 @@ async def _spare_pid(manager: SessionManager) -> int:
 
 async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: FakeLLM) -> None:
     """pi's switch_session really loads the history: the model is sent the earlier turn."""
+    (tmp_path / "project").mkdir()  # a configured cwd must exist
     launcher = attrs.evolve(real_launcher(tmp_path, llm), cwd=tmp_path / "project")
     settings = SessionSettings(warm_spares=1, max_processes=4)
     async with SessionManager(launcher, settings) as manager:

@@ -41,6 +41,7 @@ def reply(rec: Recorder) -> str:
 
 def fixed_cwd(tmp_path: Path) -> FakeLauncher:
     launcher = fake_launcher(tmp_path)
+    (tmp_path / "project").mkdir(exist_ok=True)  # a configured cwd must exist
     return attrs.evolve(launcher, base=attrs.evolve(launcher.base, cwd=tmp_path / "project"))
 
 

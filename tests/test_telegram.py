@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -85,14 +86,21 @@ async def test_status_answers_while_a_turn_runs(tg: Harness, tmp_path: Path) -> 
     await tg.final_text(OWNER, "echo: and also this")
 
 
-async def test_strangers_are_refused_once_and_spawn_nothing(tg: Harness) -> None:
+async def test_strangers_are_refused_once_and_spawn_nothing(
+    tg: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="evie.chat.frontend")
     for i in range(30):
-        tg.fake.push_message(f"let me in {i}", user_id=666)
+        tg.fake.push_message(f"let me in {i}", user_id=666, username="mallory")
     tg.fake.push_message("/status", user_id=666)
     tg.fake.push_message("hi", user_id=OWNER)  # a marker that the stranger's updates were handled
     await tg.final_text(OWNER, "echo: hi")
     assert tg.fake.chat_view(666) == ["Sorry, this is a private assistant."]
     assert [s.key for s in tg.manager.slots()] == [f"tg:{OWNER}"]
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == [
+        "refused user 666 (@mallory): add 666 to [telegram] allowed_user_ids to allow"
+    ]
 
 
 async def test_stop_and_new(tg: Harness, tmp_path: Path) -> None:

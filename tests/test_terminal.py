@@ -129,6 +129,7 @@ async def test_kill_9_of_evie_mid_turn_then_restart(tmp_path: Path, llm: FakeLLM
     evie = await _start_evie(config)
     seen = []
     try:
+        await _read_until(evie, "session: resumed,", seen)  # the banner, from pi's session file
         await _read_until(evie, "[note] evie was stopped while your last message", seen)
         assert evie.stdin is not None
         await evie.stdin.send(b"are you back?\n")
@@ -146,3 +147,42 @@ async def test_kill_9_of_evie_mid_turn_then_restart(tmp_path: Path, llm: FakeLLM
             await evie.wait()
     assert marked_processes(owner) == []
     assert "".join(seen).count("[note]") == 1
+
+
+def _chat_config(tmp_path: Path, extra: str = "") -> Path:
+    fake = Path(__file__).with_name("fake_pi.py")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n{extra}'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    return config
+
+
+async def test_chat_works_in_the_directory_it_was_started_in(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    argv = [sys.executable, "-m", "evie.cli", "chat", "--config", str(_chat_config(tmp_path))]
+    out = await anyio.run_process(argv, input=b"/status\nhello\n", env=env, cwd=project)
+    text = out.stdout.decode()
+    assert f"working in {project}" in text  # the banner
+    assert "session: new" in text
+    assert f"Working dir: {project}" in text  # /status before the first message
+    assert "echo: hello" in text
+    # the next start resumes, and says so
+    out = await anyio.run_process(argv, input=b"", env=env, cwd=project)
+    assert "session: resumed, 1 turn" in out.stdout.decode()
+
+
+async def test_a_missing_cwd_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    config = _chat_config(tmp_path, f'cwd = "{tmp_path}/nope"\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    argv = [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"]
+    out = await anyio.run_process(argv, input=b"hi\n", env=env, check=False)
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == (
+        f"evie: working directory {tmp_path}/nope does not exist: "
+        f"create it (mkdir -p {tmp_path}/nope) or change [agent] cwd"
+    )
+    assert not (tmp_path / "nope").exists()

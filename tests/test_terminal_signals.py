@@ -1,10 +1,16 @@
-"""Ctrl-C in `evie chat`, typed on a real pseudo-terminal: it stops the turn, never pi."""
+"""Ctrl-C in `evie chat`: it stops the turn, never pi.
+
+On a real pseudo-terminal (the REPL) Ctrl-C is a key: it stops the reply, and a
+second within two seconds leaves. With input from a pipe, the SIGINT a terminal
+sends to the foreground process group stops the turn, and with nothing running
+it leaves."""
 
 from __future__ import annotations
 
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -60,18 +66,20 @@ def test_ctrl_c_stops_the_turn_and_pi_survives(tmp_path: Path) -> None:
     os.close(slave)
     term = Terminal(master)
     try:
-        term.wait_for("talking to pi")
-        # the prompt spells "busy" as \u0075 so its echo on the terminal does not match
-        steps = [{"text": "b\\u0075sy"}, {"sleep": 60}]
+        term.wait_for("session: new")  # the banner
+        # the prompt spells "busy" as \u0075 so its echo on the terminal does not match;
+        # the blank line ends the paragraph, which the REPL renders as a Markdown block
+        steps = [{"text": "b\\u0075sy\n\n"}, {"sleep": 60}]
         term.type(("script:" + json.dumps(steps).replace("\\\\u", "\\u") + "\n").encode())
         term.wait_for("busy")
         pis = marked_processes(str(state.resolve()))
         assert pis, "pi is running"
         term.type(b"\x03")  # Ctrl-C
         term.wait_for("[aborted]")
+        assert "[stopping the reply; Ctrl-C again to leave]" in term.seen
         assert "[crashed]" not in term.seen
         assert all(pid_alive(pid) for pid in pis), "pi survived the Ctrl-C"
-        term.type(b"\x03")  # nothing running now: leave
+        term.type(b"\x03\x03")  # twice in a row: leave
         term.wait_for("[bye]")
         assert proc.wait(timeout=20) == 0
         assert not any(pid_alive(pid) for pid in pis), "evie stopped pi on its way out"
@@ -80,3 +88,47 @@ def test_ctrl_c_stops_the_turn_and_pi_survives(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_sigint_on_piped_input_stops_the_turn_then_leaves(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\nsandbox = "off"\n'
+        f'[state]\ndir = "{state}"\n'
+    )
+    env = {**os.environ, "EVIE_CONFIG": str(config)}
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evie.cli", "chat"],
+        stdin=subprocess.PIPE,
+        stdout=write,
+        stderr=write,
+        env=env,
+        start_new_session=True,  # its own process group, as a job in a shell
+    )
+    os.close(write)
+    assert proc.stdin is not None
+    out = Terminal(read)
+    try:
+        out.wait_for("session: new")  # the banner
+        steps = [{"text": "busy"}, {"sleep": 60}]
+        proc.stdin.write(("script:" + json.dumps(steps) + "\n").encode())
+        proc.stdin.flush()
+        out.wait_for("busy")
+        pis = marked_processes(str(state.resolve()))
+        assert pis, "pi is running"
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal's Ctrl-C does
+        out.wait_for("[aborted]")
+        assert "[stopping the turn;" in out.seen
+        assert all(pid_alive(pid) for pid in pis), "pi survived the SIGINT"
+        os.killpg(proc.pid, signal.SIGINT)  # nothing running now: leave
+        out.wait_for("[bye]")
+        assert proc.wait(timeout=20) == 0
+        assert not any(pid_alive(pid) for pid in pis), "evie stopped pi on its way out"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        os.close(read)

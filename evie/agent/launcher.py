@@ -41,6 +41,12 @@ ISOLATION_FLAGS = (
 _AGENT = AgentConfig()  # the defaults of [agent], declared once in evie.config
 
 
+def missing_cwd(cwd: Path) -> str:
+    return (
+        f"working directory {cwd} does not exist: create it (mkdir -p {cwd}) or change [agent] cwd"
+    )
+
+
 @attrs.frozen
 class PiLauncher:
     command: tuple[str, ...]
@@ -80,7 +86,12 @@ class PiLauncher:
             argv += ["--model", self.model]
         if self.system_prompt:
             argv += ["--system-prompt", self.system_prompt]
+        if self.cwd is not None and not self.cwd.is_dir():
+            # a typo must not become a fresh empty project
+            raise AgentStartError(missing_cwd(self.cwd))
         cwd = self.work_dir(session_id)
+        if self.cwd is None:
+            cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {
             "PI_CODING_AGENT_DIR": str(self.agent_dir.resolve()),
             "PI_OFFLINE": "1",

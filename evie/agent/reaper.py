@@ -47,6 +47,7 @@ def lock_state_dir(state_dir: Path) -> IO[bytes]:
         handle.close()
         raise StateError(
             f"another evie is already running with the state dir {state_dir}; "
-            "stop it first or use a different [state] dir"
+            "stop it first, use a different [state] dir, or chat beside the bots with "
+            "`evie run --terminal`"
         ) from None
     return handle

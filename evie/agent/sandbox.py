@@ -86,7 +86,7 @@ BASE_ARGS = (
 
 @attrs.frozen
 class SandboxChoice:
-    """The sandbox in force, and why (for logs and ``evie check``)."""
+    """The sandbox in force, and why (for logs and ``evie doctor``)."""
 
     bwrap: Bubblewrap | None
     note: str

@@ -8,6 +8,8 @@ how its answer reads is written in one place.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from evie.agent.answers import SessionStats
@@ -49,6 +51,11 @@ LAST_REPLY_CAPTION = "📎 The last reply, as a file."
 LAST_REPLY_SENT = "📎 Sent the last reply as a file."
 DELIVERY_STOPPED = "Stopped sending the rest of the reply."
 IMAGE_FAILED = "⚠️ I couldn't download your image ({error}); please send it again."
+LOGIN_HINT = (
+    "evie cannot log pi in from a chat. On the machine: run `evie setup` (API key, your pi "
+    "login, or a local server), then `evie doctor`."
+)
+NOT_STARTED = "Session {session_id}: not started yet; your next message resumes it."
 
 
 def help_text(commands: tuple[Command, ...] = CHAT_COMMANDS) -> str:
@@ -94,19 +101,26 @@ async def run_command(
     *,
     commands: tuple[Command, ...] = CHAT_COMMANDS,
     delivery_stopped: bool = False,
+    workdir: Path | None = None,
 ) -> str:
     """Carry out a command for the session ``key``; the answer, for the platform to post.
 
     ``delivery_stopped``: the chat front end has just cancelled the sending of a reply
-    (``/stop`` ends both the turn and its delivery).
+    (``/stop`` ends both the turn and its delivery). ``workdir`` is where the agent works,
+    shown by ``/status`` where it is worth saying (the terminal, whose default is the
+    directory evie was started in).
     """
     if command in ("help", "start"):
         return help_text(commands)
+    if command == "login":  # pi's own command; people try it here first
+        return LOGIN_HINT
     if command == "status":
+        where = f"\nWorking dir: {workdir}" if workdir is not None else ""
         status = manager.get_status(key)
         if status is None:
-            return NO_SESSION
-        text = render_status(status, retiring=manager.retiring_processes())
+            known = manager.known_session(key)
+            return (NOT_STARTED.format(session_id=known) if known else NO_SESSION) + where
+        text = render_status(status, retiring=manager.retiring_processes()) + where
         usage = format_stats(await manager.session_stats(key, seconds=1.0))
         return f"{text}\n{usage}" if usage else text
     if command == "stop":

@@ -83,6 +83,8 @@ class Incoming:
     text: str
     message_id: int | None = None
     images: tuple[Image, ...] = ()
+    #: the sender's @username, when the platform has one (for the refusal log line)
+    username: str | None = None
     # images are fetched only for allowed users, and only when the message is handled
     fetch_images: Callable[[], Awaitable[tuple[Image, ...]]] | None = None
     #: meant for this bot (a DM, a mention, a reply, ``/cmd@ThisBot``), not a bare ``/cmd``

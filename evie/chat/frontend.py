@@ -29,6 +29,16 @@ from evie.sessions.manager import Queued, SessionManager
 log = logging.getLogger(__name__)
 
 
+_SECTION = {"tg": "telegram", "dc": "discord"}
+
+
+def refusal_log_line(platform: str, user_id: int, username: str | None) -> str:
+    """What the owner reads in the log when evie turns someone away: who, and the fix."""
+    who = f"{user_id} (@{username})" if username else str(user_id)
+    section = _SECTION.get(platform, platform)
+    return f"refused user {who}: add {user_id} to [{section}] allowed_user_ids to allow"
+
+
 class ChatFrontend:
     def __init__(
         self,
@@ -102,7 +112,7 @@ class ChatFrontend:
         self._refused.move_to_end(msg.user_id)
         while len(self._refused) > 10_000:
             self._refused.popitem(last=False)
-        log.info("refused user %s in chat %s", msg.user_id, msg.chat.key)
+        log.info(refusal_log_line(self.platform, msg.user_id, msg.username))
         await self.say(msg.chat, REFUSAL)
 
     async def say(self, chat: ChatRef, text: str) -> None:

@@ -317,6 +317,7 @@ class DiscordInterface:
             text=text,
             message_id=message.id,
             fetch_images=self._image_fetcher(images) if images else None,
+            username=message.author.name,
             addressed=named,
         )
 

@@ -319,6 +319,7 @@ class TelegramInterface:
             text=text,
             message_id=message.message_id,
             fetch_images=fetch,
+            username=user.username,
             addressed=named,
         )
 

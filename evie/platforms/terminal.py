@@ -1,13 +1,20 @@
 """``evie chat``: one session from the terminal, through the same SessionManager.
 
-Ctrl-C is evie's to interpret (``interrupts=True``, as in ``evie chat``): pi
-runs in its own session, so the terminal's SIGINT never reaches it; a Ctrl-C
-stops the running turn like ``/stop``, and with nothing running it leaves.
+On a terminal, input comes from a prompt_toolkit line editor
+(:mod:`evie.platforms.terminal_repl`) and replies are rendered as Markdown
+(:mod:`evie.platforms.terminal_render`); on a pipe, lines are read in a worker
+thread and printed as they came. Either way every message is sent from its own
+task, so ``/status`` and ``/stop`` work while a turn streams, and output goes
+through a single writer task that writes in a thread: a stalled terminal or
+pipe never blocks the event loop (and so never stops pi's stdout from being
+drained). Model text is always sanitised before it is printed.
 
-Input is read in a worker thread and every message is sent from its own task,
-so ``/status`` and ``/stop`` work while a turn streams. Output goes through a
-single writer task that writes in a thread: a stalled terminal or pipe never
-blocks the event loop (and so never stops pi's stdout from being drained).
+Ctrl-C is evie's to interpret: pi runs in its own session, so the terminal's
+SIGINT never reaches it. In the line editor Ctrl-C arrives as a key: it stops
+the running reply, and a second one within :data:`DOUBLE_INTERRUPT` seconds
+leaves (a SIGINT sent from outside counts the same). On a pipe, with
+``interrupts=True`` (as in ``evie chat``), SIGINT stops the running turn like
+``/stop``, and with nothing running it leaves.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TextIO
 
 import anyio
@@ -44,7 +53,12 @@ from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
 from evie.platforms.contract import PlatformHealth
+from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
+from evie.platforms.terminal_repl import Key, LineEditor
 from evie.sessions.manager import Queued, SessionManager
+
+#: a second Ctrl-C within this many seconds leaves
+DOUBLE_INTERRUPT = 2.0
 
 
 class TerminalChat:
@@ -60,10 +74,32 @@ class TerminalChat:
         stdout: TextIO | None = None,
         key: str = "terminal",
         notice: str | None = None,
+        banner: str | None = None,
+        workdir: Path | None = None,
+        history_path: Path | None = None,
+        editor: LineEditor | None = None,
+        style: Style | None = None,
         interrupts: bool = False,
     ) -> None:
+        """``editor`` forces the line-editor mode (tests drive one through a pipe input);
+        otherwise it is used when stdin and stdout are both terminals. ``interrupts``
+        makes SIGINT evie's to interpret (see the module docstring)."""
         self._notice = notice
+        self._banner = banner
+        self._workdir = workdir
         self._interrupts = interrupts
+        interactive = (
+            stdin is None and stdout is None and sys.stdin.isatty() and sys.stdout.isatty()
+        )
+        self._editor = editor
+        if editor is None and interactive:
+            self._editor = LineEditor(history_path)
+        if style is None:
+            style = RichStyle(_terminal_width()) if interactive else PlainStyle()
+        self._style: Style = style
+        self._running = 0  # replies in flight (for Ctrl-C)
+        self._greeted = False
+        self._last_interrupt = -math.inf
         self._manager = manager
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
@@ -87,50 +123,132 @@ class TerminalChat:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Read lines until end of input, /quit or :meth:`stop_intake`; then return once
-        the turns started here have finished (/quit cuts them short)."""
+        """Read input until its end, /quit, leaving by Ctrl-C or :meth:`stop_intake`; then
+        return once the turns started here have finished (/quit, Ctrl-D in the editor and
+        leaving by Ctrl-C cut them short)."""
+        proxy = None
+        if self._editor is not None and self._stdout is sys.stdout:
+            from prompt_toolkit.patch_stdout import StdoutProxy
+
+            self._stdout.write(self._greeting())  # before the first prompt is drawn
+            self._stdout.flush()
+            self._greeted = True
+            # printed above the prompt line, which is redrawn under it
+            self._stdout = proxy = StdoutProxy(raw=True)
+        try:
+            await self._run(task_status)
+        finally:
+            if proxy is not None:  # its thread writes what is left, then ends
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(proxy.close)
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
-            self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
-            if self._notice:
-                self._line(f"[note] {self._notice}")
-            lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
-            threading.Thread(
-                target=self._read_lines,
-                args=(lines_send, anyio.lowlevel.current_token()),
-                name="evie-terminal-input",
-                daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
-            ).start()
-            self._health = PlatformHealth("up", detail="reading the terminal")
-            task_status.started()
-            async with anyio.create_task_group() as tg, lines:
+            if not self._greeted:
+                self.say(self._greeting())
+            async with anyio.create_task_group() as tg:
                 with self._intake:
-                    watcher = anyio.CancelScope()  # owned here: ends when input does
-                    if self._interrupts:
-                        tg.start_soon(self._on_interrupt, tg, watcher)
-                    async for line in lines:
-                        if not line:
-                            break  # EOF: let running turns finish, then leave
-                        text = line.strip()
-                        if not text:
-                            continue
-                        if text in ("/quit", "/exit"):
-                            tg.cancel_scope.cancel()
-                            break
-                        await self._handle(text, tg)
-                    watcher.cancel()
+                    self._health = PlatformHealth("up", detail="reading the terminal")
+                    task_status.started()
+                    if self._editor is not None:
+                        await self._edit_loop(self._editor, tg)
+                    else:
+                        await self._line_loop(tg)
                 self._health = PlatformHealth("down", detail="input closed")
             self._out_send.close()
 
-    async def _on_interrupt(self, tg: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
-        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
-            async for _ in signals:
-                if await self._manager.abort(self._key):
-                    self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
-                else:
-                    self._line("[bye]")
+    def _greeting(self) -> str:
+        text = (self._banner or "evie: talking to pi. /help for commands, Ctrl-D to leave.") + "\n"
+        if self._notice:
+            text += self._style.dim(f"[note] {self._notice}") + "\n"
+        return text
+
+    async def _edit_loop(self, editor: LineEditor, tg: anyio.abc.TaskGroup) -> None:
+        """The REPL: messages, commands, Ctrl-C (stop the reply; twice: leave), Ctrl-D."""
+        watcher = anyio.CancelScope()  # owned here: ends when input does
+        if self._interrupts:  # a SIGINT from outside means what Ctrl-C means here
+            tg.start_soon(self._watch_sigint, watcher, lambda: self._repl_interrupt(tg))
+        try:
+            while True:
+                entry = await editor.read()
+                if entry is Key.EOF:
+                    tg.cancel_scope.cancel()  # a running reply is aborted as its task ends
+                    return
+                if entry is Key.INTERRUPT:
+                    if await self._repl_interrupt(tg):
+                        return
+                    continue
+                assert isinstance(entry, str)
+                text = entry.strip()
+                if not text:
+                    continue
+                if text in ("/quit", "/exit"):
                     tg.cancel_scope.cancel()
                     return
+                await self._handle(text, tg)
+        finally:
+            watcher.cancel()
+
+    async def _repl_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Ctrl-C in the REPL: stop the running reply; a second within
+        :data:`DOUBLE_INTERRUPT` seconds leaves (returns True)."""
+        now = time.monotonic()
+        if now - self._last_interrupt < DOUBLE_INTERRUPT:
+            self._line(self._style.dim("[bye]"))
+            tg.cancel_scope.cancel()
+            return True
+        self._last_interrupt = now
+        if self._running and await self._manager.abort(self._key):
+            self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
+        else:
+            self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
+        return False
+
+    async def _line_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        """Pipes and tests: one message per line, from a reader thread."""
+        lines_send, lines = anyio.create_memory_object_stream[str](math.inf)
+        threading.Thread(
+            target=self._read_lines,
+            args=(lines_send, anyio.lowlevel.current_token()),
+            name="evie-terminal-input",
+            daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
+        ).start()
+        watcher = anyio.CancelScope()  # owned here: ends when input does
+        if self._interrupts:
+            tg.start_soon(self._watch_sigint, watcher, lambda: self._on_interrupt(tg))
+        try:
+            async with lines:
+                async for line in lines:
+                    if not line:
+                        break  # EOF: let running turns finish, then leave
+                    text = line.strip()
+                    if not text:
+                        continue
+                    if text in ("/quit", "/exit"):
+                        tg.cancel_scope.cancel()
+                        break
+                    await self._handle(text, tg)
+        finally:
+            watcher.cancel()
+
+    async def _watch_sigint(
+        self, scope: anyio.CancelScope, on_signal: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Hands each SIGINT to ``on_signal`` until it says the chat is leaving."""
+        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if await on_signal():
+                    return
+
+    async def _on_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
+        """SIGINT in line mode: stop the running turn; with none running, leave."""
+        if await self._manager.abort(self._key):
+            self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
+            return False
+        self._line("[bye]")
+        tg.cancel_scope.cancel()
+        return True
 
     async def stop_intake(self) -> None:
         """Stop reading input; turns already started carry on."""
@@ -143,7 +261,7 @@ class TerminalChat:
         text = take(self._key)
         if text is None:
             return 0
-        self._line(f"[note] {text}")
+        self._line(self._style.dim(f"[note] {text}"))
         return 1
 
     def health(self) -> PlatformHealth:
@@ -161,49 +279,63 @@ class TerminalChat:
                 return
 
     async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
-        command = parse_command(text) if " " not in text else None
+        command = parse_command(text) if " " not in text and "\n" not in text else None
         if command is not None:
-            self._line(
-                await run_command(self._manager, self._key, command, commands=TERMINAL_COMMANDS)
+            answer = await run_command(
+                self._manager,
+                self._key,
+                command,
+                commands=TERMINAL_COMMANDS,
+                workdir=self._workdir,
             )
+            self._line(answer)
         else:
             tg.start_soon(self._send, text)
 
     async def _send(self, text: str) -> None:
+        self._running += 1
         try:
             result = await self._manager.send(self._key, Prompt(text), self._render)
         except EvieError as exc:
-            self._line(f"[error] {exc}")
+            self._line(f"[error] {self._style.plain(str(exc))}")
             return
+        finally:
+            self._running -= 1
         if isinstance(result, Queued):
             how = "steering the running turn" if result.steer else "queued as a follow-up"
-            self._line(f"[{how}: #{result.position}]")
+            self._line(self._style.dim(f"[{how}: #{result.position}]"))
 
     async def _render(self, event: TurnEvent) -> None:
+        style = self._style
         match event:
             case TurnFinished(outcome=Outcome.DONE, unanswered=()):
+                self.say(style.flush())
                 if self._mid_line:
                     self.say("\n")
             case TurnFinished(outcome=outcome, error=error, unanswered=unanswered):
+                self.say(style.flush())
                 if outcome is not Outcome.DONE:
-                    self._line(f"[{outcome.value}] {error or ''}".rstrip())
+                    self._line(style.plain(f"[{outcome.value}] {error or ''}".rstrip()))
                 if unanswered:
-                    self._line(unanswered_line(len(unanswered)))
+                    self._line(style.dim(unanswered_line(len(unanswered))))
             case AssistantMessage(text=text) if text:
                 # the text was already streamed as deltas; end the paragraph
+                self.say(style.flush())
                 self.say("\n" if self._mid_line else "")
             case ToolStarted(tool_name=name, summary=summary):
-                self._line(f"[{name}] {summary}".rstrip())
+                self.say(style.flush())
+                self._line(style.dim(f"[{name}] {summary}".rstrip()))
             case ToolFinished(is_error=True, tool_name=name):
-                self._line(f"[{name} failed]")
+                self._line(style.dim(f"[{name} failed]"))
             case FollowUpStarted(text=text):
-                self._line(f"[now answering] {text}")
+                self.say(style.flush())
+                self._line(style.dim(f"[now answering] {text}"))
             case RetryScheduled(attempt=a, max_attempts=m, delay_ms=d, error=err):
-                self._line(f"[retry {a}/{m} in {d / 1000:g}s] {err}")
+                self._line(style.dim(f"[retry {a}/{m} in {d / 1000:g}s] {err}"))
             case TextDelta(text=text):
-                self.say(text)
+                self.say(style.delta(text))
             case Notice(text=text):
-                self._line(f"[note] {text}")
+                self._line(style.dim(f"[note] {text}"))
             case _:
                 pass
 
@@ -225,3 +357,9 @@ class TerminalChat:
     def _write(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return max(40, min(shutil.get_terminal_size().columns, 120))

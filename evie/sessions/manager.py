@@ -254,6 +254,13 @@ class SessionManager(AsyncContextManagerMixin):
         slot = self._lookup(key)
         return slot.snapshot() if slot is not None else None
 
+    def known_session(self, key: str) -> str | None:
+        """The session this chat is on, or will resume on its next message (persisted state)."""
+        slot = self._lookup(key)
+        if slot is not None:
+            return slot.session_id
+        return self._guard.run(lambda: self._known.get(key))
+
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
 

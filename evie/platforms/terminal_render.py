@@ -1,0 +1,148 @@
+"""What the terminal prints: model text made safe, and Markdown rendered with rich.
+
+Everything the model (or a tool) produced passes through :func:`sanitize`
+before it reaches the terminal: an escape sequence in a reply must not move
+the cursor, retitle the window, or hide text. Replies are rendered block by
+block — a paragraph, a list or a fenced code block is printed once it is
+complete — so the Markdown is right and nothing is printed twice.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import attrs
+
+# CSI (ESC [ ... final) and its one-byte C1 form, OSC/DCS/PM/APC strings up to their
+# terminator, any other two-byte ESC sequence, then every remaining C0/C1 control
+# except newline and tab.
+_SEQUENCES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -~]?"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def sanitize(text: str) -> str:
+    """Remove terminal control sequences and control characters, keeping \\n and \\t."""
+    return _CONTROLS.sub("", _SEQUENCES.sub("", text))
+
+
+DIM = "\x1b[2m"
+RESET = "\x1b[0m"
+
+
+def _is_fence(line: str) -> bool:
+    stripped = line.lstrip()
+    return stripped.startswith("```") or stripped.startswith("~~~")
+
+
+@attrs.define
+class MarkdownBlocks:
+    """Splits streamed Markdown into complete blocks: at blank lines outside code fences.
+
+    Each character is looked at once (the pending line is kept apart), so a long
+    reply costs linear time however it is chunked.
+    """
+
+    _block: list[str] = attrs.Factory(list)  # complete lines of the current block
+    _partial: str = ""  # the line being streamed
+    _in_fence: bool = False
+
+    def feed(self, text: str) -> list[str]:
+        done: list[str] = []
+        pieces = (self._partial + text).split("\n")
+        self._partial = pieces.pop()
+        for line in pieces:
+            if _is_fence(line):
+                self._in_fence = not self._in_fence
+            if not line.strip() and not self._in_fence:
+                if self._block:
+                    done.append("\n".join(self._block))
+                    self._block = []
+                continue
+            self._block.append(line)
+        return done
+
+    def finish(self) -> list[str]:
+        """The rest, as a last block (an unclosed fence is closed by the renderer)."""
+        if self._partial:
+            self._block.append(self._partial)
+        rest = ["\n".join(self._block)] if self._block and "".join(self._block).strip() else []
+        self._block, self._partial, self._in_fence = [], "", False
+        return rest
+
+
+class RichStyle:
+    """Replies as Markdown with highlighted code; tool and status lines dimmed."""
+
+    def __init__(self, width: int = 100, *, color: bool = True) -> None:
+        self.width = width
+        self.color = color
+        self._blocks = MarkdownBlocks()
+
+    def delta(self, text: str) -> str:
+        return "".join(self._render(b) for b in self._blocks.feed(sanitize(text)))
+
+    def flush(self) -> str:
+        return "".join(self._render(b) for b in self._blocks.finish())
+
+    def dim(self, text: str) -> str:
+        text = sanitize(text)
+        return f"{DIM}{text}{RESET}" if self.color else text
+
+    def plain(self, text: str) -> str:
+        return sanitize(text)
+
+    def _render(self, block: str) -> str:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        out = io.StringIO()
+        console = Console(
+            file=out,
+            width=self.width,
+            force_terminal=self.color,
+            color_system="256" if self.color else None,
+            no_color=not self.color,
+            highlight=False,
+            emoji=False,
+        )
+        console.print(Markdown(block, code_theme="monokai"))
+        return out.getvalue() + "\n"  # blocks are separated by a blank line, as in the source
+
+
+class PlainStyle:
+    """Pipes and tests: the text as it came, made safe; no styling."""
+
+    def delta(self, text: str) -> str:
+        return sanitize(text)
+
+    def flush(self) -> str:
+        return ""
+
+    def dim(self, text: str) -> str:
+        return sanitize(text)
+
+    def plain(self, text: str) -> str:
+        return sanitize(text)
+
+
+Style = RichStyle | PlainStyle
+
+
+def banner(*, model: str, workdir: str, session: str) -> str:
+    """The first lines of ``evie chat``: what answers, where it works, which conversation."""
+    return (
+        f"evie · model {model} · working in {workdir}\n"
+        f"session: {session}. /help for commands; Alt-Enter for a new line; "
+        "Ctrl-C stops a reply; Ctrl-D leaves."
+    )
+
+
+def describe_session(session_id: str | None, turns: int | None) -> str:
+    if session_id is None or not turns:
+        return "new"
+    return f"resumed, {turns} turn{'s' if turns != 1 else ''} ({session_id})"

@@ -1,0 +1,204 @@
+"""The terminal REPL driven through prompt_toolkit's pipe input (the real line editor).
+
+Keys are bytes as a terminal sends them: Enter is CR, a bracketed paste is
+wrapped in ESC[200~ … ESC[201~, Alt-Enter is ESC CR, Ctrl-C is 0x03, Ctrl-D 0x04,
+the up arrow ESC[A.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from evie.platforms.terminal import TerminalChat
+from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
+from evie.platforms.terminal_repl import LineEditor
+from evie.sessions.manager import SessionManager
+from tests.conftest import fake_launcher, pid_alive
+from tests.test_terminal import Screen
+
+pytestmark = pytest.mark.anyio
+
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+ENTER, ALT_ENTER, CTRL_C, CTRL_D, UP = "\r", "\x1b\r", "\x03", "\x04", "\x1b[A"
+
+
+@contextmanager
+def keyboard() -> Iterator[PipeInput]:
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        yield pipe
+
+
+@asynccontextmanager
+async def repl(
+    manager: SessionManager,
+    pipe: PipeInput,
+    history: Path | None = None,
+    style: Style | None = None,
+) -> AsyncIterator[tuple[Screen, anyio.Event]]:
+    """A TerminalChat in REPL mode; yields its screen and an event set when run() returns."""
+    screen = Screen()
+    editor = LineEditor(history, input=pipe, output=DummyOutput())
+    chat = TerminalChat(
+        manager,
+        stdout=screen,  # type: ignore[arg-type]
+        editor=editor,
+        style=style or PlainStyle(),
+        workdir=Path("/somewhere"),
+    )
+    ended = anyio.Event()
+
+    async def run() -> None:
+        await chat.run()
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        yield screen, ended
+        with anyio.fail_after(10):
+            await ended.wait()
+
+
+async def test_a_paste_is_one_message_and_alt_enter_a_newline(tmp_path: Path) -> None:
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe) as (screen, _ended):
+                pipe.send_text(PASTE_START + "line one\nline two\r\nline three" + PASTE_END)
+                pipe.send_text(ENTER)
+                await screen.wait_for("echo: line one\nline two\nline three")
+                pipe.send_text("first" + ALT_ENTER + "second" + ENTER)
+                await screen.wait_for("echo: first\nsecond")
+                pipe.send_text(CTRL_D)
+            status = manager.get_status("terminal")
+            assert status is not None
+            assert status.turns == 2  # two messages, not five
+
+
+async def test_ctrl_c_stops_the_reply_and_keeps_pi(tmp_path: Path) -> None:
+    never = tmp_path / "never"
+    held = "script:" + json.dumps([{"text": "working on it"}, {"wait_file": str(never)}])
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe) as (screen, ended):
+                pipe.send_text(held + ENTER)
+                await screen.wait_for("working on it")
+                status = manager.get_status("terminal")
+                assert status is not None
+                pid = status.pid
+                assert pid is not None
+                pipe.send_text(CTRL_C)
+                await screen.wait_for("[aborted]")
+                assert "[stopping the reply; Ctrl-C again to leave]" in screen.text
+                assert not ended.is_set()
+                assert pid_alive(pid)  # pi survived: only the reply was stopped
+                await anyio.sleep(DOUBLE_INTERRUPT_PAUSE)
+                pipe.send_text("still there?" + ENTER)
+                await screen.wait_for("echo: still there?")
+                after = manager.get_status("terminal")
+                assert after is not None
+                assert after.pid == pid
+                pipe.send_text(CTRL_C + CTRL_C)  # twice in a row: leave
+                with anyio.fail_after(10):
+                    await ended.wait()
+
+
+DOUBLE_INTERRUPT_PAUSE = 2.1  # so the next Ctrl-C in the test is a "first" one again
+
+
+async def test_history_persists_across_sessions(tmp_path: Path) -> None:
+    history = tmp_path / "state" / "terminal_history"
+    history.parent.mkdir(parents=True)
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe, history) as (screen, _ended):
+                pipe.send_text("remember me" + ENTER)
+                await screen.wait_for("echo: remember me")
+                pipe.send_text(CTRL_D)
+        assert history.stat().st_mode & 0o777 == 0o600
+        with keyboard() as pipe:
+            async with repl(manager, pipe, history) as (screen, _ended):
+                pipe.send_text(UP + ENTER)  # the previous run's line, recalled
+                await screen.wait_for("echo: remember me")
+                pipe.send_text(CTRL_D)
+
+
+async def test_status_before_the_first_message_names_the_session(tmp_path: Path) -> None:
+    known = {"terminal": "20260101-000000-abcd1234"}
+    async with SessionManager(fake_launcher(tmp_path), known_sessions=known) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe) as (screen, _ended):
+                pipe.send_text("/status" + ENTER)
+                await screen.wait_for("Working dir: /somewhere")
+                pipe.send_text(CTRL_D)
+    assert "Session 20260101-000000-abcd1234: not started yet" in screen.text
+
+
+async def test_escape_sequences_from_the_model_never_reach_the_terminal(tmp_path: Path) -> None:
+    hostile = (
+        "# Title\n\nclear\x1b[2J\x1b[H me, retitle\x1b]0;pwned\x07 the window, "
+        "\x9b31m C1 \x1bc reset\r\n\n```python\nprint('x')\x1b[8m\n```\n"
+    )
+    steps = [{"text": hostile, "chunk": 3}]
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            style = RichStyle(80, color=True)
+            async with repl(manager, pipe, style=style) as (screen, _ended):
+                pipe.send_text("script:" + json.dumps(steps) + ENTER)
+                await screen.wait_for("print")
+                await screen.wait_for("the window")
+                pipe.send_text(CTRL_D)
+    text = screen.text
+    for bad in ("\x1b[2J", "\x1b[H", "\x1b]", "pwned\x07", "\x9b", "\x1bc", "\x1b[8m", "\r"):
+        assert bad not in text
+    assert "Title" in text
+    assert "\x1b[" in text  # rich's own styling is there (colours, bold)
+
+
+async def test_evie_chat_on_a_real_terminal_is_the_repl(tmp_path: Path) -> None:
+    """The whole `evie chat` on a pty: TTY detection, the prompt, rendering, paste, Ctrl-D."""
+    import sys
+
+    from tests.test_setup import Terminal, _env
+
+    fake = Path(__file__).with_name("fake_pi.py")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    argv = [sys.executable, "-m", "evie.cli", "chat", "--config", str(config)]
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect(r"session: new\. /help for commands")
+        await term.expect("›")  # the prompt (drawn with cursor moves, not a space)
+        steps = [{"text": "**bold** and \x1b]0;pwned\x07 safe"}]
+        term.type("script:" + json.dumps(steps) + ENTER)
+        await term.expect(r"\x1b\[1mbold\x1b\[0m and  safe")  # rendered, escape removed
+        term.type(PASTE_START + "one\ntwo" + PASTE_END + ENTER)
+        await term.expect(r"echo: one\s+two")
+        term.type(CTRL_D)
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
+    assert "\x1b]0;" not in term.screen  # (the typed line shows it JSON-escaped, inert)
+    assert (tmp_path / "state" / "terminal_history").read_text().count("+one") == 1
+
+
+async def test_login_points_at_setup_instead_of_unknown_command(tmp_path: Path) -> None:
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            async with repl(manager, pipe) as (screen, _ended):
+                pipe.send_text("/login" + ENTER)
+                await screen.wait_for("`evie setup`")
+                pipe.send_text(CTRL_D)
+    assert "Unknown command" not in screen.text
+    assert manager.get_status("terminal") is None  # nothing was started for it
