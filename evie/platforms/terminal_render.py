@@ -48,13 +48,16 @@ class MarkdownBlocks:
     """
 
     _block: list[str] = attrs.Factory(list)  # complete lines of the current block
-    _partial: str = ""  # the line being streamed
+    _partial: list[str] = attrs.Factory(list)  # pieces of the line being streamed
     _in_fence: bool = False
 
     def feed(self, text: str) -> list[str]:
+        if "\n" not in text:  # a long line in many deltas is joined once, not per delta
+            self._partial.append(text)
+            return []
         done: list[str] = []
-        pieces = (self._partial + text).split("\n")
-        self._partial = pieces.pop()
+        pieces = ("".join(self._partial) + text).split("\n")
+        self._partial = [pieces.pop()]
         for line in pieces:
             if _is_fence(line):
                 self._in_fence = not self._in_fence
@@ -68,10 +71,11 @@ class MarkdownBlocks:
 
     def finish(self) -> list[str]:
         """The rest, as a last block (an unclosed fence is closed by the renderer)."""
-        if self._partial:
-            self._block.append(self._partial)
+        partial = "".join(self._partial)
+        if partial:
+            self._block.append(partial)
         rest = ["\n".join(self._block)] if self._block and "".join(self._block).strip() else []
-        self._block, self._partial, self._in_fence = [], "", False
+        self._block, self._partial, self._in_fence = [], [], False
         return rest
 
 
