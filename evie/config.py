@@ -170,6 +170,10 @@ class TelegramConfig:
     token: str | None = setting(None, _opt_str, "bot token (or EVIE_TELEGRAM_TOKEN)")
     api_url: str = setting("https://api.telegram.org", _url, "Bot API server")
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+    poll_timeout: int = setting(25, _pos_int, "seconds one getUpdates long poll waits")
+    request_grace: int = setting(
+        15, _pos_int, "seconds past poll_timeout before a silent getUpdates counts as hung"
+    )
 
 
 @attrs.frozen
@@ -183,6 +187,21 @@ class DiscordConfig:
 @attrs.frozen
 class HttpConfig:
     listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
+    stall_after: float = setting(
+        90.0, _pos_float, "/healthz fails when a platform had no good poll for this many seconds"
+    )
+    max_loop_lag: float = setting(
+        5.0, _pos_float, "/healthz fails when the event loop lags more than this many seconds"
+    )
+
+
+@attrs.frozen
+class PlatformsConfig:
+    retry_base: float = setting(1.0, _pos_float, "first retry delay after a platform error (s)")
+    retry_cap: float = setting(60.0, _pos_float, "longest retry delay after platform errors (s)")
+    heartbeat_check: float = setting(
+        10.0, _pos_float, "how often a connected gateway is confirmed alive (s)"
+    )
 
 
 @attrs.frozen
@@ -199,6 +218,7 @@ class Config:
     telegram: TelegramConfig = attrs.Factory(TelegramConfig)
     discord: DiscordConfig = attrs.Factory(DiscordConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
+    platforms: PlatformsConfig = attrs.Factory(PlatformsConfig)
     log: LogConfig = attrs.Factory(LogConfig)
     source: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -219,6 +239,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "telegram": TelegramConfig,
     "discord": DiscordConfig,
     "http": HttpConfig,
+    "platforms": PlatformsConfig,
     "log": LogConfig,
 }
 

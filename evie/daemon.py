@@ -4,6 +4,10 @@ SIGTERM or SIGINT stops intake (no new updates are fetched), lets running turns
 finish for ``[sessions] shutdown_grace`` seconds, then aborts what is left;
 the runtime then stops every pi process and flushes state. A second signal
 exits at once.
+
+Each platform supervises its own intake (adr/0011): start-up never waits for
+one, and a platform that fails for good (bad token) stops alone. evie exits
+with an error only when nothing is left running.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from evie.chat.backoff import Backoff
 from evie.chat.frontend import ChatFrontend
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
+from evie.platforms.contract import PlatformHealth, PlatformState
 from evie.runtime import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
@@ -34,18 +40,36 @@ class Interface(Protocol):
 
     async def stop_intake(self) -> None: ...
 
+    def health(self) -> PlatformHealth: ...
+
 
 def build_interfaces(runtime: Runtime) -> list[Interface]:
     config = runtime.config
     interfaces: list[Interface] = []
+    backoff = Backoff(base=config.platforms.retry_base, cap=config.platforms.retry_cap)
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
-        interfaces.append(TelegramInterface(runtime.manager, config.telegram))
+        interfaces.append(
+            TelegramInterface(
+                runtime.manager,
+                config.telegram,
+                polling_timeout=config.telegram.poll_timeout,
+                request_grace=config.telegram.request_grace,
+                backoff=backoff,
+            )
+        )
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
-        interfaces.append(DiscordInterface(runtime.manager, config.discord))
+        interfaces.append(
+            DiscordInterface(
+                runtime.manager,
+                config.discord,
+                backoff=backoff,
+                liveness_interval=config.platforms.heartbeat_check,
+            )
+        )
     return interfaces
 
 
@@ -62,16 +86,30 @@ async def run_daemon(
                 "nothing to run: set [telegram] or [discord] token (or EVIE_TELEGRAM_TOKEN / "
                 "EVIE_DISCORD_TOKEN), or use `evie chat` for the terminal"
             )
+
+        def platforms() -> list[PlatformHealth]:
+            return [interface.health() for interface in interfaces]
+
         if config.http.listen:
             port = await stack.enter_async_context(
-                serve_http(config.http.listen, runtime.manager, runtime.metrics)
+                serve_http(
+                    config.http.listen,
+                    runtime.manager,
+                    runtime.metrics,
+                    platforms=platforms,
+                    stall_after=config.http.stall_after,
+                    max_loop_lag=config.http.max_loop_lag,
+                )
             )
             log.info("http: /healthz and /metrics on port %d", port)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.metrics.loop_lag.watch)
             serving = anyio.create_task_group()
             async with serving:
                 for interface in interfaces:
-                    await serving.start(interface.run)
+                    await serving.start(interface.run)  # returns at once (never waits on a network)
+                    if interface.frontend is not None:
+                        interface.frontend.status_footer = lambda: _platform_lines(platforms())
                 serving.start_soon(_announce_notices, runtime, interfaces)
                 if terminal:
                     serving.start_soon(_terminal, runtime, serving)
@@ -80,7 +118,16 @@ async def run_daemon(
                 if on_ready is not None:
                     await on_ready(runtime)
             tg.cancel_scope.cancel()
+        down = platforms()
+        if interfaces and not terminal and all(h.state is PlatformState.DOWN for h in down):
+            raise ConfigError(
+                "no platform is left running: " + "; ".join(f"{h.name}: {h.error}" for h in down)
+            )
     log.info("evie stopped")
+
+
+def _platform_lines(platforms: list[PlatformHealth]) -> str:
+    return "Platforms: " + "; ".join(h.summary() for h in platforms) if platforms else ""
 
 
 async def _announce_notices(runtime: Runtime, interfaces: list[Interface]) -> None:

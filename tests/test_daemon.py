@@ -112,8 +112,9 @@ async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path, telegram: Fa
         assert 'evie_sessions{state="running"} 1' in metrics
         assert "evie_guard_hold_seconds_count" in metrics
         status = json.loads(await anyio.to_thread.run_sync(get, base + "/status"))
-        assert status[0]["key"] == "tg:42"
-        assert status[0]["state"] == "running"
+        assert status["sessions"][0]["key"] == "tg:42"
+        assert status["sessions"][0]["state"] == "running"
+        assert [(p["name"], p["state"]) for p in status["platforms"]] == [("telegram", "up")]
         proc.send_signal(signal.SIGTERM)
         await anyio.sleep(0.3)
         assert proc.returncode is None  # still finishing the turn

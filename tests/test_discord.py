@@ -57,6 +57,7 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
                 async with anyio.create_task_group() as group:
                     with anyio.fail_after(10):
                         await group.start(interface.run)
+                        await interface.wait_connected()
                     yield Harness(fake, manager, interface)
                     group.cancel_scope.cancel()
     finally:

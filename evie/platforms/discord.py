@@ -6,12 +6,21 @@ to it) are handled; a thread is its own channel, so it is its own session.
 Replies go over REST, independent of the gateway, so a gateway drop or RESUME
 does not touch a turn in flight, and replayed MESSAGE_CREATEs are ignored by
 message id.
+
+Supervision (adr/0011): each attempt logs in and connects a fresh client under
+:func:`evie.platforms.supervisor.supervise`. Once connected, discord.py's own
+reconnect loop keeps the session (RESUME replays what was missed); evie only
+replaces its backoff, so gateway retries follow the shared capped policy and
+log one line each. A first connection that fails (discord.py cannot resume a
+session it never had) and a login that fails go back to the supervisor.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,12 +31,15 @@ import yarl
 from discord import app_commands
 
 from evie.agent.events import Image
+from evie.chat.backoff import Backoff
 from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
 from evie.chat.frontend import ChatFrontend
 from evie.chat.streaming import Delivery
 from evie.config import DiscordConfig
 from evie.errors import ConfigError
+from evie.platforms.contract import PlatformHealth
+from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
@@ -52,15 +64,81 @@ async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
         if exc.status == 429:
             raise RetryLater(1.0) from None
         raise Permanent(str(exc)) from None
-    except (OSError, discord.GatewayNotFound) as exc:
-        raise Transient(str(exc)) from None
+    except (OSError, TimeoutError, discord.GatewayNotFound) as exc:
+        raise Transient(one_line(exc) or type(exc).__name__) from None
+
+
+BAD_TOKEN = "Discord rejected the bot token: check [discord] token"
+NO_INTENT = (
+    "Discord refused the message-content intent: enable it for the bot in the developer "
+    "portal (Bot → Privileged Gateway Intents)"
+)
+#: gateway close codes that retrying cannot fix
+PERMANENT_CLOSES = {
+    4004: BAD_TOKEN,
+    4010: "Discord closed the gateway: invalid shard (4010)",
+    4011: "Discord closed the gateway: the bot needs sharding (4011)",
+    4012: "Discord closed the gateway: invalid API version (4012); update discord.py",
+    4013: "Discord closed the gateway: invalid intents (4013)",
+    4014: NO_INTENT,
+}
+
+
+class _NeverConnected(Exception):
+    """A first gateway connection failed: start over with a fresh client."""
+
+
+_owner: contextvars.ContextVar[DiscordInterface | None] = contextvars.ContextVar(
+    "evie_discord_owner", default=None
+)
+
+
+class _GatewayBackoff:
+    """Takes the place of discord.py's ExponentialBackoff inside ``Client.connect``.
+
+    discord.py asks it for a delay right after a reconnect failed (inside its
+    ``except``), then waits that long and RESUMEs. Its own backoff grows to
+    17 minutes; this one follows evie's policy (capped at 60 s), logs the one
+    line per attempt and counts the failure on the platform's liveness.
+    """
+
+    def __init__(self, base: int = 1, *, integral: bool = False) -> None:
+        self._owner = _owner.get()
+        self._attempt = 0
+
+    def delay(self) -> float:
+        owner = self._owner
+        if owner is None:  # a client evie did not start: just the capped policy
+            self._attempt += 1
+            return Backoff().delay(self._attempt)
+        return owner._reconnect_delay()
+
+
+setattr(discord.client, "ExponentialBackoff", _GatewayBackoff)  # noqa: B010
+
+
+class _QuietReconnect(logging.Filter):
+    """discord.py logs each reconnect with a traceback; evie logs its own one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Attempting a reconnect")
+
+
+logging.getLogger("discord.client").addFilter(_QuietReconnect())
 
 
 class DiscordTransport:
     max_length = 2000
 
-    def __init__(self, client: discord.Client) -> None:
-        self._client = client
+    def __init__(self, client: Callable[[], discord.Client | None]) -> None:
+        self._current = client  # the supervisor replaces the client between attempts
+
+    @property
+    def _client(self) -> discord.Client:
+        client = self._current()
+        if client is None or client.is_closed() or client.user is None:
+            raise Transient("Discord is not connected yet")
+        return client
 
     def render(self, markdown: str) -> str:
         return markdown  # Discord renders Markdown itself
@@ -76,7 +154,8 @@ class DiscordTransport:
         await _mapped(lambda: partial.edit(content=text, allowed_mentions=NO_MENTIONS))
 
     async def typing(self, chat: ChatRef) -> None:
-        await _mapped(lambda: self._client.http.send_typing(chat.chat_id))
+        http = self._client.http
+        await _mapped(lambda: http.send_typing(chat.chat_id))
 
 
 class _Client(discord.Client):
@@ -93,8 +172,11 @@ class _Client(discord.Client):
         self._owner._add_app_commands(self)
 
     async def on_ready(self) -> None:
+        self._owner._connected()
         await self._owner._sync_app_commands()
-        self._owner._ready.set()
+
+    async def on_resumed(self) -> None:
+        self._owner._connected()
 
     async def on_message(self, message: discord.Message) -> None:
         self._owner._on_message(message)
@@ -109,6 +191,8 @@ class DiscordInterface:
         delivery: Delivery | None = None,
         edit_interval: float = 1.0,
         client_options: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+        liveness_interval: float = 10.0,
     ) -> None:
         if not config.token:
             raise ConfigError("[discord] token is not set (or set EVIE_DISCORD_TOKEN)")
@@ -117,7 +201,10 @@ class DiscordInterface:
         self._delivery = delivery or Delivery()
         self._edit_interval = edit_interval
         self._client_options = client_options or {}
-        self._ready = anyio.Event()
+        self._backoff = backoff or Backoff()
+        self._liveness_interval = liveness_interval
+        self.liveness = Liveness("discord")
+        self._ever_connected = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._client: _Client | None = None
         self.frontend: ChatFrontend | None = None
@@ -125,47 +212,99 @@ class DiscordInterface:
         self._tree: app_commands.CommandTree[_Client] | None = None
         self._synced = False
 
+    def health(self) -> PlatformHealth:
+        return self.liveness.snapshot()
+
+    async def wait_connected(self) -> None:
+        """Until the gateway first said READY (tests; the daemon never waits for it)."""
+        await self._ever_connected.wait()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Connect and serve until cancelled; handler tasks are owned here."""
-        assert self._config.token is not None
+        """Connect and serve until cancelled; handler tasks are owned here.
+
+        Reports started at once: an unreachable Discord is retried in the
+        background (adr/0011), it never holds up the daemon's start.
+        """
         if self._config.api_url:
             discord.http.Route.BASE = self._config.api_url
         if self._config.gateway_url:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._config.gateway_url)
-        client = self._client = _Client(self, **self._client_options)
         self.frontend = ChatFrontend(
             self._manager,
-            DiscordTransport(client),
+            DiscordTransport(lambda: self._client),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
             edit_interval=self._edit_interval,
             platform="dc",
         )
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            tg.start_soon(self._watch_heartbeat)
+            await supervise(self.liveness, self._connect_once, self._backoff)
+            tg.cancel_scope.cancel()  # down for good: nothing more will arrive
+
+    async def _connect_once(self) -> None:
+        """Log in and hold a gateway session with a fresh client (one supervised attempt)."""
+        assert self._config.token is not None
+        client = self._client = _Client(self, **self._client_options)
+        token = _owner.set(self)
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._connect, client)
-                await self._ready.wait()
-                log.info("discord: connected as %s", client.user)
-                task_status.started()
-                await anyio.sleep_forever()
+            await client.login(self._config.token)
+            await client.connect(reconnect=True)
+            raise Transient("the Discord gateway session ended")
+        except discord.LoginFailure:
+            raise Permanent(BAD_TOKEN) from None
+        except discord.PrivilegedIntentsRequired:
+            raise Permanent(NO_INTENT) from None
+        except discord.ConnectionClosed as exc:
+            if exc.code in PERMANENT_CLOSES:
+                raise Permanent(PERMANENT_CLOSES[exc.code]) from None
+            raise Transient(f"Discord closed the gateway ({exc.code})") from None
+        except _NeverConnected as exc:
+            raise Transient(_describe(exc.__context__)) from None
+        except (OSError, TimeoutError, discord.GatewayNotFound, discord.HTTPException) as exc:
+            raise Transient(_describe(exc)) from None
         finally:
+            _owner.reset(token)
             with anyio.CancelScope(shield=True):
                 await client.close()
 
-    async def _connect(self, client: _Client) -> None:
-        assert self._config.token is not None
-        try:
-            await client.start(self._config.token, reconnect=True)
-        except discord.LoginFailure:
-            raise ConfigError("Discord rejected the bot token ([discord] token)") from None
-        except discord.PrivilegedIntentsRequired:
-            raise ConfigError(
-                "Discord refused the message-content intent: enable it for the bot in the "
-                "developer portal (Bot → Privileged Gateway Intents)"
-            ) from None
+    def _connected(self) -> None:
+        self.liveness.ok()
+        if not self._ever_connected.is_set():
+            log.info("discord: connected as %s", self._client.user if self._client else "?")
+        self._ever_connected.set()
+
+    def _reconnect_delay(self) -> float:
+        """Called by discord.py's reconnect loop, inside its ``except``: count, log, wait."""
+        client = self._client
+        if client is None or client.ws is None:
+            raise _NeverConnected  # nothing to RESUME: the supervisor starts a fresh client
+        attempt = self.liveness.failed(_describe(sys.exc_info()[1]))
+        delay = self._backoff.delay(attempt)
+        log.warning(
+            "discord: gateway lost (%s); reconnect %d in %.1fs",
+            self.liveness.error,
+            attempt,
+            delay,
+        )
+        return delay
+
+    async def _watch_heartbeat(self) -> None:
+        """Mark the platform alive while the gateway socket is open and the session ready.
+
+        discord.py closes the socket itself when heartbeats go unanswered, so an
+        open, ready socket is a recent heartbeat.
+        """
+        while True:
+            await anyio.sleep(self._liveness_interval)
+            client = self._client
+            ws = client.ws if client is not None and client.is_ready() else None
+            if ws is not None and ws.open:
+                self.liveness.ok()
 
     async def stop_intake(self) -> None:
         """Ignore new messages from now on; running handlers carry on."""
@@ -262,3 +401,10 @@ class DiscordInterface:
             return tuple(out)
 
         return fetch
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection failed"
+    text = one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
