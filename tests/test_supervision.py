@@ -319,3 +319,59 @@ async def test_discord_gateway_outage_after_connecting_resumes(
         assert_one_line_each(reconnects)
         assert fake.identifies == 1  # the session was resumed, not started over
         assert not lines(caplog, "discord.client", "Attempting a reconnect")
+
+
+# -- liveness: /healthz -------------------------------------------------------------------
+
+
+async def test_healthz_answers_503_on_a_stalled_platform_or_a_lagging_loop(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    import aiohttp
+
+    from evie.http import health_problems, serve_http
+    from evie.metrics import Metrics
+    from evie.platforms.supervisor import Liveness
+
+    now = [1000.0]
+    liveness = Liveness("telegram", clock=lambda: now[0])
+    metrics = Metrics()
+    async with (
+        SessionManager(fake_launcher(tmp_path)) as manager,
+        serve_http(
+            "127.0.0.1:0",
+            manager,
+            metrics,
+            platforms=lambda: [liveness.snapshot()],
+            stall_after=90,
+            max_loop_lag=0.2,
+        ) as port,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def probe() -> tuple[int, list[str]]:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                return response.status, (await response.json())["problems"]
+
+        assert await probe() == (200, [])  # just started: not silent for long yet
+        now[0] += 91
+        status, problems = await probe()
+        assert status == 503
+        assert problems[0].startswith("telegram: no good poll or heartbeat for 91s")
+        liveness.ok()
+        now[0] += 89
+        assert await probe() == (200, [])
+        liveness.mark_down("bad token")
+        now[0] += 2
+        assert (await probe())[0] == 503
+        async with anyio.create_task_group() as group:
+            group.start_soon(metrics.loop_lag.watch)
+            await anyio.sleep(0.1)
+            time.sleep(1.0)  # noqa: ASYNC251 - the point: something blocks the loop
+            lagging = health_problems([], metrics, stall_after=90, max_loop_lag=0.2)
+            assert [p.split(" lags")[0] for p in lagging] == ["event loop"]
+            await anyio.sleep(0.6)
+            assert metrics.loop_lag.worst >= 0.5  # the ticker saw it too
+            group.cancel_scope.cancel()
