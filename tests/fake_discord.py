@@ -138,6 +138,7 @@ class FakeDiscord:
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
+    content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
     gateway_attempts: int = 0
 
     @property
@@ -277,6 +278,9 @@ class FakeDiscord:
             elif op == 2:
                 self.identifies += 1
                 self._intents = payload["d"].get("intents", 0)
+                if self._intents & CONTENT_INTENT and not self.content_intent_enabled:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                    break
                 ready = {
                     "v": 10,
                     "user": BOT_USER,

@@ -375,3 +375,40 @@ async def test_healthz_answers_503_on_a_stalled_platform_or_a_lagging_loop(
             await anyio.sleep(0.6)
             assert metrics.loop_lag.worst >= 0.5  # the ticker saw it too
             group.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("discord_globals")
+async def test_a_platform_that_is_down_for_good_leaves_the_other_working(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with (
+        running_fake_discord() as dc,
+        running_fake_telegram() as fake,
+        SessionManager(fake_launcher(tmp_path)) as manager,
+    ):
+        dc.content_intent_enabled = False  # not enabled in the developer portal
+        discord_side = discord_interface(manager, dc.port)
+        telegram_side = telegram_interface(manager, fake.base_url)
+        async with anyio.create_task_group() as group:
+            await group.start(telegram_side.run)
+            finished = anyio.Event()
+
+            async def run_discord() -> None:
+                await discord_side.run()  # returns (does not raise) once it is down
+                finished.set()
+
+            group.start_soon(run_discord)
+            with anyio.fail_after(20):
+                await finished.wait()
+            fake.push_message("telegram still works")
+            await fake.wait_for(lambda: "echo: telegram still works" in fake.chat_view(OWNER))
+            group.cancel_scope.cancel()
+    health = discord_side.health()
+    assert health.state is PlatformState.DOWN
+    assert dc.identifies == 1  # not retried
+    down = lines(caplog, "evie.platforms.supervisor", "discord: ")
+    assert len(down) == 1
+    assert "Privileged Gateway Intents" in down[0].getMessage()  # names the fix
+    assert_one_line_each(down)
+    assert telegram_side.health().state is PlatformState.UP
