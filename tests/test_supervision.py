@@ -412,3 +412,29 @@ async def test_a_platform_that_is_down_for_good_leaves_the_other_working(
     assert "Privileged Gateway Intents" in down[0].getMessage()  # names the fix
     assert_one_line_each(down)
     assert telegram_side.health().state is PlatformState.UP
+
+
+def test_below_debug_an_exception_is_one_redacted_line() -> None:
+    import io
+
+    from evie.logs import RedactSecrets, TextFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactSecrets([TOKEN], tracebacks=False))
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("evie.test.oneline")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        try:
+            raise ValueError(f"bad answer\n<html>502</html> for /bot{TOKEN}/getUpdates")
+        except ValueError:
+            logger.exception("telegram: polling failed")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert text.count("\n") == 1
+    assert "Traceback" not in text
+    assert "polling failed (ValueError: bad answer <html>502</html> for /bot[redacted]" in text
+    assert TOKEN not in text
