@@ -140,6 +140,12 @@ class FakeDiscord:
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
     content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
     gateway_attempts: int = 0
+    holds: dict[str, anyio.Event] = attrs.Factory(dict)  # REST path -> gate
+
+    def hold(self, path: str) -> anyio.Event:
+        """REST calls to ``path`` (e.g. ``users/@me``, the login) wait until the event is set."""
+        gate = self.holds[path] = anyio.Event()
+        return gate
 
     @property
     def base_url(self) -> str:
@@ -324,6 +330,9 @@ class FakeDiscord:
         path = request.match_info["path"]
         self.calls.append((request.method, path))
         self._wake()
+        gate = self.holds.get(path)
+        if gate is not None:
+            await gate.wait()
         route = f"{request.method} {path.split('/')[0]}"
         fault = self._fault(route)
         if fault is not None:

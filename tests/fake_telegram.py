@@ -127,12 +127,18 @@ class FakeTelegram:
     _closing: bool = False
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
+    holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     # -- test controls ---------------------------------------------------------
+
+    def hold(self, method: str) -> anyio.Event:
+        """Calls to ``method`` wait (a hung Telegram) until the returned event is set."""
+        gate = self.holds[method] = anyio.Event()
+        return gate
 
     def inject(self, method: str, fault: Fault, times: int = 1) -> None:
         for _ in range(times):
@@ -229,6 +235,9 @@ class FakeTelegram:
         params = {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append((method, params))
         self._wake()
+        gate = self.holds.get(method)
+        if gate is not None:
+            await gate.wait()
         if self.faults[method]:
             fault = self.faults[method].popleft()
             if fault.hang:

@@ -169,7 +169,7 @@ def write_config(tmp_path: Path, api_url: str, extra: str = "") -> Path:
         f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\n'
         f'[state]\ndir = "{tmp_path / "state"}"\n'
         f'[telegram]\ntoken = "{TOKEN}"\napi_url = "{api_url}"\nallowed_user_ids = [42]\n'
-        "poll_timeout = 1\nrequest_grace = 1\n"
+        "polling_timeout = 1\nrequest_grace = 1\n"
         "[platforms]\nretry_base = 0.05\nretry_cap = 0.3\n" + extra
     )
     config.chmod(0o600)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import discord
 import pytest
@@ -45,13 +46,13 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
                 api_url=fake.api_url,
                 gateway_url=fake.gateway_url,
                 allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
             )
             async with SessionManager(fake_launcher(tmp_path)) as manager:
                 interface = DiscordInterface(
                     manager,
                     config,
                     delivery=Delivery(base_backoff=0.01),
-                    edit_interval=0.05,
                     client_options={"guild_ready_timeout": 0.05},
                 )
                 async with anyio.create_task_group() as group:
@@ -173,3 +174,59 @@ async def test_image_attachments_reach_pi(
     assert prompt["images"] == [
         {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/png"}
     ]
+
+
+async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: Path) -> None:
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        async with running_fake_discord() as fake:
+            config = DiscordConfig(
+                token=TOKEN,
+                api_url=fake.api_url,
+                gateway_url=fake.gateway_url,
+                allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
+            )
+            async with SessionManager(fake_launcher(tmp_path)) as manager:
+                interface = DiscordInterface(
+                    manager,
+                    config,
+                    delivery=Delivery(base_backoff=0.01),
+                    client_options={"guild_ready_timeout": 0.05},
+                )
+                assert interface.health().state == "starting"
+                returned = anyio.Event()
+
+                async def serve(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    await interface.run(task_status=task_status)
+                    returned.set()
+
+                async with anyio.create_task_group() as tg:
+                    with anyio.fail_after(10):
+                        await tg.start(serve)  # at once: Discord connects in the background
+                        await interface.wait_connected()
+                    health = interface.health()
+                    assert health.state == "up"
+                    assert health.seconds_since_ok is not None  # READY was a sign of life
+                    await fake.disconnect()
+                    await fake.wait_for(lambda: fake.resumes >= 1)
+                    with anyio.fail_after(10):
+                        while interface.health().detail != "gateway resumed":
+                            await anyio.sleep(0.01)
+                    assert interface.health().consecutive_failures == 0
+
+                    release = tmp_path / "release"
+                    steps = [{"text": "busy"}, {"wait_file": str(release)}, {"text": " done"}]
+                    await fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+                    await fake.wait_for(lambda: "busy" in " ".join(fake.channel_view(DM)))
+                    await interface.stop_intake()
+                    assert interface.health().state == "down"
+                    await fake.push_message("too late", channel_id=DM)  # ignored
+                    release.touch()
+                    with anyio.fail_after(10):
+                        await returned.wait()
+                    # run returned only after the running handler delivered its answer
+                    assert fake.channel_view(DM) == ["busy done"]
+    finally:
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import anyio
 
 from evie.agent.events import Prompt
-from evie.chat.commands import REFUSAL, parse_command, run_command
+from evie.chat.commands import REFUSAL, for_another_bot, parse_command, run_command
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
 from evie.chat.streaming import Delivery, ReplyStreamer
 from evie.errors import EvieError
@@ -27,8 +27,8 @@ class ChatFrontend:
         transport: Transport,
         *,
         allowed_user_ids: Iterable[int],
+        edit_interval: float,  # from the platform's config section
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         typing_interval: float = 4.5,
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
@@ -60,8 +60,11 @@ class ChatFrontend:
             if len(self._seen) > 10_000:
                 self._seen.popitem(last=False)
         try:
+            if for_another_bot(msg.text.strip(), self.bot_username):
+                return  # /cmd@OtherBot: not ours, and never a prompt for pi
             if not self.allows(msg.user_id):
-                await self._refuse(msg)
+                if msg.addressed:  # a bare /cmd in a group draws no public reply
+                    await self._refuse(msg)
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
             if command is not None:

@@ -21,7 +21,7 @@ import base64
 import contextvars
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import anyio
@@ -165,6 +165,8 @@ class _Client(discord.Client):
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = True
+        # debug events: every gateway message (heartbeat acks too) is a sign of life for health()
+        options.setdefault("enable_debug_events", True)
         super().__init__(intents=intents, **options)
         self._owner = owner
 
@@ -172,24 +174,33 @@ class _Client(discord.Client):
         self._owner._add_app_commands(self)
 
     async def on_ready(self) -> None:
-        self._owner._connected()
         await self._owner._sync_app_commands()
+        self._owner._connected("ready")
 
     async def on_resumed(self) -> None:
-        self._owner._connected()
+        self._owner._connected("resumed")
+
+    async def on_disconnect(self) -> None:
+        self._owner._disconnected()
+
+    async def on_socket_raw_receive(self, _msg: object) -> None:
+        self._owner.liveness.seen()
 
     async def on_message(self, message: discord.Message) -> None:
         self._owner._on_message(message)
 
 
 class DiscordInterface:
+    """The Discord platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "discord"
+
     def __init__(
         self,
         manager: SessionManager,
         config: DiscordConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         client_options: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
         liveness_interval: float = 10.0,
@@ -199,7 +210,6 @@ class DiscordInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
         self._client_options = client_options or {}
         self._backoff = backoff or Backoff()
         self._liveness_interval = liveness_interval
@@ -209,6 +219,7 @@ class DiscordInterface:
         self._client: _Client | None = None
         self.frontend: ChatFrontend | None = None
         self._accepting = True
+        self._intake_stopped = anyio.Event()
         self._tree: app_commands.CommandTree[_Client] | None = None
         self._synced = False
 
@@ -222,10 +233,12 @@ class DiscordInterface:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Connect and serve until cancelled; handler tasks are owned here.
+        """Connect, serve until intake stops, then return once the handlers have finished.
 
         Reports started at once: an unreachable Discord is retried in the
-        background (adr/0011), it never holds up the daemon's start.
+        background (adr/0011), it never holds up the daemon's start. Replies go
+        over REST, so the client stays open until the last handler is done. A
+        refused token or intent stops only Discord (``gave_up``) and ``run`` returns.
         """
         if self._config.api_url:
             discord.http.Route.BASE = self._config.api_url
@@ -236,15 +249,31 @@ class DiscordInterface:
             DiscordTransport(lambda: self._client),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
-            edit_interval=self._edit_interval,
+            edit_interval=self._config.edit_interval,
             platform="dc",
         )
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            tg.start_soon(self._watch_heartbeat)
-            await supervise(self.liveness, self._connect_once, self._backoff)
-            tg.cancel_scope.cancel()  # down for good: nothing more will arrive
+        try:
+            async with anyio.create_task_group() as connection:
+                connection.start_soon(self._watch_heartbeat)
+                connection.start_soon(self._supervised)
+                async with anyio.create_task_group() as handlers:
+                    self._tg = handlers
+                    self.liveness.begin()
+                    task_status.started()
+                    await self._intake_stopped.wait()
+                # every message handler has finished: drop the gateway connection
+                connection.cancel_scope.cancel()
+        finally:
+            self.liveness.stopped("stopped")
+            if self._client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client.close()
+
+    async def _supervised(self) -> None:
+        """Hold a gateway session; returns only when Discord gave up (a permanent error)."""
+        await supervise(self.liveness, self._connect_once, self._backoff)
+        self._accepting = False  # down for good: nothing more will arrive
+        self._intake_stopped.set()
 
     async def _connect_once(self) -> None:
         """Log in and hold a gateway session with a fresh client (one supervised attempt)."""
@@ -272,8 +301,8 @@ class DiscordInterface:
             with anyio.CancelScope(shield=True):
                 await client.close()
 
-    def _connected(self) -> None:
-        self.liveness.ok()
+    def _connected(self, how: str) -> None:
+        self.liveness.ok(f"gateway {how}")
         if not self._ever_connected.is_set():
             log.info("discord: connected as %s", self._client.user if self._client else "?")
         self._ever_connected.set()
@@ -287,7 +316,7 @@ class DiscordInterface:
         delay = self._backoff.delay(attempt)
         log.warning(
             "discord: gateway lost (%s); reconnect %d in %.1fs",
-            self.liveness.error,
+            self.liveness.detail,
             attempt,
             delay,
         )
@@ -307,8 +336,21 @@ class DiscordInterface:
                 self.liveness.ok()
 
     async def stop_intake(self) -> None:
-        """Ignore new messages from now on; running handlers carry on."""
+        """Ignore new messages from now on; running handlers carry on.
+
+        :meth:`run` returns once they have finished (cancel it to cut them short).
+        """
         self._accepting = False
+        self._intake_stopped.set()
+        self.liveness.stopped("intake stopped")
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to the Discord channels among ``keys``."""
+        frontend = self.frontend
+        return 0 if frontend is None else await frontend.announce(keys, take)
+
+    def _disconnected(self) -> None:
+        self.liveness.lost("gateway disconnected; discord.py reconnects")
 
     # -- application (slash) commands: /status /stop /new /help -----------------------
 
@@ -359,6 +401,7 @@ class DiscordInterface:
         if client is None or client.user is None or message.author.bot:
             return None
         text = message.content
+        named = True  # the message names this bot (a bare /cmd in a guild does not)
         if message.guild is not None:
             me = client.user
             mentioned = any(user.id == me.id for user in message.mentions)
@@ -370,6 +413,7 @@ class DiscordInterface:
             )
             if not (mentioned or replied or text.startswith("/")):
                 return None
+            named = mentioned or replied
             for form in (f"<@{me.id}>", f"<@!{me.id}>"):
                 text = text.replace(form, "")
             text = text.strip()
@@ -380,6 +424,7 @@ class DiscordInterface:
             text=text,
             message_id=message.id,
             fetch_images=self._image_fetcher(images) if images else None,
+            addressed=named,
         )
 
     def _image_fetcher(

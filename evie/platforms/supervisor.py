@@ -39,47 +39,79 @@ class Liveness:
     name: str
     clock: Callable[[], float] = time.monotonic
     started: float = attrs.field(init=False)
+    running: bool = False  # run() reported started
+    connected: bool = True  # False while a held connection is known to be lost
     last_ok: float | None = None
     failures: int = 0
-    error: str | None = None
+    detail: str = "connecting"
     down: bool = False
+    gave_up: bool = False
     skipped_updates: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
 
-    def ok(self) -> None:
-        """A good poll or heartbeat."""
+    def begin(self) -> None:
+        """``run`` reported started; intake now connects in the background."""
+        self.running = True
+
+    def ok(self, detail: str = "") -> None:
+        """A good poll, connection or heartbeat."""
         self.last_ok = self.clock()
+        if self.down:
+            return  # intake stopped: stays down
+        if detail or self.failures or not self.connected:
+            self.detail = detail or "connected"
         self.failures = 0
-        self.down = False
+        self.connected = True
+
+    def seen(self) -> None:
+        """A sign of life from the service (any gateway message) that changes no state."""
+        self.last_ok = self.clock()
+
+    def lost(self, detail: str) -> None:
+        """A held connection dropped; the library reconnects (failures are counted there)."""
+        if not self.down:
+            self.connected = False
+            self.detail = detail
 
     def failed(self, error: str) -> int:
         """A failed attempt; returns how many failed in a row (the retry number)."""
         self.failures += 1
-        self.error = error
+        if not self.down:
+            self.detail = error
         return self.failures
 
-    def mark_down(self, error: str) -> None:
+    def give_up(self, error: str) -> None:
+        """A permanent error: down until evie restarts."""
         self.down = True
-        self.error = error
+        self.gave_up = True
+        self.detail = error
+
+    def stopped(self, detail: str = "intake stopped") -> None:
+        if not self.down:
+            self.down = True
+            self.detail = detail
 
     def snapshot(self) -> PlatformHealth:
         now = self.clock()
+        state: PlatformState
         if self.down:
-            state = PlatformState.DOWN
-        elif self.last_ok is None or self.failures:
-            state = PlatformState.DEGRADED
+            state = "down"
+        elif not self.running:
+            state = "starting"
+        elif self.last_ok is None or self.failures or not self.connected:
+            state = "degraded"
         else:
-            state = PlatformState.UP
-        age = None if self.last_ok is None else now - self.last_ok
+            state = "up"
         return PlatformHealth(
-            name=self.name,
             state=state,
-            last_ok_age=age,
+            seconds_since_ok=None if self.last_ok is None else now - self.last_ok,
+            consecutive_failures=self.failures,
+            detail=self.detail,
+            name=self.name,
             silent_for=now - (self.last_ok if self.last_ok is not None else self.started),
-            failures=self.failures,
-            error=self.error,
+            gave_up=self.gave_up,
             skipped_updates=self.skipped_updates,
         )
 
@@ -103,7 +135,7 @@ async def supervise(
             log.warning("%s: %s; retry %d in %gs", name, exc, attempt, exc.seconds)
             await anyio.sleep(exc.seconds)
         except Permanent as exc:
-            liveness.mark_down(one_line(exc))
+            liveness.give_up(one_line(exc))
             log.error("%s: %s; %s is down until evie restarts", name, one_line(exc), name)
             return
         except Exception as exc:

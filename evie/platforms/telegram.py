@@ -20,11 +20,16 @@ import functools
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+
+# isort: off
+import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
+
+# isort: on
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -39,7 +44,18 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.methods import TelegramMethod
+from aiogram.methods import (
+    DeleteWebhook,
+    EditMessageText,
+    GetFile,
+    GetMe,
+    GetUpdates,
+    SendChatAction,
+    SendMessage,
+    SetMyCommands,
+    TelegramMethod,
+)
+from aiogram.methods.base import Response
 from aiogram.types import BotCommand, LinkPreviewOptions, Message, Update
 from pydantic import ValidationError
 
@@ -68,6 +84,18 @@ from evie.sessions.manager import SessionManager
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+#: aiogram parses every answer as ``Response[<method's result type>]``; pydantic keeps
+#: those generic classes only in a weak cache, so each garbage collection dropped them
+#: and the next call rebuilt one (20-35 ms of CPU each under load). Holding them here
+#: builds each once (bench/results/aiogram_response.json).
+RESPONSE_TYPES = tuple(
+    Response[m.__returning__]  # type: ignore[name-defined]
+    for m in (
+        GetUpdates, SendMessage, EditMessageText, SendChatAction, GetMe, DeleteWebhook,
+        SetMyCommands, GetFile,
+    )
+)  # fmt: skip
 
 
 BAD_TOKEN = "Telegram rejected the bot token (401 Unauthorized): check [telegram] token"
@@ -196,15 +224,16 @@ class TelegramTransport:
 
 
 class TelegramInterface:
+    """The Telegram platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "telegram"
+
     def __init__(
         self,
         manager: SessionManager,
         config: TelegramConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
-        polling_timeout: int = 25,
-        request_grace: int = 15,
         backoff: Backoff | None = None,
     ) -> None:
         if not config.token:
@@ -212,10 +241,6 @@ class TelegramInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
-        self._polling_timeout = polling_timeout
-        # a long poll that has not answered this long after its timeout is hung
-        self._request_grace = request_grace
         self._backoff = backoff or Backoff()
         self.liveness = Liveness("telegram")
         self.frontend: ChatFrontend | None = None
@@ -231,10 +256,11 @@ class TelegramInterface:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Poll until cancelled or stopped; messages are handled in tasks this method owns.
+        """Poll until intake stops, then return once the message handlers have finished.
 
         Reports started at once: an unreachable Telegram is retried in the
-        background (adr/0011), it never holds up the daemon's start.
+        background (adr/0011), it never holds up the daemon's start. A rejected
+        token stops only Telegram (health ``down``, ``gave_up``) and ``run`` returns.
         """
         assert self._config.token is not None
         session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
@@ -244,7 +270,7 @@ class TelegramInterface:
             TelegramTransport(bot),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
-            edit_interval=self._edit_interval,
+            edit_interval=self._config.edit_interval,
             platform="tg",
         )
         router = Router()
@@ -254,6 +280,7 @@ class TelegramInterface:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self.liveness.begin()
                 task_status.started()
                 with self._poll_scope:
                     await supervise(
@@ -261,8 +288,11 @@ class TelegramInterface:
                         lambda: self._connect_and_poll(bot, dispatcher),
                         self._backoff,
                     )
-                # intake stopped: the task group now waits for messages being handled
+                # intake stopped (or Telegram gave up): the task group now waits for
+                # messages being handled
+                self.liveness.stopped("intake stopped")
         finally:
+            self.liveness.stopped("stopped")
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
@@ -275,6 +305,7 @@ class TelegramInterface:
             await _intake(lambda: bot.delete_webhook())
             self._ready = True
             log.info("telegram: polling as @%s", me.username)
+            self.liveness.ok(f"polling as @{me.username}")
             await self._register_commands(bot)
         await self._poll(bot, dispatcher)
 
@@ -293,14 +324,16 @@ class TelegramInterface:
         while True:
             method = _RawGetUpdates(
                 offset=self._offset,
-                timeout=self._polling_timeout,
+                timeout=self._config.polling_timeout,
                 allowed_updates=["message"],
             )
             call = functools.partial(
-                bot, method, request_timeout=self._polling_timeout + self._request_grace
+                bot,
+                method,
+                request_timeout=self._config.polling_timeout + self._config.request_grace,
             )
             raw = await _intake(call)
-            self.liveness.ok()
+            self.liveness.ok("polling")
             for item in raw:
                 update_id = item.get("update_id")
                 if isinstance(update_id, int) and not isinstance(update_id, bool):
@@ -333,7 +366,13 @@ class TelegramInterface:
 
         :meth:`run` returns once they have finished (cancel it to cut them short).
         """
+        self.liveness.stopped("intake stopped")
         self._poll_scope.cancel()
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to the Telegram chats among ``keys``."""
+        frontend = self.frontend
+        return 0 if frontend is None else await frontend.announce(keys, take)
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)
@@ -346,10 +385,12 @@ class TelegramInterface:
             return None
         text = message.text or message.caption or ""
         chat = message.chat
+        named = True  # the message names this bot (a bare /cmd in a group does not)
         if chat.type != "private":
             addressed = self._addressed_text(message, text)
             if addressed is None:
                 return None  # group chatter not meant for the bot
+            named = not text.startswith("/") or "@" in text.split(maxsplit=1)[0]
             text = addressed
         thread = message.message_thread_id if message.is_topic_message else None
         fetch = self._photo_fetcher(message) if message.photo else None
@@ -359,6 +400,7 @@ class TelegramInterface:
             text=text,
             message_id=message.message_id,
             fetch_images=fetch,
+            addressed=named,
         )
 
     def _addressed_text(self, message: Message, text: str) -> str | None:
