@@ -213,7 +213,7 @@ class DiscordInterface:
         self._client_options = client_options or {}
         self._backoff = backoff or Backoff()
         self._liveness_interval = liveness_interval
-        self.liveness = Liveness("discord")
+        self.liveness = Liveness("discord", connected=False)  # up only on READY
         self._ever_connected = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._client: _Client | None = None

@@ -40,7 +40,8 @@ class Liveness:
     clock: Callable[[], float] = time.monotonic
     started: float = attrs.field(init=False)
     running: bool = False  # run() reported started
-    connected: bool = True  # False while a held connection is known to be lost
+    #: False while a held connection is lost, or (Discord) before the first READY
+    connected: bool = True
     last_ok: float | None = None
     failures: int = 0
     detail: str = "connecting"
