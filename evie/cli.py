@@ -15,7 +15,7 @@ from evie import __version__
 from evie.agent.sandbox import make_undumpable
 from evie.config import Config, example_config, load_config, split_listen
 from evie.errors import ConfigError, EvieError
-from evie.logs import setup_logging
+from evie.logs import RedactSecrets, setup_logging
 from evie.runtime import open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
@@ -66,10 +66,13 @@ def _status(config: Config) -> int:
         request.add_header("Authorization", f"Bearer {config.http.token}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            sessions = json.loads(response.read())
+            status = json.loads(response.read())
     except (urllib.error.URLError, OSError) as exc:
         print(f"evie: no running evie answered on {config.http.listen} ({exc})", file=sys.stderr)
         return 1
+    sessions = status["sessions"] if isinstance(status, dict) else status
+    for platform in status.get("platforms", []) if isinstance(status, dict) else []:
+        print(f"platform {platform['summary']}")
     if not sessions:
         print("running; no sessions yet")
     for s in sessions:
@@ -173,12 +176,35 @@ def main(argv: list[str] | None = None) -> int:
     except BaseExceptionGroup as group:  # from a task group: report evie's own errors plainly
         matched, rest = group.split(EvieError)
         if matched is None or rest is not None:
-            raise
+            return _unexpected(group)
         for leaf in _leaves(matched):
             print(f"evie: {leaf}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        return _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> int:
+    """One line for an error evie did not foresee; the traceback only at debug level."""
+    leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return 130
+    first = leaves[0] if leaves else exc
+    words = RedactSecrets().redact(" ".join(str(first).split())[:300])
+    print(
+        f"evie: unexpected {type(first).__name__}: {words} "
+        '(set [log] level = "debug" for the traceback)',
+        file=sys.stderr,
+    )
+    import logging
+
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    return 1
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

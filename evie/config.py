@@ -200,6 +200,9 @@ class TelegramConfig:
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
     edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
     polling_timeout: int = setting(25, _pos_int, "seconds a getUpdates long poll waits")
+    request_grace: int = setting(
+        15, _pos_int, "seconds past polling_timeout before a silent getUpdates counts as hung"
+    )
 
 
 @attrs.frozen
@@ -222,6 +225,21 @@ class DeliveryConfig:
 class HttpConfig:
     listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
     token: str | None = setting(None, _opt_str, "require Authorization: Bearer <token>")
+    stall_after: float = setting(
+        90.0, _pos_float, "/healthz fails when a platform had no good poll for this many seconds"
+    )
+    max_loop_lag: float = setting(
+        5.0, _pos_float, "/healthz fails when the event loop lags more than this many seconds"
+    )
+
+
+@attrs.frozen
+class PlatformsConfig:
+    retry_base: float = setting(1.0, _pos_float, "first retry delay after a platform error (s)")
+    retry_cap: float = setting(60.0, _pos_float, "longest retry delay after platform errors (s)")
+    heartbeat_check: float = setting(
+        10.0, _pos_float, "how often a connected gateway is confirmed alive (s)"
+    )
 
 
 @attrs.frozen
@@ -239,6 +257,7 @@ class Config:
     discord: DiscordConfig = attrs.Factory(DiscordConfig)
     delivery: DeliveryConfig = attrs.Factory(DeliveryConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
+    platforms: PlatformsConfig = attrs.Factory(PlatformsConfig)
     log: LogConfig = attrs.Factory(LogConfig)
     source: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -260,6 +279,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "discord": DiscordConfig,
     "delivery": DeliveryConfig,
     "http": HttpConfig,
+    "platforms": PlatformsConfig,
     "log": LogConfig,
 }
 

@@ -4,8 +4,12 @@ Signal handling is installed before anything else starts, so a SIGTERM or
 SIGINT at any moment (even while a platform is still connecting) starts the
 shutdown timeline of :mod:`evie.shutdown`; a second signal exits at once. A
 platform that ends by itself (the terminal at end of input) stops evie the same
-way. Platforms still connecting when the stop comes are abandoned: they have
-taken nothing in.
+way.
+
+Each platform supervises its own intake (adr/0011): ``run`` reports started at
+once, so start-up never waits for a network, and a platform that fails for good
+(a refused token) stops alone. When every platform has given up (and there is
+no terminal), evie stops through the same timeline and exits with that one line.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import anyio
 import anyio.abc
 import attrs
 
+from evie.chat.backoff import Backoff
+from evie.chat.frontend import ChatFrontend
 from evie.chat.render import SWITCH_INTERVAL
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
-from evie.platforms.contract import Platform
+from evie.platforms.contract import Platform, PlatformHealth
 from evie.runtime import Runtime, build_launcher, open_runtime
 from evie.shutdown import Grace, shut_down
 
@@ -49,19 +55,29 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
                 "or add your user id (the refusal log line shows it)",
                 name,
             )
+    backoff = Backoff(base=config.platforms.retry_base, cap=config.platforms.retry_cap)
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
         platforms.append(
             TelegramInterface(
-                runtime.manager, config.telegram, max_chunks=config.delivery.max_chunks
+                runtime.manager,
+                config.telegram,
+                backoff=backoff,
+                max_chunks=config.delivery.max_chunks,
             )
         )
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
         platforms.append(
-            DiscordInterface(runtime.manager, config.discord, max_chunks=config.delivery.max_chunks)
+            DiscordInterface(
+                runtime.manager,
+                config.discord,
+                backoff=backoff,
+                liveness_interval=config.platforms.heartbeat_check,
+                max_chunks=config.delivery.max_chunks,
+            )
         )
     if terminal:
         platforms.append(await terminal_chat(runtime))
@@ -70,14 +86,20 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
 
 @attrs.define
 class StopRequest:
-    """Set once, by the first signal or by a platform that ended; says why."""
+    """Set once, by the first signal or by a platform that ended; says why.
+
+    ``failure`` is set when the stop is evie giving up (every platform refused
+    for good): ``run_daemon`` raises it once the timeline has run.
+    """
 
     event: anyio.Event = attrs.Factory(anyio.Event)
     reason: str = ""
+    failure: str | None = None
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str, *, failure: str | None = None) -> None:
         if not self.event.is_set():
             self.reason = reason
+            self.failure = failure
             self.event.set()
 
 
@@ -102,6 +124,8 @@ async def run_daemon(
                 await _serve(config, stop, terminal=terminal, on_ready=on_ready)
             finally:
                 watcher.cancel_scope.cancel()
+    if stop.failure is not None:
+        raise ConfigError(stop.failure)
     log.info("evie stopped")
 
 
@@ -125,10 +149,20 @@ async def _serve(
 ) -> None:
     async with open_runtime(config) as runtime, AsyncExitStack() as stack:
         platforms = await build_platforms(runtime, terminal=terminal)
+
+        def health() -> list[PlatformHealth]:
+            return [platform.health() for platform in platforms]
+
         if config.http.listen:
             port = await stack.enter_async_context(
                 serve_http(
-                    config.http.listen, runtime.manager, runtime.metrics, token=config.http.token
+                    config.http.listen,
+                    runtime.manager,
+                    runtime.metrics,
+                    token=config.http.token,
+                    platforms=health,
+                    stall_after=config.http.stall_after,
+                    max_loop_lag=config.http.max_loop_lag,
                 )
             )
             log.info("http: /healthz and /metrics on port %d", port)
@@ -137,7 +171,10 @@ async def _serve(
             abort=config.sessions.abort_grace,
             delivery=DELIVERY_GRACE,
         )
-        await _serve_platforms(runtime, platforms, stop, grace, on_ready)
+        async with anyio.create_task_group() as ticker:
+            ticker.start_soon(runtime.metrics.loop_lag.watch)
+            await _serve_platforms(runtime, platforms, stop, grace, on_ready)
+            ticker.cancel_scope.cancel()
 
 
 async def _serve_platforms(
@@ -162,7 +199,11 @@ async def _serve_platforms(
         serving.start_soon(stop_when_asked)
         with starting:
             for platform in platforms:
-                await serving.start(_run_platform, platform, stop, returned)
+                # returns at once: a platform connects under its supervisor (adr/0011)
+                await serving.start(_run_platform, platform, platforms, stop, returned)
+                frontend = getattr(platform, "frontend", None)
+                if isinstance(frontend, ChatFrontend):
+                    frontend.status_footer = lambda: _platform_lines(platforms)
         if starting.cancel_called:
             return
         log.info("evie is running (%s)", ", ".join(p.name for p in platforms))
@@ -173,6 +214,7 @@ async def _serve_platforms(
 
 async def _run_platform(
     platform: Platform,
+    platforms: Sequence[Platform],
     stop: StopRequest,
     returned: _Countdown,
     *,
@@ -180,9 +222,23 @@ async def _run_platform(
 ) -> None:
     try:
         await platform.run(task_status=task_status)
-        stop.request(f"{platform.name} ended")  # no-op when it ended because of the stop
+        if not platform.health().gave_up:
+            stop.request(f"{platform.name} ended")  # no-op when it ended because of the stop
+            return
+        # refused for good (logged by its supervisor): the others carry on, if any is left
+        gave_up = [p.health() for p in platforms]
+        if all(h.gave_up for h in gave_up):
+            failure = "no platform is left running: " + "; ".join(
+                f"{h.name}: {h.detail}" for h in gave_up
+            )
+            stop.request("every platform gave up", failure=failure)
     finally:
         returned.one_done()
+
+
+def _platform_lines(platforms: Sequence[Platform]) -> str:
+    """The platforms' state under ``/status`` in chats."""
+    return "Platforms: " + "; ".join(p.health().summary() for p in platforms)
 
 
 @attrs.define

@@ -5,13 +5,18 @@ accepts only loopback addresses for it. A request whose ``Host`` is not the
 listen address is refused, so a web page cannot read it through DNS rebinding
 (a browser sends the attacker's host name); with ``[http] token`` every request
 must also carry ``Authorization: Bearer <token>``.
+
+``/healthz`` is a liveness probe (adr/0011): 503 when a configured platform has
+had no good poll or heartbeat for ``[http] stall_after`` seconds, or when the
+event loop lags more than ``[http] max_loop_lag``; the body says which.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import get_args
 
 import anyio.lowlevel
 import msgspec
@@ -20,6 +25,7 @@ from aiohttp import web
 from evie import __version__
 from evie.config import split_listen
 from evie.metrics import Histogram, Metrics
+from evie.platforms.contract import PlatformHealth, PlatformState
 from evie.sessions.manager import SessionManager
 from evie.sessions.slot import SlotState, SlotStatus
 
@@ -39,7 +45,93 @@ def _histogram(name: str, help_text: str, h: Histogram) -> list[str]:
     return lines
 
 
-def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
+Platforms = Callable[[], Sequence[PlatformHealth]]
+
+
+def _no_platforms() -> Sequence[PlatformHealth]:
+    return ()
+
+
+def _platform_metrics(platforms: Sequence[PlatformHealth], metrics: Metrics) -> list[str]:
+    lines = [
+        "# HELP evie_platform_state Each platform's state (1 for the current one).",
+        "# TYPE evie_platform_state gauge",
+    ]
+    for h in platforms:
+        lines += [
+            f'evie_platform_state{{platform="{h.name}",state="{st}"}} {int(h.state == st)}'
+            for st in get_args(PlatformState)
+        ]
+    lines += [
+        "# HELP evie_platform_silent_seconds Seconds since the last good poll or heartbeat.",
+        "# TYPE evie_platform_silent_seconds gauge",
+    ]
+    lines += [
+        f'evie_platform_silent_seconds{{platform="{h.name}"}} {h.silent_for:.3f}' for h in platforms
+    ]
+    lines += [
+        "# HELP evie_platform_failures Consecutive failed attempts.",
+        "# TYPE evie_platform_failures gauge",
+    ]
+    lines += [
+        f'evie_platform_failures{{platform="{h.name}"}} {h.consecutive_failures}' for h in platforms
+    ]
+    lines += [
+        "# HELP evie_platform_skipped_updates_total Unreadable updates skipped.",
+        "# TYPE evie_platform_skipped_updates_total counter",
+    ]
+    lines += [
+        f'evie_platform_skipped_updates_total{{platform="{h.name}"}} {h.skipped_updates}'
+        for h in platforms
+    ]
+    lag = metrics.loop_lag
+    lines += [
+        "# HELP evie_event_loop_lag_seconds How late the event loop woke its ticker.",
+        "# TYPE evie_event_loop_lag_seconds gauge",
+        f"evie_event_loop_lag_seconds {lag.current():.6f}",
+        "# HELP evie_event_loop_lag_max_seconds Worst event-loop lag seen.",
+        "# TYPE evie_event_loop_lag_max_seconds gauge",
+        f"evie_event_loop_lag_max_seconds {lag.worst:.6f}",
+    ]
+    return lines
+
+
+def health_problems(
+    platforms: Sequence[PlatformHealth],
+    metrics: Metrics,
+    *,
+    stall_after: float,
+    max_loop_lag: float,
+) -> list[str]:
+    """Why evie is not healthy, one line each; empty when it is."""
+    problems = [
+        f"{h.name}: no good poll or heartbeat for {h.silent_for:.0f}s ({h.summary()})"
+        for h in platforms
+        if h.silent_for > stall_after
+    ]
+    lag = metrics.loop_lag.current()
+    if lag > max_loop_lag:
+        problems.append(f"event loop lags {lag:.1f}s: something is blocking it")
+    return problems
+
+
+def platform_json(h: PlatformHealth) -> dict[str, object]:
+    return {
+        "name": h.name,
+        "state": h.state,
+        "seconds_since_ok": None if h.seconds_since_ok is None else round(h.seconds_since_ok, 3),
+        "silent_for": round(h.silent_for, 3),
+        "consecutive_failures": h.consecutive_failures,
+        "detail": h.detail,
+        "gave_up": h.gave_up,
+        "skipped_updates": h.skipped_updates,
+        "summary": h.summary(),
+    }
+
+
+def render_metrics(
+    manager: SessionManager, metrics: Metrics, platforms: Sequence[PlatformHealth] = ()
+) -> str:
     """Prometheus text from counters kept current on slot transitions: no walk over sessions."""
     tally = metrics.sessions
     lines = ["# HELP evie_sessions Sessions by state.", "# TYPE evie_sessions gauge"]
@@ -95,6 +187,7 @@ def render_metrics(manager: SessionManager, metrics: Metrics) -> str:
         "evie_persist_serialise_seconds", "State snapshot serialisation.", metrics.persist_serialise
     )
     lines += _histogram("evie_persist_write_seconds", "State file write.", metrics.persist_write)
+    lines += _platform_metrics(platforms, metrics)
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +229,17 @@ async def status_body(manager: SessionManager) -> bytes:
     return b"[" + b",".join(p for p in parts if p) + b"]"
 
 
+async def status_document(
+    manager: SessionManager, metrics: Metrics, platforms: Sequence[PlatformHealth]
+) -> bytes:
+    """``/status``: ``{sessions, platforms, event_loop_lag}``; sessions from :func:`status_body`."""
+    rest = {
+        "platforms": [platform_json(h) for h in platforms],
+        "event_loop_lag": round(metrics.loop_lag.current(), 6),
+    }
+    return b'{"sessions":' + await status_body(manager) + b"," + msgspec.json.encode(rest)[1:]
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -167,21 +271,32 @@ def refusal(
 
 @asynccontextmanager
 async def serve_http(
-    listen: str, manager: SessionManager, metrics: Metrics, *, token: str | None = None
+    listen: str,
+    manager: SessionManager,
+    metrics: Metrics,
+    *,
+    token: str | None = None,
+    platforms: Platforms = _no_platforms,
+    stall_after: float = 90.0,
+    max_loop_lag: float = 5.0,
 ) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (useful with port 0)."""
     host, port = split_listen(listen)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "version": __version__})
+        problems = health_problems(
+            platforms(), metrics, stall_after=stall_after, max_loop_lag=max_loop_lag
+        )
+        body = {"ok": not problems, "version": __version__, "problems": problems}
+        return web.json_response(body, status=503 if problems else 200)
 
     async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(
-            text=render_metrics(manager, metrics), content_type="text/plain", charset="utf-8"
-        )
+        text = render_metrics(manager, metrics, platforms())
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def status_view(_: web.Request) -> web.Response:
-        return web.Response(body=await status_body(manager), content_type="application/json")
+        body = await status_document(manager, metrics, platforms())
+        return web.Response(body=body, content_type="application/json")
 
     allowed = [_allowed_hosts(host, port)]  # set again once the port is bound
 

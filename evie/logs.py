@@ -23,11 +23,17 @@ _TOKEN_SHAPES = re.compile(
 
 
 class RedactSecrets(logging.Filter):
-    """Replace known secrets and token-shaped strings in the rendered message."""
+    """Replace known secrets and token-shaped strings in the rendered message.
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    Without ``tracebacks`` (every level but debug) an exception attached to a
+    record becomes one line — its type and first words — so an error is one
+    line in the log however deep the library that raised it.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, tracebacks: bool = True) -> None:
         super().__init__()
         self._secrets = [s for s in secrets if s]
+        self._tracebacks = tracebacks
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -38,7 +44,13 @@ class RedactSecrets(logging.Filter):
         record.msg = self.redact(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            if self._tracebacks:
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            else:
+                exc = record.exc_info[1]
+                brief = " ".join(str(exc).split())[:200]
+                name = type(exc).__name__
+                record.msg += self.redact(f" ({name}: {brief})" if brief else f" ({name})")
             record.exc_info = None
         return True
 
@@ -84,7 +96,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(RedactSecrets(secrets, tracebacks=level == "debug"))
     handler.addFilter(AddContext())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

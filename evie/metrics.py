@@ -8,8 +8,10 @@ which is what Prometheus text format and the bench summaries need.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 
+import anyio
 import attrs
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -67,3 +69,33 @@ class Metrics:
     sessions: SessionTally = attrs.Factory(SessionTally)
     spares_taken: int = 0  # sessions served by a warm spare (adr/0016)
     spares_missed: int = 0  # sessions that had to start pi cold
+    loop_lag: LoopLag = attrs.Factory(lambda: LoopLag())
+
+
+@attrs.define
+class LoopLag:
+    """How late the event loop wakes a sleeper: the symptom of anything blocking it.
+
+    Fed by :meth:`watch`; read by ``/healthz`` (with :meth:`current`, which
+    also counts a tick that is overdue right now) and ``/metrics``.
+    """
+
+    interval: float = 0.5
+    last: float = 0.0  # lag of the latest tick, seconds
+    worst: float = 0.0
+    last_tick: float = attrs.Factory(time.monotonic)
+
+    def current(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        overdue = now - self.last_tick - self.interval
+        return max(self.last, overdue, 0.0)
+
+    async def watch(self) -> None:
+        """Tick forever (run it as a task); each tick records how late it woke."""
+        self.last_tick = time.monotonic()
+        while True:
+            await anyio.sleep(self.interval)
+            now = time.monotonic()
+            self.last = max(0.0, now - self.last_tick - self.interval)
+            self.worst = max(self.worst, self.last)
+            self.last_tick = now

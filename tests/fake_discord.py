@@ -4,8 +4,10 @@ REST: users/@me, oauth2/applications/@me, gateway/bot, channel messages
 (create, edit), typing. Gateway: HELLO, IDENTIFY → READY, heartbeat ACK,
 RESUME → RESUMED with replay of what was missed, MESSAGE_CREATE injection,
 forced disconnects. Faults per route: 429 (sent the way Discord does, with a
-``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx. Enforces the
-2000-character limit (400, code 50035) and the message-content intent.
+``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx. Gateway
+outages: ``refuse_gateway`` answers that many websocket upgrades with an HTML
+502 page. Enforces the 2000-character limit (400, code 50035) and the
+message-content intent.
 """
 
 from __future__ import annotations
@@ -139,6 +141,9 @@ class FakeDiscord:
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
+    refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
+    content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
+    gateway_attempts: int = 0
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # REST path -> gate
 
     def hold(self, path: str) -> anyio.Event:
@@ -262,7 +267,13 @@ class FakeDiscord:
         if self._ws is not None:
             await self._ws.close(code=code, message=b"forced by test")
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        self.gateway_attempts += 1
+        self._wake()
+        if self.refuse_gateway > 0:
+            self.refuse_gateway -= 1
+            page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return web.Response(text=page, status=502, content_type="text/html")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
@@ -402,13 +413,13 @@ class FakeDiscord:
 
 
 @asynccontextmanager
-async def running_fake_discord() -> AsyncIterator[FakeDiscord]:
+async def running_fake_discord(port: int = 0) -> AsyncIterator[FakeDiscord]:
     fake = FakeDiscord()
     app = web.Application()
     app.router.add_get("/gateway", fake._gateway)
     app.router.add_get("/attachments/{name}", fake._attachment)
     app.router.add_route("*", "/api/v10/{path:.*}", fake._rest)
-    async with serve_on_loopback(app) as fake.port:
+    async with serve_on_loopback(app, port) as fake.port:
         try:
             yield fake
         finally:

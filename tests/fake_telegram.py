@@ -5,13 +5,18 @@ files, ``{"ok": ...}`` envelopes), long-polls ``getUpdates``, keeps every
 chat's messages (with edits) and documents so tests can read what a user
 would see, and injects faults per method: 429 with ``retry_after``, 400
 ``can't parse entities``, 400 ``message is not modified`` (also produced
-naturally), 5xx. Lengths are checked as Telegram does: at most 4096 UTF-16
-code units of text *after entity parsing* (1024 for captions).
+naturally), 5xx, 401, 409; an HTML error page instead of JSON (what a proxy in
+front of the Bot API sends), a connection reset, and an answer that hangs.
+``push_raw`` queues any update JSON, e.g. one aiogram cannot validate
+(:func:`poison_update`). Lengths are checked as Telegram does: at most 4096
+UTF-16 code units of text *after entity parsing* (1024 for captions).
 """
 
 from __future__ import annotations
 
 import html.parser
+import socket
+import struct
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -88,9 +93,43 @@ class Document:
 
 @attrs.define
 class Fault:
-    status: int
-    description: str
+    status: int = 0
+    description: str = ""
     retry_after: int | None = None
+    html: bool = False  # answer an HTML error page (status ``status``) instead of JSON
+    reset: bool = False  # reset the connection instead of answering
+    hang: float = 0.0  # wait this long first; then answer normally when status is 0
+
+
+HTML_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+HTML_BAD_GATEWAY = Fault(502, html=True)
+RESET = Fault(reset=True)
+CONFLICT = Fault(
+    409,
+    "Conflict: terminated by other getUpdates request; make sure that only one bot "
+    "instance is running",
+)
+UNAUTHORIZED = Fault(401, "Unauthorized")
+
+
+def poison_update(update_id: int, user_id: int, text: str = "look at my story") -> dict[str, Any]:
+    """A reply to a story whose ``story`` is empty: real Telegram sent it (aiogram #1587);
+    aiogram's models reject it."""
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": 90_000 + update_id,
+            "date": int(time.time()),
+            "chat": {"id": user_id, "type": "private", "first_name": "A"},
+            "from": {"id": user_id, "is_bot": False, "first_name": "A"},
+            "text": text,
+            "reply_to_story": {},
+        },
+    }
 
 
 @attrs.define
@@ -195,6 +234,14 @@ class FakeTelegram:
         self._wake()
         return update_id
 
+    def push_raw(self, make: Any) -> int:
+        """Queue an update built by ``make(update_id)`` exactly as given (no validation)."""
+        update_id = self._next_update
+        self._next_update += 1
+        self._updates.append(make(update_id))
+        self._wake()
+        return update_id
+
     def chat_view(self, chat_id: int, thread_id: int | None = None) -> list[str]:
         """The texts a user sees in this chat, oldest first (edits applied)."""
         return [
@@ -231,14 +278,19 @@ class FakeTelegram:
             await gate.wait()
         if self.faults[method]:
             fault = self.faults[method].popleft()
-            body: dict[str, Any] = {
-                "ok": False,
-                "error_code": fault.status,
-                "description": fault.description,
-            }
-            if fault.retry_after is not None:
-                body["parameters"] = {"retry_after": fault.retry_after}
-            return web.json_response(body, status=fault.status)
+            if fault.hang:
+                await anyio.sleep(fault.hang)
+            if fault.reset:
+                sock = request.transport.get_extra_info("socket") if request.transport else None
+                if sock is not None:  # SO_LINGER 0: close sends RST, as a dropped proxy does
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=500)
+            if fault.html:
+                return web.Response(text=HTML_502, status=fault.status, content_type="text/html")
+            if fault.status:
+                return self._fault_response(fault)
         if self.delay and method in ("sendMessage", "editMessageText", "sendDocument"):
             await anyio.sleep(self.delay)
         if method == "sendDocument":
@@ -250,6 +302,17 @@ class FakeTelegram:
         if isinstance(result, web.Response):
             return result
         return web.json_response({"ok": True, "result": result})
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": fault.status,
+            "description": fault.description,
+        }
+        if fault.retry_after is not None:
+            body["parameters"] = {"retry_after": fault.retry_after}
+        return web.json_response(body, status=fault.status)
 
     @staticmethod
     def _error(status: int, description: str) -> web.Response:
@@ -390,12 +453,12 @@ class FakeTelegram:
 
 
 @asynccontextmanager
-async def running_fake_telegram() -> AsyncIterator[FakeTelegram]:
+async def running_fake_telegram(port: int = 0) -> AsyncIterator[FakeTelegram]:
     fake = FakeTelegram()
     app = web.Application()
     app.router.add_route("*", "/bot{token}/{method}", fake._api)
     app.router.add_get("/file/bot{token}/{path:.*}", fake._file)
-    async with serve_on_loopback(app) as fake.port:
+    async with serve_on_loopback(app, port) as fake.port:
         try:
             yield fake
         finally:

@@ -287,7 +287,24 @@ class Evie:
             with urllib.request.urlopen(self.http + "/status", timeout=5) as response:
                 return str(response.read().decode())
 
-        return {s["key"]: s for s in json.loads(await anyio.to_thread.run_sync(get))}
+        body = json.loads(await anyio.to_thread.run_sync(get))
+        return {s["key"]: s for s in body["sessions"]}
+
+    async def connected(self, seconds: float = 40) -> None:
+        """Until every platform is up: ``run`` reports started before it connects (adr/0011)."""
+
+        def states() -> list[str]:
+            with urllib.request.urlopen(self.http + "/status", timeout=5) as response:
+                return [p["state"] for p in json.loads(response.read())["platforms"]]
+
+        with anyio.fail_after(seconds):
+            while True:
+                try:
+                    if all(state == "up" for state in await anyio.to_thread.run_sync(states)):
+                        return
+                except OSError:
+                    pass
+                await anyio.sleep(0.02)
 
     def persisted(self, key: str) -> dict[str, Any]:
         record: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())[
@@ -349,6 +366,7 @@ async def evie_in_process(
             tg.start_soon(partial(run_daemon, config, terminal=driver.terminal, on_ready=on_ready))
             with anyio.fail_after(20):
                 await ready.wait()
+            await evie.connected()
             yield evie
             tg.cancel_scope.cancel()
 
@@ -405,6 +423,7 @@ async def running(evie: Evie) -> None:
     with anyio.fail_after(40):  # a busy machine imports aiogram and discord.py slowly
         while ready not in (evie.driver.texts()[0] if evie.driver.terminal else evie.log()):
             await anyio.sleep(0.02)
+    await evie.connected()
 
 
 def handles_sigterm(pid: int) -> bool:

@@ -112,8 +112,9 @@ async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path, telegram: Fa
         assert 'evie_sessions{state="running"} 1' in metrics
         assert "evie_guard_hold_seconds_count" in metrics
         status = json.loads(await anyio.to_thread.run_sync(get, base + "/status"))
-        assert status[0]["key"] == "tg:42"
-        assert status[0]["state"] == "running"
+        assert status["sessions"][0]["key"] == "tg:42"
+        assert status["sessions"][0]["state"] == "running"
+        assert [(p["name"], p["state"]) for p in status["platforms"]] == [("telegram", "up")]
         proc.send_signal(signal.SIGTERM)
         await anyio.sleep(0.3)
         assert proc.returncode is None  # still finishing the turn
@@ -180,3 +181,102 @@ async def test_start_up_warns_about_an_enabled_platform_nobody_may_use(
         "[telegram] allowed_user_ids is empty: everyone is refused; run `evie setup` or add "
         "your user id (the refusal log line shows it)"
     ]
+
+
+# -- supervised platforms (adr/0011) ----------------------------------------------------
+
+
+def write_config(tmp_path: Path, api_url: str, extra: str = "") -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+        f'[telegram]\ntoken = "{TOKEN}"\napi_url = "{api_url}"\nallowed_user_ids = [42]\n'
+        "polling_timeout = 1\nrequest_grace = 1\n"
+        "[platforms]\nretry_base = 0.05\nretry_cap = 0.3\n" + extra
+    )
+    config.chmod(0o600)
+    return config
+
+
+def evie(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "evie.cli", "--config", str(config), *args]
+
+
+def healthz(base: str) -> tuple[int, dict[str, object]]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_a_rejected_token_is_one_line_and_a_non_zero_exit(
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
+    from tests.fake_telegram import UNAUTHORIZED
+
+    telegram.inject("getMe", UNAUTHORIZED)
+    config = write_config(tmp_path, telegram.base_url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with anyio.fail_after(30):
+        result = await anyio.run_process(evie(config, "run"), env=env, check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    token_lines = [line for line in err.splitlines() if "rejected the bot token" in line]
+    assert len(token_lines) == 2, err  # the log line, and evie's exit line
+    assert "check [telegram] token" in token_lines[0]
+    assert token_lines[1].startswith("evie: no platform is left running")
+    assert TOKEN not in err
+    assert len(telegram.method_calls("getMe")) == 1  # a bad token is not retried
+
+
+@pytest.mark.timeout(120)
+async def test_telegram_down_at_start_health_status_then_answered(tmp_path: Path) -> None:
+    from tests.loopback import closed_port
+
+    port, http = closed_port(), free_port()
+    extra = f'[http]\nlisten = "127.0.0.1:{http}"\nstall_after = 0.5\n'
+    config = write_config(tmp_path, f"http://127.0.0.1:{port}", extra)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = f"http://127.0.0.1:{http}"
+    async with await anyio.open_process(evie(config, "run"), env=env) as proc:
+        try:
+            with anyio.fail_after(60):  # up and serving while Telegram refuses connections
+                while True:
+                    try:
+                        code, body = await anyio.to_thread.run_sync(healthz, base)
+                        if code == 503:
+                            break
+                    except OSError:
+                        pass
+                    await anyio.sleep(0.05)
+            assert body["ok"] is False
+            assert "telegram: no good poll" in str(body["problems"])
+            status = await anyio.run_process(evie(config, "status"), env=env)
+            assert "platform telegram: degraded, never connected" in status.stdout.decode()
+            async with running_fake_telegram(port) as fake:
+                fake.push_message("/status")
+                await fake.wait_for(lambda: bool(fake.chat_view(42)), 20)
+                assert "Platforms: telegram: up" in fake.chat_view(42)[0]
+                fake.push_message("made it")
+                await fake.wait_for(lambda: "echo: made it" in fake.chat_view(42), 20)
+                code, body = await anyio.to_thread.run_sync(healthz, base)
+                assert (code, body["problems"]) == (200, [])
+                metrics = await anyio.to_thread.run_sync(get, base + "/metrics")
+                assert 'evie_platform_state{platform="telegram",state="up"} 1' in metrics
+                assert "evie_event_loop_lag_seconds" in metrics
+                proc.send_signal(signal.SIGTERM)
+                await stops_cleanly(proc)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        assert proc.stderr is not None
+        err = b"".join([chunk async for chunk in proc.stderr]).decode()
+    assert "Traceback" not in err
+    retries = [line for line in err.splitlines() if "telegram: " in line and " retry " in line]
+    assert retries  # one line per attempt while Telegram refused connections
+    assert all("Connect" in line for line in retries)

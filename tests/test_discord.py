@@ -58,6 +58,7 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
                 async with anyio.create_task_group() as group:
                     with anyio.fail_after(10):
                         await group.start(interface.run)
+                        await interface.wait_connected()
                     yield Harness(fake, manager, interface)
                     group.cancel_scope.cancel()
     finally:
@@ -202,7 +203,8 @@ async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: P
 
                 async with anyio.create_task_group() as tg:
                     with anyio.fail_after(10):
-                        await tg.start(serve)
+                        await tg.start(serve)  # at once: Discord connects in the background
+                        await interface.wait_connected()
                     health = interface.health()
                     assert health.state == "up"
                     assert health.seconds_since_ok is not None  # READY was a sign of life

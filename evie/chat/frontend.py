@@ -68,6 +68,8 @@ class ChatFrontend:
         self.max_chunks = max_chunks
         self._streamers: dict[str, set[ReplyStreamer]] = {}  # replies in flight, per chat
         self._last: OrderedDict[str, str] = OrderedDict()  # the last reply per chat, for /last
+        #: extra lines for /status (how each platform is doing), set by whoever knows them
+        self.status_footer: Callable[[], str] | None = None
 
     async def handle(self, msg: Incoming) -> None:
         """Handle one incoming message to completion (run it in its own task)."""
@@ -92,10 +94,18 @@ class ChatFrontend:
                 await self._command(command, msg.chat)
                 return
             await self._converse(msg)
-        except DeliveryError as exc:
-            log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, exc)
-        except Exception:  # one chat's bug must not take the interface (and every chat) down
-            log.exception("chat %s: unexpected error handling a message", msg.chat.key)
+        except Exception as exc:  # one chat's bug must not take the interface (and every chat) down
+            error = sole_error(exc)  # a task group wraps what its body raised
+            if isinstance(error, DeliveryError):
+                log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, error)
+                return
+            log.error(
+                "chat %s: unexpected error handling a message: %s: %s",
+                msg.chat.key,
+                type(error).__name__,
+                " ".join(str(error).split())[:300],
+            )
+            log.debug("chat %s: traceback", msg.chat.key, exc_info=True)
             with anyio.move_on_after(10):
                 try:
                     await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
@@ -132,7 +142,12 @@ class ChatFrontend:
         if command == "stop":
             streamers = self._streamers.get(chat.key, set())
             stopped = any([s.stop_delivery() for s in streamers])
-        return await run_command(self.manager, chat.key, command, delivery_stopped=stopped)
+        text = await run_command(self.manager, chat.key, command, delivery_stopped=stopped)
+        if command == "status" and self.status_footer is not None:
+            footer = self.status_footer()
+            if footer:
+                text = f"{text}\n{footer}"
+        return text
 
     async def send_last(self, chat: ChatRef) -> bool:
         """``/last``: the last reply in this chat as a Markdown file; False if there is none."""
@@ -218,6 +233,13 @@ class ChatFrontend:
         while True:
             try:
                 await self.transport.typing(chat)
-            except DeliveryError as exc:
+            except Exception as exc:  # a nicety: whatever the answer, the turn goes on
                 log.debug("chat %s: typing indicator failed: %s", chat.key, exc)
             await anyio.sleep(self.typing_interval)
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-member exception groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

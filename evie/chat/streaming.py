@@ -36,6 +36,7 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
+from evie.chat.backoff import Backoff
 from evie.chat.contract import (
     ChatRef,
     DeliveryError,
@@ -56,8 +57,9 @@ class Delivery:
     """Run one platform operation until it succeeds or cannot.
 
     Rate limits wait exactly as long as the platform asks; server and network
-    errors back off exponentially. Both are bounded, so a dead platform ends
-    in a :class:`DeliveryError` instead of a task that never finishes.
+    errors back off with the shared jittered policy (:mod:`evie.chat.backoff`).
+    Both are bounded, so a dead platform ends in a :class:`DeliveryError`
+    instead of a task that never finishes.
     """
 
     def __init__(
@@ -70,8 +72,7 @@ class Delivery:
     ) -> None:
         self.max_transient = max_transient
         self.max_rate_limited = max_rate_limited
-        self.base_backoff = base_backoff
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=base_backoff, cap=max_backoff)
 
     async def run(self, op: Callable[[], Awaitable[T]]) -> T:
         transient = limited = 0
@@ -87,7 +88,7 @@ class Delivery:
                 transient += 1
                 if transient > self.max_transient:
                     raise
-                await anyio.sleep(min(self.max_backoff, self.base_backoff * 2 ** (transient - 1)))
+                await anyio.sleep(self.backoff.delay(transient))
 
 
 OUTCOME_LINES = {
@@ -245,6 +246,9 @@ class ReplyStreamer:
             log.warning("chat %s: live update failed: %s", chat.key, exc)
             if isinstance(exc, Permanent):
                 self._live = None
+        except Exception as exc:  # an answer of a shape nobody expected: still only a preview
+            log.warning("chat %s: live update failed: %s", chat.key, type(exc).__name__)
+            log.debug("live update failure", exc_info=True)
 
     # -- final messages -----------------------------------------------------------
 

@@ -6,9 +6,9 @@ turns get (``evie.shutdown``); the platform never decides that itself.
 
 Lifecycle, in order:
 
-1. ``await task_group.start(platform.run)``: the platform connects (logs in,
-   opens its connection) and calls ``task_status.started()`` once messages can
-   arrive. Cancelling it before then abandons the start; nothing was taken in.
+1. ``await task_group.start(platform.run)``: the platform calls
+   ``task_status.started()`` at once and connects in the background under its
+   supervisor (adr/0011), so start-up never waits on an unreachable service.
 2. While it runs, every message is handled in a task that :meth:`Platform.run`
    owns, so a turn in one chat never holds up intake or another chat.
 3. :meth:`Platform.stop_intake`: from now on no new message is taken in
@@ -22,9 +22,16 @@ Lifecycle, in order:
    Cancelling ``run`` cuts handlers short: the daemon does that only after the
    shutdown timeline has given them their time.
 
-A platform raises :class:`evie.errors.ConfigError` (or another ``EvieError``)
-from ``run`` only for what a person must fix (a refused token); passing
-outages are retried inside and show up in :meth:`Platform.health`.
+Passing outages are retried inside and show up in :meth:`Platform.health`.
+What a person must fix (a refused token, a missing intent) is logged as one
+line naming the fix; the platform then reports ``down`` with ``gave_up`` set
+and ``run`` returns, so only that platform stops (the daemon exits non-zero
+when no platform is left running, adr/0011).
+
+:class:`PlatformHealth` is a frozen snapshot taken on demand from the
+platform's live tracker (:class:`evie.platforms.supervisor.Liveness`), so
+``/status``, ``/metrics``, ``/healthz`` and ``evie status`` read plain values
+and never lock anything.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ class PlatformHealth:
     """How a platform's intake is doing, from plain values (never waits).
 
     ``state``: ``starting`` until ``run`` reported started; ``up`` while intake
-    works; ``degraded`` while it keeps failing and retrying; ``down`` once
-    intake has stopped (or the platform gave up).
+    works; ``degraded`` while it is connecting, or failing and retrying;
+    ``down`` once intake has stopped or the platform gave up (``gave_up``).
     """
 
     state: PlatformState
@@ -55,6 +62,30 @@ class PlatformHealth:
     consecutive_failures: int = 0
     #: one line a person can read ("polling", "getUpdates failed: Bad Gateway", ...)
     detail: str = ""
+    #: short name for logs and health ("telegram", "discord", "terminal")
+    name: str = ""
+    #: seconds since the last good poll, or since start when there was none
+    #: (what ``/healthz`` compares with ``[http] stall_after``)
+    silent_for: float = 0.0
+    #: a permanent error (bad token, missing intent): not retrying until evie restarts
+    gave_up: bool = False
+    #: answers that could not be parsed and were skipped
+    skipped_updates: int = 0
+
+    def summary(self) -> str:
+        """One line a person reads: ``telegram: up, last ok 2s ago``."""
+        parts = [f"{self.name}: {self.state}"]
+        if self.seconds_since_ok is not None:
+            parts.append(f"last ok {self.seconds_since_ok:.0f}s ago")
+        elif self.state != "up":  # the terminal is up with no remote end
+            parts.append("never connected")
+        if self.consecutive_failures:
+            parts.append(f"{self.consecutive_failures} failure(s) in a row")
+        if self.detail and self.state != "up":
+            parts.append(self.detail)
+        if self.skipped_updates:
+            parts.append(f"{self.skipped_updates} unreadable update(s) skipped")
+        return ", ".join(parts)
 
 
 class Platform(Protocol):

@@ -6,25 +6,33 @@ to it) are handled; a thread is its own channel, so it is its own session.
 Replies go over REST, independent of the gateway, so a gateway drop or RESUME
 does not touch a turn in flight, and replayed MESSAGE_CREATEs are ignored by
 message id.
+
+Supervision (adr/0011): each attempt logs in and connects a fresh client under
+:func:`evie.platforms.supervisor.supervise`. Once connected, discord.py's own
+reconnect loop keeps the session (RESUME replays what was missed); evie only
+replaces its backoff, so gateway retries follow the shared capped policy and
+log one line each. A first connection that fails (discord.py cannot resume a
+session it never had) and a login that fails go back to the supervisor.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import logging
-import time
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import attrs
 import discord
 import yarl
 from discord import app_commands
 
 from evie.agent.events import Image
+from evie.chat.backoff import Backoff
 from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
 from evie.chat.frontend import ChatFrontend
@@ -34,6 +42,7 @@ from evie.chat.streaming import Delivery
 from evie.config import DeliveryConfig, DiscordConfig
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
+from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
@@ -59,16 +68,82 @@ async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
         if exc.status == 429:
             raise RetryLater(1.0) from None
         raise Permanent(str(exc)) from None
-    except (OSError, discord.GatewayNotFound) as exc:
-        raise Transient(str(exc)) from None
+    except (OSError, TimeoutError, discord.GatewayNotFound) as exc:
+        raise Transient(one_line(exc) or type(exc).__name__) from None
+
+
+BAD_TOKEN = "Discord rejected the bot token: check [discord] token"
+NO_INTENT = (
+    "Discord refused the message-content intent: enable it for the bot in the developer "
+    "portal (Bot → Privileged Gateway Intents)"
+)
+#: gateway close codes that retrying cannot fix
+PERMANENT_CLOSES = {
+    4004: BAD_TOKEN,
+    4010: "Discord closed the gateway: invalid shard (4010)",
+    4011: "Discord closed the gateway: the bot needs sharding (4011)",
+    4012: "Discord closed the gateway: invalid API version (4012); update discord.py",
+    4013: "Discord closed the gateway: invalid intents (4013)",
+    4014: NO_INTENT,
+}
+
+
+class _NeverConnected(Exception):
+    """A first gateway connection failed: start over with a fresh client."""
+
+
+_owner: contextvars.ContextVar[DiscordInterface | None] = contextvars.ContextVar(
+    "evie_discord_owner", default=None
+)
+
+
+class _GatewayBackoff:
+    """Takes the place of discord.py's ExponentialBackoff inside ``Client.connect``.
+
+    discord.py asks it for a delay right after a reconnect failed (inside its
+    ``except``), then waits that long and RESUMEs. Its own backoff grows to
+    17 minutes; this one follows evie's policy (capped at 60 s), logs the one
+    line per attempt and counts the failure on the platform's liveness.
+    """
+
+    def __init__(self, base: int = 1, *, integral: bool = False) -> None:
+        self._owner = _owner.get()
+        self._attempt = 0
+
+    def delay(self) -> float:
+        owner = self._owner
+        if owner is None:  # a client evie did not start: just the capped policy
+            self._attempt += 1
+            return Backoff().delay(self._attempt)
+        return owner._reconnect_delay()
+
+
+setattr(discord.client, "ExponentialBackoff", _GatewayBackoff)  # noqa: B010
+
+
+class _QuietReconnect(logging.Filter):
+    """discord.py logs each reconnect with a traceback; evie logs its own one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Attempting a reconnect")
+
+
+logging.getLogger("discord.client").addFilter(_QuietReconnect())
 
 
 class DiscordTransport:
     max_length = 2000  # characters of content, markup included
 
-    def __init__(self, client: discord.Client) -> None:
-        self._client = client
+    def __init__(self, client: Callable[[], discord.Client | None]) -> None:
+        self._current = client  # the supervisor replaces the client between attempts
         self.flavor: Flavor = DiscordFlavor(self.max_length)
+
+    @property
+    def _client(self) -> discord.Client:
+        client = self._current()
+        if client is None or client.is_closed() or client.user is None:
+            raise Transient("Discord is not connected yet")
+        return client
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
         channel = self._client.get_partial_messageable(chat.chat_id)
@@ -81,7 +156,8 @@ class DiscordTransport:
         await _mapped(lambda: partial.edit(content=text, allowed_mentions=NO_MENTIONS))
 
     async def typing(self, chat: ChatRef) -> None:
-        await _mapped(lambda: self._client.http.send_typing(chat.chat_id))
+        http = self._client.http
+        await _mapped(lambda: http.send_typing(chat.chat_id))
 
     async def send_document(self, chat: ChatRef, filename: str, data: bytes, caption: str) -> Sent:
         channel = self._client.get_partial_messageable(chat.chat_id)
@@ -113,7 +189,6 @@ class _Client(discord.Client):
     async def on_ready(self) -> None:
         await self._owner._sync_app_commands()
         self._owner._connected("ready")
-        self._owner._ready.set()
 
     async def on_resumed(self) -> None:
         self._owner._connected("resumed")
@@ -122,7 +197,7 @@ class _Client(discord.Client):
         self._owner._disconnected()
 
     async def on_socket_raw_receive(self, _msg: object) -> None:
-        self._owner._last_ok = time.monotonic()
+        self._owner.liveness.seen()
 
     async def on_message(self, message: discord.Message) -> None:
         self._owner._on_message(message)
@@ -140,6 +215,8 @@ class DiscordInterface:
         *,
         delivery: Delivery | None = None,
         client_options: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+        liveness_interval: float = 10.0,
         max_chunks: int = _DELIVERY.max_chunks,
     ) -> None:
         self._max_chunks = max_chunks
@@ -149,34 +226,42 @@ class DiscordInterface:
         self._config = config
         self._delivery = delivery or Delivery()
         self._client_options = client_options or {}
-        self._ready = anyio.Event()
+        self._backoff = backoff or Backoff()
+        self._liveness_interval = liveness_interval
+        self.liveness = Liveness("discord", connected=False)  # up only on READY
+        self._ever_connected = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._client: _Client | None = None
         self.frontend: ChatFrontend | None = None
         self._accepting = True
         self._intake_stopped = anyio.Event()
-        self._health = PlatformHealth("starting", detail="connecting")
-        self._last_ok: float | None = None  # monotonic time of the last gateway message
-        self._disconnects = 0  # in a row, since the last READY or RESUMED
         self._tree: app_commands.CommandTree[_Client] | None = None
         self._synced = False
+
+    def health(self) -> PlatformHealth:
+        return self.liveness.snapshot()
+
+    async def wait_connected(self) -> None:
+        """Until the gateway first said READY (tests; the daemon never waits for it)."""
+        await self._ever_connected.wait()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Connect, serve until intake stops, then return once the handlers have finished.
 
-        Replies go over REST, so the client stays open until the last handler is done.
+        Reports started at once: an unreachable Discord is retried in the
+        background (adr/0011), it never holds up the daemon's start. Replies go
+        over REST, so the client stays open until the last handler is done. A
+        refused token or intent stops only Discord (``gave_up``) and ``run`` returns.
         """
-        assert self._config.token is not None
         if self._config.api_url:
             discord.http.Route.BASE = self._config.api_url
         if self._config.gateway_url:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._config.gateway_url)
-        client = self._client = _Client(self, **self._client_options)
         self.frontend = ChatFrontend(
             self._manager,
-            DiscordTransport(client),
+            DiscordTransport(lambda: self._client),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
             edit_interval=self._config.edit_interval,
@@ -185,32 +270,86 @@ class DiscordInterface:
         )
         try:
             async with anyio.create_task_group() as connection:
-                connection.start_soon(self._connect, client)
-                await self._ready.wait()
-                log.info("discord: connected as %s", client.user)
+                connection.start_soon(self._watch_heartbeat)
+                connection.start_soon(self._supervised)
                 async with anyio.create_task_group() as handlers:
                     self._tg = handlers
+                    self.liveness.begin()
                     task_status.started()
                     await self._intake_stopped.wait()
                 # every message handler has finished: drop the gateway connection
                 connection.cancel_scope.cancel()
         finally:
-            if self._health.state != "down":
-                self._health = PlatformHealth("down", detail="stopped")
+            self.liveness.stopped("stopped")
+            if self._client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client.close()
+
+    async def _supervised(self) -> None:
+        """Hold a gateway session; returns only when Discord gave up (a permanent error)."""
+        await supervise(self.liveness, self._connect_once, self._backoff)
+        self._accepting = False  # down for good: nothing more will arrive
+        self._intake_stopped.set()
+
+    async def _connect_once(self) -> None:
+        """Log in and hold a gateway session with a fresh client (one supervised attempt)."""
+        assert self._config.token is not None
+        client = self._client = _Client(self, **self._client_options)
+        token = _owner.set(self)
+        try:
+            await client.login(self._config.token)
+            await client.connect(reconnect=True)
+            raise Transient("the Discord gateway session ended")
+        except discord.LoginFailure:
+            raise Permanent(BAD_TOKEN) from None
+        except discord.PrivilegedIntentsRequired:
+            raise Permanent(NO_INTENT) from None
+        except discord.ConnectionClosed as exc:
+            if exc.code in PERMANENT_CLOSES:
+                raise Permanent(PERMANENT_CLOSES[exc.code]) from None
+            raise Transient(f"Discord closed the gateway ({exc.code})") from None
+        except _NeverConnected as exc:
+            raise Transient(_describe(exc.__context__)) from None
+        except (OSError, TimeoutError, discord.GatewayNotFound, discord.HTTPException) as exc:
+            raise Transient(_describe(exc)) from None
+        finally:
+            _owner.reset(token)
             with anyio.CancelScope(shield=True):
                 await client.close()
 
-    async def _connect(self, client: _Client) -> None:
-        assert self._config.token is not None
-        try:
-            await client.start(self._config.token, reconnect=True)
-        except discord.LoginFailure:
-            raise ConfigError("Discord rejected the bot token ([discord] token)") from None
-        except discord.PrivilegedIntentsRequired:
-            raise ConfigError(
-                "Discord refused the message-content intent: enable it for the bot in the "
-                "developer portal (Bot → Privileged Gateway Intents)"
-            ) from None
+    def _connected(self, how: str) -> None:
+        self.liveness.ok(f"gateway {how}")
+        if not self._ever_connected.is_set():
+            log.info("discord: connected as %s", self._client.user if self._client else "?")
+        self._ever_connected.set()
+
+    def _reconnect_delay(self) -> float:
+        """Called by discord.py's reconnect loop, inside its ``except``: count, log, wait."""
+        client = self._client
+        if client is None or client.ws is None:
+            raise _NeverConnected  # nothing to RESUME: the supervisor starts a fresh client
+        attempt = self.liveness.failed(_describe(sys.exc_info()[1]))
+        delay = self._backoff.delay(attempt)
+        log.warning(
+            "discord: gateway lost (%s); reconnect %d in %.1fs",
+            self.liveness.detail,
+            attempt,
+            delay,
+        )
+        return delay
+
+    async def _watch_heartbeat(self) -> None:
+        """Mark the platform alive while the gateway socket is open and the session ready.
+
+        discord.py closes the socket itself when heartbeats go unanswered, so an
+        open, ready socket is a recent heartbeat.
+        """
+        while True:
+            await anyio.sleep(self._liveness_interval)
+            client = self._client
+            ws = client.ws if client is not None and client.is_ready() else None
+            if ws is not None and ws.open:
+                self.liveness.ok()
 
     async def stop_intake(self) -> None:
         """Ignore new messages from now on; running handlers carry on.
@@ -219,31 +358,15 @@ class DiscordInterface:
         """
         self._accepting = False
         self._intake_stopped.set()
-        self._health = PlatformHealth("down", detail="intake stopped")
+        self.liveness.stopped("intake stopped")
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices to the Discord channels among ``keys``."""
         frontend = self.frontend
         return 0 if frontend is None else await frontend.announce(keys, take)
 
-    def health(self) -> PlatformHealth:
-        since = None if self._last_ok is None else time.monotonic() - self._last_ok
-        return attrs.evolve(self._health, seconds_since_ok=since)
-
-    def _connected(self, how: str) -> None:
-        self._disconnects = 0
-        self._last_ok = time.monotonic()
-        if self._accepting:
-            self._health = PlatformHealth("up", detail=f"gateway {how}")
-
     def _disconnected(self) -> None:
-        self._disconnects += 1
-        if self._accepting:
-            self._health = PlatformHealth(
-                "degraded",
-                consecutive_failures=self._disconnects,
-                detail="gateway disconnected; discord.py reconnects",
-            )
+        self.liveness.lost("gateway disconnected; discord.py reconnects")
 
     # -- application (slash) commands: /status /stop /new /help -----------------------
 
@@ -340,3 +463,10 @@ class DiscordInterface:
             return tuple(out)
 
         return fetch
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection failed"
+    text = one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

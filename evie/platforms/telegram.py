@@ -6,6 +6,11 @@ to the shared delivery errors. evie runs its own ``getUpdates`` loop and feeds
 the dispatcher (aiogram's ``start_polling`` leaves its polling task running
 when cancelled, adr/0007); each message is then handled in a task of evie's
 own task group, so every task has an owner and polling never waits for a turn.
+
+The loop runs under :func:`evie.platforms.supervisor.supervise` (adr/0011):
+``getUpdates`` is fetched as raw JSON and each update is validated on its own,
+so one update aiogram cannot read is logged, counted and skipped (the offset
+moves past it) instead of failing the batch, before access control ever runs.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import functools
 import io
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -26,16 +30,19 @@ import anyio.abc
 import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
 
 # isort: on
-import attrs
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramBadRequest,
+    TelegramConflictError,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
+    TelegramUnauthorizedError,
 )
 from aiogram.methods import (
     DeleteWebhook,
@@ -47,11 +54,21 @@ from aiogram.methods import (
     SendDocument,
     SendMessage,
     SetMyCommands,
+    TelegramMethod,
 )
 from aiogram.methods.base import Response
-from aiogram.types import BotCommand, BufferedInputFile, LinkPreviewOptions, Message, MessageEntity
+from aiogram.types import (
+    BotCommand,
+    BufferedInputFile,
+    LinkPreviewOptions,
+    Message,
+    MessageEntity,
+    Update,
+)
+from pydantic import ValidationError
 
 from evie.agent.events import Image
+from evie.chat.backoff import Backoff
 from evie.chat.commands import CHAT_COMMANDS
 from evie.chat.contract import (
     ChatRef,
@@ -70,6 +87,7 @@ from evie.chat.streaming import Delivery
 from evie.config import DeliveryConfig, TelegramConfig
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
+from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
@@ -90,23 +108,87 @@ RESPONSE_TYPES = tuple(
 )  # fmt: skip
 
 
+BAD_TOKEN = "Telegram rejected the bot token (401 Unauthorized): check [telegram] token"
+NOT_JSON = "Telegram answered with something that is not its JSON (an outage or proxy page?)"
+NOT_FOUND = "Telegram answered 404 Not Found: check [telegram] token and api_url"
+CONFLICT = (
+    "Telegram reports another getUpdates or a webhook for this bot (409 Conflict): "
+    "is a second evie running with this token?"
+)
+
+
 async def _mapped(op: Callable[[], Awaitable[T]]) -> T | None:
-    """Run a Bot API call, translating aiogram's errors into delivery errors."""
+    """Run a Bot API call, translating every failure into a delivery error.
+
+    Whatever the answer's shape (an HTML error page, JSON aiogram cannot
+    validate, a reset connection), the caller sees one of the contract's
+    errors with a one-line message, never a library exception.
+    """
     try:
         return await op()
     except TelegramRetryAfter as exc:
         raise RetryLater(float(exc.retry_after)) from None
     except (TelegramServerError, TelegramNetworkError) as exc:
-        raise Transient(str(exc)) from None
+        raise Transient(one_line(exc)) from None
+    except ClientDecodeError:
+        raise Transient(NOT_JSON) from None
+    except TelegramConflictError:
+        raise Transient(CONFLICT) from None
+    except TelegramUnauthorizedError:
+        raise Permanent(BAD_TOKEN) from None
+    except TelegramNotFound:
+        raise Permanent(NOT_FOUND) from None
     except TelegramBadRequest as exc:
         text = exc.message.lower()
         if "message is not modified" in text:
             return None  # what we wanted is already shown
         if "can't parse entities" in text or "can't find end tag" in text:
             raise FormattingRejected(exc.message) from None
-        raise Permanent(exc.message) from None
+        raise Permanent(one_line(exc.message)) from None
     except TelegramAPIError as exc:
-        raise Permanent(exc.message) from None
+        raise Permanent(one_line(exc.message)) from None
+    except (TimeoutError, OSError) as exc:  # aiogram wraps these; be safe if it does not
+        raise Transient(one_line(f"{type(exc).__name__}: {exc}")) from None
+
+
+async def _intake(op: Callable[[], Awaitable[T]]) -> T:
+    """A call of the polling loop: like :func:`_mapped`, but only a bad token is permanent.
+
+    A 400 on ``getUpdates`` or ``getMe`` is no reason to stop listening for
+    months; 404 means the token or ``api_url`` is wrong.
+    """
+    try:
+        result = await _mapped(op)
+    except FormattingRejected as exc:
+        raise Transient(str(exc)) from None
+    except Permanent as exc:
+        if str(exc) in (BAD_TOKEN, NOT_FOUND):
+            raise
+        raise Transient(str(exc)) from None
+    if result is None:
+        raise Transient("empty answer from Telegram")
+    return result
+
+
+class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
+    """``getUpdates`` answered as plain JSON objects, each validated on its own."""
+
+    __returning__ = list[dict[str, Any]]
+    __api_method__ = "getUpdates"
+
+    offset: int | None = None
+    timeout: int | None = None
+    allowed_updates: list[str] | None = None
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where and what failed, without the values (they carry the user's text)."""
+    errors = exc.errors()
+    shown = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['type']}" for e in errors[:3]
+    )
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return shown + more
 
 
 class TelegramTransport:
@@ -177,6 +259,7 @@ class TelegramInterface:
         *,
         delivery: Delivery | None = None,
         max_chunks: int = _DELIVERY.max_chunks,
+        backoff: Backoff | None = None,
     ) -> None:
         if not config.token:
             raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
@@ -184,114 +267,139 @@ class TelegramInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
+        self._backoff = backoff or Backoff()
+        self.liveness = Liveness("telegram")
         self.frontend: ChatFrontend | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._bot_id: int | None = None
+        self._ready = False  # getMe and deleteWebhook done
+        self._offset: int | None = None
         self._poll_scope = anyio.CancelScope()
-        self._health = PlatformHealth("starting", detail="connecting")
-        self._last_ok: float | None = None  # monotonic time of the last answered getUpdates
+
+    def health(self) -> PlatformHealth:
+        return self.liveness.snapshot()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Poll until intake stops, then return once the message handlers have finished."""
+        """Poll until intake stops, then return once the message handlers have finished.
+
+        Reports started at once: an unreachable Telegram is retried in the
+        background (adr/0011), it never holds up the daemon's start. A rejected
+        token stops only Telegram (health ``down``, ``gave_up``) and ``run`` returns.
+        """
         assert self._config.token is not None
         session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
         bot = Bot(self._config.token, session=session)
+        self.frontend = ChatFrontend(
+            self._manager,
+            TelegramTransport(bot),
+            allowed_user_ids=self._config.allowed_user_ids,
+            delivery=self._delivery,
+            edit_interval=self._config.edit_interval,
+            platform="tg",
+            max_chunks=self._max_chunks,
+        )
+        router = Router()
+        router.message.register(self._on_message)
+        dispatcher = Dispatcher()
+        dispatcher.include_router(router)
         try:
-            me = await self._delivery.run(lambda: _required(_mapped(bot.get_me)))
-            self._bot_id = me.id
-            self.frontend = ChatFrontend(
-                self._manager,
-                TelegramTransport(bot),
-                allowed_user_ids=self._config.allowed_user_ids,
-                delivery=self._delivery,
-                edit_interval=self._config.edit_interval,
-                bot_username=me.username,
-                platform="tg",
-                max_chunks=self._max_chunks,
-            )
-            await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
-            commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
-            try:
-                await self._delivery.run(lambda: _mapped(lambda: bot.set_my_commands(commands)))
-            except Exception as exc:  # the menu is a nicety; never fatal
-                log.warning("telegram: could not register commands: %s", exc)
-            router = Router()
-            router.message.register(self._on_message)
-            dispatcher = Dispatcher()
-            dispatcher.include_router(router)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self.liveness.begin()
                 task_status.started()
-                log.info("telegram: polling as @%s", me.username)
-                self._health = PlatformHealth("up", detail=f"polling as @{me.username}")
                 with self._poll_scope:
-                    await self._poll(bot, dispatcher)
-                # intake stopped: the task group now waits for messages being handled
-                self._health = PlatformHealth("down", detail="intake stopped")
+                    await supervise(
+                        self.liveness,
+                        lambda: self._connect_and_poll(bot, dispatcher),
+                        self._backoff,
+                    )
+                # intake stopped (or Telegram gave up): the task group now waits for
+                # messages being handled
+                self.liveness.stopped("intake stopped")
         finally:
-            if self._health.state != "down":
-                self._health = PlatformHealth("down", detail="stopped")
+            self.liveness.stopped("stopped")
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
+    async def _connect_and_poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
+        if not self._ready:
+            me = await _intake(bot.get_me)
+            self._bot_id = me.id
+            if self.frontend is not None:
+                self.frontend.bot_username = me.username
+            await _intake(lambda: bot.delete_webhook())
+            self._ready = True
+            log.info("telegram: polling as @%s", me.username)
+            self.liveness.ok(f"polling as @{me.username}")
+            await self._register_commands(bot)
+        await self._poll(bot, dispatcher)
+
+    async def _register_commands(self, bot: Bot) -> None:
+        commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
+        try:
+            await _mapped(lambda: bot.set_my_commands(commands))
+        except DeliveryError as exc:  # the menu is a nicety; never fatal
+            log.warning("telegram: could not register commands: %s", exc)
+
     async def _poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
-        """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007)."""
-        offset: int | None = None
-        failures = 0
+        """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007).
+
+        Returns never; failures propagate to the supervisor, which retries.
+        """
         while True:
-            try:
-                updates = await _mapped(
-                    functools.partial(
-                        bot.get_updates,
-                        offset=offset,
-                        timeout=self._config.polling_timeout,
-                        allowed_updates=["message"],
-                        request_timeout=self._config.polling_timeout + 15,
-                    )
-                )
-                failures = 0
-                self._last_ok = time.monotonic()
-                self._health = PlatformHealth("up", detail="polling")
-            except RetryLater as exc:
-                self._health = PlatformHealth(
-                    "degraded", consecutive_failures=failures, detail=f"getUpdates: {exc}"
-                )
-                await anyio.sleep(exc.seconds)
-                continue
-            except Transient as exc:
-                failures += 1
-                self._health = PlatformHealth(
-                    "degraded", consecutive_failures=failures, detail=f"getUpdates failed: {exc}"
-                )
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                log.warning("telegram: getUpdates failed (%s); retrying in %gs", exc, delay)
-                await anyio.sleep(delay)
-                continue
-            except Permanent as exc:
-                raise ConfigError(
-                    f"Telegram refused polling: {exc} (check [telegram] token)"
-                ) from None
-            for update in updates or []:
-                offset = update.update_id + 1
-                await dispatcher.feed_update(bot, update)
+            method = _RawGetUpdates(
+                offset=self._offset,
+                timeout=self._config.polling_timeout,
+                allowed_updates=["message"],
+            )
+            call = functools.partial(
+                bot,
+                method,
+                request_timeout=self._config.polling_timeout + self._config.request_grace,
+            )
+            raw = await _intake(call)
+            self.liveness.ok("polling")
+            for item in raw:
+                update_id = item.get("update_id")
+                if isinstance(update_id, int) and not isinstance(update_id, bool):
+                    self._offset = max(self._offset or 0, update_id + 1)
+                await self._feed(bot, dispatcher, item, update_id)
+
+    async def _feed(
+        self, bot: Bot, dispatcher: Dispatcher, item: dict[str, Any], update_id: object
+    ) -> None:
+        """Validate and dispatch one update; one that cannot be read is logged and skipped."""
+        try:
+            update = Update.model_validate(item, context={"bot": bot})
+        except ValidationError as exc:
+            self.liveness.skipped_updates += 1
+            log.warning(
+                "telegram: skipped update %s that aiogram cannot read (%s)",
+                update_id,
+                _validation_summary(exc),
+            )
+            return
+        try:
+            await dispatcher.feed_update(bot, update)
+        except Exception as exc:  # a shape our translation did not foresee: skip, keep polling
+            self.liveness.skipped_updates += 1
+            log.warning("telegram: skipped update %s (%s)", update_id, one_line(type(exc).__name__))
+            log.debug("telegram: update %s failed", update_id, exc_info=True)
 
     async def stop_intake(self) -> None:
         """Stop polling for new updates; handlers already running carry on.
 
         :meth:`run` returns once they have finished (cancel it to cut them short).
         """
+        self.liveness.stopped("intake stopped")
         self._poll_scope.cancel()
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices to the Telegram chats among ``keys``."""
         frontend = self.frontend
         return 0 if frontend is None else await frontend.announce(keys, take)
-
-    def health(self) -> PlatformHealth:
-        since = None if self._last_ok is None else time.monotonic() - self._last_ok
-        return attrs.evolve(self._health, seconds_since_ok=since)
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)

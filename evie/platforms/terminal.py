@@ -109,7 +109,7 @@ class TerminalChat:
         self._out_send, self._out_recv = anyio.create_memory_object_stream[str](math.inf)
         self._mid_line = False
         self._intake = anyio.CancelScope()
-        self._health = PlatformHealth("starting")
+        self._health = PlatformHealth("starting", name="terminal")
 
     def say(self, text: str) -> None:
         """Queue text for the terminal; never blocks."""
@@ -149,13 +149,15 @@ class TerminalChat:
                 self.say(self._greeting())
             async with anyio.create_task_group() as tg:
                 with self._intake:
-                    self._health = PlatformHealth("up", detail="reading the terminal")
+                    self._health = PlatformHealth(
+                        "up", detail="reading the terminal", name="terminal"
+                    )
                     task_status.started()
                     if self._editor is not None:
                         await self._edit_loop(self._editor, tg)
                     else:
                         await self._line_loop(tg)
-                self._health = PlatformHealth("down", detail="input closed")
+                self._health = PlatformHealth("down", detail="input closed", name="terminal")
             self._out_send.close()
 
     def _greeting(self) -> str:
