@@ -186,6 +186,17 @@ class HttpConfig:
 
 
 @attrs.frozen
+class DeliveryConfig:
+    max_age: float = setting(86400.0, _pos_float, "seconds a reply is retried before it is dropped")
+    late_after: float = setting(
+        60.0, _pos_float, "a reply delivered later than this says when it was written"
+    )
+    max_per_chat: int = setting(200, _pos_int, "undelivered replies kept per chat")
+    retry_base: float = setting(1.0, _pos_float, "first retry delay after a failed delivery")
+    retry_max: float = setting(60.0, _pos_float, "longest delay between delivery retries")
+
+
+@attrs.frozen
 class LogConfig:
     level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     format: str = setting("text", _choice("text", "json"), "log line format")
@@ -200,6 +211,7 @@ class Config:
     discord: DiscordConfig = attrs.Factory(DiscordConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     log: LogConfig = attrs.Factory(LogConfig)
+    delivery: DeliveryConfig = attrs.Factory(DeliveryConfig)
     source: Path | None = None
     warnings: tuple[str, ...] = ()
 
@@ -220,6 +232,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "discord": DiscordConfig,
     "http": HttpConfig,
     "log": LogConfig,
+    "delivery": DeliveryConfig,
 }
 
 

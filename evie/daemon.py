@@ -18,6 +18,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from evie.chat.courier import CourierSettings
 from evie.chat.frontend import ChatFrontend
 from evie.config import Config
 from evie.errors import ConfigError
@@ -38,14 +39,25 @@ class Interface(Protocol):
 def build_interfaces(runtime: Runtime) -> list[Interface]:
     config = runtime.config
     interfaces: list[Interface] = []
+    d = config.delivery
+    courier = CourierSettings(d.max_age, d.late_after, d.retry_base, d.retry_max)
+    inbox, outbox = runtime.inbox, runtime.outbox
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
-        interfaces.append(TelegramInterface(runtime.manager, config.telegram))
+        interfaces.append(
+            TelegramInterface(
+                runtime.manager, config.telegram, inbox=inbox, outbox=outbox, courier=courier
+            )
+        )
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
-        interfaces.append(DiscordInterface(runtime.manager, config.discord))
+        interfaces.append(
+            DiscordInterface(
+                runtime.manager, config.discord, inbox=inbox, outbox=outbox, courier=courier
+            )
+        )
     return interfaces
 
 

@@ -12,9 +12,16 @@ import attrs
 from evie.agent.launcher import PiLauncher
 from evie.agent.reaper import lock_state_dir, reap
 from evie.config import Config
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.metrics import Metrics
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
+
+RESTART_NOTICE = (
+    "ℹ️ evie was restarted while it was answering your message “{text}”; that turn was "
+    "interrupted. If no answer arrived, send it again."
+)
 
 
 def build_launcher(config: Config) -> PiLauncher:
@@ -47,6 +54,8 @@ class Runtime:
     manager: SessionManager
     store: StateStore
     metrics: Metrics
+    inbox: Inbox = attrs.Factory(Inbox)
+    outbox: Outbox = attrs.Factory(Outbox)
 
 
 @asynccontextmanager
@@ -71,6 +80,11 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
     store = StateStore(config.state.dir / "state.json", metrics=metrics)
     records = await anyio.to_thread.run_sync(store.load)
     known = {key: record.session_id for key, record in records.items()}
+    inbox = Inbox(config.state.dir / "inbox.json")
+    outbox = Outbox(config.state.dir / "outbox.json", max_per_chat=config.delivery.max_per_chat)
+    await anyio.to_thread.run_sync(inbox.load)
+    await anyio.to_thread.run_sync(outbox.load)
+    await _tell_interrupted(inbox, outbox, store)
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         try:
@@ -81,6 +95,24 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
                 observer=store,
                 known_sessions=known,
             ) as manager:
-                yield Runtime(config, manager, store, metrics)
+                yield Runtime(config, manager, store, metrics, inbox, outbox)
         finally:
             tg.cancel_scope.cancel()  # the writer flushes on its way out
+
+
+async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> None:
+    """Messages whose turn had begun when evie died are not run again; their chats are told.
+
+    A chat whose running turn the state file recorded already gets that notice.
+    The notices are in the outbox on disk before the items leave the inbox.
+    """
+    if not inbox.interrupted:
+        return
+    told = set(store.pending_notices())
+    for item in inbox.interrupted:
+        if item.chat not in told:
+            text = item.text if len(item.text) <= 60 else item.text[:59] + "…"
+            outbox.put(item.chat, RESTART_NOTICE.format(text=text))
+    await outbox.commit()
+    inbox.forget_interrupted()
+    await inbox.commit()

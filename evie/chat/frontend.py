@@ -1,4 +1,9 @@
-"""Chat logic shared by every platform: access control, commands, turns, acknowledgements."""
+"""Chat logic shared by every platform: access control, commands, turns, acknowledgements.
+
+Messages from allowed users pass through the durable inbox (:meth:`ChatFrontend.accept`,
+then :meth:`ChatFrontend.admit` once the batch is on disk); replies and notices leave
+through the durable outbox, delivered by the :class:`Courier` (adr/0012).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,29 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.abc
+import attrs
 
-from evie.agent.events import Prompt
+from evie.agent.events import FollowUpStarted, Prompt, TurnEvent, TurnFinished
 from evie.chat.commands import REFUSAL, parse_command, run_command
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
+from evie.chat.courier import Courier, CourierSettings
 from evie.chat.streaming import Delivery, ReplyStreamer
+from evie.durable.inbox import QUEUED, STARTED, Inbox, InboxItem
+from evie.durable.outbox import Outbox
 from evie.errors import EvieError
 from evie.logs import chat_var
-from evie.sessions.manager import Queued, SessionManager
+from evie.sessions.manager import EventSink, Queued, SessionManager
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Accepted:
+    """A message past de-duplication; ``seq`` is its inbox item (None: a stranger's)."""
+
+    msg: Incoming
+    seq: int | None
 
 
 class ChatFrontend:
@@ -33,8 +51,15 @@ class ChatFrontend:
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
         platform: str = "",
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         self.platform = platform
+        self.inbox = inbox or Inbox()  # without a path: in memory only
+        self.outbox = outbox or Outbox()
+        self.courier = Courier(self.outbox, transport, platform, courier)
+        self._inflight: dict[str, list[int]] = {}  # chat -> items handed to pi, not finished
         self.manager = manager
         self.transport = transport
         self.allowed = frozenset(allowed_user_ids)
@@ -44,37 +69,91 @@ class ChatFrontend:
         self.refusal_interval = refusal_interval
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
-        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed updates
+
+    # -- intake: the inbox ------------------------------------------------------------
+
+    def accept(self, msg: Incoming) -> Accepted | None:
+        """Put an allowed user's message in the inbox (in memory); None for a replay.
+
+        Call :meth:`admit` with the batch afterwards: it makes the batch durable
+        before anything runs, and only then may the platform's offset move on.
+        """
+        if not self.allows(msg.user_id):
+            return Accepted(msg, None)  # strangers get a refusal; nothing to keep
+        item = self.inbox.add(msg.chat.key, msg.user_id, msg.message_id, msg.text)
+        if item is None:
+            log.info("chat %s: ignoring replayed message %s", msg.chat.key, msg.message_id)
+            return None
+        return Accepted(msg, item.seq)
+
+    async def admit(self, batch: list[Accepted], tg: anyio.abc.TaskGroup) -> None:
+        """Write the batch (and any cursor set with it) to disk, then handle it in order."""
+        await self.inbox.commit()
+        for accepted in batch:
+            tg.start_soon(self.process, accepted)
+
+    def resume(self, tg: anyio.abc.TaskGroup) -> int:
+        """Handle, in order, this platform's inbox items left from before a restart."""
+        items = self.inbox.pending(self.platform)
+        for item in items:
+            tg.start_soon(self.process, Accepted(self._incoming(item), item.seq))
+        if items:
+            log.info("%s: resuming %d message(s) received before the restart", self.platform,
+                     len(items))  # fmt: skip
+        return len(items)
+
+    @staticmethod
+    def _incoming(item: InboxItem) -> Incoming:
+        chat = ChatRef.from_key(item.chat)
+        assert chat is not None
+        return Incoming(chat, item.user_id, item.text, message_id=item.message_id)
 
     async def handle(self, msg: Incoming) -> None:
-        """Handle one incoming message to completion (run it in its own task)."""
+        """Accept one message and handle it to completion (run it in its own task)."""
+        accepted = self.accept(msg)
+        if accepted is None:
+            return
+        await self.inbox.commit()
+        await self.process(accepted)
+
+    async def process(self, accepted: Accepted) -> None:
+        msg, seq = accepted.msg, accepted.seq
         chat_var.set(msg.chat.key)
-        if msg.message_id is not None:
-            seen = (msg.chat.key, msg.message_id)
-            if seen in self._seen:
-                log.info("chat %s: ignoring replayed message %s", msg.chat.key, msg.message_id)
-                return
-            self._seen[seen] = None
-            if len(self._seen) > 10_000:
-                self._seen.popitem(last=False)
+        finished = False
         try:
-            if not self.allows(msg.user_id):
+            if seq is None:
                 await self._refuse(msg)
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
             if command is not None:
+                await self._started(seq)
                 await self._command(command, msg.chat)
-                return
-            await self._converse(msg)
-        except DeliveryError as exc:
-            log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, exc)
+            else:
+                await self._converse(msg, seq)
+            finished = True
         except Exception:  # one chat's bug must not take the interface (and every chat) down
+            finished = True
             log.exception("chat %s: unexpected error handling a message", msg.chat.key)
             with anyio.move_on_after(10):
-                try:
-                    await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
-                except DeliveryError:
-                    pass
+                await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
+        finally:
+            if seq is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(msg.chat.key, seq, finished)
+
+    async def _started(self, seq: int) -> None:
+        """Record that this item's turn begins (before it does): it will never run twice."""
+        self.inbox.mark(seq, STARTED)
+        await self.inbox.commit()
+
+    async def _settle(self, key: str, seq: int, finished: bool) -> None:
+        """Remove a handled item. One cut short before it started stays, to run again."""
+        item = self.inbox.get(seq)
+        if item is None or seq in self._inflight.get(key, ()):
+            return  # queued into a running turn: that turn's end settles it
+        if finished or item.state == STARTED:
+            self.inbox.remove(seq)
+            await self.inbox.commit()
 
     async def _refuse(self, msg: Incoming) -> None:
         """One short refusal per stranger per interval; never touches the manager."""
@@ -113,17 +192,14 @@ class ChatFrontend:
             text = take(key)
             if text is None:
                 continue
-            try:
-                await self.say(chat, f"ℹ️ {text}")
-                posted += 1
-            except DeliveryError as exc:
-                log.warning("chat %s: could not deliver a notice: %s", key, exc)
+            await self.say(chat, f"ℹ️ {text}")
+            posted += 1
         return posted
 
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed
 
-    async def _converse(self, msg: Incoming) -> None:
+    async def _converse(self, msg: Incoming, seq: int) -> None:
         images = msg.images
         if msg.fetch_images is not None:
             images = images + await msg.fetch_images()
@@ -131,21 +207,70 @@ class ChatFrontend:
             return
         prompt = Prompt(msg.text, images)
         streamer = ReplyStreamer(
-            self.transport, msg.chat, self.delivery, edit_interval=self.edit_interval
+            self.transport,
+            msg.chat,
+            self.delivery,
+            edit_interval=self.edit_interval,
+            outbox=self.outbox,
         )
+        key = msg.chat.key
+        inflight = self._inflight.setdefault(key, [])
+        inflight.append(seq)  # from here pi may take it as a follow-up of a running turn
+        result = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_typing, msg.chat)
             tg.start_soon(streamer.live_updates)
             try:
-                result = await self.manager.send(msg.chat.key, prompt, streamer)
+                result = await self.manager.send(
+                    key,
+                    prompt,
+                    self._tracking(key, seq, streamer),
+                    on_start=lambda: self._started(seq),
+                )
             except EvieError as exc:
-                result = None
                 await self.say(msg.chat, f"⚠️ {exc}")
             finally:
                 tg.cancel_scope.cancel()
+                if not isinstance(result, Queued) and seq in inflight:
+                    inflight.remove(seq)
         if isinstance(result, Queued):
+            item = self.inbox.get(seq)
+            if item is not None and item.state != STARTED:
+                self.inbox.mark(seq, QUEUED)  # durable with the next commit; reruns if lost
             how = "I'll steer the current work with it" if result.steer else "I'll answer it next"
             await self.say(msg.chat, f"📥 Got it — {how} (queued #{result.position}).")
+
+    def _tracking(self, key: str, seq: int, sink: EventSink) -> EventSink:
+        """The turn's sink, recording follow-ups as pi starts them (before their answers)."""
+
+        async def on_event(event: TurnEvent) -> None:
+            inflight = self._inflight.get(key, [])
+            if isinstance(event, FollowUpStarted):
+                started = self._followup(inflight, seq, event.text)
+                if started is not None:
+                    await self._started(started)
+            await sink(event)
+            if isinstance(event, TurnFinished):
+                for other in list(inflight):
+                    item = self.inbox.get(other)
+                    if other != seq and item is not None and item.state in (STARTED, QUEUED):
+                        inflight.remove(other)  # answered in this turn, or told unanswered
+                        self.inbox.remove(other)
+                await self.inbox.commit()
+
+        return on_event
+
+    def _followup(self, inflight: list[int], running: int, text: str) -> int | None:
+        """Which queued item pi just started: the oldest with this text, else the oldest."""
+        candidates = []
+        for seq in inflight:
+            item = self.inbox.get(seq)
+            if seq != running and item is not None and item.state != STARTED:
+                candidates.append(item)
+        for item in candidates:
+            if item.text == text:
+                return item.seq
+        return candidates[0].seq if candidates else None
 
     async def _keep_typing(self, chat: ChatRef) -> None:
         while True:

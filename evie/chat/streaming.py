@@ -43,6 +43,7 @@ from evie.chat.contract import (
     Transient,
     Transport,
 )
+from evie.durable.outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,7 +116,9 @@ class ReplyStreamer:
         delivery: Delivery,
         *,
         edit_interval: float = 1.0,
+        outbox: Outbox | None = None,
     ) -> None:
+        self._outbox = outbox  # finished chunks go there; it owns delivery (adr/0012)
         self._transport = transport
         self._chat = chat
         self._delivery = delivery
@@ -156,6 +159,8 @@ class ReplyStreamer:
         """
         while True:
             await anyio.sleep(self._edit_interval)
+            if self._outbox is not None and self._outbox.backlog(self._chat.key):
+                continue  # earlier replies are still on their way: previews wait
             async with self._lock:
                 if self._pieces or self._status:
                     preview = self._preview()
@@ -204,6 +209,14 @@ class ReplyStreamer:
 
     async def _deliver(self, markdown: str, *, reuse: Sent | None) -> None:
         """Post (or edit into place) one final chunk: formatted, else as plain text."""
+        if self._outbox is not None:
+            rendered = self._transport.render(markdown)
+            edit_of = reuse.message_id if reuse is not None else None
+            self._outbox.put(
+                self._chat.key, rendered, formatted=True, plain=markdown, edit_of=edit_of
+            )
+            await self._outbox.commit()
+            return
         try:
             await self._put(self._transport.render(markdown), formatted=True, reuse=reuse)
         except FormattingRejected:
@@ -223,6 +236,10 @@ class ReplyStreamer:
         await self.post(text, formatted=formatted)
 
     async def post(self, text: str, *, formatted: bool) -> None:
+        if self._outbox is not None:
+            self._outbox.put(self._chat.key, text, formatted=formatted)
+            await self._outbox.commit()
+            return
         chat, transport = self._chat, self._transport
         await self._delivery.run(lambda: transport.send(chat, text, formatted=formatted))
 

@@ -5,13 +5,17 @@ Like the Telegram adapter it only translates; the chat logic is the shared
 to it) are handled; a thread is its own channel, so it is its own session.
 Replies go over REST, independent of the gateway, so a gateway drop or RESUME
 does not touch a turn in flight, and replayed MESSAGE_CREATEs are ignored by
-message id.
+message id. The last message id seen per channel is kept in the inbox; after
+every (re)connect the channels' REST history since then is read, so what was
+posted while the gateway was away (or evie was down) is handled in order, once
+(adr/0012).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -24,9 +28,12 @@ from discord import app_commands
 from evie.agent.events import Image
 from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
-from evie.chat.frontend import ChatFrontend
+from evie.chat.courier import CourierSettings
+from evie.chat.frontend import Accepted, ChatFrontend
 from evie.chat.streaming import Delivery
 from evie.config import DiscordConfig
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.sessions.manager import SessionManager
 
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 NO_MENTIONS = discord.AllowedMentions.none()
+CATCH_UP = "catch-up"  # put in the intake stream at every (re)connect
+HISTORY_LIMIT = 500  # most messages read back per channel after a reconnect
 
 
 async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
@@ -95,6 +104,10 @@ class _Client(discord.Client):
     async def on_ready(self) -> None:
         await self._owner._sync_app_commands()
         self._owner._ready.set()
+        self._owner._catch_up_later()
+
+    async def on_resumed(self) -> None:
+        self._owner._catch_up_later()
 
     async def on_message(self, message: discord.Message) -> None:
         self._owner._on_message(message)
@@ -109,9 +122,16 @@ class DiscordInterface:
         delivery: Delivery | None = None,
         edit_interval: float = 1.0,
         client_options: dict[str, Any] | None = None,
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         if not config.token:
             raise ConfigError("[discord] token is not set (or set EVIE_DISCORD_TOKEN)")
+        self._inbox, self._outbox, self._courier = inbox, outbox, courier
+        self._intake_send, self._intake_receive = anyio.create_memory_object_stream[
+            discord.Message | str
+        ](math.inf)
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
@@ -142,10 +162,16 @@ class DiscordInterface:
             delivery=self._delivery,
             edit_interval=self._edit_interval,
             platform="dc",
+            inbox=self._inbox,
+            outbox=self._outbox,
+            courier=self._courier,
         )
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self.frontend.courier.run)
+                self.frontend.resume(tg)  # before any new message, so order is kept
+                tg.start_soon(self._intake, tg)
                 tg.start_soon(self._connect, client)
                 await self._ready.wait()
                 log.info("discord: connected as %s", client.user)
@@ -209,11 +235,72 @@ class DiscordInterface:
         await interaction.response.send_message(text[:2000], allowed_mentions=NO_MENTIONS)
 
     def _on_message(self, message: discord.Message) -> None:
-        if not self._accepting or self._tg is None or self.frontend is None:
-            return
+        if self._accepting:
+            self._intake_send.send_nowait(message)
+
+    def _catch_up_later(self) -> None:
+        if self._accepting:
+            self._intake_send.send_nowait(CATCH_UP)
+
+    async def _intake(self, tg: anyio.abc.TaskGroup) -> None:
+        """One ordered intake: live messages and history catch-ups, each batch on disk first."""
+        frontend = self.frontend
+        assert frontend is not None
+        async for first in self._intake_receive:
+            items = [first]
+            while True:
+                try:
+                    items.append(self._intake_receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            batch: list[Accepted] = []
+            for item in items:
+                if isinstance(item, str):  # live messages after it wait for the history
+                    await frontend.admit(batch, tg)
+                    batch = []
+                    await self._catch_up(tg)
+                elif self._accepting:
+                    self._accept(item, batch)
+            if batch:
+                await frontend.admit(batch, tg)
+
+    def _accept(self, message: discord.Message, batch: list[Accepted]) -> None:
+        assert self.frontend is not None
         incoming = self._translate(message)
-        if incoming is not None:
-            self._tg.start_soon(self.frontend.handle, incoming)
+        if incoming is None:
+            return
+        accepted = self.frontend.accept(incoming)
+        if accepted is not None:
+            batch.append(accepted)
+        if accepted is None or accepted.seq is not None:  # an allowed user's channel
+            name = f"dc:{message.channel.id}"
+            if message.id > (self.frontend.inbox.cursor(name) or 0):
+                self.frontend.inbox.set_cursor(name, message.id)
+
+    async def _catch_up(self, tg: anyio.abc.TaskGroup) -> None:
+        """Read what was posted since the last seen message in each known channel."""
+        client, frontend = self._client, self.frontend
+        assert client is not None
+        assert frontend is not None
+        for name, after in frontend.inbox.cursors("dc:").items():
+            channel_id = int(name.removeprefix("dc:"))
+            channel: Any = client.get_channel(channel_id) or client.get_partial_messageable(
+                channel_id
+            )
+            batch: list[Accepted] = []
+            try:
+                async for message in channel.history(
+                    limit=HISTORY_LIMIT, after=discord.Object(after), oldest_first=True
+                ):
+                    self._accept(message, batch)
+                    if message.id > (frontend.inbox.cursor(name) or 0):
+                        frontend.inbox.set_cursor(name, message.id)
+            except (discord.HTTPException, OSError) as exc:
+                log.warning("discord: could not read channel %s's history: %s", channel_id, exc)
+            if batch:
+                log.info("discord: %d message(s) posted in channel %s while away", len(batch),
+                         channel_id)  # fmt: skip
+            await frontend.admit(batch, tg)
 
     def _translate(self, message: discord.Message) -> Incoming | None:
         client = self._client

@@ -43,10 +43,13 @@ from evie.chat.contract import (
     Sent,
     Transient,
 )
-from evie.chat.frontend import ChatFrontend
+from evie.chat.courier import CourierSettings
+from evie.chat.frontend import Accepted, ChatFrontend
 from evie.chat.streaming import Delivery
 from evie.chat.telegram_html import markdown_to_html
 from evie.config import TelegramConfig
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.sessions.manager import SessionManager
 
@@ -125,9 +128,14 @@ class TelegramInterface:
         delivery: Delivery | None = None,
         edit_interval: float = 1.0,
         polling_timeout: int = 25,
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         if not config.token:
             raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
+        self._inbox, self._outbox, self._courier = inbox, outbox, courier
+        self._batch: list[Accepted] = []  # messages of the getUpdates answer being read
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
@@ -156,6 +164,9 @@ class TelegramInterface:
                 edit_interval=self._edit_interval,
                 bot_username=me.username,
                 platform="tg",
+                inbox=self._inbox,
+                outbox=self._outbox,
+                courier=self._courier,
             )
             await self._delivery.run(lambda: _mapped(lambda: bot.delete_webhook()))
             commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
@@ -167,20 +178,31 @@ class TelegramInterface:
             router.message.register(self._on_message)
             dispatcher = Dispatcher()
             dispatcher.include_router(router)
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                task_status.started()
-                log.info("telegram: polling as @%s", me.username)
-                with self._poll_scope:
-                    await self._poll(bot, dispatcher)
-                # intake stopped: the task group now waits for messages being handled
+            async with anyio.create_task_group() as delivery:
+                delivery.start_soon(self.frontend.courier.run)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self.frontend.resume(tg)  # before any new message, so order is kept
+                    task_status.started()
+                    log.info("telegram: polling as @%s", me.username)
+                    with self._poll_scope:
+                        await self._poll(bot, dispatcher)
+                    # intake stopped: the task group now waits for messages being handled
+                await self.frontend.courier.settle()  # what is left stays on disk
+                delivery.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
     async def _poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
-        """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007)."""
-        offset: int | None = None
+        """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007).
+
+        A batch's messages are in the inbox on disk, with the next offset, before that
+        offset is sent to Telegram (which then forgets them) — adr/0012.
+        """
+        assert self.frontend is not None
+        assert self._tg is not None
+        offset = self.frontend.inbox.cursor("tg:offset")
         failures = 0
         while True:
             try:
@@ -210,6 +232,11 @@ class TelegramInterface:
             for update in updates or []:
                 offset = update.update_id + 1
                 await dispatcher.feed_update(bot, update)
+            if updates:
+                assert offset is not None
+                batch, self._batch = self._batch, []
+                self.frontend.inbox.set_cursor("tg:offset", offset)
+                await self.frontend.admit(batch, self._tg)
 
     async def stop_intake(self) -> None:
         """Stop polling for new updates; handlers already running carry on.
@@ -220,8 +247,10 @@ class TelegramInterface:
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)
-        if incoming is not None and self._tg is not None and self.frontend is not None:
-            self._tg.start_soon(self.frontend.handle, incoming)
+        if incoming is not None and self.frontend is not None:
+            accepted = self.frontend.accept(incoming)
+            if accepted is not None:
+                self._batch.append(accepted)  # handled once the batch is on disk (_poll)
 
     def _translate(self, message: Message) -> Incoming | None:
         user = message.from_user

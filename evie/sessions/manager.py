@@ -36,6 +36,7 @@ from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[TurnEvent], Awaitable[None]]
+StartHook = Callable[[], Awaitable[None]]
 
 
 class Launcher(Protocol):
@@ -190,11 +191,15 @@ class SessionManager:
 
     # -- turns ------------------------------------------------------------------------
 
-    async def send(self, key: str, prompt: Prompt, on_event: EventSink) -> SendResult:
+    async def send(
+        self, key: str, prompt: Prompt, on_event: EventSink, *, on_start: StartHook | None = None
+    ) -> SendResult:
         """Deliver a user message: queue it into a running turn, or run a turn.
 
         ``on_event`` receives the turn's events in order, ending with
         :class:`TurnFinished`. It may be slow: pi's output is drained regardless.
+        ``on_start`` is awaited just before the prompt goes to pi (under the slot's
+        lock), so a caller can record durably that this message's turn began (adr/0012).
         """
         if not self._accepting:
             raise SessionReplaced("evie is shutting down; send your message again in a moment")
@@ -212,7 +217,7 @@ class SessionManager:
             try:
                 if slot.retired or not self._is_current(slot):
                     continue  # replaced while we waited: use the new slot
-                result = await self._run_turn(slot, prompt, on_event)
+                result = await self._run_turn(slot, prompt, on_event, on_start)
             finally:
                 slot.lock.release()
             if result is not None:
@@ -236,7 +241,9 @@ class SessionManager:
         self.metrics.queued_messages += 1
         return Queued(position=turn.followups_sent - turn.followups_started, steer=steer)
 
-    async def _run_turn(self, slot: Slot, prompt: Prompt, on_event: EventSink) -> SendResult | None:
+    async def _run_turn(
+        self, slot: Slot, prompt: Prompt, on_event: EventSink, on_start: StartHook | None = None
+    ) -> SendResult | None:
         chat_var.set(slot.key)
         session_var.set(slot.session_id)
         process = slot.process
@@ -252,6 +259,8 @@ class SessionManager:
         notice = self._observer.take_notice(slot.key) if self._observer is not None else None
         if notice:
             await on_event(Notice(notice))
+        if on_start is not None:
+            await on_start()
         turn = process.start_turn(prompt.text, [i.to_pi() for i in prompt.images])
         log.info("turn started (%d chars, %d images)", len(prompt.text), len(prompt.images))
         slot.turn = turn
