@@ -191,7 +191,7 @@ class DeliveryConfig:
     late_after: float = setting(
         60.0, _pos_float, "a reply delivered later than this says when it was written"
     )
-    max_per_chat: int = setting(200, _pos_int, "undelivered replies kept per chat")
+    max_per_chat: int = setting(1000, _pos_int, "undelivered replies kept per chat")
     retry_base: float = setting(1.0, _pos_float, "first retry delay after a failed delivery")
     retry_max: float = setting(60.0, _pos_float, "longest delay between delivery retries")
 

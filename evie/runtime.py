@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from evie.metrics import Metrics
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
 
+log = logging.getLogger(__name__)
 RESTART_NOTICE = (
     "ℹ️ evie was restarted while it was answering your message “{text}”; that turn was "
     "interrupted. If no answer arrived, send it again."
@@ -81,9 +83,16 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
     records = await anyio.to_thread.run_sync(store.load)
     known = {key: record.session_id for key, record in records.items()}
     inbox = Inbox(config.state.dir / "inbox.json")
-    outbox = Outbox(config.state.dir / "outbox.json", max_per_chat=config.delivery.max_per_chat)
+    outbox = Outbox(config.state.dir / "outbox", max_per_chat=config.delivery.max_per_chat)
     await anyio.to_thread.run_sync(inbox.load)
     await anyio.to_thread.run_sync(outbox.load)
+    if outbox.uncertain:
+        log.warning(
+            "re-sending %d repl%s whose delivery was cut off when evie stopped "
+            "(the platform may already have it: it can arrive twice)",
+            outbox.uncertain,
+            "y" if outbox.uncertain == 1 else "ies",
+        )
     await _tell_interrupted(inbox, outbox, store)
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)

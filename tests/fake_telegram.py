@@ -88,6 +88,7 @@ class FakeTelegram:
     _closing: bool = False
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
+    down: bool = False  # an outage: every method answers 503 while set
 
     @property
     def base_url(self) -> str:
@@ -182,6 +183,8 @@ class FakeTelegram:
         params = {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append((method, params))
         self._wake()
+        if self.down:
+            return self._error(503, "Service Unavailable")
         if self.faults[method]:
             fault = self.faults[method].popleft()
             body: dict[str, Any] = {

@@ -106,9 +106,15 @@ async def test_slow_telegram_while_pi_streams_a_megabyte(
         lambda: (s := manager.get_status(key)) is not None and s.last_outcome is not None,
         seconds=120,
     )
+
+    def body() -> str:
+        view = fake.chat_view(OWNER)
+        return "".join(t for t in view if t[:1] in set("0123456789abcdef")).replace("\n", "")
+
+    # the turn is over once the reply is in the outbox; delivery follows
+    await fake.wait_for(lambda: len(body()) >= len(expected), seconds=60)
     view = fake.chat_view(OWNER)
-    body = "".join(t for t in view if t[:1] in set("0123456789abcdef")).replace("\n", "")
-    assert body == expected  # every byte, once, in order
+    assert body() == expected  # every byte, once, in order
     assert all(len(t) <= 4096 for t in view)
     assert manager.get_status(key).last_outcome is Outcome.DONE  # type: ignore[union-attr]
 

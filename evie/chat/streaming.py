@@ -206,6 +206,8 @@ class ReplyStreamer:
         live, self._live, self._shown = self._live, None, ""
         for i, chunk in enumerate(chunks):
             await self._deliver(chunk, reuse=live if i == 0 else None)
+        if self._outbox is not None:
+            await self._outbox.commit()  # one write for the whole reply
 
     async def _deliver(self, markdown: str, *, reuse: Sent | None) -> None:
         """Post (or edit into place) one final chunk: formatted, else as plain text."""
@@ -215,8 +217,7 @@ class ReplyStreamer:
             self._outbox.put(
                 self._chat.key, rendered, formatted=True, plain=markdown, edit_of=edit_of
             )
-            await self._outbox.commit()
-            return
+            return  # the caller commits
         try:
             await self._put(self._transport.render(markdown), formatted=True, reuse=reuse)
         except FormattingRejected:
@@ -259,3 +260,5 @@ class ReplyStreamer:
             await self._deliver(text, reuse=live)
         else:
             await self._deliver(text, reuse=None)
+        if self._outbox is not None:
+            await self._outbox.commit()

@@ -27,7 +27,7 @@ import msgspec
 from evie.durable.store import DurableDoc
 
 INBOX_VERSION = 1
-SEEN_PER_CHAT = 512  # message ids remembered per chat for de-duplication
+SEEN_PER_CHAT = 128  # message ids remembered per chat for de-duplication
 
 PENDING = "pending"
 QUEUED = "queued"

@@ -9,17 +9,26 @@ and cannot tell whether a send cut off by ``kill -9`` had arrived (adr/0012).
 
 Each chat holds at most ``max_per_chat`` entries; when more arrive the oldest
 undelivered ones are replaced by one "N messages were dropped" entry.
+
+On disk each entry is its own file in ``outbox/`` (written with
+:func:`evie.state.atomic_write`, removed with an unlink and a directory fsync), so
+queueing a megabyte of replies and delivering them costs linear I/O, not a
+rewrite of everything still queued at every step. Changes are recorded in memory
+under a brief lock and applied by :meth:`Outbox.commit` in a worker thread.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import msgspec
 
-from evie.durable.store import DurableDoc
+from evie.state import atomic_write
 
 OUTBOX_VERSION = 1
 
@@ -36,15 +45,17 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     dropped: int = 0  # > 0: this entry stands for that many dropped ones
 
 
-class OutboxFile(msgspec.Struct):
-    version: int = OUTBOX_VERSION
-    next_seq: int = 1
-    entries: list[OutboxEntry] = msgspec.field(default_factory=list)
+def _entry_name(seq: int) -> str:
+    return f"{seq:012d}.json"
 
 
 class Outbox:
-    def __init__(self, path: Path | None = None, *, max_per_chat: int = 200) -> None:
-        self._doc: DurableDoc[OutboxFile] = DurableDoc(path, OutboxFile, OutboxFile)
+    def __init__(self, path: Path | None = None, *, max_per_chat: int = 1000) -> None:
+        self.path = path  # a directory, one file per entry; None: in memory only
+        self._lock = threading.Lock()  # brief: in-memory changes only
+        self._ops: list[tuple[int, OutboxEntry | None]] = []  # (seq, entry to write | unlink)
+        self._write_lock = anyio.Lock()
+        self.writes = 0
         self.max_per_chat = max(4, max_per_chat)
         self._chats: dict[str, list[OutboxEntry]] = {}
         self._next_seq = 1
@@ -52,18 +63,27 @@ class Outbox:
         self.uncertain = 0  # entries that may already have been delivered before a restart
         self.dropped = 0
 
-    @property
-    def writes(self) -> int:
-        return self._doc.writes
-
     def load(self) -> None:
-        doc = self._doc.read()
-        with self._doc.lock:
-            self._next_seq = doc.next_seq
+        """Read every entry file (in a thread, at start-up); unreadable ones are set aside."""
+        if self.path is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entries = []
+        for file in sorted(self.path.iterdir()):
+            if file.name.startswith("."):
+                file.unlink(missing_ok=True)  # a write that was killed half-way
+                continue
+            try:
+                entries.append(msgspec.json.decode(file.read_bytes(), type=OutboxEntry))
+            except (msgspec.MsgspecError, UnicodeDecodeError, OSError):
+                os.replace(file, file.with_name(file.name + ".corrupt"))
+        entries.sort(key=lambda e: e.seq)
+        with self._lock:
             self._chats = {}
-            for entry in doc.entries:
+            for entry in entries:
                 self._chats.setdefault(entry.chat, []).append(entry)
                 self.uncertain += entry.attempted
+            self._next_seq = entries[-1].seq + 1 if entries else 1
 
     # -- producers ---------------------------------------------------------------------
 
@@ -77,16 +97,16 @@ class Outbox:
         edit_of: int | None = None,
     ) -> OutboxEntry:
         """Queue a message for this chat (in memory; :meth:`commit` makes it durable)."""
-        with self._doc.lock:
+        with self._lock:
             entry = OutboxEntry(
                 self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of
             )
             self._next_seq += 1
             queue = self._chats.setdefault(chat, [])
             queue.append(entry)
+            self._ops.append((entry.seq, entry))
             if len(queue) > self.max_per_chat:
                 self._drop_oldest(queue)
-            self._doc.changed()
         self._wake()
         return entry
 
@@ -97,32 +117,33 @@ class Outbox:
             marker, victim = queue[first], queue[first + 1]
             queue[first] = msgspec.structs.replace(marker, dropped=marker.dropped + 1)
             del queue[first + 1]
+            self._ops.append((victim.seq, None))
         else:
             victim = queue[first]
             queue[first] = msgspec.structs.replace(victim, dropped=1, edit_of=None, plain=None)
+        self._ops.append((queue[first].seq, queue[first]))
         self.dropped += 1
-        del victim
 
     # -- the courier ---------------------------------------------------------------------
 
     def chats(self, platform: str) -> list[str]:
         prefix = platform + ":"
-        with self._doc.lock:
+        with self._lock:
             return [
                 chat for chat, queue in self._chats.items() if queue and chat.startswith(prefix)
             ]
 
     def head(self, chat: str) -> OutboxEntry | None:
-        with self._doc.lock:
+        with self._lock:
             queue = self._chats.get(chat)
             return queue[0] if queue else None
 
     def backlog(self, chat: str) -> int:
-        with self._doc.lock:
+        with self._lock:
             return len(self._chats.get(chat, ()))
 
     def __len__(self) -> int:
-        with self._doc.lock:
+        with self._lock:
             return sum(len(q) for q in self._chats.values())
 
     def mark_attempted(self, entry: OutboxEntry) -> None:
@@ -133,26 +154,26 @@ class Outbox:
         self._replace(entry, text=entry.plain or entry.text, formatted=False, plain=None)
 
     def _replace(self, entry: OutboxEntry, **changes: object) -> None:
-        with self._doc.lock:
+        with self._lock:
             queue = self._chats.get(entry.chat, [])
             for i, current in enumerate(queue):
                 if current.seq == entry.seq:
                     queue[i] = msgspec.structs.replace(current, **changes)
-                    self._doc.changed()
+                    self._ops.append((entry.seq, queue[i]))
                     return
 
     def remove(self, entry: OutboxEntry) -> None:
-        with self._doc.lock:
+        with self._lock:
             queue = self._chats.get(entry.chat)
             if queue is None:
                 return
-            kept = [e for e in queue if e.seq != entry.seq]
-            if len(kept) != len(queue):
-                if kept:
-                    self._chats[entry.chat] = kept
-                else:
-                    del self._chats[entry.chat]
-                self._doc.changed()
+            for i, current in enumerate(queue):
+                if current.seq == entry.seq:
+                    del queue[i]  # almost always the head: cheap
+                    if not queue:
+                        del self._chats[entry.chat]
+                    self._ops.append((entry.seq, None))
+                    break
         self._wake()
 
     async def changed(self) -> None:
@@ -164,8 +185,34 @@ class Outbox:
         self._changed = anyio.Event()
 
     async def commit(self) -> None:
-        await self._doc.commit(self._snapshot)
+        """Return once every change made before this call is on disk."""
+        async with self._write_lock:
+            with self._lock:
+                ops, self._ops = self._ops, []
+            if self.path is None or not ops:
+                return
+            directory = self.path
+            await anyio.to_thread.run_sync(_apply, directory, ops)
+            self.writes += len(ops)
 
-    def _snapshot(self) -> OutboxFile:  # called under the lock
-        entries = [e for queue in self._chats.values() for e in queue]
-        return OutboxFile(next_seq=self._next_seq, entries=entries)
+
+def _apply(directory: Path, ops: list[tuple[int, OutboxEntry | None]]) -> None:
+    """Write or remove entry files, in order (a worker thread)."""
+    last: dict[int, OutboxEntry | None] = {}
+    for seq, entry in ops:  # only the last change of each entry matters
+        last.pop(seq, None)
+        last[seq] = entry
+    unlinked = False
+    for seq, entry in last.items():
+        file = directory / _entry_name(seq)
+        if entry is None:
+            file.unlink(missing_ok=True)
+            unlinked = True
+        else:
+            atomic_write(file, msgspec.json.encode(entry))
+    if unlinked:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
