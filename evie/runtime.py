@@ -20,6 +20,7 @@ from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
 
 log = logging.getLogger(__name__)
+PLATFORMS = ("tg", "dc")  # chats whose messages pass through the inbox
 RESTART_NOTICE = (
     "ℹ️ evie was restarted while it was answering your message “{text}”; that turn was "
     "interrupted. If no answer arrived, send it again."
@@ -114,7 +115,14 @@ async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> 
 
     A chat whose running turn the state file recorded already gets that notice.
     The notices are in the outbox on disk before the items leave the inbox.
+    A chat's state notice with no started inbox item behind it is dropped: its turn
+    did finish (the item leaves the inbox only after the turn's replies are in the
+    outbox); only the state file's record of that came too late.
     """
+    started = {item.chat for item in inbox.interrupted}
+    for key in store.pending_notices():
+        if key.split(":", 1)[0] in PLATFORMS and key not in started:
+            store.take_notice(key)
     if not inbox.interrupted:
         return
     told = set(store.pending_notices())

@@ -56,8 +56,8 @@ class ChatFrontend:
         courier: CourierSettings | None = None,
     ) -> None:
         self.platform = platform
-        self.inbox = inbox or Inbox()  # without a path: in memory only
-        self.outbox = outbox or Outbox()
+        self.inbox = inbox if inbox is not None else Inbox()  # no path: in memory only
+        self.outbox = outbox if outbox is not None else Outbox()
         self.courier = Courier(self.outbox, transport, platform, courier)
         self._inflight: dict[str, list[int]] = {}  # chat -> items handed to pi, not finished
         self.manager = manager

@@ -169,6 +169,12 @@ class Outbox:
                 return
             for i, current in enumerate(queue):
                 if current.seq == entry.seq:
+                    if self.path is not None:
+                        # At once, not at the next commit: one unlink survives kill -9 (the
+                        # page cache outlives the process) and closes the window in which a
+                        # delivered reply would be sent again after a restart. The directory
+                        # fsync, for power loss, follows in the commit, off the loop.
+                        (self.path / _entry_name(entry.seq)).unlink(missing_ok=True)
                     del queue[i]  # almost always the head: cheap
                     if not queue:
                         del self._chats[entry.chat]
