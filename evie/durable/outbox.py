@@ -118,11 +118,14 @@ class Outbox:
             queue[first] = msgspec.structs.replace(marker, dropped=marker.dropped + 1)
             del queue[first + 1]
             self._ops.append((victim.seq, None))
-        else:
-            victim = queue[first]
-            queue[first] = msgspec.structs.replace(victim, dropped=1, edit_of=None, plain=None)
+            self.dropped += 1
+        else:  # the marker takes the oldest entry's place and stands for it and the next
+            victim = queue[first + 1]
+            queue[first] = msgspec.structs.replace(queue[first], dropped=2, edit_of=None)
+            del queue[first + 1]
+            self._ops.append((victim.seq, None))
+            self.dropped += 2
         self._ops.append((queue[first].seq, queue[first]))
-        self.dropped += 1
 
     # -- the courier ---------------------------------------------------------------------
 
