@@ -172,3 +172,37 @@ async def test_image_attachments_reach_pi(
     assert prompt["images"] == [
         {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/png"}
     ]
+
+
+@pytest.mark.timeout(90)
+async def test_messages_posted_while_the_gateway_was_down_are_answered_once(
+    dc: Harness,
+) -> None:
+    """The gateway is away (3 s standing for 30 s) and the session cannot be resumed, so
+    nothing is replayed: evie reads the channel's REST history after it reconnects."""
+    await dc.fake.push_message("before", channel_id=DM)
+    await dc.shows(DM, "echo: before")
+    await dc.fake.push_message("in the channel", channel_id=600, guild_id=1, mention_bot=True)
+    await dc.shows(600, "echo: in the channel")
+    dc.fake.forget_sessions = True
+    dc.fake.gateway_down = True
+    await dc.fake.disconnect()
+    for n in range(5):
+        await dc.fake.push_message(f"while away {n}", channel_id=DM)
+    await dc.fake.push_message("chatter, not for the bot", channel_id=600, guild_id=1)
+    await anyio.sleep(3)
+    dc.fake.gateway_down = False
+    await dc.fake.wait_for(
+        lambda: any("echo: while away 4" in t for t in dc.fake.channel_view(DM)), seconds=60
+    )
+    await dc.fake.push_message("after", channel_id=DM)
+    await dc.shows(DM, "echo: after")
+    await anyio.sleep(0.3)
+    answers = [t for t in dc.fake.channel_view(DM) if t.startswith("echo: ")]
+    assert answers == [
+        "echo: before",
+        *(f"echo: while away {n}" for n in range(5)),
+        "echo: after",
+    ]
+    assert not any("chatter" in t for t in dc.fake.channel_view(600))
+    assert dc.fake.identifies >= 2  # a new session, not a resume
