@@ -6,8 +6,8 @@ refuses gateway connections (messages posted meanwhile reach only REST history);
 ``forget_sessions`` answers RESUME with INVALID_SESSION. Gateway: HELLO,
 IDENTIFY → READY, heartbeat ACK, RESUME → RESUMED with replay of what was missed,
 MESSAGE_CREATE injection, forced disconnects. Faults per route: 429 (sent the
-way Discord does, with a ``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx. Enforces the
-2000-character limit (400, code 50035) and the message-content intent.
+way Discord does, with a ``Via`` header, ``Retry-After`` and JSON ``retry_after``),
+5xx. Enforces the 2000-character limit (400, code 50035) and the message-content intent.
 """
 
 from __future__ import annotations
