@@ -121,7 +121,7 @@ async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> 
     """
     started = {item.chat for item in inbox.interrupted}
     for key in store.pending_notices():
-        if key.split(":", 1)[0] in PLATFORMS and key not in started:
+        if inbox.existed and key.split(":", 1)[0] in PLATFORMS and key not in started:
             store.take_notice(key)
     if not inbox.interrupted:
         return

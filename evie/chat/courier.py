@@ -30,6 +30,7 @@ from evie.durable.outbox import Outbox, OutboxEntry
 from evie.logs import chat_var
 
 log = logging.getLogger(__name__)
+SEND_TIMEOUT = 30.0  # one attempt; a stop waits for it at most this long
 
 
 @attrs.frozen
@@ -125,7 +126,12 @@ class Courier:
                 return
             attempts += 1
             try:
-                await self._attempt(ref, entry, now)
+                # A stop must not cut a send in half: that would leave a reply that may have
+                # arrived in the outbox, to be sent again at the next start. Bounded.
+                with anyio.move_on_after(SEND_TIMEOUT, shield=True) as scope:
+                    await self._attempt(ref, entry, now)
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"no answer within {SEND_TIMEOUT:g}s")
             except FormattingRejected:
                 log.info("chat %s: formatting rejected, sending plain text", entry.chat)
                 self.outbox.use_plain(entry)

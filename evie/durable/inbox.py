@@ -60,6 +60,7 @@ class Inbox:
         self._seen: dict[str, deque[int]] = {}
         self._next_seq = 1
         self.interrupted: list[InboxItem] = []  # started before the last stop: tell, never rerun
+        self.existed = False  # a file was there at load (not a first start or an upgrade)
 
     @property
     def writes(self) -> int:
@@ -69,6 +70,7 @@ class Inbox:
 
     def load(self) -> None:
         """Read the file (in a thread, before intake). ``queued`` items become pending."""
+        self.existed = self._doc.path is not None and self._doc.path.exists()
         doc = self._doc.read()
         with self._doc.lock:
             self._next_seq = doc.next_seq
