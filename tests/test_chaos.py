@@ -18,6 +18,7 @@ printed (run with ``-s``).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -156,4 +157,44 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
     )
     assert duplicates <= uncertain
     assert answered + unanswered == len(CHATS) * MESSAGES
+    assert marked_processes(str((tmp_path / "state").resolve())) == []
+
+
+@pytest.mark.timeout(150)
+async def test_a_message_waiting_behind_a_turn_survives_kill_9(
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
+    """The running turn's message is not run again (its chat is told); the queued one is."""
+    fake = telegram
+    config = write_config(tmp_path, fake)
+    log = tmp_path / "evie.log"
+    steps = [{"text": "working"}, {"wait_file": str(tmp_path / "never")}]
+    proc = await start(config, log, fake)
+    try:
+        fake.push_message("script:" + json.dumps(steps), user_id=OWNER)
+        await fake.wait_for(lambda: any("working" in t for t in fake.chat_view(OWNER)), 30)
+        fake.push_message("waiting behind it", user_id=OWNER)
+        await fake.wait_for(lambda: any("queued #1" in t for t in fake.chat_view(OWNER)), 30)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await start(config, log, fake)
+        await fake.wait_for(
+            lambda: (
+                "echo: waiting behind it" in fake.chat_view(OWNER)
+                and any(n in t for t in fake.chat_view(OWNER) for n in NOTICES)
+            ),
+            seconds=60,
+        )
+        await anyio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    view = fake.chat_view(OWNER)
+    assert view.count("echo: waiting behind it") == 1
+    assert sum(any(n in t for n in NOTICES) for t in view) == 1
+    assert sum("working" in t for t in view) == 1  # the interrupted turn was not rerun
     assert marked_processes(str((tmp_path / "state").resolve())) == []
