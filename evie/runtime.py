@@ -22,8 +22,9 @@ from evie.state import StateStore
 log = logging.getLogger(__name__)
 PLATFORMS = ("tg", "dc")  # chats whose messages pass through the inbox
 RESTART_NOTICE = (
-    "ℹ️ evie was restarted while it was answering your message “{text}”; that turn was "
-    "interrupted. If no answer arrived, send it again."
+    "ℹ️ evie was stopped while it was answering your message “{text}”; that turn was "
+    "interrupted and is not run again. The conversation so far is kept — send it again "
+    "if needed."
 )
 
 
@@ -113,23 +114,22 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
 async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> None:
     """Messages whose turn had begun when evie died are not run again; their chats are told.
 
-    A chat whose running turn the state file recorded already gets that notice.
-    The notices are in the outbox on disk before the items leave the inbox.
-    A chat's state notice with no started inbox item behind it is dropped: its turn
-    did finish (the item leaves the inbox only after the turn's replies are in the
-    outbox); only the state file's record of that came too late.
+    One notice per such message, quoting it (a running turn and a follow-up pi had
+    started are two lost answers). For chats that pass through the inbox these replace
+    the state file's generic notice, which is dropped — also when no started item is
+    behind it: that turn did finish (its item leaves the inbox only once its replies are
+    in the outbox); only the state file's record of that came too late. The notices
+    are in the outbox on disk before the items leave the inbox.
     """
-    started = {item.chat for item in inbox.interrupted}
-    for key in store.pending_notices():
-        if inbox.existed and key.split(":", 1)[0] in PLATFORMS and key not in started:
-            store.take_notice(key)
+    if inbox.existed:
+        for key in store.pending_notices():
+            if key.split(":", 1)[0] in PLATFORMS:
+                store.take_notice(key)
     if not inbox.interrupted:
         return
-    told = set(store.pending_notices())
     for item in inbox.interrupted:
-        if item.chat not in told:
-            text = item.text if len(item.text) <= 60 else item.text[:59] + "…"
-            outbox.put(item.chat, RESTART_NOTICE.format(text=text))
+        text = item.text if len(item.text) <= 60 else item.text[:59] + "…"
+        outbox.put(item.chat, RESTART_NOTICE.format(text=text))
     await outbox.commit()
     inbox.forget_interrupted()
     await inbox.commit()
