@@ -166,10 +166,15 @@ class ChatFrontend:
         while len(self._refused) > 10_000:
             self._refused.popitem(last=False)
         log.info("refused user %s in chat %s", msg.user_id, msg.chat.key)
-        await self.say(msg.chat, REFUSAL)
+        try:  # best effort, and never queued for a stranger
+            await self.delivery.run(lambda: self.transport.send(msg.chat, REFUSAL, formatted=False))
+        except DeliveryError as exc:
+            log.info("chat %s: could not deliver a refusal: %s", msg.chat.key, exc)
 
     async def say(self, chat: ChatRef, text: str) -> None:
-        await self.delivery.run(lambda: self.transport.send(chat, text, formatted=False))
+        """Queue a notice for this chat in the outbox; the courier delivers it in order."""
+        self.outbox.put(chat.key, text)
+        await self.outbox.commit()
 
     async def _command(self, command: str, chat: ChatRef) -> None:
         await self.say(chat, await self.command_reply(command, chat))
