@@ -109,6 +109,7 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
                 yield Runtime(config, manager, store, metrics, inbox, outbox)
         finally:
             tg.cancel_scope.cancel()  # the writer flushes on its way out
+            inbox.close()
 
 
 async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> None:

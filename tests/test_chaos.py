@@ -108,21 +108,28 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
     log = tmp_path / "evie.log"
     proc = await start(config, log, fake)
 
-    async def users() -> None:
-        for n in range(MESSAGES):
+    # the rounds are spread over the instances, so every kill lands while messages flow
+    schedule: list[list[int]] = [[] for _ in range(KILLS + 1)]
+    for n in range(MESSAGES):
+        schedule[n * (KILLS + 1) // MESSAGES].append(n)
+
+    async def users(rounds: list[int]) -> None:
+        for n in rounds:
             for chat in CHATS:
                 fake.push_message(f"{chat}/{n}", user_id=OWNER, chat_id=chat)
-            await anyio.sleep(rng.uniform(0.05, 0.4))
+            await anyio.sleep(rng.uniform(0.02, 0.3))
 
     kills = 0
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(users)
-            for _ in range(KILLS):
-                await anyio.sleep(rng.uniform(0.1, 2.0))
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
-                kills += 1
+        for instance, rounds in enumerate(schedule):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(users, rounds)
+                if instance < KILLS:
+                    await anyio.sleep(rng.uniform(0.05, 1.5))
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                    kills += 1
+            if instance < KILLS:
                 proc = await start(config, log, fake)
         try:
             await fake.wait_for(lambda: settled(fake), seconds=90)

@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from evie.agent.events import FollowUpStarted, Prompt, TurnEvent, TurnFinished
+from evie.agent.events import AssistantMessage, FollowUpStarted, Prompt, TurnEvent, TurnFinished
 from evie.chat.commands import REFUSAL, parse_command, run_command
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
 from evie.chat.courier import Courier, CourierSettings
@@ -248,13 +248,24 @@ class ChatFrontend:
     def _tracking(self, key: str, seq: int, sink: EventSink) -> EventSink:
         """The turn's sink, recording follow-ups as pi starts them (before their answers)."""
 
+        answering: list[int | None] = [seq]  # the item whose answer pi is writing now
+
         async def on_event(event: TurnEvent) -> None:
             inflight = self._inflight.get(key, [])
             if isinstance(event, FollowUpStarted):
                 started = self._followup(inflight, seq, event.text)
                 if started is not None:
                     await self._started(started)
+                answering[0] = started
             await sink(event)
+            done = answering[0]
+            if isinstance(event, AssistantMessage) and event.stop_reason != "toolUse" and done:
+                # its answer is in the outbox now: a restart must not call it interrupted
+                answering[0] = None
+                if done != seq and done in inflight:
+                    inflight.remove(done)
+                self.inbox.remove(done)
+                await self.inbox.commit()
             if isinstance(event, TurnFinished):
                 for other in list(inflight):
                     item = self.inbox.get(other)

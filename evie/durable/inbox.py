@@ -14,10 +14,17 @@ Life of an item (adr/0012)::
   per channel) and the recent message ids per chat (de-duplication) are in the
   same document, so one atomic write records "these messages are ours, and the
   platform may forget them".
+
+An item leaves at once: its sequence number is appended to ``<name>.done`` with one
+``write`` (no fsync) on the event loop — it survives ``kill -9``, as the page cache
+outlives the process — so a message whose answer is already in the outbox is not
+reported as interrupted after a restart. The next document write covers it, and the
+log is emptied when no removal came in meanwhile.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -61,6 +68,9 @@ class Inbox:
         self._next_seq = 1
         self.interrupted: list[InboxItem] = []  # started before the last stop: tell, never rerun
         self.existed = False  # a file was there at load (not a first start or an upgrade)
+        self._done_path = path.with_name(path.name + ".done") if path is not None else None
+        self._done_fd: int | None = None
+        self._removals = 0  # removals logged to the .done file since it was last emptied
 
     @property
     def writes(self) -> int:
@@ -72,7 +82,19 @@ class Inbox:
         """Read the file (in a thread, before intake). ``queued`` items become pending."""
         self.existed = self._doc.path is not None and self._doc.path.exists()
         doc = self._doc.read()
+        done: set[int] = set()
+        if self._done_path is not None:
+            try:
+                raw = self._done_path.read_bytes()
+            except FileNotFoundError:
+                raw = b""
+            done = {int(x) for x in raw.split() if x.isdigit()}
+            self._done_fd = os.open(self._done_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._removals = len(done)
+        doc.items = [item for item in doc.items if item.seq not in done]
         with self._doc.lock:
+            if done:
+                self._doc.changed()  # the next write drops them from the document too
             self._next_seq = doc.next_seq
             self._cursors = dict(doc.cursors)
             self._seen = {k: deque(v, maxlen=SEEN_PER_CHAT) for k, v in doc.seen.items()}
@@ -134,8 +156,17 @@ class Inbox:
 
     def remove(self, seq: int) -> None:
         with self._doc.lock:
-            if self._items.pop(seq, None) is not None:
-                self._doc.changed()
+            if self._items.pop(seq, None) is None:
+                return
+            self._doc.changed()
+        if self._done_fd is not None:  # outside the lock: a few bytes, see the module doc
+            os.write(self._done_fd, b"%d\n" % seq)
+            self._removals += 1
+
+    def close(self) -> None:
+        if self._done_fd is not None:
+            os.close(self._done_fd)
+            self._done_fd = None
 
     def get(self, seq: int) -> InboxItem | None:
         with self._doc.lock:
@@ -152,7 +183,13 @@ class Inbox:
 
     async def commit(self) -> None:
         """Return once every change made so far is on disk."""
+        removals = self._removals
         await self._doc.commit(self._snapshot)
+        # empty the log once the document on disk holds every removal in it
+        covered = removals and self._removals == removals and not self._doc.dirty
+        if self._done_fd is not None and covered:
+            os.ftruncate(self._done_fd, 0)
+            self._removals = 0
 
     def _snapshot(self) -> InboxFile:  # called under the lock: copies, no I/O
         return InboxFile(
