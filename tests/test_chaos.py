@@ -43,6 +43,7 @@ MESSAGES = 20
 KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
 ANSWER = re.compile(r"echo: (\d+)/(\d+)")
 NOTICES = ("evie was stopped while", "evie was restarted while")
+QUOTED = re.compile(r"“(\d+/\d+)”")
 
 
 @pytest.fixture
@@ -86,13 +87,27 @@ def tally(fake: FakeTelegram) -> dict[int, tuple[list[int], int]]:
     for chat in CHATS:
         numbers, notices = [], 0
         for text in fake.chat_view(chat):
+            if any(n in text for n in NOTICES):
+                notices += 1
+                continue
             match = ANSWER.search(text)
             if match:
                 assert int(match.group(1)) == chat, text
                 numbers.append(int(match.group(2)))
-            notices += any(n in text for n in NOTICES)
         out[chat] = (numbers, notices)
     return out
+
+
+def needless_notices(fake: FakeTelegram) -> int:
+    """Notices quoting a message that was answered after all (its answer raced the kill)."""
+    count = 0
+    for chat in CHATS:
+        answered = {m.group(0) for t in fake.chat_view(chat) if (m := ANSWER.search(t))}
+        for text in fake.chat_view(chat):
+            quoted = QUOTED.search(text)
+            if any(n in text for n in NOTICES) and quoted and f"echo: {quoted[1]}" in answered:
+                count += 1
+    return count
 
 
 def settled(fake: FakeTelegram) -> bool:
@@ -159,7 +174,8 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
     print(
         f"\nchaos: {kills} kill -9, {len(CHATS)} chats x {MESSAGES} messages: "
         f"{answered} answered once, {duplicates} twice, {unanswered} unanswered "
-        f"(their turn had begun; {notices} interrupted-turn notices), "
+        f"(their turn had begun; {notices} interrupted-turn notices, "
+        f"{needless_notices(fake)} of them for a message answered after all), "
         f"{uncertain} uncertain re-sends reported"
     )
     assert duplicates <= uncertain
