@@ -99,7 +99,8 @@ def tally(fake: FakeTelegram) -> dict[int, tuple[list[int], int]]:
 
 
 def needless_notices(fake: FakeTelegram) -> int:
-    """Notices quoting a message that was answered after all (its answer raced the kill)."""
+    """Notices quoting a message whose answer the user saw anyway: the live preview had
+    streamed all of it when the kill cut the turn short, before the reply was recorded."""
     count = 0
     for chat in CHATS:
         answered = {m.group(0) for t in fake.chat_view(chat) if (m := ANSWER.search(t))}
@@ -175,7 +176,7 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
         f"\nchaos: {kills} kill -9, {len(CHATS)} chats x {MESSAGES} messages: "
         f"{answered} answered once, {duplicates} twice, {unanswered} unanswered "
         f"(their turn had begun; {notices} interrupted-turn notices, "
-        f"{needless_notices(fake)} of them for a message answered after all), "
+        f"{needless_notices(fake)} for a message its live preview had shown in full), "
         f"{uncertain} uncertain re-sends reported"
     )
     assert duplicates <= uncertain
