@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -53,15 +54,25 @@ def fake_launcher(state: Path, *extra: str) -> PiLauncher:
     )
 
 
-def save(name: str, figures: dict[str, Any], line: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def results_dir() -> Path:
+    """Where results go: bench/results, or $EVIE_BENCH_RESULTS (the smoke test uses a tmp dir)."""
+    return Path(os.environ.get("EVIE_BENCH_RESULTS") or RESULTS)
+
+
+def save(name: str, figures: dict[str, Any], line: str, *, title: str | None = None) -> None:
+    """Write bench/results/<name>.json; ``title`` and ``line`` become its README row."""
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
+        "title": title or name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 2),  # other work on the machine meanwhile
         "figures": figures,
         "summary": line,
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"== {name}: {line}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -13,10 +14,11 @@ import attrs
 
 from evie import __version__
 from evie.agent.process import PiProcess
+from evie.agent.sandbox import make_undumpable
 from evie.config import Config, load_config, split_listen, starter_config
 from evie.errors import ConfigError, EvieError
 from evie.logs import setup_logging
-from evie.runtime import build_launcher, open_runtime
+from evie.runtime import build_launcher, choose_sandbox, open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -39,7 +41,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _setup_logging(config: Config, *, quiet: bool) -> None:
     level = "warning" if quiet and config.log.level in ("debug", "info") else config.log.level
-    secrets = (config.telegram.token or "", config.discord.token or "")
+    secrets = (config.telegram.token or "", config.discord.token or "", config.http.token or "")
     setup_logging(level, config.log.format, secrets)
 
 
@@ -47,24 +49,31 @@ async def _chat(config: Config) -> None:
     from evie.platforms.terminal import TerminalChat
 
     async with open_runtime(config) as runtime:
-        await TerminalChat(runtime.manager, notice=runtime.store.take_notice("terminal")).run()
+        notice = runtime.store.take_notice("terminal")
+        await TerminalChat(runtime.manager, notice=notice, interrupts=True).run()
 
 
 async def _check(config: Config) -> int:
     print(f"config: {config.source or 'built-in defaults'}")
     command = config.pi_command
     print(f"pi command: {' '.join(command)}")
+    sandbox = await anyio.to_thread.run_sync(choose_sandbox, config)
+    print(f"sandbox: {sandbox.note}")
+    if sandbox.bwrap is None:
+        print("warning: without the sandbox pi's tools can read evie's config and state")
     with tempfile.TemporaryDirectory(prefix="evie-check-") as tmp:
-        probe = attrs.evolve(build_launcher(config), state_dir=Path(tmp))
+        probe = attrs.evolve(
+            build_launcher(config, sandbox.bwrap), state_dir=Path(tmp), work_root=Path(tmp) / "w"
+        )
         spec = probe.spec_for("evie-check")
         async with anyio.create_task_group() as tg:
             started = anyio.current_time()
             process = await PiProcess.spawn(spec, tg)
             elapsed = anyio.current_time() - started
-            model = process.state.get("model") or {}
+            model = process.state.model
             await process.close()
-    print(f"pi started in {elapsed:.2f}s; model {model.get('provider')}/{model.get('id')}")
-    if model.get("id") in (None, "unknown"):
+    print(f"pi started in {elapsed:.2f}s; model {model.name if model else 'none'}")
+    if model is None or model.id == "unknown":
         print(
             "warning: pi has no model: set [agent] provider and model, and the provider's "
             "API key in the environment (or [agent] agent_dir pointing at a pi login)"
@@ -85,8 +94,11 @@ def _status(config: Config) -> int:
     if not config.http.listen:
         raise ConfigError("`evie status` needs [http] listen in the config of the running evie")
     host, port = split_listen(config.http.listen)
+    request = urllib.request.Request(f"http://{host}:{port}/status")
+    if config.http.token:
+        request.add_header("Authorization", f"Bearer {config.http.token}")
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             sessions = json.loads(response.read())
     except (urllib.error.URLError, OSError) as exc:
         print(f"evie: no running evie answered on {config.http.listen} ({exc})", file=sys.stderr)
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="write a commented starter config")
     init.add_argument("path", nargs="?", help=f"where (default {DEFAULT_CONFIG})")
     args = parser.parse_args(argv)
+    # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
+    make_undumpable()
     command = args.command or "chat"
     try:
         if command == "init":
@@ -170,5 +184,22 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
+def run_as_program() -> None:
+    """The ``evie`` program: :func:`main`, then exit without the interpreter's teardown.
+
+    By the time ``main`` returns, pi is stopped, state is flushed and every
+    connection is closed; tearing down aiogram's, discord.py's and pydantic's
+    module state only adds about a second to every stop on a busy machine.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_program()

@@ -50,6 +50,12 @@ def _pos_int(v: Any) -> int:
     return v
 
 
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad("expected a whole number >= 0")
+    return v
+
+
 def _path(v: Any) -> Path:
     return Path(os.path.expanduser(_str(v)))
 
@@ -130,6 +136,12 @@ def default_state_dir() -> Path:
     return Path(base) / "evie"
 
 
+def default_work_root() -> Path:
+    """Per-session work dirs: ``$XDG_DATA_HOME/evie/work`` (outside the state dir)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "evie" / "work"
+
+
 def default_pi_command() -> tuple[str, ...]:
     """pi from this checkout's ``npm ci``, else ``pi`` on PATH."""
     local = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
@@ -148,6 +160,18 @@ class AgentConfig:
     agent_dir: Path | None = setting(None, _opt_path, "PI_CODING_AGENT_DIR")
     startup_timeout: float = setting(30.0, _pos_float, "seconds pi may take to start")
     env: tuple[tuple[str, str], ...] = setting((), _env, "extra environment for pi")
+    sandbox: Literal["auto", "bwrap", "off"] = setting(
+        "auto", _choice("auto", "bwrap", "off"), "hide evie's secrets from pi (bubblewrap)"
+    )
+    max_turn_seconds: float | None = setting(
+        None, _opt(_pos_float), "a turn running longer is stopped (unset: no limit)"
+    )
+    stall_timeout: float | None = setting(
+        None, _opt(_pos_float), "a turn in which pi is silent this long is stopped"
+    )
+    max_line_bytes: int = setting(
+        32 * 1024 * 1024, _pos_int, "longest line kept from pi; longer ones are dropped"
+    )
 
 
 @attrs.frozen
@@ -158,6 +182,10 @@ class SessionsConfig:
         "follow_up", _choice("follow_up", "steer"), "what a message sent mid-turn does"
     )
     shutdown_grace: float = setting(30.0, _pos_float, "seconds running turns get at shutdown")
+    abort_grace: float = setting(
+        10.0, _pos_float, "seconds an aborted turn gets before pi is killed"
+    )
+    warm_spares: int = setting(1, _count, "pi processes kept booted for new sessions")
 
 
 @attrs.frozen
@@ -170,6 +198,8 @@ class TelegramConfig:
     token: str | None = setting(None, _opt_str, "bot token (or EVIE_TELEGRAM_TOKEN)")
     api_url: str = setting("https://api.telegram.org", _url, "Bot API server")
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+    edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
+    polling_timeout: int = setting(25, _pos_int, "seconds a getUpdates long poll waits")
 
 
 @attrs.frozen
@@ -178,11 +208,13 @@ class DiscordConfig:
     api_url: str | None = setting(None, _opt(_url), "REST base, e.g. .../api/v10")
     gateway_url: str | None = setting(None, _opt(_url), "gateway websocket URL")
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
+    edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
 
 
 @attrs.frozen
 class HttpConfig:
     listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
+    token: str | None = setting(None, _opt_str, "require Authorization: Bearer <token>")
 
 
 @attrs.frozen
@@ -300,7 +332,8 @@ def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) 
     config = parse_config(data, source=path, environ=environ)
     warnings: list[str] = []
     has_token = any(
-        isinstance(data.get(s), dict) and data[s].get("token") for s in ("telegram", "discord")
+        isinstance(data.get(s), dict) and data[s].get("token")
+        for s in ("telegram", "discord", "http")
     )
     mode = stat.S_IMODE(path.stat().st_mode)
     if has_token and mode & 0o077:

@@ -42,5 +42,13 @@ class AgentRequestError(AgentError):
     """pi answered a command with ``success: false``; the message is pi's own."""
 
 
+class AgentProtocolError(AgentError):
+    """pi answered with a shape evie does not know (a field of the wrong type)."""
+
+
 class SessionReplaced(EvieError):
     """The session was replaced (``/new``) or closed while this request waited."""
+
+
+class ShuttingDown(SessionReplaced):
+    """evie is stopping and starts no new turn; the message never reached pi."""

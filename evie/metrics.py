@@ -38,6 +38,21 @@ class Histogram:
 
 
 @attrs.define
+class SessionTally:
+    """Live counts kept up to date on slot transitions, so /metrics never walks every session.
+
+    ``by_state`` counts slots by state name (a slot replaced by ``/new`` ends as
+    "closed"), ``processes`` the slots holding a pi process, and ``running`` the
+    slots with a turn in flight (few: at most ``max_processes``), whose queues
+    make up the queue depth.
+    """
+
+    by_state: Counter[str] = attrs.Factory(Counter)
+    processes: int = 0
+    running: set[object] = attrs.Factory(set)
+
+
+@attrs.define
 class Metrics:
     guard_wait: Histogram = attrs.Factory(Histogram)
     guard_hold: Histogram = attrs.Factory(Histogram)
@@ -48,3 +63,7 @@ class Metrics:
     turns: Counter[str] = attrs.Factory(Counter)  # by outcome
     spawn_failures: int = 0
     queued_messages: int = 0
+    lines_dropped: int = 0  # pi output lines over [agent] max_line_bytes
+    sessions: SessionTally = attrs.Factory(SessionTally)
+    spares_taken: int = 0  # sessions served by a warm spare (adr/0016)
+    spares_missed: int = 0  # sessions that had to start pi cold

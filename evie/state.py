@@ -1,10 +1,14 @@
 """Durable state: which chat maps to which session, and how each last turn ended.
 
-Rules (adr/0006): the snapshot is taken under a brief lock (a dict copy), then
-serialised and written *outside* it, atomically (temp file, fsync, rename,
-fsync of the directory), by one writer task. Bursts of changes coalesce into
-one write; terminal transitions and shutdown are written at once. A corrupt
-file is never silently replaced: it is moved aside and reported.
+Rules (adr/0006): the manager hands over frozen :class:`SessionFacts` and says
+what happened; each record is encoded once, when it changes, so a snapshot is a
+copy of the encoded pieces taken under a brief lock, joined and written
+*outside* it, in a worker thread, atomically (temp file, fsync, rename, fsync
+of the directory), by one writer task. A turn start and a replaced session are
+written at once; everything else (a turn's end, a notice shown) rides along
+with the next write, or is written ``coalesce`` seconds later at the latest.
+Shutdown always flushes. A corrupt file is never silently replaced: it is moved
+aside and reported.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import msgspec
 from evie.agent.events import Outcome
 from evie.errors import StateError
 from evie.metrics import Metrics
-from evie.sessions.slot import Slot, SlotState
+from evie.sessions.facts import Change, SessionFacts
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+#: changes written at once; the others ride along with the next write (adr/0006)
+URGENT = frozenset({Change.TURN_STARTED, Change.SESSION_REPLACED})
 
 
 class SessionRecord(msgspec.Struct, frozen=True):
@@ -79,7 +86,7 @@ class StateStore:
         path: Path,
         *,
         metrics: Metrics | None = None,
-        coalesce: float = 0.05,
+        coalesce: float = 5.0,
         writer: Callable[[Path, bytes], None] = atomic_write,
     ) -> None:
         self.path = path
@@ -87,11 +94,12 @@ class StateStore:
         self._coalesce = coalesce
         self._writer = writer
         self._records: dict[str, SessionRecord] = {}
+        self._encoded: dict[str, bytes] = {}  # key -> its encoded member, kept in step
         self._lock = threading.Lock()  # brief: dict updates and the snapshot copy only
         self._dirty = 0
         self._written = 0
         self._wake = anyio.Event()
-        self._urgent = False
+        self._urgent = anyio.Event()
         self._write_lock = anyio.Lock()  # one writer at a time: they share the temp file
         self.writes = 0
 
@@ -130,77 +138,97 @@ class StateStore:
                 )
             records[key] = record
         with self._lock:
-            self._records = dict(records)
+            self._records = {}
+            self._encoded = {}
+            for key, record in records.items():
+                self._put(key, record)
         if any(r.notice for r in records.values()):
-            self._mark_dirty(urgent=True)
+            self._mark_dirty(urgent=False)  # re-derived from the file if lost
         return records
 
     # -- updates (synchronous, from the event loop) -------------------------------------
 
-    def session_changed(self, slot: Slot, *, terminal: bool) -> None:
-        """SessionObserver hook: record the slot's current facts."""
-        old = self._records.get(slot.key)
-        record = SessionRecord(
-            session_id=slot.session_id,
-            running=slot.state in (SlotState.STARTING, SlotState.RUNNING) and slot.turn is not None,
-            last_outcome=slot.last_outcome.value if slot.last_outcome else None,
-            last_error=slot.last_error,
-            notice=old.notice if old is not None and old.session_id == slot.session_id else None,
-            turns=slot.turns,
-            updated_at=time.time(),
-        )
+    def session_changed(self, facts: SessionFacts, change: Change) -> None:
+        """SessionObserver hook: record the facts; write at once only when ``change`` is urgent."""
         with self._lock:
-            self._records[slot.key] = record
-        self._mark_dirty(urgent=terminal)
+            old = self._records.get(facts.key)
+            keep_notice = old is not None and old.session_id == facts.session_id
+            self._put(
+                facts.key,
+                SessionRecord(
+                    session_id=facts.session_id,
+                    running=facts.running,
+                    last_outcome=facts.last_outcome.value if facts.last_outcome else None,
+                    last_error=facts.last_error,
+                    notice=old.notice if old is not None and keep_notice else None,
+                    turns=facts.turns,
+                    updated_at=time.time(),
+                ),
+            )
+        self._mark_dirty(urgent=change in URGENT)
 
     def take_notice(self, key: str) -> str | None:
-        """The notice for this chat, once: it is cleared (and the clearing persisted)."""
+        """The notice for this chat, once; the clearing rides along with the next write.
+
+        It is taken just before a turn starts, so the turn start's write carries it.
+        """
         with self._lock:
             record = self._records.get(key)
             if record is None or record.notice is None:
                 return None
-            self._records[key] = msgspec.structs.replace(record, notice=None)
-        self._mark_dirty(urgent=True)
+            self._put(key, msgspec.structs.replace(record, notice=None))
+        self._mark_dirty(urgent=False)
         return record.notice
 
     def pending_notices(self) -> dict[str, str]:
         with self._lock:
             return {k: r.notice for k, r in self._records.items() if r.notice}
 
+    def _put(self, key: str, record: SessionRecord) -> None:
+        """Store a record and its encoding (under ``_lock``): a write only joins pieces."""
+        self._records[key] = record
+        self._encoded[key] = _encode_entry(key, record)
+
     def _mark_dirty(self, *, urgent: bool) -> None:
         self._dirty += 1
-        self._urgent = self._urgent or urgent
+        if urgent:
+            self._urgent.set()
         self._wake.set()
 
     # -- writing --------------------------------------------------------------------
 
-    def _snapshot(self) -> StateFile:
-        with self._lock:  # a shallow copy: records are immutable
-            return StateFile(version=STATE_VERSION, sessions=dict(self._records))
+    def _snapshot(self) -> list[bytes]:
+        with self._lock:  # a shallow copy: the pieces are immutable bytes
+            return list(self._encoded.values())
 
     async def write_now(self) -> None:
-        """Snapshot under the lock; serialise and write outside it, in a thread."""
+        """Snapshot under the lock; join and write outside it, in a worker thread."""
         async with self._write_lock:
             target = self._dirty
-            snapshot = self._snapshot()
-            started = time.perf_counter()
-            data = msgspec.json.encode(snapshot)
-            serialised = time.perf_counter()
-            await anyio.to_thread.run_sync(self._writer, self.path, data)
-            self.metrics.persist_serialise.observe(serialised - started)
-            self.metrics.persist_write.observe(time.perf_counter() - serialised)
+            pieces = self._snapshot()
+            joined, written = await anyio.to_thread.run_sync(self._join_and_write, pieces)
+            self.metrics.persist_serialise.observe(joined)
+            self.metrics.persist_write.observe(written)
             self.writes += 1
             self._written = max(self._written, target)
 
+    def _join_and_write(self, pieces: list[bytes]) -> tuple[float, float]:
+        started = time.perf_counter()
+        data = b"".join((_FILE_HEAD, b",".join(pieces), _FILE_TAIL))
+        joined = time.perf_counter()
+        self._writer(self.path, data)
+        return joined - started, time.perf_counter() - joined
+
     async def run(self) -> None:
-        """The writer task: coalesces bursts, writes terminal changes at once."""
+        """The writer task: urgent changes at once, the rest within ``coalesce`` seconds."""
         try:
             while True:
                 await self._wake.wait()
+                if self._coalesce and not self._urgent.is_set():
+                    with anyio.move_on_after(self._coalesce):
+                        await self._urgent.wait()  # an urgent change takes everything along
                 self._wake = anyio.Event()
-                if not self._urgent and self._coalesce:
-                    await anyio.sleep(self._coalesce)
-                self._urgent = False
+                self._urgent = anyio.Event()
                 if self._dirty != self._written:
                     try:
                         await self.write_now()
@@ -216,3 +244,13 @@ class StateStore:
         """Write whatever is not on disk yet (always called at shutdown)."""
         if self._dirty != self._written:
             await self.write_now()
+
+
+_FILE_HEAD = b'{"version":' + str(STATE_VERSION).encode() + b',"sessions":{'
+_FILE_TAIL = b"}}"
+_encoder = msgspec.json.Encoder()
+
+
+def _encode_entry(key: str, record: SessionRecord) -> bytes:
+    """One ``"key":{record}`` member of the sessions object."""
+    return _encoder.encode(key) + b":" + _encoder.encode(record)

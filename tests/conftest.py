@@ -27,6 +27,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
+def private_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default work dirs ($XDG_DATA_HOME/evie/work/<id>) land in the test's tmp dir."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True)
 def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
     """After every test, nothing started for its state dir (pi, fakes, tool children) runs."""
     yield
@@ -59,6 +65,7 @@ def fake_launcher(tmp_path: Path, *per_session: tuple[str, tuple[str, ...]]) -> 
         command=(sys.executable, str(FAKE_PI)),
         state_dir=tmp_path / "state",
         agent_dir=tmp_path / "state" / "agent",
+        work_root=tmp_path / "work",
         startup_timeout=10,
         stop_timeout=2,
     )
@@ -128,6 +135,7 @@ def real_launcher(tmp_path: Path, llm: FakeLLM) -> PiLauncher:
         command=(str(PI),),
         state_dir=tmp_path / "state",
         agent_dir=agent_dir,
+        work_root=tmp_path / "work",
         provider="fake",
         model="fake-1",
         system_prompt="You are a test.",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake ``pi --mode rpc``: a real subprocess speaking pi's RPC protocol.
 
-Measured pi behaviour it reproduces (see shared/docs/pi-rpc.md): LF-only JSON
+Measured pi behaviour it reproduces (see docs/pi-rpc.md): LF-only JSON
 lines, responses correlated by id (out of order when a turn is running),
 ``message_update`` carrying two full copies of the message so far, follow-up
 and steer queues, ``abort`` answered after ``agent_end``, auto-retry after an
@@ -13,14 +13,18 @@ A plain prompt is answered with ``echo: <text>``. A prompt of the form
 in :func:`Turn.step`.
 
 Options: ``--startup-delay S``, ``--exit-at-start CODE``, ``--record FILE``
-(every received command is appended as a JSON line); the real pi flags are
-accepted and ignored, except ``--session PATH``.
+(every received command is appended as a JSON line), ``--garble COMMAND``
+(every answer to ``get_state`` or ``get_session_stats`` has wrong-typed fields;
+the script step ``{"garble": COMMAND}`` does it for the next answer only); the
+real pi flags are accepted and ignored, except ``--session PATH``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +32,18 @@ import uuid
 from typing import Any
 
 OUT_LOCK = threading.Lock()
+IGNORE_SIGTERM = threading.Event()  # set by the "hang": "hard" step
+
+
+def on_sigterm(signum: int, _frame: object) -> None:
+    """Die of SIGTERM as usual, unless a step asked to play deaf (only the main thread
+    may install handlers, so this one is always installed and consults the flag)."""
+    if IGNORE_SIGTERM.is_set():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 STATE_LOCK = threading.Lock()
 
 
@@ -54,17 +70,28 @@ class Aborted(Exception):
     pass
 
 
+#: answers with the right names but wrong types (a pi that changed under evie)
+GARBLED: dict[str, dict[str, Any]] = {
+    "get_state": {"model": "fake-1", "isStreaming": "no", "pendingMessageCount": "two"},
+    "get_session_stats": {"tokens": {"input": "ten", "output": [20]}, "cost": "cheap"},
+}
+
+
 class Session:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.session_id = uuid.uuid4().hex
         self.messages: list[dict[str, Any]] = []
+        # like pi: the working directory comes from the header, else the process cwd
+        # (which follows a renamed directory), and is recorded when the file is created
+        self.cwd = os.getcwd()
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for raw in f:
                     entry = json.loads(raw)
                     if entry.get("type") == "session":
                         self.session_id = entry["id"]
+                        self.cwd = entry.get("cwd") or self.cwd
                     elif entry.get("type") == "message":
                         self.messages.append(entry["message"])
 
@@ -75,7 +102,8 @@ class Session:
         new = not os.path.exists(self.path)
         with open(self.path, "a", encoding="utf-8") as f:
             if new:
-                f.write(json.dumps({"type": "session", "id": self.session_id}) + "\n")
+                header = {"type": "session", "id": self.session_id, "cwd": self.cwd}
+                f.write(json.dumps(header) + "\n")
             f.write(json.dumps({"type": "message", "message": message}) + "\n")
 
 
@@ -89,6 +117,15 @@ class Agent:
         self.turn_thread: threading.Thread | None = None
         self.dialogs: dict[str, threading.Event] = {}
         self.ended_by_error = False
+        self.garble: dict[str, int] = {}  # command -> how many answers to garble
+        self.end_pad = 0  # bytes of padding in the next agent_end (its "messages")
+
+    def garbled(self, kind: str) -> bool:
+        with STATE_LOCK:
+            left = self.garble.get(kind, 0)
+            if left:
+                self.garble[kind] = left - 1
+            return bool(left)
 
     # -- command handling (reader thread) --
 
@@ -105,7 +142,9 @@ class Agent:
         def fail(error: str) -> None:
             emit({"id": rid, "type": "response", "command": kind, "success": False, "error": error})
 
-        if kind == "get_state":
+        if kind in GARBLED and self.garbled(kind):
+            ok(GARBLED[kind])
+        elif kind == "get_state":
             with STATE_LOCK:
                 ok(
                     {
@@ -162,6 +201,18 @@ class Agent:
                 event.set()
         elif kind == "get_session_stats":
             ok({"tokens": {"input": 10, "output": 20, "total": 30}, "cost": 0.0012})
+        elif kind == "switch_session":
+            path = cmd.get("sessionPath", "")
+            with STATE_LOCK:
+                if self.streaming:
+                    fail("Cannot switch sessions while streaming")  # pi tears down first
+                    return
+                session = Session(path)
+                if not os.path.isdir(session.cwd):
+                    fail(f"Stored session working directory does not exist: {session.cwd}")
+                    return
+                self.session = session
+            ok({"cancelled": False})
         elif kind == "new_session":
             with STATE_LOCK:
                 self.session = Session(None)
@@ -213,7 +264,8 @@ class Agent:
             with STATE_LOCK:
                 self.streaming = False
         if not self.ended_by_error:
-            emit({"type": "agent_end", "messages": []})
+            pad, self.end_pad = self.end_pad, 0
+            emit({"type": "agent_end", "messages": [{"pad": "x" * pad}] if pad else []})
         self.ended_by_error = False
 
     def user_message(self, text: str) -> None:
@@ -297,10 +349,30 @@ class Turn:
         self.finish("stop")
 
     def step(self, step: dict[str, Any]) -> None:
-        """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
-        error(+fail_times,max_retries,retry_delay,then) | dialog | raw | raw_hex | env | stderr."""
+        """Steps: text(+chunk,delay) | big(+chunk) | sleep | deaf | wait_file | tool | crash |
+        error(+fail_times,max_retries,retry_delay,then) | dialog | garble(+times) | raw |
+        raw_hex | env | pwd | history | stderr |
+        hang(+say) (silent forever, ignoring abort; ``"hard"`` also ignores SIGTERM) |
+        big_line (one line of N bytes) | end_pad (a big agent_end) |
+        shell (run a command, stream its output)."""
         self.check_abort()
-        if "text" in step:
+        if "hang" in step:
+            if step["hang"] == "hard":
+                IGNORE_SIGTERM.set()
+            if "say" in step:  # said after deafness starts, so an abort can never win a race
+                self.delta(step["say"])
+            while True:
+                time.sleep(3600)
+        elif "end_pad" in step:
+            self.agent.end_pad = step["end_pad"]
+        elif "big_line" in step:
+            emit_raw(b'{"type":"noise","pad":"' + b"x" * step["big_line"] + b'"}\n')
+        elif "shell" in step:
+            done = subprocess.run(
+                step["shell"], shell=True, capture_output=True, text=True, check=False
+            )
+            self.stream(done.stdout + done.stderr, 4096, 0)
+        elif "text" in step:
             self.stream(step["text"], step.get("chunk", 4), step.get("delay", 0))
         elif "big" in step:
             unit = "0123456789abcdef" * 4 + "\n"
@@ -309,6 +381,11 @@ class Turn:
             self.stream(body, step.get("chunk", 65536), 0)
         elif "sleep" in step:
             self.sleep(step["sleep"])
+        elif "deaf" in step:
+            # a pi that ignores abort: says ``say`` (no abort check), then sleeps regardless
+            if step.get("say"):
+                self.delta(step["say"])
+            time.sleep(step["deaf"])
         elif "wait_file" in step:
             while not os.path.exists(step["wait_file"]):
                 self.sleep(0.01)
@@ -334,12 +411,20 @@ class Turn:
             )
             event.wait()
             self.stream("dialog answered", 8, 0)
+        elif "garble" in step:
+            with STATE_LOCK:
+                self.agent.garble[step["garble"]] = step.get("times", 1)
         elif "raw" in step:
             emit_raw(step["raw"].encode("utf-8") + b"\n")
         elif "raw_hex" in step:
             emit_raw(bytes.fromhex(step["raw_hex"]) + b"\n")
         elif "env" in step:
             self.stream(f"{step['env']}={os.environ.get(step['env'], '<unset>')}", 64, 0)
+        elif "pwd" in step:  # where this session's tools would run
+            self.stream(f"cwd={self.agent.session.cwd}", 64, 0)
+        elif "history" in step:  # what the model would be sent: every earlier user text
+            texts = [message_text(m) for m in self.agent.session.messages if m["role"] == "user"]
+            self.stream("history=" + json.dumps(texts), 64, 0)
         elif "stderr" in step:
             sys.stderr.write(step["stderr"] + "\n")
             sys.stderr.flush()
@@ -460,6 +545,7 @@ def main(argv: list[str]) -> int:
     exit_at_start: int | None = None
     record: str | None = os.environ.get("FAKE_PI_RECORD")
     session_path: str | None = None
+    garble: dict[str, int] = {}
     for arg in args:
         if arg == "--startup-delay":
             startup_delay = float(next(args))
@@ -469,11 +555,15 @@ def main(argv: list[str]) -> int:
             record = next(args)
         elif arg == "--session":
             session_path = next(args)
+        elif arg == "--garble":
+            garble[next(args)] = 1_000_000
     if exit_at_start is not None:
         sys.stderr.write("fake pi: refusing to start\n")
         return exit_at_start
+    signal.signal(signal.SIGTERM, on_sigterm)
     time.sleep(startup_delay)
     agent = Agent(Session(session_path))
+    agent.garble.update(garble)
     stdin = sys.stdin.buffer
     buf = b""
     while True:

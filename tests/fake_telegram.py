@@ -89,12 +89,18 @@ class FakeTelegram:
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
     down: bool = False  # an outage: every method answers 503 while set
+    holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     # -- test controls ---------------------------------------------------------
+
+    def hold(self, method: str) -> anyio.Event:
+        """Calls to ``method`` wait (a hung Telegram) until the returned event is set."""
+        gate = self.holds[method] = anyio.Event()
+        return gate
 
     def inject(self, method: str, fault: Fault, times: int = 1) -> None:
         for _ in range(times):
@@ -185,6 +191,9 @@ class FakeTelegram:
         self._wake()
         if self.down:
             return self._error(503, "Service Unavailable")
+        gate = self.holds.get(method)
+        if gate is not None:
+            await gate.wait()
         if self.faults[method]:
             fault = self.faults[method].popleft()
             body: dict[str, Any] = {

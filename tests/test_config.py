@@ -150,6 +150,22 @@ def test_log_lines_never_carry_tokens(caplog: pytest.LogCaptureFixture) -> None:
     assert "[redacted]" in record.getMessage()
 
 
+def test_a_traceback_never_carries_a_token() -> None:
+    from evie.logs import JsonFormatter, TextFormatter
+
+    secret = "my-discord-token-value"
+    try:
+        raise RuntimeError(f"login failed with {secret}")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    for formatter in (TextFormatter(), JsonFormatter()):
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "boom", None, exc_info)
+        RedactSecrets([secret]).filter(record)
+        line = formatter.format(record)
+        assert secret not in line
+        assert "RuntimeError: login failed with [redacted]" in line
+
+
 def test_log_lines_carry_the_chat_and_session(tmp_path: Path) -> None:
     import anyio
 

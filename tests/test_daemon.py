@@ -61,7 +61,7 @@ async def start_daemon(
         [sys.executable, "-m", "evie.cli", "--config", str(config), "run"], env=env
     )
     base = f"http://127.0.0.1:{port}"
-    with anyio.fail_after(20):
+    with anyio.fail_after(40):  # a busy machine imports aiogram slowly
         while True:
             try:
                 if '"ok": true' in await anyio.to_thread.run_sync(get, base + "/healthz"):

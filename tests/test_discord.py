@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import discord
 import pytest
@@ -46,13 +47,13 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
                 api_url=fake.api_url,
                 gateway_url=fake.gateway_url,
                 allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
             )
             async with SessionManager(fake_launcher(tmp_path)) as manager:
                 interface = DiscordInterface(
                     manager,
                     config,
                     delivery=Delivery(base_backoff=0.01),
-                    edit_interval=0.05,
                     client_options={"guild_ready_timeout": 0.05},
                 )
                 async with anyio.create_task_group() as group:
@@ -256,6 +257,61 @@ async def test_messages_posted_while_evie_was_stopped_are_answered_after_it_star
                 await anyio.sleep(0.3)
             answers = [t for t in fake.channel_view(DM) if t.startswith("echo: ")]
             assert answers == ["echo: first", "echo: missed 0", "echo: missed 1", "echo: missed 2"]
+    finally:
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+
+
+async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: Path) -> None:
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        async with running_fake_discord() as fake:
+            config = DiscordConfig(
+                token=TOKEN,
+                api_url=fake.api_url,
+                gateway_url=fake.gateway_url,
+                allowed_user_ids=frozenset({OWNER}),
+                edit_interval=0.05,
+            )
+            async with SessionManager(fake_launcher(tmp_path)) as manager:
+                interface = DiscordInterface(
+                    manager,
+                    config,
+                    delivery=Delivery(base_backoff=0.01),
+                    client_options={"guild_ready_timeout": 0.05},
+                )
+                assert interface.health().state == "starting"
+                returned = anyio.Event()
+
+                async def serve(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    await interface.run(task_status=task_status)
+                    returned.set()
+
+                async with anyio.create_task_group() as tg:
+                    with anyio.fail_after(10):
+                        await tg.start(serve)
+                    health = interface.health()
+                    assert health.state == "up"
+                    assert health.seconds_since_ok is not None  # READY was a sign of life
+                    await fake.disconnect()
+                    await fake.wait_for(lambda: fake.resumes >= 1)
+                    with anyio.fail_after(10):
+                        while interface.health().detail != "gateway resumed":
+                            await anyio.sleep(0.01)
+                    assert interface.health().consecutive_failures == 0
+
+                    release = tmp_path / "release"
+                    steps = [{"text": "busy"}, {"wait_file": str(release)}, {"text": " done"}]
+                    await fake.push_message("script:" + json.dumps(steps), channel_id=DM)
+                    await fake.wait_for(lambda: "busy" in " ".join(fake.channel_view(DM)))
+                    await interface.stop_intake()
+                    assert interface.health().state == "down"
+                    await fake.push_message("too late", channel_id=DM)  # ignored
+                    release.touch()
+                    with anyio.fail_after(10):
+                        await returned.wait()
+                    # run returned only after the running handler delivered its answer
+                    assert fake.channel_view(DM) == ["busy done"]
     finally:
         discord.http.Route.BASE = base
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway

@@ -31,7 +31,11 @@ async def telegram(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionM
     """Telegram over a disk-backed inbox and outbox, with retry intervals compressed."""
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.2,
+            polling_timeout=1,
         )
         inbox, outbox = Inbox(tmp_path / "inbox.json"), Outbox(tmp_path / "outbox")
         inbox.load()
@@ -41,8 +45,6 @@ async def telegram(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionM
                 manager,
                 config,
                 delivery=Delivery(base_backoff=0.01),
-                edit_interval=0.2,
-                polling_timeout=1,
                 inbox=inbox,
                 outbox=outbox,
                 # one second here stands for a minute: 60 s caps become 1 s

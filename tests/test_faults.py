@@ -33,14 +33,15 @@ OWNER = 42
 async def telegram(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.3,
+            polling_timeout=1,
         )
         settings = SessionSettings(max_processes=64)
         async with SessionManager(fake_launcher(tmp_path), settings) as manager:
-            interface = TelegramInterface(
-                manager, config, delivery=Delivery(base_backoff=0.01), edit_interval=0.3,
-                polling_timeout=1,
-            )  # fmt: skip
+            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
             async with anyio.create_task_group() as tg:
                 await tg.start(interface.run)
                 yield fake, manager

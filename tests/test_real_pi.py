@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
+from evie.agent import procfs
 from evie.agent.events import (
     AssistantMessage,
     FollowUpStarted,
@@ -52,7 +55,10 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         assert llm.user_texts(llm.requests[-1]) == ["hi there"]
         status = manager.get_status("chat")
         assert status is not None
-        assert status.model == "fake/fake-1"
+        assert status.model == "fake/fake-1"  # pi's get_state answer, typed
+        stats = await manager.session_stats("chat")  # and its get_session_stats answer
+        assert stats is not None
+        assert (stats.tokens.input, stats.tokens.output) == (10, 5)  # the fake LLM's usage
 
 
 async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> None:
@@ -60,7 +66,7 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
         await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
         slot = manager._slots["chat"]
         assert slot.process is not None
-        session_file = Path(slot.process.state["sessionFile"])
+        session_file = Path(slot.process.state.sessionFile or "")
         os.kill(slot.process.pid, signal.SIGKILL)
         with anyio.fail_after(10):
             await slot.process.exited.wait()
@@ -70,7 +76,7 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
         )
         # the new pi process resumed the same session file with the full history
         assert slot.process is not None
-        assert Path(slot.process.state["sessionFile"]) == session_file
+        assert Path(slot.process.state.sessionFile or "") == session_file
         assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
 
 
@@ -123,9 +129,13 @@ async def test_unauthorised_fails_at_once(tmp_path: Path, llm: FakeLLM) -> None:
         assert len(llm.requests) == 1
 
 
-async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -> None:
-    marker_file = tmp_path / "child.pid"
-    command = f"nohup sleep 300 >/dev/null 2>&1 & echo $! > {marker_file}; echo started"
+@pytest.mark.parametrize("sandbox", ["off", "auto"])
+async def test_tool_children_do_not_outlive_evie(
+    tmp_path: Path, llm: FakeLLM, sandbox: str
+) -> None:
+    # a unique argument finds the child on the host (inside a sandbox, $! is another pid)
+    seconds = f"300.{os.getpid()}{len(str(tmp_path))}"
+    command = f"nohup sleep {seconds} >/dev/null 2>&1 & echo started"
     llm.queue(Reply(tool=("bash", {"command": command})), Reply(text="ran it"))
     config = parse_config(
         {
@@ -134,17 +144,23 @@ async def test_tool_children_do_not_outlive_evie(tmp_path: Path, llm: FakeLLM) -
                 "provider": "fake",
                 "model": "fake-1",
                 "agent_dir": str(tmp_path / "agent"),
+                "sandbox": sandbox,
             },
             "state": {"dir": str(tmp_path / "state")},
         }
     )
     write_agent_dir(tmp_path / "agent", llm)
+
+    def children() -> list[int]:
+        needle = f"sleep\0{seconds}".encode()
+        return [pid for pid, cmdline in procfs.read_each("cmdline") if needle in cmdline]
+
     async with open_runtime(config) as runtime:
         rec = Recorder()
         result = await runtime.manager.send("chat", Prompt("start a background job"), rec)
         assert result == TurnFinished(Outcome.DONE)
         assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
-        child = int(marker_file.read_text())
+        [child] = children()
         assert pid_alive(child)
     with anyio.fail_after(5):
         while pid_alive(child):
@@ -186,3 +202,45 @@ async def test_steer_mode_delivers_the_message_into_the_running_turn(
         assert rec.events[-1] == TurnFinished(Outcome.DONE)
         assert rec.of(FollowUpStarted) == [FollowUpStarted("actually, stop")]
         assert llm.user_texts(llm.requests[-1])[-1] == "actually, stop"
+
+
+async def _spare_pid(manager: SessionManager) -> int:
+    pool = manager.spares
+    assert pool is not None
+    with anyio.fail_after(30):
+        while not pool.ready:
+            await anyio.sleep(0.02)
+    return pool.ready[0]
+
+
+async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: FakeLLM) -> None:
+    """pi's switch_session really loads the history: the model is sent the earlier turn."""
+    launcher = attrs.evolve(real_launcher(tmp_path, llm), cwd=tmp_path / "project")
+    settings = SessionSettings(warm_spares=1, max_processes=4)
+    async with SessionManager(launcher, settings) as manager:
+        await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
+        assert await manager.cleanup_idle(now=anyio.current_time() + 10**6) == 1
+        spare = await _spare_pid(manager)
+        result = await manager.send("chat", Prompt("what was the word?"), Recorder())
+        assert result == TurnFinished(Outcome.DONE)
+        status = manager.get_status("chat")
+        assert status is not None
+        assert status.pid == spare
+        assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
+
+
+async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    llm.queue(Reply(tool=("bash", {"command": "pwd"})), Reply(text="done"))
+    settings = SessionSettings(warm_spares=1)
+    async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
+        spare = await _spare_pid(manager)
+        result = await manager.send("chat", Prompt("where are you?"), Recorder())
+        assert result == TurnFinished(Outcome.DONE)
+        status = manager.get_status("chat")
+        assert status is not None
+        assert status.pid == spare
+        work = (tmp_path / "work" / status.session_id).resolve()
+        tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
+        assert str(work) in json.dumps(tool_results)

@@ -20,6 +20,7 @@ from evie.agent.events import (
     TurnFinished,
 )
 from evie.agent.reaper import marked_processes
+from evie.errors import SessionReplaced
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotState
 from evie.state import StateStore
@@ -67,7 +68,7 @@ async def test_status_and_stats_answer_while_a_turn_runs(
         assert other is not None
         assert other.state is SlotState.IDLE
         assert stats is not None
-        assert "tokens" in stats
+        assert (stats.tokens.input, stats.tokens.output) == (10, 20)
         assert rec.of(TurnFinished) == []  # the turn really was still running
         release.touch()
     assert rec.events[-1] == TurnFinished(Outcome.DONE)
@@ -348,18 +349,72 @@ async def test_garbage_lines_from_pi_do_not_break_the_turn(manager: SessionManag
     assert process.protocol_errors == 3
 
 
-async def test_shutdown_stops_every_process(tmp_path: Path) -> None:
+async def test_shutdown_primitives_wait_abort_and_stop_every_process(tmp_path: Path) -> None:
     release = tmp_path / "release"
-    settings = SessionSettings(shutdown_grace=0.2, abort_grace=2)
     rec = Recorder()
-    async with SessionManager(fake_launcher(tmp_path), settings) as manager:
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
         await manager.send("a", Prompt("hi"), Recorder())
         manager._tasks.start_soon(manager.send, "b", held(release), rec)
         await rec.wait_for(lambda e: isinstance(e, TextDelta))
         pids = [s.process.pid for s in manager.slots() if s.process is not None]
         assert len(pids) == 2
+        manager.stop_accepting()
+        assert manager.running() == ["b"]
+        assert not await manager.wait_for_turns(0.2)  # "b" is still running
+        with pytest.raises(SessionReplaced, match="shutting down"):
+            await manager.send("a", Prompt("too late"), Recorder())
+        assert manager.abort_all() == 1
+        assert await manager.wait_for_turns(5)
+        assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+        assert all(pid_alive(pid) for pid in pids)  # waiting and aborting stop no process
     assert not any(pid_alive(pid) for pid in pids)
-    assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
+
+
+async def test_close_all_ends_a_turn_whose_pi_ignores_abort(tmp_path: Path) -> None:
+    rec = Recorder()
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        manager._tasks.start_soon(manager.send, "deaf", script({"deaf": 30, "say": "x"}), rec)
+        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        manager.stop_accepting()
+        assert manager.abort_all() == 1
+        assert not await manager.wait_for_turns(0.3)  # pi did not listen
+        await manager.close_all()
+        assert await manager.wait_for_turns(5)
+        finished = rec.events[-1]
+        assert isinstance(finished, TurnFinished)
+        assert finished.outcome is Outcome.INTERRUPTED
+        assert manager.running() == []
+
+
+async def test_a_message_waiting_for_the_next_turn_is_refused_at_shutdown(tmp_path: Path) -> None:
+    first, second = Recorder(), Recorder()
+    refused: list[SessionReplaced] = []
+
+    async def waiting() -> None:
+        try:
+            await manager.send("chat", Prompt("next one"), second)
+        except SessionReplaced as exc:
+            refused.append(exc)
+
+    # while pi starts, the slot's lock is held and a second message waits for it
+    launcher = fake_launcher(tmp_path, ("", ("--startup-delay", "0.5")))
+    async with SessionManager(launcher) as manager:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.send, "chat", Prompt("first"), first)
+            with anyio.fail_after(5):
+                while "chat" not in manager._slots:
+                    await anyio.sleep(0.01)
+            slot = manager._slots["chat"]
+            tg.start_soon(waiting)
+            with anyio.fail_after(5):
+                while not slot.waiters:
+                    await anyio.sleep(0.01)
+            manager.stop_accepting()
+            assert await manager.wait_for_turns(10)
+    assert first.events[-1] == TurnFinished(Outcome.DONE)  # already started: it finished
+    assert len(refused) == 1
+    assert "shutting down" in str(refused[0])
+    assert second.events == []  # no turn was started for it
 
 
 async def test_at_most_max_processes_stay_alive_least_recent_first(tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
-"""Durable state: atomic writes, coalescing, corruption, interrupted turns, lock discipline."""
+"""Durable state: atomic writes, coalescing, urgent writes, corruption, interrupted turns,
+lock discipline."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -19,29 +22,47 @@ import pytest
 
 from evie.agent.events import Notice, Outcome, Prompt, TurnFinished
 from evie.errors import StateError
+from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.manager import SessionManager
-from evie.sessions.slot import Slot, SlotState
-from evie.state import INTERRUPTED_NOTICE, StateFile, StateStore, atomic_write
-from tests.conftest import Recorder, fake_launcher
+from evie.state import (
+    INTERRUPTED_NOTICE,
+    URGENT,
+    SessionRecord,
+    StateFile,
+    StateStore,
+    atomic_write,
+)
+from tests.conftest import Recorder, fake_launcher, script
 
 pytestmark = pytest.mark.anyio
 
 
-def running_slot(key: str, session_id: str) -> Slot:
-    slot = Slot(key, session_id)
-    slot.state = SlotState.RUNNING
-    slot.turn = object()  # type: ignore[assignment]  # any turn object marks it busy
-    return slot
+def facts(key: str, session_id: str, **kw: object) -> SessionFacts:
+    return SessionFacts(key=key, session_id=session_id, running=False, **kw)  # type: ignore[arg-type]
+
+
+class CountingWriter:
+    """The real atomic write, counted; each write's content is kept for inspection."""
+
+    def __init__(self) -> None:
+        self.files: list[StateFile] = []
+
+    def __call__(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data)
+        self.files.append(msgspec.json.decode(data, type=StateFile))
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
 
 
 async def test_records_round_trip_with_private_permissions(tmp_path: Path) -> None:
     path = tmp_path / "state" / "state.json"
     store = StateStore(path)
     store.load()
-    slot = Slot("tg:42", "s-1")
-    slot.last_outcome = Outcome.DONE
-    slot.turns = 3
-    store.session_changed(slot, terminal=True)
+    store.session_changed(
+        facts("tg:42", "s-1", last_outcome=Outcome.DONE, turns=3), Change.TURN_ENDED
+    )
     await store.flush()
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -55,7 +76,7 @@ async def test_a_running_turn_comes_back_as_interrupted_and_is_told_once(tmp_pat
     path = tmp_path / "state.json"
     store = StateStore(path)
     store.load()
-    store.session_changed(running_slot("chat", "sess-1"), terminal=True)
+    store.session_changed(SessionFacts("chat", "sess-1", running=True), Change.TURN_STARTED)
     await store.flush()
     # evie "dies" here; a new process loads the file
     store2 = StateStore(path)
@@ -100,13 +121,148 @@ async def test_bursts_of_changes_coalesce_into_few_writes(tmp_path: Path) -> Non
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         for i in range(200):
-            store.session_changed(Slot(f"chat-{i}", f"s-{i}"), terminal=False)
+            store.session_changed(facts(f"chat-{i}", f"s-{i}"), Change.TURN_ENDED)
             if i % 20 == 0:
                 await anyio.lowlevel.checkpoint()
         await anyio.sleep(0.2)
         tg.cancel_scope.cancel()
     assert 1 <= store.writes <= 5
     assert len(StateStore(tmp_path / "state.json").load()) == 200
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+async def test_urgent_changes_are_written_at_once_and_the_rest_ride_along(tmp_path: Path) -> None:
+    writer = CountingWriter()
+    store = StateStore(tmp_path / "state.json", coalesce=60, writer=writer)
+    store.load()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        store.session_changed(SessionFacts("a", "s-a", running=True), Change.TURN_STARTED)
+        await wait_until(lambda: writer.count == 1)  # not after the 60 s window
+        assert writer.files[0].sessions["a"].running
+        store.session_changed(SessionFacts("b", "s-b", running=False), Change.SESSION_REPLACED)
+        await wait_until(lambda: writer.count == 2)
+        # endings wake the writer, but it waits for company (up to 60 s) ...
+        for i in range(50):
+            store.session_changed(facts(f"c-{i}", f"s-{i}", turns=1), Change.TURN_ENDED)
+            await anyio.lowlevel.checkpoint()
+        store.session_changed(
+            facts("a", "s-a", turns=1, last_outcome=Outcome.DONE), Change.TURN_ENDED
+        )
+        # ... and the next urgent change takes all of them along in one write
+        store.session_changed(SessionFacts("z", "s-z", running=True), Change.TURN_STARTED)
+        await wait_until(lambda: writer.count == 3)
+        last = writer.files[2].sessions
+        assert len(last) == 53
+        assert last["a"] == SessionRecord(
+            session_id="s-a", last_outcome="done", turns=1, updated_at=last["a"].updated_at
+        )
+        store.session_changed(facts("z", "s-z", turns=1), Change.TURN_ENDED)
+        tg.cancel_scope.cancel()  # shutdown: the writer flushes what is pending
+    assert writer.count == 4
+    assert not StateStore(tmp_path / "state.json").load()["z"].running
+
+
+async def test_one_write_per_turn_when_turns_follow_each_other(tmp_path: Path) -> None:
+    """The start of each turn is on disk while it runs; its end rides with the next start."""
+    writer = CountingWriter()
+    store = StateStore(tmp_path / "state.json", coalesce=60, writer=writer)
+    store.load()
+    gate = tmp_path / "gate"
+    async with SessionManager(fake_launcher(tmp_path), observer=store) as manager:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.run)
+            async with anyio.create_task_group() as turn:
+                turn.start_soon(manager.send, "a", script({"wait_file": str(gate)}), Recorder())
+                await wait_until(lambda: writer.count == 1)
+                on_disk = msgspec.json.decode(store.path.read_bytes(), type=StateFile)
+                assert on_disk.sessions["a"].running  # on disk while the turn runs
+                gate.touch()
+            turns = 6
+            for n in range(2, turns + 1):
+                assert await manager.send("a", Prompt(f"hi {n}"), Recorder()) == TurnFinished(
+                    Outcome.DONE
+                )
+                await wait_until(lambda n=n: writer.count >= n)  # type: ignore[misc]
+                assert writer.count == n  # the previous turn's end did not cost a write
+                assert writer.files[-1].sessions["a"].running
+                assert writer.files[-1].sessions["a"].turns == n - 1  # ... it rode along
+            tg.cancel_scope.cancel()
+    assert writer.count == turns + 1  # the last end, flushed at shutdown
+    assert writer.files[-1].sessions["a"].turns == turns
+    assert not writer.files[-1].sessions["a"].running
+
+
+async def test_chaos_every_urgent_change_is_written_promptly_and_the_last_facts_win(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(11)
+    files: list[StateFile] = []
+
+    def slow_writer(path: Path, data: bytes) -> None:
+        time.sleep(rng.random() * 0.003)  # one write at a time, so one thread uses rng here
+        atomic_write(path, data)
+        files.append(msgspec.json.decode(data, type=StateFile))
+
+    store = StateStore(tmp_path / "state.json", coalesce=60, writer=slow_writer)
+    store.load()
+    expected: dict[str, int] = {}
+    urgent = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        for seq in range(150):
+            key = f"chat-{rng.randrange(10)}"
+            change = rng.choice(list(Change))
+            running = change is Change.TURN_STARTED
+            store.session_changed(SessionFacts(key, f"s-{seq}", running, turns=seq), change)
+            expected[key] = seq
+            if change in URGENT:
+                urgent += 1
+                # on disk without waiting for the 60 s window
+                await wait_until(
+                    lambda: any(key in f.sessions and f.sessions[key].turns >= seq for f in files),  # noqa: B023
+                )
+            elif rng.random() < 0.3:
+                await anyio.sleep(rng.random() * 0.002)
+        writes_before_shutdown = len(files)
+        tg.cancel_scope.cancel()
+    assert urgent > 20
+    assert writes_before_shutdown <= urgent  # the other changes never caused a write
+    assert {k: r.turns for k, r in files[-1].sessions.items()} == expected
+
+
+async def test_a_file_joined_from_pieces_is_the_file_msgspec_would_write(tmp_path: Path) -> None:
+    rng = random.Random(14)
+    alphabet = 'ab"\\\u2028\u2029\x00\n é😀/:'
+    path = tmp_path / "state.json"
+    store = StateStore(path, coalesce=0)
+    store.load()
+    expected: dict[str, SessionFacts] = {}
+    for _ in range(300):
+        key = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8)))
+        error = rng.choice([None, "".join(rng.choice(alphabet) for _ in range(20))])
+        outcome = rng.choice([None, *Outcome])
+        change = rng.choice(list(Change))
+        expected[key] = SessionFacts(
+            key, f"s-{rng.randrange(99)}", rng.random() < 0.5, outcome, error, rng.randrange(9)
+        )
+        store.session_changed(expected[key], change)
+    await store.write_now()
+    state = msgspec.json.decode(path.read_bytes(), type=StateFile)
+    assert state.version == 1
+    assert {
+        k: (r.session_id, r.running, r.last_outcome, r.last_error, r.turns)
+        for k, r in state.sessions.items()
+    } == {
+        k: (f.session_id, f.running, f.last_outcome.value if f.last_outcome else None,
+            f.last_error, f.turns)
+        for k, f in expected.items()
+    }  # fmt: skip
 
 
 async def test_neither_guard_nor_store_lock_is_held_during_disk_io(tmp_path: Path) -> None:
@@ -131,7 +287,7 @@ async def test_neither_guard_nor_store_lock_is_held_during_disk_io(tmp_path: Pat
                 # from another thread, so a lock held by the writer would block here
                 manager.get_status("a")
                 manager.slots()
-                store.session_changed(Slot("b", "s-b"), terminal=False)
+                store.session_changed(facts("b", "s-b"), Change.TURN_ENDED)
 
             with anyio.fail_after(2):
                 await anyio.to_thread.run_sync(touch_everything)
@@ -147,7 +303,7 @@ async def test_neither_guard_nor_store_lock_is_held_during_disk_io(tmp_path: Pat
 WRITER = """
 import sys, time
 from pathlib import Path
-from evie.sessions.slot import Slot
+from evie.sessions.facts import Change, SessionFacts
 from evie.state import StateStore
 import anyio
 
@@ -158,9 +314,9 @@ async def main():
     while True:
         i += 1
         for k in range(50):
-            slot = Slot(f"chat-{k}", f"s-{k}-{i}")
-            slot.last_error = "x" * (i % 997)
-            store.session_changed(slot, terminal=True)
+            error = "x" * (i % 997)
+            facts = SessionFacts(f"chat-{k}", f"s-{k}-{i}", running=True, last_error=error)
+            store.session_changed(facts, Change.TURN_STARTED)
         await store.write_now()
 
 anyio.run(main)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -43,16 +44,14 @@ async def tg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[H
     monkeypatch.setenv("FAKE_PI_RECORD", str(record))
     async with running_fake_telegram() as fake:
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.05,
+            polling_timeout=1,
         )
         async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(
-                manager,
-                config,
-                delivery=Delivery(base_backoff=0.01),
-                edit_interval=0.05,
-                polling_timeout=1,
-            )
+            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)
                 yield Harness(fake, manager, interface, record)
@@ -209,10 +208,14 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
     async with running_fake_llm() as llm, running_fake_telegram() as fake:
         llm.queue(Reply(text="Hi! Here is **something** useful.\n\n```sh\nls -la\n```", chunk=4))
         config = TelegramConfig(
-            token=TOKEN, api_url=fake.base_url, allowed_user_ids=frozenset({OWNER})
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            edit_interval=0.05,
+            polling_timeout=1,
         )
         async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-            interface = TelegramInterface(manager, config, edit_interval=0.05, polling_timeout=1)
+            interface = TelegramInterface(manager, config)
             async with anyio.create_task_group() as group:
                 await group.start(interface.run)
                 fake.push_message("hello real pi")
@@ -225,3 +228,88 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
         assert final.parse_mode == "HTML"
         assert '<pre><code class="language-sh">ls -la</code></pre>' in final.text
         assert llm.user_texts(llm.requests[-1]) == ["hello real pi"]
+
+
+async def test_health_follows_polling_and_run_returns_after_its_handlers(tmp_path: Path) -> None:
+    async with running_fake_telegram() as fake:
+        config = TelegramConfig(
+            token=TOKEN,
+            api_url=fake.base_url,
+            allowed_user_ids=frozenset({OWNER}),
+            polling_timeout=1,
+        )
+        async with SessionManager(fake_launcher(tmp_path)) as manager:
+            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
+            assert interface.health().state == "starting"
+            returned = anyio.Event()
+
+            async def serve(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                await interface.run(task_status=task_status)
+                returned.set()
+
+            async def until(predicate: Callable[[], bool]) -> None:
+                with anyio.fail_after(10):
+                    while not predicate():
+                        await anyio.sleep(0.01)
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(serve)
+                await until(lambda: interface.health().seconds_since_ok is not None)
+                assert interface.health().state == "up"
+                fake.inject("getUpdates", Fault(502, "Bad Gateway"))
+                await until(lambda: interface.health().state == "degraded")
+                degraded = interface.health()
+                assert degraded.consecutive_failures == 1
+                assert "Bad Gateway" in degraded.detail
+                await until(lambda: interface.health().state == "up")  # the next poll worked
+                assert interface.health().consecutive_failures == 0
+
+                release = tmp_path / "release"
+                steps = [{"text": "working"}, {"wait_file": str(release)}, {"text": " done"}]
+                fake.push_message("script:" + json.dumps(steps))
+                await fake.wait_for(lambda: "working" in " ".join(fake.chat_view(OWNER)))
+                await interface.stop_intake()
+                await until(lambda: interface.health().state == "down")
+                fake.push_message("too late")  # intake has stopped: never fetched
+                release.touch()
+                with anyio.fail_after(10):
+                    await returned.wait()
+                # run returned only after the running handler delivered its answer
+                assert fake.chat_view(OWNER) == ["working done"]
+
+
+def test_aiogram_response_classes_survive_a_collection() -> None:
+    """pydantic caches Response[...] weakly; evie holds the ones it uses (no rebuild per gc)."""
+    import gc
+
+    from aiogram.methods import GetUpdates, SendMessage
+    from aiogram.methods.base import Response
+
+    from evie.platforms.telegram import RESPONSE_TYPES
+
+    gc.collect()
+    for method in (GetUpdates, SendMessage):
+        assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
+
+
+def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
+    """evie imports aiogram with its types deferred (start-up); each still works when used."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import evie.platforms.telegram\n"
+        "from aiogram.types import Sticker, Update\n"
+        "print(Sticker.__pydantic_complete__)\n"
+        "s = Sticker.model_validate({'file_id': 'f', 'file_unique_id': 'u', 'type': 'regular',"
+        " 'width': 1, 'height': 1, 'is_animated': False, 'is_video': False})\n"
+        "u = Update.model_validate({'update_id': 1, 'message': {'message_id': 1, 'date': 1,"
+        " 'chat': {'id': 1, 'type': 'private'}, 'sticker': s.model_dump()}})\n"
+        "print(Sticker.__pydantic_complete__, u.message.sticker.file_id)\n"
+        "from aiogram.methods import SendDice\n"
+        "print(SendDice.__pydantic_complete__, SendDice(chat_id=5).chat_id)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
+    )
+    assert out.stdout.split() == ["False", "True", "f", "False", "5"]

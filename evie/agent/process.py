@@ -15,6 +15,8 @@ import itertools
 import logging
 import math
 import os
+import signal
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,9 +30,17 @@ import attrs
 
 from evie.agent import procfs
 from evie.agent import protocol as p
+from evie.agent.answers import Answer, PiState, SwitchResult, decode_answer
 from evie.agent.events import Outcome
 from evie.agent.turn import Turn
-from evie.errors import AgentCrashed, AgentError, AgentRequestError, AgentStartError
+from evie.errors import (
+    AgentCrashed,
+    AgentError,
+    AgentProtocolError,
+    AgentRequestError,
+    AgentStartError,
+)
+from evie.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,11 @@ DIALOG_METHODS = frozenset({"select", "confirm", "input", "editor"})
 
 Callback = Callable[[p.Response | None], None]
 PRIVATE_ENV_PREFIX = "EVIE_"  # EVIE_TELEGRAM_TOKEN, EVIE_DISCORD_TOKEN, EVIE_CONFIG …
+#: pi's longest line is ~3.05x the reply (measured: a 1 MB reply has a 3.05 MB
+#: ``message_update``); 32 MiB keeps every line of a 10 MB reply. See adr/0014.
+DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+#: records that must not be lost to the cap: a stand-in is dispatched instead
+_STAND_INS = {"agent_end": b'{"type":"agent_end"}'}
 
 
 @attrs.frozen
@@ -47,9 +62,10 @@ class LaunchSpec:
 
     argv: tuple[str, ...]
     cwd: Path
-    env: Mapping[str, str] = attrs.field(factory=dict)
-    startup_timeout: float = 30.0
-    stop_timeout: float = 3.0
+    env: Mapping[str, str]
+    startup_timeout: float
+    stop_timeout: float
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
 
 @attrs.define(eq=False)
@@ -65,15 +81,20 @@ class _Waiter:
 class PiProcess:
     """A live pi process. Create with :meth:`spawn`; always :meth:`close`."""
 
-    def __init__(self, proc: anyio.abc.Process, spec: LaunchSpec) -> None:
+    def __init__(
+        self, proc: anyio.abc.Process, spec: LaunchSpec, metrics: Metrics | None = None
+    ) -> None:
         self._proc = proc
+        self._metrics = metrics
         self.spec = spec
         self.pid = proc.pid
         self.turn: Turn | None = None
         self.returncode: int | None = None
         self.exited = anyio.Event()
         self.protocol_errors = 0
-        self.state: dict[str, Any] = {}
+        self.lines_dropped = 0  # over [agent] max_line_bytes: skipped, never buffered
+        self.last_output_at = time.monotonic()  # when pi last wrote to stdout
+        self.state = PiState()  # as answered to the start-up get_state
         self._pending: dict[str, Callback] = {}
         self._ids = itertools.count(1)
         self._outbox_send, self._outbox_recv = anyio.create_memory_object_stream[bytes](math.inf)
@@ -84,22 +105,35 @@ class PiProcess:
     # -- lifecycle ------------------------------------------------------------
 
     @classmethod
-    async def spawn(cls, spec: LaunchSpec, task_group: anyio.abc.TaskGroup) -> PiProcess:
-        """Start pi and wait until it answers ``get_state`` (pi has no ready event)."""
+    async def spawn(
+        cls, spec: LaunchSpec, task_group: anyio.abc.TaskGroup, *, metrics: Metrics | None = None
+    ) -> PiProcess:
+        """Start pi and wait until it answers ``get_state`` (pi has no ready event).
+
+        pi gets its own session (``setsid``): a Ctrl-C on evie's terminal goes to
+        the terminal's foreground process group and so never reaches pi; evie
+        decides what a Ctrl-C means and stops pi's whole group itself.
+        """
         await anyio.to_thread.run_sync(lambda: spec.cwd.mkdir(parents=True, exist_ok=True))
         # evie's own secrets (bot tokens) never reach pi, whose tools run model-written code
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)}
         env = {**inherited, **spec.env}
         try:
             proc = await anyio.open_process(
-                list(spec.argv), stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=spec.cwd, env=env
+                list(spec.argv),
+                stdin=PIPE,
+                stdout=PIPE,
+                stderr=PIPE,
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,
             )
         except OSError as exc:
             raise AgentStartError(
                 f"could not start pi with {spec.argv[0]!r}: {exc.strerror or exc}. "
                 "Check [agent] command in the config (is pi installed? run `npm ci`)."
             ) from exc
-        self = cls(proc, spec)
+        self = cls(proc, spec, metrics)
         task_group.start_soon(self._pump_stdout)
         task_group.start_soon(self._pump_stdin)
         task_group.start_soon(self._pump_stderr)
@@ -114,8 +148,13 @@ class PiProcess:
         except AgentCrashed as exc:
             await self.close()
             raise AgentStartError(f"pi exited while starting: {exc}") from None
-        state = response.payload()
-        self.state = state if isinstance(state, dict) else {}
+        try:
+            if not response.success:
+                raise AgentProtocolError(f"pi refused get_state: {response.error}")
+            self.state = decode_answer(response, PiState)
+        except AgentProtocolError as exc:
+            await self.close()
+            raise AgentStartError(f"{exc}; check that [agent] command runs pi 0.73") from None
         return self
 
     @property
@@ -127,30 +166,48 @@ class PiProcess:
         return "\n".join(self._stderr_tail)
 
     async def close(self) -> None:
-        """SIGTERM (which also ends pi's tool children), wait, then SIGKILL.
+        """SIGTERM (which also ends pi's tool children), wait, then SIGKILL."""
+        await self._stop(self.spec.stop_timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL pi, its process group and every descendant at once (pi is stuck)."""
+        await self._stop(0.0)
+
+    async def _stop(self, grace: float) -> None:
+        """Signal the group, wait up to ``grace``, then kill whatever is left.
 
         Descendants are collected first: pi's bash children sit in their own
-        process group and survive a SIGKILL of pi, so they are killed by pid.
+        process group and survive a SIGKILL of pi, so they are killed by pid,
+        before waiting, so none can keep pi's pipes open.
         """
         with anyio.CancelScope(shield=True):
             if self.exited.is_set():
                 return
             self._closing = True
             descendants = await anyio.to_thread.run_sync(procfs.descendants, self.pid)
-            try:
-                self._proc.terminate()
-            except ProcessLookupError:
-                pass
-            with anyio.move_on_after(self.spec.stop_timeout):
-                await self.exited.wait()
+            if grace > 0:
+                self._signal(signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    await self.exited.wait()
+                if not self.exited.is_set():
+                    log.warning("pi pid %s ignored SIGTERM; killing it", self.pid)
             if not self.exited.is_set():
-                log.warning("pi pid %s ignored SIGTERM; killing it", self.pid)
-                try:
-                    self._proc.kill()
-                except ProcessLookupError:
-                    pass
+                self._signal(signal.SIGKILL)
+                procfs.kill_all(descendants)
                 await self.exited.wait()
             procfs.kill_all(descendants)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        """Signal pi's process group (pi leads it: it was started with setsid)."""
+        if self.exited.is_set():
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self._proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
 
     # -- commands -----------------------------------------------------------------
 
@@ -185,12 +242,30 @@ class PiProcess:
             raise AgentCrashed(self._exit_message(), returncode=self.returncode)
         return waiter.response
 
-    async def call(self, command: dict[str, Any]) -> Any:
-        """Like :meth:`request`, but raise on ``success: false`` and return ``data``."""
-        response = await self.request(command)
+    async def query(self, command: str, kind: type[Answer]) -> Answer:
+        """Ask pi a question; its typed answer (AgentError when refused or misshapen)."""
+        response = await self.request({"type": command})
         if not response.success:
-            raise AgentRequestError(response.error or f"pi refused {command['type']}")
-        return response.payload()
+            raise AgentRequestError(response.error or f"pi refused {command}")
+        return decode_answer(response, kind)
+
+    async def switch_session(self, session_file: Path, spec: LaunchSpec) -> None:
+        """Point this (idle) pi at another session file: pi's ``switch_session``.
+
+        pi loads the file's history (or starts it empty) and takes the working
+        directory from the file's header, or its own cwd for a new file, exactly
+        as a fresh ``pi --session FILE`` would (adr/0016). ``spec`` becomes the
+        spec this process is known by. Raises :class:`AgentError` on refusal.
+        """
+        response = await self.request(
+            {"type": "switch_session", "sessionPath": str(session_file)}
+        )
+        if not response.success:
+            raise AgentRequestError(response.error or "pi refused the session switch")
+        if decode_answer(response, SwitchResult).cancelled:
+            raise AgentRequestError("pi cancelled the session switch")
+        self.spec = spec
+        self.state = await self.query("get_state", PiState)
 
     def start_turn(self, text: str, images: Sequence[Mapping[str, str]] = ()) -> Turn:
         """Send a prompt; the returned turn yields its events until it is over."""
@@ -242,10 +317,19 @@ class PiProcess:
     async def _pump_stdout(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
-        splitter = p.LineSplitter()
+        splitter = p.LineSplitter(self.spec.max_line_bytes)
         try:
             async for chunk in stdout:
-                for line in splitter.feed(chunk):
+                self.last_output_at = time.monotonic()
+                lines = splitter.feed(chunk)
+                if splitter.dropped:
+                    self._count_dropped(splitter, "stdout")
+                    for head in splitter.dropped:
+                        stand_in = _STAND_INS.get(p.record_type(head) or "")
+                        if stand_in is not None:  # the turn must still learn it is over
+                            lines.append(stand_in)
+                    splitter.dropped.clear()
+                for line in lines:
                     try:
                         self._dispatch(line)
                     except Exception:  # a bug in handling one line must not stop the drain
@@ -283,10 +367,14 @@ class PiProcess:
         done = self._stderr_done
         stderr = self._proc.stderr
         assert stderr is not None
-        splitter = p.LineSplitter()
+        splitter = p.LineSplitter(self.spec.max_line_bytes)
         try:
             async for chunk in stderr:
-                for line in splitter.feed(chunk):
+                lines = splitter.feed(chunk)
+                if splitter.dropped:
+                    self._count_dropped(splitter, "stderr")
+                    splitter.dropped.clear()
+                for line in lines:
                     self._note_stderr(line)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass
@@ -295,6 +383,19 @@ class PiProcess:
             if rest.strip():
                 self._note_stderr(rest)
             done.set()
+
+    def _count_dropped(self, splitter: p.LineSplitter, stream: str) -> None:
+        self.lines_dropped += len(splitter.dropped)
+        if self._metrics is not None:
+            self._metrics.lines_dropped += len(splitter.dropped)
+        for head in splitter.dropped:
+            log.warning(
+                "pi[%s] wrote a %s line (%s) longer than [agent] max_line_bytes (%d); dropped it",
+                self.pid,
+                stream,
+                p.record_type(head) or "unknown",
+                self.spec.max_line_bytes,
+            )
 
     def _note_stderr(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()

@@ -9,6 +9,7 @@ parser without ever becoming Python objects (see adr/0003).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -18,31 +19,53 @@ import msgspec
 
 
 class LineSplitter:
-    """Split a byte stream into records on ``b"\\n"`` only.
+    """Split a byte stream into records on ``b"\\n"`` only, dropping over-long lines.
 
     ``str.splitlines`` would also split on U+2028/U+2029/U+0085, which pi emits
-    raw inside JSON strings. There is no line-length limit: pi's longest lines
-    are about three times the reply, and a limit would lose the turn.
+    raw inside JSON strings. pi's longest lines are about three times the reply
+    (every ``message_update`` carries two full copies of the message so far), so
+    the cap must sit well above that; a line longer than ``max_line`` is not
+    kept in memory at all: its bytes are skipped up to the next newline and its
+    first :data:`HEAD` bytes are kept in :attr:`dropped` (to tell what it was).
     """
 
-    __slots__ = ("_buf", "_scanned")
+    __slots__ = ("_buf", "_discarding", "_scanned", "dropped", "max_line")
 
-    def __init__(self) -> None:
+    HEAD = 200
+
+    def __init__(self, max_line: int | None = None) -> None:
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already known to hold no newline
+        self._discarding = False  # inside an over-long line: skip to its newline
+        self.max_line = max_line
+        self.dropped: list[bytes] = []  # heads of dropped lines, for the caller to take
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        if self._discarding:
+            end = chunk.find(b"\n")
+            if end == -1:
+                return lines
+            self._discarding = False
+            chunk = chunk[end + 1 :]
+        limit = self.max_line
         buf = self._buf
         buf += chunk
-        lines: list[bytes] = []
         start = 0
         pos = buf.find(b"\n", self._scanned)
         while pos != -1:
-            lines.append(bytes(buf[start:pos]))
+            if limit is not None and pos - start > limit:
+                self.dropped.append(bytes(buf[start : min(pos, start + self.HEAD)]))
+            else:
+                lines.append(bytes(buf[start:pos]))
             start = pos + 1
             pos = buf.find(b"\n", start)
         if start:
             del buf[:start]
+        if limit is not None and len(buf) > limit:
+            self.dropped.append(bytes(buf[: self.HEAD]))
+            buf.clear()
+            self._discarding = True
         self._scanned = len(buf)
         return lines
 
@@ -51,7 +74,17 @@ class LineSplitter:
         rest = bytes(self._buf)
         self._buf.clear()
         self._scanned = 0
+        self._discarding = False
         return rest
+
+
+_TYPE_AT_START = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z_]{1,40})"')
+
+
+def record_type(head: bytes) -> str | None:
+    """The ``type`` of a record from its first bytes (pi writes ``type`` first)."""
+    match = _TYPE_AT_START.match(head)
+    return match.group(1).decode("ascii") if match else None
 
 
 def encode_command(command: dict[str, Any]) -> bytes:
@@ -146,11 +179,7 @@ class Response(msgspec.Struct, frozen=True, tag="response"):
     command: str = ""
     success: bool = False
     error: str | None = None
-    data: msgspec.Raw = msgspec.Raw(b"null")
-
-    def payload(self) -> Any:
-        """The ``data`` field, decoded on demand (only callers that need it pay)."""
-        return msgspec.json.decode(self.data) if self.data else None
+    data: msgspec.Raw = msgspec.Raw(b"null")  # decoded on demand (evie.agent.answers)
 
 
 class OtherEvent(msgspec.Struct, frozen=True):

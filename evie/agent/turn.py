@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from evie.agent import protocol as p
+from evie.agent.answers import PiState, decode_answer
 from evie.agent.event_queue import EventQueue
 from evie.agent.events import (
     AssistantMessage,
@@ -30,8 +31,14 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
+from evie.errors import AgentProtocolError
 
 Barrier = Callable[[Callable[[p.Response | None], None]], None]
+
+INCOMPATIBLE = (
+    "The turn was ended; send your message again, and if this repeats check that "
+    "[agent] command runs pi 0.73"
+)
 
 
 def summarize_tool_args(tool_name: str, raw: msgspec.Raw, limit: int = 80) -> str:
@@ -60,6 +67,7 @@ class Turn:
         self.current_tool: str | None = None
         self.retry: RetryScheduled | None = None
         self.abort_requested = False
+        self.abort_reason: str | None = None  # set when evie, not the user, stopped the turn
         self.followups_sent = 0
         self.followups_started = 0
         self.queued_texts: list[str] = []
@@ -177,8 +185,12 @@ class Turn:
         self._settled = True
         pending = 0
         if state is not None and state.success:
-            data = state.payload() or {}
-            pending = int(data.get("pendingMessageCount") or 0)
+            try:
+                pending = decode_answer(state, PiState).pendingMessageCount
+            except AgentProtocolError as exc:
+                # pi is not speaking the protocol we know: end the turn rather than guess
+                self._finish(Outcome.FAILED, f"{exc}. {INCOMPATIBLE}")
+                return
         # ``isStreaming`` is not used: pi clears it only after agent_end's listeners
         # settle, so it can still read true for a run that is over.
         if self._waiting_for_followup(pending):
@@ -202,7 +214,7 @@ class Turn:
         # an abort that came too late to stop a reply that completed is not an abort
         stopped_early = self._last_stop in (None, "error", "aborted")
         if self._last_stop == "aborted" or (self.abort_requested and stopped_early):
-            self._finish(Outcome.ABORTED, None)
+            self._finish(Outcome.ABORTED, self.abort_reason)
         elif self._last_stop == "error":
             error = self._final_error or self._last_error or "the model returned an error"
             self._finish(Outcome.FAILED, error)

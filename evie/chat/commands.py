@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from evie.agent.answers import SessionStats
 from evie.chat.status import render_status
 from evie.sessions.manager import SessionManager
 
@@ -59,20 +60,25 @@ def parse_command(text: str, bot_username: str | None = None) -> str | None:
     return name.lower() or None
 
 
-def format_stats(stats: dict[str, object] | None) -> str:
-    if not stats:
+def for_another_bot(text: str, bot_username: str | None) -> bool:
+    """``/cmd@OtherBot``: a command addressed to some other bot in the group."""
+    if not text.startswith("/"):
+        return False
+    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    _, _, target = word.partition("@")
+    return bool(target) and (bot_username is None or target.lower() != bot_username.lower())
+
+
+def format_stats(stats: SessionStats | None) -> str:
+    if stats is None:
         return ""
-    tokens = stats.get("tokens")
-    parts = []
-    if isinstance(tokens, dict):
-        parts.append(f"tokens in {tokens.get('input', 0)}, out {tokens.get('output', 0)}")
-    cost = stats.get("cost")
-    if isinstance(cost, int | float) and cost:
-        parts.append(f"cost ${cost:.4f}")
-    usage = stats.get("contextUsage")
-    if isinstance(usage, dict) and isinstance(usage.get("percent"), int | float):
-        parts.append(f"context {usage['percent']:.0f}%")
-    return "Usage: " + ", ".join(parts) if parts else ""
+    parts = [f"tokens in {stats.tokens.input}, out {stats.tokens.output}"]
+    if stats.cost:
+        parts.append(f"cost ${stats.cost:.4f}")
+    usage = stats.contextUsage
+    if usage is not None and usage.percent is not None:
+        parts.append(f"context {usage.percent:.0f}%")
+    return "Usage: " + ", ".join(parts)
 
 
 async def run_command(
@@ -89,7 +95,7 @@ async def run_command(
         status = manager.get_status(key)
         if status is None:
             return NO_SESSION
-        text = render_status(status)
+        text = render_status(status, retiring=manager.retiring_processes())
         usage = format_stats(await manager.session_stats(key, seconds=1.0))
         return f"{text}\n{usage}" if usage else text
     if command == "stop":

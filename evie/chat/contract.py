@@ -83,6 +83,9 @@ class Incoming:
     images: tuple[Image, ...] = ()
     # images are fetched only for allowed users, and only when the message is handled
     fetch_images: Callable[[], Awaitable[tuple[Image, ...]]] | None = None
+    #: meant for this bot (a DM, a mention, a reply, ``/cmd@ThisBot``), not a bare ``/cmd``
+    #: in a group: only addressed messages from strangers are answered with a refusal
+    addressed: bool = True
 
 
 @attrs.frozen

@@ -17,17 +17,18 @@ import anyio.abc
 import attrs
 
 from evie.agent.events import AssistantMessage, FollowUpStarted, Prompt, TurnEvent, TurnFinished
-from evie.chat.commands import REFUSAL, parse_command, run_command
+from evie.chat.commands import REFUSAL, for_another_bot, parse_command, run_command
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
 from evie.chat.courier import Courier, CourierSettings
 from evie.chat.streaming import Delivery, ReplyStreamer
 from evie.durable.inbox import QUEUED, STARTED, Inbox, InboxItem
 from evie.durable.outbox import Outbox
-from evie.errors import EvieError
+from evie.errors import EvieError, ShuttingDown
 from evie.logs import chat_var
 from evie.sessions.manager import EventSink, Queued, SessionManager
 
 log = logging.getLogger(__name__)
+STOPPING_NOTICE = "⏸ evie is stopping; this message is kept and answered when evie is back."
 
 
 @attrs.frozen
@@ -45,8 +46,8 @@ class ChatFrontend:
         transport: Transport,
         *,
         allowed_user_ids: Iterable[int],
+        edit_interval: float,  # from the platform's config section
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         typing_interval: float = 4.5,
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
@@ -73,11 +74,14 @@ class ChatFrontend:
     # -- intake: the inbox ------------------------------------------------------------
 
     def accept(self, msg: Incoming) -> Accepted | None:
-        """Put an allowed user's message in the inbox (in memory); None for a replay.
+        """Put an allowed user's message in the inbox (in memory); None for a replay
+        or for ``/cmd@OtherBot`` (not ours, and never a prompt for pi).
 
         Call :meth:`admit` with the batch afterwards: it makes the batch durable
         before anything runs, and only then may the platform's offset move on.
         """
+        if for_another_bot(msg.text.strip(), self.bot_username):
+            return None
         if not self.allows(msg.user_id):
             return Accepted(msg, None)  # strangers get a refusal; nothing to keep
         item = self.inbox.add(msg.chat.key, msg.user_id, msg.message_id, msg.text)
@@ -121,16 +125,17 @@ class ChatFrontend:
         chat_var.set(msg.chat.key)
         finished = False
         try:
-            if seq is None:
-                await self._refuse(msg)
+            if seq is None:  # a stranger's
+                if msg.addressed:  # a bare /cmd in a group draws no public reply
+                    await self._refuse(msg)
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
             if command is not None:
                 await self._started(seq)
                 await self._command(command, msg.chat)
+                finished = True
             else:
-                await self._converse(msg, seq)
-            finished = True
+                finished = await self._converse(msg, seq)
         except Exception:  # one chat's bug must not take the interface (and every chat) down
             finished = True
             log.exception("chat %s: unexpected error handling a message", msg.chat.key)
@@ -204,12 +209,14 @@ class ChatFrontend:
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed
 
-    async def _converse(self, msg: Incoming, seq: int) -> None:
+    async def _converse(self, msg: Incoming, seq: int) -> bool:
+        """Run or queue the message; False when evie is stopping and it never reached pi
+        (it stays in the inbox and runs after the restart)."""
         images = msg.images
         if msg.fetch_images is not None:
             images = images + await msg.fetch_images()
         if not msg.text.strip() and not images:
-            return
+            return True
         prompt = Prompt(msg.text, images)
         streamer = ReplyStreamer(
             self.transport,
@@ -222,6 +229,7 @@ class ChatFrontend:
         inflight = self._inflight.setdefault(key, [])
         inflight.append(seq)  # from here pi may take it as a follow-up of a running turn
         result = None
+        taken = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_typing, msg.chat)
             tg.start_soon(streamer.live_updates)
@@ -232,6 +240,9 @@ class ChatFrontend:
                     self._tracking(key, seq, streamer),
                     on_start=lambda: self._started(seq),
                 )
+            except ShuttingDown:
+                taken = False
+                await self.say(msg.chat, STOPPING_NOTICE)
             except EvieError as exc:
                 await self.say(msg.chat, f"⚠️ {exc}")
             finally:
@@ -244,6 +255,7 @@ class ChatFrontend:
                 self.inbox.mark(seq, QUEUED)  # durable with the next commit; reruns if lost
             how = "I'll steer the current work with it" if result.steer else "I'll answer it next"
             await self.say(msg.chat, f"📥 Got it — {how} (queued #{result.position}).")
+        return taken
 
     def _tracking(self, key: str, seq: int, sink: EventSink) -> EventSink:
         """The turn's sink, recording follow-ups as pi starts them (before their answers)."""

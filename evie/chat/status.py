@@ -9,7 +9,7 @@ from __future__ import annotations
 from evie.sessions.slot import SlotStatus
 
 
-def render_status(status: SlotStatus) -> str:
+def render_status(status: SlotStatus, *, retiring: int = 0) -> str:
     """Plain-text status, shared by every interface."""
     lines = [f"Session {status.session_id}: {status.state.value}"]
     if status.turn_elapsed is not None:
@@ -23,7 +23,14 @@ def render_status(status: SlotStatus) -> str:
     lines.append(
         f"Agent: {'pid ' + str(status.pid) if status.pid else 'not running'}"
         + (f", model {status.model}" if status.model else "")
+        + (
+            f", last heard from {status.last_event_ago:.0f}s ago"
+            if status.last_event_ago is not None
+            else ""
+        )
     )
+    if retiring:
+        lines.append(f"Stopping {retiring} earlier pi process{'es' if retiring > 1 else ''}")
     if status.last_outcome is not None:
         tail = f" ({status.last_error})" if status.last_error else ""
         lines.append(f"Last turn: {status.last_outcome.value}{tail}")

@@ -247,6 +247,8 @@ class ReplyStreamer:
     async def _finish(self, outcome: Outcome, error: str | None, unanswered: int) -> None:
         leftover = "".join(self._pieces).strip()
         line = OUTCOME_LINES.get(outcome, "").format(error=error or "unknown error")
+        if outcome is Outcome.ABORTED and error:  # evie stopped it (watchdog): say why
+            line = f"⏹ Stopped: {error}."
         pending = unanswered_line(unanswered)
         text = "\n\n".join(part for part in (leftover, line, pending) if part)
         self._pieces = []

@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import attrs
 import discord
 import yarl
 from discord import app_commands
@@ -35,6 +37,7 @@ from evie.config import DiscordConfig
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,8 @@ class _Client(discord.Client):
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = True
+        # debug events: every gateway message (heartbeat acks too) is a sign of life for health()
+        options.setdefault("enable_debug_events", True)
         super().__init__(intents=intents, **options)
         self._owner = owner
 
@@ -103,24 +108,35 @@ class _Client(discord.Client):
 
     async def on_ready(self) -> None:
         await self._owner._sync_app_commands()
+        self._owner._connected("ready")
         self._owner._ready.set()
         self._owner._catch_up_later()
 
     async def on_resumed(self) -> None:
+        self._owner._connected("resumed")
         self._owner._catch_up_later()
+
+    async def on_disconnect(self) -> None:
+        self._owner._disconnected()
+
+    async def on_socket_raw_receive(self, _msg: object) -> None:
+        self._owner._last_ok = time.monotonic()
 
     async def on_message(self, message: discord.Message) -> None:
         self._owner._on_message(message)
 
 
 class DiscordInterface:
+    """The Discord platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "discord"
+
     def __init__(
         self,
         manager: SessionManager,
         config: DiscordConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
         client_options: dict[str, Any] | None = None,
         inbox: Inbox | None = None,
         outbox: Outbox | None = None,
@@ -135,20 +151,26 @@ class DiscordInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
         self._client_options = client_options or {}
         self._ready = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._client: _Client | None = None
         self.frontend: ChatFrontend | None = None
         self._accepting = True
+        self._intake_stopped = anyio.Event()
+        self._health = PlatformHealth("starting", detail="connecting")
+        self._last_ok: float | None = None  # monotonic time of the last gateway message
+        self._disconnects = 0  # in a row, since the last READY or RESUMED
         self._tree: app_commands.CommandTree[_Client] | None = None
         self._synced = False
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Connect and serve until cancelled; handler tasks are owned here."""
+        """Connect, serve until intake stops, then return once the handlers have finished.
+
+        Replies go over REST, so the client stays open until the last handler is done.
+        """
         assert self._config.token is not None
         if self._config.api_url:
             discord.http.Route.BASE = self._config.api_url
@@ -160,24 +182,34 @@ class DiscordInterface:
             DiscordTransport(client),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
-            edit_interval=self._edit_interval,
+            edit_interval=self._config.edit_interval,
             platform="dc",
             inbox=self._inbox,
             outbox=self._outbox,
             courier=self._courier,
         )
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self.frontend.courier.run)
-                self.frontend.resume(tg)  # before any new message, so order is kept
-                tg.start_soon(self._intake, tg)
-                tg.start_soon(self._connect, client)
-                await self._ready.wait()
-                log.info("discord: connected as %s", client.user)
-                task_status.started()
-                await anyio.sleep_forever()
+            async with anyio.create_task_group() as delivery:
+                delivery.start_soon(self.frontend.courier.run)
+                async with anyio.create_task_group() as connection:
+                    connection.start_soon(self._connect, client)
+                    await self._ready.wait()
+                    log.info("discord: connected as %s", client.user)
+                    async with anyio.create_task_group() as handlers:
+                        self._tg = handlers
+                        self.frontend.resume(handlers)  # before any new message: order kept
+                        handlers.start_soon(self._intake, handlers)  # ends when intake stops
+                        task_status.started()
+                        await self._intake_stopped.wait()
+                    # every message handler has finished: drop the gateway connection
+                    connection.cancel_scope.cancel()
+                # replies go over REST: deliver the last lines (bounded; what is left stays
+                # on disk for the next start), then return (adr/0009 step 6)
+                await self.frontend.courier.settle()
+                delivery.cancel_scope.cancel()
         finally:
+            if self._health.state != "down":
+                self._health = PlatformHealth("down", detail="stopped")
             with anyio.CancelScope(shield=True):
                 await client.close()
 
@@ -194,8 +226,38 @@ class DiscordInterface:
             ) from None
 
     async def stop_intake(self) -> None:
-        """Ignore new messages from now on; running handlers carry on."""
+        """Ignore new messages from now on; running handlers carry on.
+
+        :meth:`run` returns once they have finished (cancel it to cut them short).
+        """
         self._accepting = False
+        self._intake_send.close()  # _intake takes what was queued, then ends
+        self._intake_stopped.set()
+        self._health = PlatformHealth("down", detail="intake stopped")
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to the Discord channels among ``keys``."""
+        frontend = self.frontend
+        return 0 if frontend is None else await frontend.announce(keys, take)
+
+    def health(self) -> PlatformHealth:
+        since = None if self._last_ok is None else time.monotonic() - self._last_ok
+        return attrs.evolve(self._health, seconds_since_ok=since)
+
+    def _connected(self, how: str) -> None:
+        self._disconnects = 0
+        self._last_ok = time.monotonic()
+        if self._accepting:
+            self._health = PlatformHealth("up", detail=f"gateway {how}")
+
+    def _disconnected(self) -> None:
+        self._disconnects += 1
+        if self._accepting:
+            self._health = PlatformHealth(
+                "degraded",
+                consecutive_failures=self._disconnects,
+                detail="gateway disconnected; discord.py reconnects",
+            )
 
     # -- application (slash) commands: /status /stop /new /help -----------------------
 
@@ -255,11 +317,13 @@ class DiscordInterface:
                     break
             batch: list[Accepted] = []
             for item in items:
+                if not self._accepting:
+                    break  # not taken in: the next start reads it from the history
                 if isinstance(item, str):  # live messages after it wait for the history
                     await frontend.admit(batch, tg)
                     batch = []
                     await self._catch_up(tg)
-                elif self._accepting:
+                else:
                     self._accept(item, batch)
             if batch:
                 await frontend.admit(batch, tg)
@@ -307,6 +371,7 @@ class DiscordInterface:
         if client is None or client.user is None or message.author.bot:
             return None
         text = message.content
+        named = True  # the message names this bot (a bare /cmd in a guild does not)
         if message.guild is not None:
             me = client.user
             mentioned = any(user.id == me.id for user in message.mentions)
@@ -318,6 +383,7 @@ class DiscordInterface:
             )
             if not (mentioned or replied or text.startswith("/")):
                 return None
+            named = mentioned or replied
             for form in (f"<@{me.id}>", f"<@!{me.id}>"):
                 text = text.replace(form, "")
             text = text.strip()
@@ -328,6 +394,7 @@ class DiscordInterface:
             text=text,
             message_id=message.id,
             fetch_images=self._image_fetcher(images) if images else None,
+            addressed=named,
         )
 
     def _image_fetcher(

@@ -15,11 +15,18 @@ import functools
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+
+# isort: off
+import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
+
+# isort: on
+import attrs
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -30,6 +37,17 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.methods import (
+    DeleteWebhook,
+    EditMessageText,
+    GetFile,
+    GetMe,
+    GetUpdates,
+    SendChatAction,
+    SendMessage,
+    SetMyCommands,
+)
+from aiogram.methods.base import Response
 from aiogram.types import BotCommand, LinkPreviewOptions, Message
 
 from evie.agent.events import Image
@@ -51,11 +69,24 @@ from evie.config import TelegramConfig
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+#: aiogram parses every answer as ``Response[<method's result type>]``; pydantic keeps
+#: those generic classes only in a weak cache, so each garbage collection dropped them
+#: and the next call rebuilt one (20-35 ms of CPU each under load). Holding them here
+#: builds each once (bench/results/aiogram_response.json).
+RESPONSE_TYPES = tuple(
+    Response[m.__returning__]  # type: ignore[name-defined]
+    for m in (
+        GetUpdates, SendMessage, EditMessageText, SendChatAction, GetMe, DeleteWebhook,
+        SetMyCommands, GetFile,
+    )
+)  # fmt: skip
 
 
 async def _mapped(op: Callable[[], Awaitable[T]]) -> T | None:
@@ -120,14 +151,16 @@ class TelegramTransport:
 
 
 class TelegramInterface:
+    """The Telegram platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "telegram"
+
     def __init__(
         self,
         manager: SessionManager,
         config: TelegramConfig,
         *,
         delivery: Delivery | None = None,
-        edit_interval: float = 1.0,
-        polling_timeout: int = 25,
         inbox: Inbox | None = None,
         outbox: Outbox | None = None,
         courier: CourierSettings | None = None,
@@ -139,17 +172,17 @@ class TelegramInterface:
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
-        self._edit_interval = edit_interval
-        self._polling_timeout = polling_timeout
         self.frontend: ChatFrontend | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._bot_id: int | None = None
         self._poll_scope = anyio.CancelScope()
+        self._health = PlatformHealth("starting", detail="connecting")
+        self._last_ok: float | None = None  # monotonic time of the last answered getUpdates
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Poll until cancelled; messages are handled in tasks this method owns."""
+        """Poll until intake stops, then return once the message handlers have finished."""
         assert self._config.token is not None
         session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
         bot = Bot(self._config.token, session=session)
@@ -161,7 +194,7 @@ class TelegramInterface:
                 TelegramTransport(bot),
                 allowed_user_ids=self._config.allowed_user_ids,
                 delivery=self._delivery,
-                edit_interval=self._edit_interval,
+                edit_interval=self._config.edit_interval,
                 bot_username=me.username,
                 platform="tg",
                 inbox=self._inbox,
@@ -185,12 +218,18 @@ class TelegramInterface:
                     self.frontend.resume(tg)  # before any new message, so order is kept
                     task_status.started()
                     log.info("telegram: polling as @%s", me.username)
+                    self._health = PlatformHealth("up", detail=f"polling as @{me.username}")
                     with self._poll_scope:
                         await self._poll(bot, dispatcher)
                     # intake stopped: the task group now waits for messages being handled
-                await self.frontend.courier.settle()  # what is left stays on disk
+                    self._health = PlatformHealth("down", detail="intake stopped")
+                # the last lines are in the outbox: deliver them (bounded; what is left
+                # stays on disk for the next start), then return (adr/0009 step 6)
+                await self.frontend.courier.settle()
                 delivery.cancel_scope.cancel()
         finally:
+            if self._health.state != "down":
+                self._health = PlatformHealth("down", detail="stopped")
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
@@ -210,17 +249,25 @@ class TelegramInterface:
                     functools.partial(
                         bot.get_updates,
                         offset=offset,
-                        timeout=self._polling_timeout,
+                        timeout=self._config.polling_timeout,
                         allowed_updates=["message"],
-                        request_timeout=self._polling_timeout + 15,
+                        request_timeout=self._config.polling_timeout + 15,
                     )
                 )
                 failures = 0
+                self._last_ok = time.monotonic()
+                self._health = PlatformHealth("up", detail="polling")
             except RetryLater as exc:
+                self._health = PlatformHealth(
+                    "degraded", consecutive_failures=failures, detail=f"getUpdates: {exc}"
+                )
                 await anyio.sleep(exc.seconds)
                 continue
             except Transient as exc:
                 failures += 1
+                self._health = PlatformHealth(
+                    "degraded", consecutive_failures=failures, detail=f"getUpdates failed: {exc}"
+                )
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("telegram: getUpdates failed (%s); retrying in %gs", exc, delay)
                 await anyio.sleep(delay)
@@ -245,6 +292,15 @@ class TelegramInterface:
         """
         self._poll_scope.cancel()
 
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to the Telegram chats among ``keys``."""
+        frontend = self.frontend
+        return 0 if frontend is None else await frontend.announce(keys, take)
+
+    def health(self) -> PlatformHealth:
+        since = None if self._last_ok is None else time.monotonic() - self._last_ok
+        return attrs.evolve(self._health, seconds_since_ok=since)
+
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)
         if incoming is not None and self.frontend is not None:
@@ -258,10 +314,12 @@ class TelegramInterface:
             return None
         text = message.text or message.caption or ""
         chat = message.chat
+        named = True  # the message names this bot (a bare /cmd in a group does not)
         if chat.type != "private":
             addressed = self._addressed_text(message, text)
             if addressed is None:
                 return None  # group chatter not meant for the bot
+            named = not text.startswith("/") or "@" in text.split(maxsplit=1)[0]
             text = addressed
         thread = message.message_thread_id if message.is_topic_message else None
         fetch = self._photo_fetcher(message) if message.photo else None
@@ -271,6 +329,7 @@ class TelegramInterface:
             text=text,
             message_id=message.message_id,
             fetch_images=fetch,
+            addressed=named,
         )
 
     def _addressed_text(self, message: Message, text: str) -> str | None:

@@ -1,5 +1,9 @@
 """``evie chat``: one session from the terminal, through the same SessionManager.
 
+Ctrl-C is evie's to interpret (``interrupts=True``, as in ``evie chat``): pi
+runs in its own session, so the terminal's SIGINT never reaches it; a Ctrl-C
+stops the running turn like ``/stop``, and with nothing running it leaves.
+
 Input is read in a worker thread and every message is sent from its own task,
 so ``/status`` and ``/stop`` work while a turn streams. Output goes through a
 single writer task that writes in a thread: a stalled terminal or pipe never
@@ -9,8 +13,10 @@ blocks the event loop (and so never stops pi's stdout from being drained).
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 import anyio
@@ -37,10 +43,15 @@ from evie.agent.events import (
 from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
 from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
+from evie.platforms.contract import PlatformHealth
 from evie.sessions.manager import Queued, SessionManager
 
 
 class TerminalChat:
+    """The terminal platform (see :mod:`evie.platforms.contract` for the lifecycle)."""
+
+    name = "terminal"
+
     def __init__(
         self,
         manager: SessionManager,
@@ -49,8 +60,10 @@ class TerminalChat:
         stdout: TextIO | None = None,
         key: str = "terminal",
         notice: str | None = None,
+        interrupts: bool = False,
     ) -> None:
         self._notice = notice
+        self._interrupts = interrupts
         self._manager = manager
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
@@ -59,6 +72,8 @@ class TerminalChat:
         self._out_recv: MemoryObjectReceiveStream[str]
         self._out_send, self._out_recv = anyio.create_memory_object_stream[str](math.inf)
         self._mid_line = False
+        self._intake = anyio.CancelScope()
+        self._health = PlatformHealth("starting")
 
     def say(self, text: str) -> None:
         """Queue text for the terminal; never blocks."""
@@ -69,7 +84,11 @@ class TerminalChat:
     def _line(self, text: str) -> None:
         self.say(("\n" if self._mid_line else "") + text + "\n")
 
-    async def run(self) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read lines until end of input, /quit or :meth:`stop_intake`; then return once
+        the turns started here have finished (/quit cuts them short)."""
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
             self._line("evie: talking to pi. /help for commands, Ctrl-D to leave.")
@@ -82,18 +101,53 @@ class TerminalChat:
                 name="evie-terminal-input",
                 daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
             ).start()
+            self._health = PlatformHealth("up", detail="reading the terminal")
+            task_status.started()
             async with anyio.create_task_group() as tg, lines:
-                async for line in lines:
-                    if not line:
-                        break  # EOF: let running turns finish, then leave
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text in ("/quit", "/exit"):
-                        tg.cancel_scope.cancel()
-                        break
-                    await self._handle(text, tg)
+                with self._intake:
+                    watcher = anyio.CancelScope()  # owned here: ends when input does
+                    if self._interrupts:
+                        tg.start_soon(self._on_interrupt, tg, watcher)
+                    async for line in lines:
+                        if not line:
+                            break  # EOF: let running turns finish, then leave
+                        text = line.strip()
+                        if not text:
+                            continue
+                        if text in ("/quit", "/exit"):
+                            tg.cancel_scope.cancel()
+                            break
+                        await self._handle(text, tg)
+                    watcher.cancel()
+                self._health = PlatformHealth("down", detail="input closed")
             self._out_send.close()
+
+    async def _on_interrupt(self, tg: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
+        with scope, anyio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if await self._manager.abort(self._key):
+                    self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
+                else:
+                    self._line("[bye]")
+                    tg.cancel_scope.cancel()
+                    return
+
+    async def stop_intake(self) -> None:
+        """Stop reading input; turns already started carry on."""
+        self._intake.cancel()
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Show this terminal's pending notice, if ``keys`` has one."""
+        if self._key not in frozenset(keys):
+            return 0
+        text = take(self._key)
+        if text is None:
+            return 0
+        self._line(f"[note] {text}")
+        return 1
+
+    def health(self) -> PlatformHealth:
+        return self._health  # nothing remote to poll: up while reading
 
     def _read_lines(self, send: MemoryObjectSendStream[str], token: EventLoopToken) -> None:
         """Runs in its own daemon thread: hands each line (then "" at EOF) to the loop."""

@@ -17,21 +17,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Literal, Protocol
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
+from anyio import AsyncContextManagerMixin
 
+from evie.agent.answers import SessionStats
 from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
+from evie.agent.launcher import is_valid_session_id
 from evie.agent.process import LaunchSpec, PiProcess
-from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
+from evie.config import SessionsConfig
+from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced, ShuttingDown
 from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
+from evie.sessions.facts import Change, SessionFacts
 from evie.sessions.guard import BriefGuard
 from evie.sessions.slot import Slot, SlotState, SlotStatus, mint_session_id
+from evie.sessions.spares import SparePool
+from evie.sessions.watchdog import TurnWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +56,35 @@ class Launcher(Protocol):
 class SessionObserver(Protocol):
     """Told about changes worth persisting (adr/0006); called synchronously."""
 
-    def session_changed(self, slot: Slot, *, terminal: bool) -> None: ...
+    def session_changed(self, facts: SessionFacts, change: Change) -> None: ...
 
     def take_notice(self, key: str) -> str | None:
         """A message to show once before this chat's next turn, if any."""
         ...
 
 
+_SESSIONS = SessionsConfig()  # the defaults of [sessions], declared once in evie.config
+
+
 @attrs.frozen
 class SessionSettings:
-    idle_timeout: float = 1800.0
-    max_processes: int = 8
-    mid_turn: Literal["follow_up", "steer"] = "follow_up"
-    abort_grace: float = 10.0  # how long an aborted turn may take to wind down
-    shutdown_grace: float = 30.0  # how long running turns may finish at shutdown
+    """What the manager needs; a field named like a [sessions] key takes its value from there."""
+
+    idle_timeout: float = _SESSIONS.idle_timeout
+    max_processes: int = _SESSIONS.max_processes
+    mid_turn: Literal["follow_up", "steer"] = _SESSIONS.mid_turn
+    abort_grace: float = _SESSIONS.abort_grace  # how long an aborted turn may take to wind down
+    max_turn_seconds: float | None = None  # a longer turn is stopped ([agent]; None: no limit)
+    stall_timeout: float | None = None  # a turn in which pi is silent this long is stopped
+    # pre-started pi processes for new sessions (adr/0016); off unless [sessions] says so
+    warm_spares: int = 0
+
+    @classmethod
+    def from_config(cls, sessions: SessionsConfig) -> SessionSettings:
+        names = {f.name for f in attrs.fields(SessionsConfig)}
+        return cls(
+            **{f.name: getattr(sessions, f.name) for f in attrs.fields(cls) if f.name in names}
+        )
 
 
 @attrs.frozen
@@ -73,9 +96,22 @@ class Queued:
 
 
 SendResult = Queued | TurnFinished
+SHUTTING_DOWN = "evie is shutting down; send your message again in a minute"
 
 
-class SessionManager:
+def _valid_sessions(known: dict[str, str]) -> dict[str, str]:
+    """Drop stored session ids that are not plain ids: a tampered state file must not
+    point pi at a session file or work dir outside evie's directories."""
+    valid = {}
+    for key, session_id in known.items():
+        if is_valid_session_id(session_id):
+            valid[key] = session_id
+        else:
+            log.warning("chat %s: ignoring invalid stored session id %r", key, session_id)
+    return valid
+
+
+class SessionManager(AsyncContextManagerMixin):
     def __init__(
         self,
         launcher: Launcher,
@@ -89,28 +125,58 @@ class SessionManager:
         self.settings = settings or SessionSettings()
         self.metrics = metrics or Metrics()
         self._observer = observer
-        self._known = dict(known_sessions or {})  # key -> session id, from persisted state
+        self._known = _valid_sessions(known_sessions or {})  # key -> id, from persisted state
         self._slots: dict[str, Slot] = {}
         self._guard = BriefGuard(self.metrics)
         self._tg: anyio.abc.TaskGroup | None = None
         self._accepting = True
+        # every live pi process, attached to a slot or retiring: what max_processes counts
+        self._processes: set[PiProcess] = set()
+        self._spawning = 0
+        self._spares: SparePool | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> SessionManager:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._idle_loop)
-        return self
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[SessionManager]:
+        """Own the background tasks (pi's pumps, retirements, idle cleanup); on exit stop pi.
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
-        assert self._tg is not None
-        try:
-            await self.shutdown()
-        finally:
-            self._tg.cancel_scope.cancel()
-            result = await self._tg.__aexit__(*exc_info)  # type: ignore[arg-type]
-        return result
+        Exiting does not wait for running turns: the shutdown timeline (``evie.shutdown``)
+        decides how long they get, using the primitives below.
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._idle_loop)
+            if self.settings.warm_spares:
+                self._spares = SparePool(
+                    self._launcher,
+                    self.settings.warm_spares,
+                    tg,
+                    room=self._room_for_spares,
+                    metrics=self.metrics,
+                    mint=mint_session_id,
+                )
+                tg.start_soon(self._spares.run)
+            try:
+                yield self
+            finally:
+                await self.close_all()
+                tg.cancel_scope.cancel()
+                self._tg = None
+
+    @property
+    def spares(self) -> SparePool | None:
+        return self._spares
+
+    def _new_session_id(self) -> str:
+        """A warm spare's id when one is ready (it is booted as that session), else a new one."""
+        claimed = self._spares.claim_id() if self._spares is not None else None
+        return claimed or mint_session_id()
+
+    def _room_for_spares(self) -> int:
+        """How many spares may be booted: live and starting pi processes count first."""
+        assert self._spares is not None
+        return self.settings.max_processes - len(self._live()) - self._spawning - self._spares.size
 
     @property
     def _tasks(self) -> anyio.abc.TaskGroup:
@@ -118,25 +184,42 @@ class SessionManager:
             raise RuntimeError("use the SessionManager as `async with SessionManager(...)`")
         return self._tg
 
-    async def shutdown(self) -> None:
-        """Stop intake, let running turns finish (up to the grace), then stop pi."""
-        self._accepting = False
-        slots = self.slots()
-        if not await self._wait_for_turns(slots, self.settings.shutdown_grace):
-            self.abort_all()
-            await self._wait_for_turns(slots, self.settings.abort_grace)
-        async with anyio.create_task_group() as tg:
-            for slot in slots:
-                tg.start_soon(self._stop_slot, slot)
+    # -- shutdown primitives (the timeline that uses them is evie.shutdown) ----------
 
-    @staticmethod
-    async def _wait_for_turns(slots: list[Slot], seconds: float) -> bool:
+    def stop_accepting(self) -> None:
+        """From now on no turn starts: new messages, and those waiting for one, get an error."""
+        self._accepting = False
+
+    def running(self) -> list[str]:
+        """Keys of the chats whose turn is running now."""
+        return [s.key for s in self.slots() if s.turn is not None]
+
+    async def wait_for_turns(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for running turns to end; True when none runs.
+
+        Returns as soon as the last one has ended. Call :meth:`stop_accepting` first,
+        or a waiting message may start the next turn.
+        """
         with anyio.move_on_after(seconds):
-            for slot in slots:
+            for slot in self.slots():
                 async with slot.lock:
                     pass
             return True
         return False
+
+    async def close_all(self) -> None:
+        """Stop every pi process (in parallel); a turn still running ends as interrupted."""
+        with anyio.CancelScope(shield=True):
+            if self._spares is not None:
+                await self._spares.close()
+            slots = self.slots()
+            attached = {slot.process for slot in slots}
+            async with anyio.create_task_group() as tg:
+                for slot in slots:
+                    tg.start_soon(self._stop_slot, slot)
+                for process in self._live():  # retiring ones (after /new, idle or LRU)
+                    if process not in attached:
+                        tg.start_soon(process.close)
 
     async def _stop_slot(self, slot: Slot) -> None:
         process, slot.process = slot.process, None
@@ -151,8 +234,8 @@ class SessionManager:
         def lookup() -> Slot:
             slot = self._slots.get(key)
             if slot is None:
-                session_id = self._known.pop(key, None) or mint_session_id()
-                slot = self._slots[key] = Slot(key, session_id)
+                session_id = self._known.pop(key, None) or self._new_session_id()
+                slot = self._slots[key] = Slot(key, session_id, tally=self.metrics.sessions)
             return slot
 
         return self._guard.run(lookup)
@@ -175,7 +258,24 @@ class SessionManager:
     def all_status(self) -> list[SlotStatus]:
         return [slot.snapshot() for slot in self.slots()]
 
-    async def session_stats(self, key: str, seconds: float = 2.0) -> dict[str, object] | None:
+    def queue_depth(self) -> int:
+        """Messages queued into running turns; walks only the running slots (the tally)."""
+        depth = 0
+        for slot in list(self.metrics.sessions.running):
+            turn = getattr(slot, "turn", None)
+            depth += len(turn.queued_texts) if turn is not None else 0
+        return depth
+
+    def live_processes(self) -> int:
+        """pi processes alive now, including retiring ones (what max_processes counts)."""
+        return len(self._live())
+
+    def retiring_processes(self) -> int:
+        """Live pi processes no chat uses any more (after /new, idle or LRU), being stopped."""
+        attached = {s.process for s in self.slots() if s.process is not None}
+        return sum(1 for p in self._live() if p not in attached)
+
+    async def session_stats(self, key: str, seconds: float = 2.0) -> SessionStats | None:
         """Token and cost figures from pi, if a process is alive; bounded in time."""
         slot = self._lookup(key)
         process = slot.process if slot is not None else None
@@ -183,10 +283,10 @@ class SessionManager:
             return None
         with anyio.move_on_after(seconds):
             try:
-                data = await process.call({"type": "get_session_stats"})
-            except AgentError:
+                return await process.query("get_session_stats", SessionStats)
+            except AgentError as exc:
+                log.warning("no usage figures for /status: %s", exc)
                 return None
-            return data if isinstance(data, dict) else None
         return None
 
     # -- turns ------------------------------------------------------------------------
@@ -202,7 +302,7 @@ class SessionManager:
         lock), so a caller can record durably that this message's turn began (adr/0012).
         """
         if not self._accepting:
-            raise SessionReplaced("evie is shutting down; send your message again in a moment")
+            raise ShuttingDown(SHUTTING_DOWN)
         for _attempt in range(3):
             slot = self._get_or_create(key)
             slot.last_activity = time.monotonic()
@@ -217,6 +317,8 @@ class SessionManager:
             try:
                 if slot.retired or not self._is_current(slot):
                     continue  # replaced while we waited: use the new slot
+                if not self._accepting:
+                    raise ShuttingDown(SHUTTING_DOWN)  # never start a turn at shutdown
                 result = await self._run_turn(slot, prompt, on_event, on_start)
             finally:
                 slot.lock.release()
@@ -265,21 +367,46 @@ class SessionManager:
         log.info("turn started (%d chars, %d images)", len(prompt.text), len(prompt.images))
         slot.turn = turn
         slot.state = SlotState.RUNNING
-        self._notify(slot, terminal=True)  # "running" must reach disk before a crash can
+        self._notify(slot, Change.TURN_STARTED)
+        watch_scope = self._watch(slot, process)
         try:
             async for event in turn:
                 slot.last_activity = time.monotonic()
                 await on_event(event)
         finally:
+            watch_scope.cancel()
+            slot.watchdog = None
             with anyio.CancelScope(shield=True):
                 await self._wind_down(slot, process)
         assert turn.finished is not None
         return turn.finished
 
+    def _watch(self, slot: Slot, process: PiProcess) -> anyio.CancelScope:
+        """Start the turn's watchdog; the caller owns it through the returned scope."""
+        assert process.turn is not None
+        settings = self.settings
+        watchdog = slot.watchdog = TurnWatchdog(
+            process,
+            process.turn,
+            abort_grace=settings.abort_grace,
+            max_turn_seconds=settings.max_turn_seconds,
+            stall_timeout=settings.stall_timeout,
+        )
+        scope = anyio.CancelScope()
+
+        async def watch() -> None:
+            with scope:
+                await watchdog.run()
+
+        self._tasks.start_soon(watch)
+        return scope
+
     async def _start_process(self, slot: Slot) -> PiProcess | None:
         """Spawn under the slot's lock (the guard is not held)."""
         slot.state = SlotState.STARTING
+        await self._make_room()
         started = time.perf_counter()
+        self._spawning += 1
         try:
             try:
                 spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
@@ -287,15 +414,23 @@ class SessionManager:
                 raise AgentStartError(
                     f"could not prepare the session's files: {exc}. Check [state] dir."
                 ) from exc
-            process = await PiProcess.spawn(spec, self._tasks)
+            process = (
+                await self._spares.take(slot.session_id, spec) if self._spares is not None else None
+            )
+            if process is None:
+                process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
+            self._processes.add(process)
+            self._tasks.start_soon(self._forget_when_gone, process)
         except AgentStartError as exc:
             log.error("pi failed to start: %s", exc)
             self.metrics.spawn_failures += 1
             slot.state = SlotState.CRASHED
             slot.last_outcome = Outcome.FAILED
             slot.last_error = str(exc)
-            self._notify(slot, terminal=True)
+            self._notify(slot, Change.TURN_ENDED)
             return None
+        finally:
+            self._spawning -= 1
         self.metrics.spawn_seconds.observe(time.perf_counter() - started)
         log.info("pi started (pid %d) in %.2fs", process.pid, time.perf_counter() - started)
         if slot.retired or not self._is_current(slot):
@@ -339,45 +474,53 @@ class SessionManager:
                 slot.state = SlotState.CRASHED
         if slot.state is SlotState.RUNNING:
             slot.state = SlotState.IDLE  # a retired slot becomes CLOSED once its pi is stopped
-        self._notify(slot, terminal=True)
+        self._notify(slot, Change.TURN_ENDED)
 
     # -- commands ----------------------------------------------------------------------
 
     async def abort(self, key: str) -> bool:
-        """Stop the running turn in this chat; False when nothing was running."""
+        """Stop the running turn in this chat; False when nothing was running.
+
+        The turn ends within ``abort_grace``: if pi ignores the abort, the
+        watchdog kills it and tells the chat (see evie.sessions.watchdog).
+        """
         slot = self._lookup(key)
-        if slot is None or slot.turn is None or slot.process is None:
+        if slot is None:
             return False
-        slot.process.abort()
+        return self._abort_slot(slot)
+
+    @staticmethod
+    def _abort_slot(slot: Slot, *, final: bool = False) -> bool:
+        if slot.turn is None or slot.process is None:
+            return False
+        if slot.watchdog is not None:
+            slot.watchdog.request_abort(final=final)
+        else:  # the turn is winding down already
+            slot.process.abort()
         return True
 
     def abort_all(self) -> int:
         """Ask every running turn to stop (shutdown); returns how many were running."""
-        running = [s for s in self.slots() if s.turn is not None and s.process is not None]
-        for slot in running:
-            assert slot.process is not None
-            slot.process.abort()
-        return len(running)
+        return sum(1 for slot in self.slots() if self._abort_slot(slot, final=True))
 
     async def new_session(self, key: str) -> Slot:
         """Start over with a fresh session; a running turn in the old one is aborted."""
 
         def replace() -> tuple[Slot | None, Slot]:
             old = self._slots.get(key)
-            new = self._slots[key] = Slot(key, mint_session_id())
+            new = self._slots[key] = Slot(key, self._new_session_id(), tally=self.metrics.sessions)
             if old is not None:
                 old.retired = True
             return old, new
 
         old, new = self._guard.run(replace)
-        self._notify(new, terminal=True)
+        self._notify(new, Change.SESSION_REPLACED)
         if old is not None:
             self._tasks.start_soon(self._retire, old)
         return new
 
     async def _retire(self, slot: Slot) -> None:
-        if slot.process is not None and slot.turn is not None:
-            slot.process.abort()
+        self._abort_slot(slot)  # a hung turn is killed after abort_grace by its watchdog
         async with slot.lock:
             await self._stop_slot(slot)
             slot.state = SlotState.CLOSED
@@ -410,7 +553,7 @@ class SessionManager:
             process = slot.process
             if process is None or slot.turn is not None:
                 return False
-            slot.process = None
+            slot.process = None  # retiring from here on: still counted until it is gone
             await process.close()
             if slot.state is SlotState.CRASHED:
                 slot.state = SlotState.IDLE
@@ -418,9 +561,38 @@ class SessionManager:
         finally:
             slot.lock.release()
 
+    async def _forget_when_gone(self, process: PiProcess) -> None:
+        await process.exited.wait()
+        self._processes.discard(process)
+
+    async def _make_room(self) -> None:
+        """Before a spawn: stop idle processes (LRU) and wait for retiring ones to be gone.
+
+        Retiring processes count toward ``max_processes`` until they have exited;
+        each is gone within ``abort_grace`` plus pi's stop timeout. Busy processes
+        are never stopped: when every process runs a turn, the spawn goes ahead.
+        """
+        while len(self._live()) + self._spawning >= self.settings.max_processes:
+            current = [s for s in self.slots() if s.process is not None]
+            idle = sorted((s for s in current if s.turn is None), key=lambda s: s.last_activity)
+            for slot in idle:
+                if await self._stop_if_idle(slot):
+                    break
+            else:
+                attached = {s.process for s in current}
+                retiring = [p for p in self._live() if p not in attached]
+                if not retiring:
+                    return
+                await retiring[0].exited.wait()
+
+    def _live(self) -> list[PiProcess]:
+        return [p for p in self._processes if not p.exited.is_set()]
+
     def _enforce_max_processes(self, keep: Slot) -> None:
         live = [s for s in self.slots() if s.process is not None and s is not keep]
         excess = len(live) + 1 - self.settings.max_processes
+        if self._spares is not None:  # spares make room first; they never push a session out
+            self._spares.give_up(excess + self._spares.size)
         if excess <= 0:
             return
         idle = sorted((s for s in live if s.turn is None), key=lambda s: s.last_activity)
@@ -436,7 +608,16 @@ class SessionManager:
             except Exception:
                 log.exception("idle cleanup failed")
 
-    def _notify(self, slot: Slot, *, terminal: bool) -> None:
+    def _notify(self, slot: Slot, change: Change) -> None:
+        """Tell the observer, with a frozen copy of the slot's facts (never the slot)."""
         if self._observer is None or not self._is_current(slot):
             return
-        self._observer.session_changed(slot, terminal=terminal)
+        facts = SessionFacts(
+            key=slot.key,
+            session_id=slot.session_id,
+            running=slot.turn is not None and slot.state in (SlotState.STARTING, SlotState.RUNNING),
+            last_outcome=slot.last_outcome,
+            last_error=slot.last_error,
+            turns=slot.turns,
+        )
+        self._observer.session_changed(facts, change)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -17,6 +18,10 @@ import attrs
 from evie.agent.events import Outcome
 from evie.agent.process import PiProcess
 from evie.agent.turn import Turn
+from evie.metrics import SessionTally
+
+if TYPE_CHECKING:
+    from evie.sessions.watchdog import TurnWatchdog
 
 
 class SlotState(enum.Enum):
@@ -32,40 +37,85 @@ def mint_session_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(4)
 
 
+def _count_state(slot: Slot, _a: attrs.Attribute[SlotState], new: SlotState) -> SlotState:
+    if slot.tally is not None and new is not slot.state and not slot.retired:
+        slot.tally.by_state[slot.state.value] -= 1
+        slot.tally.by_state[new.value] += 1
+    return new
+
+
+def _count_process(
+    slot: Slot, _a: attrs.Attribute[PiProcess | None], new: PiProcess | None
+) -> PiProcess | None:
+    if slot.tally is not None and (new is None) != (slot.process is None):
+        slot.tally.processes += 1 if new is not None else -1
+    return new
+
+
+def _count_turn(slot: Slot, _a: attrs.Attribute[Turn | None], new: Turn | None) -> Turn | None:
+    if slot.tally is not None:
+        if new is None:
+            slot.tally.running.discard(slot)
+        else:
+            slot.tally.running.add(slot)
+    return new
+
+
+def _count_retired(slot: Slot, _a: attrs.Attribute[bool], new: bool) -> bool:
+    """A replaced slot leaves the map: it counts as closed from then on."""
+    if slot.tally is not None and new and not slot.retired:
+        slot.tally.by_state[slot.state.value] -= 1
+        slot.tally.by_state[SlotState.CLOSED.value] += 1
+    return new
+
+
 @attrs.define(eq=False)
 class Slot:
+    """One chat's session. ``state``, ``process`` and ``turn`` keep ``tally`` current."""
+
     key: str
     session_id: str = attrs.field(factory=mint_session_id)
     lock: anyio.Lock = attrs.field(factory=anyio.Lock)
-    state: SlotState = SlotState.IDLE
-    process: PiProcess | None = None
-    turn: Turn | None = None
+    state: SlotState = attrs.field(default=SlotState.IDLE, on_setattr=_count_state)
+    process: PiProcess | None = attrs.field(default=None, on_setattr=_count_process)
+    turn: Turn | None = attrs.field(default=None, on_setattr=_count_turn)
     last_activity: float = attrs.field(factory=time.monotonic)
     last_outcome: Outcome | None = None
     last_error: str | None = None
     turns: int = 0
-    retired: bool = False
+    retired: bool = attrs.field(default=False, on_setattr=_count_retired)
     waiters: int = 0  # sends waiting for the lock: later messages queue behind them
+    watchdog: TurnWatchdog | None = None  # the running turn's, owned by SessionManager._run_turn
+    tally: SessionTally | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tally is not None:
+            self.tally.by_state[self.state.value] += 1
+            self.tally.processes += self.process is not None
+            if self.turn is not None:
+                self.tally.running.add(self)
 
     def snapshot(self) -> SlotStatus:
         turn, process = self.turn, self.process
-        model = process.state.get("model") if process is not None else None
-        model_name = None
-        if isinstance(model, dict):
-            model_name = f"{model.get('provider', '?')}/{model.get('id', '?')}"
+        model = process.state.model if process is not None else None
         retry = turn.retry if turn is not None else None
         return SlotStatus(
             key=self.key,
             session_id=self.session_id,
             state=self.state,
             pid=process.pid if process is not None and process.alive else None,
-            model=model_name,
+            model=model.name if model is not None else None,
             turn_elapsed=turn.elapsed if turn is not None else None,
             current_tool=turn.current_tool if turn is not None else None,
             queued=tuple(turn.queued_texts) if turn is not None else (),
             retry_attempt=(retry.attempt, retry.max_attempts) if retry is not None else None,
             retry_error=retry.error if retry is not None else None,
             idle_for=time.monotonic() - self.last_activity,
+            last_event_ago=(
+                time.monotonic() - process.last_output_at
+                if process is not None and process.alive
+                else None
+            ),
             last_outcome=self.last_outcome,
             last_error=self.last_error,
             turns=self.turns,
@@ -87,6 +137,7 @@ class SlotStatus:
     retry_attempt: tuple[int, int] | None
     retry_error: str | None
     idle_for: float
+    last_event_ago: float | None  # seconds since pi last wrote anything (None: not running)
     last_outcome: Outcome | None
     last_error: str | None
     turns: int

@@ -1,0 +1,155 @@
+"""Benchmark processes: the fake Bot API, the echo-bot floor and ``evie run``, each alone.
+
+Each runs in its own process, so what is measured about one (its latency, its
+CPU time from /proc) is not mixed with the others' work on one event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from bench.common import FAKE_PI, ROOT
+
+TOKEN = "123456:TEST-token-for-the-fake-bot-api_xyz"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _http(url: str, *, post: bool = False, timeout: float = 600) -> Any:
+    request = urllib.request.Request(url, method="POST" if post else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class FakeBotApi:
+    def __init__(self, proc: anyio.abc.Process, port: int) -> None:
+        self.proc = proc
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    async def first_poll(self) -> float:
+        """Wall-clock time of the first getUpdates (waits for it)."""
+        data = await anyio.to_thread.run_sync(_http, self.base_url + "/_bench/first_poll")
+        return float(data["at"])
+
+    async def run(self, n: int, *, prefix: str = "ping", expect: str = "echo: {}") -> list[float]:
+        """n messages one after another; update → reply seconds for each."""
+        from urllib.parse import urlencode
+
+        query = urlencode({"n": n, "prefix": prefix, "expect": expect})
+        data = await anyio.to_thread.run_sync(
+            lambda: _http(f"{self.base_url}/_bench/run?{query}", post=True)
+        )
+        return [float(s) for s in data["samples"]]
+
+
+@asynccontextmanager
+async def fake_botapi(tmp: Path) -> AsyncIterator[FakeBotApi]:
+    tmp.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    port_file = tmp / "botapi.port"
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "bench.fake_botapi", str(port_file)], env=_env(), cwd=ROOT
+    )
+    try:
+        with anyio.fail_after(60):
+            while not port_file.exists() or not port_file.read_text():  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        yield FakeBotApi(proc, int(json.loads(port_file.read_text())["port"]))
+    finally:
+        await _stop(proc)
+
+
+async def _stop(proc: anyio.abc.Process) -> None:
+    with anyio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.terminate()
+            with anyio.move_on_after(20):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@asynccontextmanager
+async def echo_bot(api: FakeBotApi) -> AsyncIterator[anyio.abc.Process]:
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "bench.echo_bot", api.base_url, TOKEN], env=_env(), cwd=ROOT
+    )
+    try:
+        yield proc
+    finally:
+        await _stop(proc)
+
+
+def write_config(tmp: Path, api: FakeBotApi | None, *, http_port: int | None = None,
+                 spares: int = 1, command: tuple[str, ...] | None = None) -> Path:  # fmt: skip
+    tmp.mkdir(parents=True, exist_ok=True)
+    cmd = command or (sys.executable, str(FAKE_PI))
+    lines = [
+        "[agent]",
+        "command = " + json.dumps(list(cmd)),
+        "[sessions]",
+        f"warm_spares = {spares}",
+        "[state]",
+        f"dir = {json.dumps(str(tmp / 'state'))}",
+        "[log]",
+        'level = "warning"',
+    ]
+    if api is not None:
+        lines += [
+            "[telegram]",
+            f'token = "{TOKEN}"',
+            f'api_url = "{api.base_url}"',
+            "allowed_user_ids = [42]",
+        ]
+    if http_port is not None:
+        lines += ["[http]", f'listen = "127.0.0.1:{http_port}"']
+    config = tmp / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    config.chmod(0o600)
+    return config
+
+
+@asynccontextmanager
+async def evie_run(
+    config: Path, *, gc_policy: str = "tuned"
+) -> AsyncIterator[tuple[anyio.abc.Process, float]]:
+    """``evie run`` as its own process; yields it and its launch time (wall clock)."""
+    env = {**_env(), "EVIE_GC": gc_policy}
+    launched = time.time()
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "run"], env=env, cwd=ROOT
+    )
+    try:
+        yield proc, launched
+    finally:
+        await _stop(proc)

@@ -1,0 +1,88 @@
+"""The contract every platform (Telegram, Discord, the terminal) keeps with the daemon.
+
+A platform is where messages come from. The daemon (``evie run``) starts each
+one, tells it when to stop taking new messages, and decides how long running
+turns get (``evie.shutdown``); the platform never decides that itself.
+
+Lifecycle, in order:
+
+1. ``await task_group.start(platform.run)``: the platform connects (logs in,
+   opens its connection) and calls ``task_status.started()`` once messages can
+   arrive. Cancelling it before then abandons the start; nothing was taken in.
+2. While it runs, every message is handled in a task that :meth:`Platform.run`
+   owns, so a turn in one chat never holds up intake or another chat.
+3. :meth:`Platform.stop_intake`: from now on no new message is taken in
+   (Telegram stops polling, Discord ignores new events, the terminal stops
+   reading). Messages already being handled carry on: their turns finish,
+   and their last lines (the answer, "Stopped.", an interruption notice) are
+   still delivered.
+4. :meth:`Platform.run` **returns** once intake has stopped, every message
+   handler has finished and (Telegram, Discord) its courier has had a bounded
+   time to deliver what they left in the outbox (adr/0012). It returns by itself too when the platform ends on
+   its own (the terminal at end of input); the daemon then stops the rest.
+   Cancelling ``run`` cuts handlers short: the daemon does that only after the
+   shutdown timeline has given them their time.
+
+A platform raises :class:`evie.errors.ConfigError` (or another ``EvieError``)
+from ``run`` only for what a person must fix (a refused token); passing
+outages are retried inside and show up in :meth:`Platform.health`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal, Protocol
+
+import anyio.abc
+import attrs
+
+PlatformState = Literal["starting", "up", "degraded", "down"]
+
+
+@attrs.frozen
+class PlatformHealth:
+    """How a platform's intake is doing, from plain values (never waits).
+
+    ``state``: ``starting`` until ``run`` reported started; ``up`` while intake
+    works; ``degraded`` while it keeps failing and retrying; ``down`` once
+    intake has stopped (or the platform gave up).
+    """
+
+    state: PlatformState
+    #: seconds since the platform last heard from its service (a poll answered, a
+    #: gateway message or heartbeat ack); None before the first, or with no remote end
+    seconds_since_ok: float | None = None
+    #: failures in a row since the last good poll or connection
+    consecutive_failures: int = 0
+    #: one line a person can read ("polling", "getUpdates failed: Bad Gateway", ...)
+    detail: str = ""
+
+
+class Platform(Protocol):
+    """See the module docstring for the meaning of each method."""
+
+    #: short name for logs and health ("telegram", "discord", "terminal")
+    name: str
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, report started, take messages in until intake stops, then return
+        once every message handler has finished."""
+        ...
+
+    async def stop_intake(self) -> None:
+        """Take no new messages from now on; returns at once (handlers carry on)."""
+        ...
+
+    async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
+        """Post pending notices to this platform's chats among ``keys``.
+
+        ``take(key)`` hands out each chat's notice once (None when it was taken
+        already), so a chat never hears it twice. Returns how many were posted.
+        """
+        ...
+
+    def health(self) -> PlatformHealth:
+        """The intake's state right now, from plain values."""
+        ...

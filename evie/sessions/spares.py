@@ -1,0 +1,287 @@
+"""Warm spares: pi processes started ahead of need (adr/0016).
+
+pi takes about a second to boot. Each spare is booted as the *next* new
+session: ``spec_for(id)`` with a freshly minted id, so it already has that
+session's file, working directory and command line. A new session (a new
+chat, or ``/new``) is given a spare's id when one is ready (:meth:`claim_id`),
+and takes that very process: nothing to switch.
+
+A session that already exists (its idle pi was stopped) can still take a spare
+by pointing it at its own file with pi's ``switch_session``, which loads the
+history exactly as ``pi --session FILE`` does at start-up — but only when the
+spare would run it the same way: the same command line and environment, and
+the same working directory. pi takes a session's working directory from its
+file's header (or, for a file not written yet, from its own cwd, which Node
+caches at start), so with a private work dir per session (no ``[agent] cwd``)
+an existing session never fits another session's spare and starts cold.
+
+Spares count against ``max_processes`` and are the first processes given up
+when sessions need room. One owner task (:meth:`SparePool.run`) keeps the pool
+filled; every spare's pumps run in the manager's task group, so a taken spare
+simply becomes the session's process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import attrs
+
+from evie.agent.process import LaunchSpec, PiProcess
+from evie.errors import AgentError
+from evie.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: a claimed spare whose session has not started by then is stopped (and replaced)
+CLAIM_SECONDS = 120.0
+
+
+class SpecSource(Protocol):
+    def spec_for(self, session_id: str) -> LaunchSpec: ...
+
+
+def session_file_of(spec: LaunchSpec) -> Path | None:
+    """The ``--session`` path in a pi command line, if any."""
+    argv = spec.argv
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--session":
+            return Path(argv[i + 1])
+    return None
+
+
+def _masked(spec: LaunchSpec) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The command line without the session path, and the environment: what must match."""
+    argv = list(spec.argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--session":
+            argv[i + 1] = ""
+    return tuple(argv), tuple(sorted(spec.env.items()))
+
+
+def header_cwd(session_file: Path) -> Path | None:
+    """The working directory recorded in a session file's header (its first line)."""
+    try:
+        with session_file.open("rb") as f:
+            first = f.readline(1 << 20)
+    except OSError:
+        return None
+    try:
+        header = json.loads(first)
+    except ValueError:
+        return None
+    cwd = header.get("cwd") if isinstance(header, dict) else None
+    return Path(cwd) if isinstance(cwd, str) and cwd else None
+
+
+def can_switch(spare: LaunchSpec, target: LaunchSpec) -> bool:
+    """Would this spare, switched to ``target``'s file, run it as a cold start would?
+
+    Blocking (it reads the session file's header): call it off the loop.
+    """
+    if _masked(spare) != _masked(target):
+        return False
+    session_file = session_file_of(target)
+    if session_file is None:
+        return False
+    recorded = header_cwd(session_file) if session_file.exists() else None
+    return (recorded or target.cwd) == spare.cwd
+
+
+def _remove_unused_work_dir(cwd: Path, session_id: str) -> None:
+    """A spare never used leaves its private work dir empty: remove it (never another dir)."""
+    if cwd.name == session_id:
+        try:
+            cwd.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
+@attrs.define(eq=False)
+class _Spare:
+    process: PiProcess
+    session_id: str
+    claimed_at: float | None = None
+
+
+class SparePool:
+    """Keeps up to ``count`` booted pi processes ready to be taken."""
+
+    def __init__(
+        self,
+        launcher: SpecSource,
+        count: int,
+        tasks: anyio.abc.TaskGroup,
+        *,
+        room: Callable[[], int],
+        metrics: Metrics,
+        mint: Callable[[], str],
+    ) -> None:
+        """``room()`` says how many more processes ``max_processes`` allows right now."""
+        self._launcher = launcher
+        self.count = count
+        self._tasks = tasks
+        self._room = room
+        self._metrics = metrics
+        self._mint = mint
+        self._spares: list[_Spare] = []  # booted, oldest first
+        self._starting = 0
+        self._wake = anyio.Event()
+        self._settled = anyio.Event()  # set when no spare is booting
+        self._settled.set()
+        self._stopped = False
+
+    @property
+    def ready(self) -> list[int]:
+        """The pids of the booted spares nobody has claimed."""
+        return [s.process.pid for s in self._spares if s.claimed_at is None]
+
+    @property
+    def size(self) -> int:
+        """Spares alive or booting: what counts against ``max_processes``."""
+        return len(self._spares) + self._starting
+
+    def poke(self) -> None:
+        """Something changed (a spare was taken, a process stopped): reconsider the pool."""
+        self._wake.set()
+
+    def claim_id(self) -> str | None:
+        """The session id of a ready spare, promised to the new session that takes it.
+
+        Synchronous and O(spares): safe under the session-map guard.
+        """
+        for spare in self._spares:
+            if spare.claimed_at is None and spare.process.alive:
+                spare.claimed_at = time.monotonic()
+                return spare.session_id
+        return None
+
+    async def run(self) -> None:
+        """The owner task: refill while there is room, expire stale claims; stop all on exit."""
+        try:
+            while not self._stopped:
+                self._expire_claims()
+                room = self._room()
+                if room < 0:  # sessions took the room while a spare was booting
+                    self.give_up(-room)
+                unclaimed = len(self.ready) + self._starting
+                if unclaimed < self.count and room > 0:
+                    await self._start_one()
+                    continue
+                with anyio.move_on_after(1):  # sessions' processes stopping free room too
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    def _expire_claims(self) -> None:
+        now = time.monotonic()
+        for spare in list(self._spares):
+            if spare.claimed_at is not None and now - spare.claimed_at > CLAIM_SECONDS:
+                self._spares.remove(spare)
+                self._tasks.start_soon(self._discard, spare)
+
+    async def _start_one(self) -> None:
+        self._starting += 1
+        self._settled = anyio.Event()
+        started = False
+        try:
+            session_id = self._mint()
+            spec = await anyio.to_thread.run_sync(self._launcher.spec_for, session_id)
+            # shielded (bounded by the startup timeout): a spawn cut short would leave a
+            # process nobody owns; close() waits for it and stops it instead
+            with anyio.CancelScope(shield=True):
+                process = await PiProcess.spawn(spec, self._tasks)
+            self._spares.append(_Spare(process, session_id))
+            self._tasks.start_soon(self._watch, process)
+            started = True
+            log.info("spare pi ready (pid %d)", process.pid)
+        except (AgentError, OSError) as exc:
+            log.warning("could not start a spare pi: %s; trying again in 30 s", exc)
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._settled.set()
+        if not started:
+            await anyio.sleep(30)  # a spare is an optimisation: never a spawn loop
+
+    async def _watch(self, process: PiProcess) -> None:
+        await process.exited.wait()
+        for spare in self._spares:
+            if spare.process is process:  # died while waiting: forget it and refill
+                self._spares.remove(spare)
+                log.warning("spare pi %d exited while waiting", process.pid)
+                self.poke()
+                break
+
+    async def take(self, session_id: str, target: LaunchSpec) -> PiProcess | None:
+        """A booted pi for ``target``: the one claimed for it, or one switched to its file.
+
+        None when no spare fits: the caller starts pi cold.
+        """
+        for spare in self._spares:
+            if spare.session_id == session_id and spare.process.alive:
+                if spare.process.spec != target:  # the launcher changed its mind
+                    break
+                self._spares.remove(spare)
+                self._metrics.spares_taken += 1
+                self.poke()
+                return spare.process
+        for spare in self._spares:
+            if spare.claimed_at is not None or not spare.process.alive:
+                continue
+            if not await anyio.to_thread.run_sync(can_switch, spare.process.spec, target):
+                continue
+            if spare not in self._spares:  # taken while we looked
+                continue
+            self._spares.remove(spare)
+            session_file = session_file_of(target)
+            assert session_file is not None
+            try:
+                await spare.process.switch_session(session_file, target)
+            except AgentError as exc:
+                log.warning("spare pi %d could not switch session: %s", spare.process.pid, exc)
+                self._tasks.start_soon(self._discard, spare)
+                break
+            self._metrics.spares_taken += 1
+            self.poke()
+            return spare.process
+        self._metrics.spares_missed += 1
+        self.poke()
+        return None
+
+    def give_up(self, n: int) -> int:
+        """Stop up to ``n`` unclaimed spares to make room for sessions; how many were stopped."""
+        dropped = 0
+        for spare in reversed(list(self._spares)):
+            if dropped >= n:
+                break
+            if spare.claimed_at is None:
+                self._spares.remove(spare)
+                self._tasks.start_soon(self._discard, spare)
+                dropped += 1
+        return dropped
+
+    async def close(self) -> None:
+        """Stop refilling and stop every spare, waiting for one being booted."""
+        self._stopped = True
+        self._wake.set()
+        await self._settled.wait()
+        spares, self._spares = self._spares, []
+        async with anyio.create_task_group() as tg:
+            for spare in spares:
+                tg.start_soon(self._discard, spare)
+
+    async def _discard(self, spare: _Spare) -> None:
+        await spare.process.close()
+        cwd = spare.process.spec.cwd
+        await anyio.to_thread.run_sync(_remove_unused_work_dir, cwd, spare.session_id)
