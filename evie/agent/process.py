@@ -257,9 +257,7 @@ class PiProcess:
         as a fresh ``pi --session FILE`` would (adr/0016). ``spec`` becomes the
         spec this process is known by. Raises :class:`AgentError` on refusal.
         """
-        response = await self.request(
-            {"type": "switch_session", "sessionPath": str(session_file)}
-        )
+        response = await self.request({"type": "switch_session", "sessionPath": str(session_file)})
         if not response.success:
             raise AgentRequestError(response.error or "pi refused the session switch")
         if decode_answer(response, SwitchResult).cancelled:
