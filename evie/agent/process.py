@@ -196,6 +196,8 @@ class PiProcess:
                 procfs.kill_all(descendants)
                 await self.exited.wait()
             procfs.kill_all(descendants)
+            # gone means gone: what max_processes counts and the reaper looks for
+            await anyio.to_thread.run_sync(procfs.wait_gone, descendants, 2.0)
 
     def _signal(self, signum: signal.Signals) -> None:
         """Signal pi's process group (pi leads it: it was started with setsid)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterable, Iterator
 
 
@@ -55,3 +56,29 @@ def kill_all(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie has finished dying)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Block (in a worker thread) until every pid has exited, at most ``timeout`` seconds.
+
+    SIGKILL is asynchronous: a killed process, or one the kernel is tearing down
+    with its pid namespace, still shows in /proc for a moment. Callers that
+    promise "nothing is left" wait here. Returns the pids still running.
+    """
+    left = [pid for pid in pids if running(pid)]
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = [pid for pid in left if running(pid)]
+    return left

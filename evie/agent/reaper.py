@@ -31,6 +31,7 @@ def reap(owner: str) -> int:
     """SIGKILL every leftover process of ``owner``; returns how many were signalled."""
     pids = marked_processes(owner)
     procfs.kill_all(pids)
+    procfs.wait_gone(pids, 2.0)
     if pids:
         log.warning("stopped %d process(es) left behind by an earlier evie: %s", len(pids), pids)
     return len(pids)
