@@ -17,6 +17,10 @@ layers:
 test *args:
     pytest {{args}}
 
+# the chaos test with many more kill -9s (not part of check); prints its counts
+soak kills="25":
+    CHAOS_KILLS={{kills}} pytest tests/test_chaos.py -s -q
+
 # benchmarks (not part of check): prints figures and writes bench/results/*.json
 bench *args:
     python -m bench {{args}}

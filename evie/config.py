@@ -215,13 +215,6 @@ class DiscordConfig:
 
 
 @attrs.frozen
-class DeliveryConfig:
-    max_chunks: int = setting(
-        8, _pos_int, "replies longer than this many messages go as a file after the first part"
-    )
-
-
-@attrs.frozen
 class HttpConfig:
     listen: str | None = setting(None, _opt(_listen), "loopback host:port for /healthz, /metrics")
     token: str | None = setting(None, _opt_str, "require Authorization: Bearer <token>")
@@ -240,6 +233,20 @@ class PlatformsConfig:
     heartbeat_check: float = setting(
         10.0, _pos_float, "how often a connected gateway is confirmed alive (s)"
     )
+
+
+@attrs.frozen
+class DeliveryConfig:
+    max_chunks: int = setting(
+        8, _pos_int, "replies longer than this many messages go as a file after the first part"
+    )
+    max_age: float = setting(86400.0, _pos_float, "seconds a reply is retried before it is dropped")
+    late_after: float = setting(
+        60.0, _pos_float, "a reply delivered later than this says when it was written"
+    )
+    max_per_chat: int = setting(1000, _pos_int, "undelivered replies kept per chat")
+    retry_base: float = setting(1.0, _pos_float, "first retry delay after a failed delivery")
+    retry_max: float = setting(60.0, _pos_float, "longest delay between delivery retries")
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ import anyio.abc
 import attrs
 
 from evie.chat.backoff import Backoff
+from evie.chat.courier import CourierSettings
 from evie.chat.frontend import ChatFrontend
 from evie.chat.render import SWITCH_INTERVAL
 from evie.config import Config
@@ -56,6 +57,9 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
                 name,
             )
     backoff = Backoff(base=config.platforms.retry_base, cap=config.platforms.retry_cap)
+    d = config.delivery
+    courier = CourierSettings(d.max_age, d.late_after, d.retry_base, d.retry_max)
+    inbox, outbox = runtime.inbox, runtime.outbox
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
@@ -65,6 +69,9 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
                 config.telegram,
                 backoff=backoff,
                 max_chunks=config.delivery.max_chunks,
+                inbox=inbox,
+                outbox=outbox,
+                courier=courier,
             )
         )
     if config.discord.token:
@@ -77,6 +84,9 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
                 backoff=backoff,
                 liveness_interval=config.platforms.heartbeat_check,
                 max_chunks=config.delivery.max_chunks,
+                inbox=inbox,
+                outbox=outbox,
+                courier=courier,
             )
         )
     if terminal:

@@ -48,3 +48,7 @@ class AgentProtocolError(AgentError):
 
 class SessionReplaced(EvieError):
     """The session was replaced (``/new``) or closed while this request waited."""
+
+
+class ShuttingDown(SessionReplaced):
+    """evie is stopping and starts no new turn; the message never reached pi."""

@@ -16,12 +16,21 @@ from evie.agent.launcher import PiLauncher, missing_cwd
 from evie.agent.reaper import lock_state_dir, reap
 from evie.agent.sandbox import Bubblewrap, SandboxChoice, choose
 from evie.config import Config
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.metrics import Metrics
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.state import StateStore
 
 log = logging.getLogger(__name__)
+PLATFORMS = ("tg", "dc")  # chats whose messages pass through the inbox
+RESTART_NOTICE = (
+    "ℹ️ evie was stopped while it was answering your message “{text}”; that turn was "
+    "interrupted and is not run again. The conversation so far is kept — send it again "
+    "if needed."
+)
+
 
 #: gen0 threshold once start-up is over (CPython's default is 700); bench/results/gc_policy.json
 GEN0_THRESHOLD = 10_000
@@ -89,6 +98,8 @@ class Runtime:
     manager: SessionManager
     store: StateStore
     metrics: Metrics
+    inbox: Inbox = attrs.Factory(Inbox)
+    outbox: Outbox = attrs.Factory(Outbox)
 
 
 @asynccontextmanager
@@ -125,6 +136,18 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
     store = StateStore(config.state.dir / "state.json", metrics=metrics)
     records = await anyio.to_thread.run_sync(store.load)
     known = {key: record.session_id for key, record in records.items()}
+    inbox = Inbox(config.state.dir / "inbox.json")
+    outbox = Outbox(config.state.dir / "outbox", max_per_chat=config.delivery.max_per_chat)
+    await anyio.to_thread.run_sync(inbox.load)
+    await anyio.to_thread.run_sync(outbox.load)
+    if outbox.uncertain:
+        log.warning(
+            "re-sending %d repl%s whose delivery was cut off when evie stopped "
+            "(the platform may already have it: it can arrive twice)",
+            outbox.uncertain,
+            "y" if outbox.uncertain == 1 else "ies",
+        )
+    await _tell_interrupted(inbox, outbox, store)
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         try:
@@ -135,6 +158,31 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
                 observer=store,
                 known_sessions=known,
             ) as manager:
-                yield Runtime(config, manager, store, metrics)
+                yield Runtime(config, manager, store, metrics, inbox, outbox)
         finally:
             tg.cancel_scope.cancel()  # the writer flushes on its way out
+            inbox.close()
+
+
+async def _tell_interrupted(inbox: Inbox, outbox: Outbox, store: StateStore) -> None:
+    """Messages whose turn had begun when evie died are not run again; their chats are told.
+
+    One notice per such message, quoting it (a running turn and a follow-up pi had
+    started are two lost answers). For chats that pass through the inbox these replace
+    the state file's generic notice, which is dropped — also when no started item is
+    behind it: that turn did finish (its item leaves the inbox only once its replies are
+    in the outbox); only the state file's record of that came too late. The notices
+    are in the outbox on disk before the items leave the inbox.
+    """
+    if inbox.existed:
+        for key in store.pending_notices():
+            if key.split(":", 1)[0] in PLATFORMS:
+                store.take_notice(key)
+    if not inbox.interrupted:
+        return
+    for item in inbox.interrupted:
+        text = item.text if len(item.text) <= 60 else item.text[:59] + "…"
+        outbox.put(item.chat, RESTART_NOTICE.format(text=text))
+    await outbox.commit()
+    inbox.forget_interrupted()
+    await inbox.commit()

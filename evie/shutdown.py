@@ -11,7 +11,9 @@
    ignored the abort ends as interrupted, and its chat is told that;
 6. the platforms get up to ``delivery_grace`` seconds to post those last lines
    and return (:class:`~evie.platforms.contract.Platform` ``run`` returns once
-   its handlers are done); whatever is still delivering then is cut short.
+   its handlers are done and its courier has drained the outbox, for a bounded
+   time of its own); whatever is still delivering then is cut short — what is
+   left in the outbox stays on disk and goes out at the next start (adr/0012).
 
 The runtime flushes state as it closes, right after. The SessionManager only
 offers the primitives (``stop_accepting``, ``wait_for_turns``, ``abort_all``,

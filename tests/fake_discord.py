@@ -1,13 +1,14 @@
 """A fake Discord REST API and gateway websocket on 127.0.0.1, for the real discord.py.
 
 REST: users/@me, oauth2/applications/@me, gateway/bot, channel messages
-(create, edit), typing. Gateway: HELLO, IDENTIFY → READY, heartbeat ACK,
-RESUME → RESUMED with replay of what was missed, MESSAGE_CREATE injection,
-forced disconnects. Faults per route: 429 (sent the way Discord does, with a
-``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx. Gateway
-outages: ``refuse_gateway`` answers that many websocket upgrades with an HTML
-502 page. Enforces the 2000-character limit (400, code 50035) and the
-message-content intent.
+(create, edit, history with after/before/limit), typing. Gateway: HELLO,
+IDENTIFY → READY, heartbeat ACK, RESUME → RESUMED with replay of what was missed,
+MESSAGE_CREATE injection, forced disconnects. Faults per route: 429 (sent the way
+Discord does, with a ``Via`` header, ``Retry-After`` and JSON ``retry_after``), 5xx.
+Gateway outages: ``refuse_gateway`` answers that many websocket upgrades with an
+HTML 502 page; ``gateway_down`` refuses them all while set (messages posted meanwhile
+reach only REST history); ``forget_sessions`` answers RESUME with INVALID_SESSION.
+Enforces the 2000-character limit (400, code 50035) and the message-content intent.
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ class FakeDiscord:
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
     content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
     gateway_attempts: int = 0
+    history: list[dict[str, Any]] = attrs.Factory(list)  # users' messages, for GET .../messages
+    gateway_down: bool = False  # refuse gateway connections (REST stays up)
+    forget_sessions: bool = False  # answer RESUME with INVALID_SESSION: nothing is replayed
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # REST path -> gate
 
     def hold(self, path: str) -> anyio.Event:
@@ -217,10 +221,13 @@ class FakeDiscord:
         data = _message_payload(message_id, channel_id, content, author)
         data["attachments"] = attachments or []
         data["mentions"] = [BOT_USER] if mention_bot else []
+        self.history.append(dict(data))
         if guild_id is not None:
             data["guild_id"] = str(guild_id)
             data["member"] = {"roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
                               "deaf": False, "mute": False}  # fmt: skip
+        if self.gateway_down:
+            return message_id  # posted, but no gateway to hear about it: only REST has it
         await self._dispatch("MESSAGE_CREATE", data)
         return message_id
 
@@ -274,6 +281,8 @@ class FakeDiscord:
             self.refuse_gateway -= 1
             page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
             return web.Response(text=page, status=502, content_type="text/html")
+        if self.gateway_down:
+            return web.Response(status=503, text="gateway unavailable")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
@@ -304,6 +313,8 @@ class FakeDiscord:
                     ready["shard"] = shard
                 await self._dispatch("READY", ready, record=False)
                 await self._dispatch("GUILD_CREATE", _guild(), record=False)
+            elif op == 6 and self.forget_sessions:
+                await ws.send_str(json.dumps({"op": 9, "d": False}))  # start a new session
             elif op == 6:
                 self.resumes += 1
                 since = (payload["d"].get("seq") or 0) - self.replay_overlap
@@ -378,6 +389,8 @@ class FakeDiscord:
             channel_id = int(parts[1])
             if parts[2] == "typing":
                 return web.Response(status=204)
+            if parts[2] == "messages" and request.method == "GET" and len(parts) == 3:
+                return _json(self._channel_history(channel_id, request.query))
             if parts[2] == "messages":
                 body, files = await self._message_body(request)
                 content = body.get("content") or ""
@@ -407,6 +420,21 @@ class FakeDiscord:
         form = await request.post()
         files = [(v.filename, v.file.read()) for v in form.values() if isinstance(v, web.FileField)]
         return json.loads(str(form.get("payload_json", "{}"))), files
+
+    def _channel_history(self, channel_id: int, query: Any) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages: newest first, like Discord, with after/before/limit."""
+        after = int(query.get("after", 0))
+        before = int(query.get("before", 0)) or None
+        limit = int(query.get("limit", 50))
+        mine = [self._message_json(m) for m in self.messages.values() if m.channel_id == channel_id]
+        found = [
+            m
+            for m in [*mine, *(h for h in self.history if int(h["channel_id"]) == channel_id)]
+            if int(m["id"]) > after and (before is None or int(m["id"]) < before)
+        ]
+        found.sort(key=lambda m: int(m["id"]))
+        page = found[:limit] if after else found[-limit:]
+        return list(reversed(page))
 
     def _message_json(self, m: PostedMessage) -> dict[str, Any]:
         return _message_payload(m.id, m.channel_id, m.content, BOT_USER)

@@ -157,6 +157,7 @@ class FakeTelegram:
     _closing: bool = False
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
+    down: bool = False  # an outage: every method answers 503 while set
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
     reject_html: bool = False  # refuse every HTML message, as if our markup were broken
 
@@ -273,6 +274,8 @@ class FakeTelegram:
         self._wake()
         if request.match_info["token"] != TOKEN:  # what the real Bot API says to a bad token
             return self._error(401, "Unauthorized")
+        if self.down:
+            return self._error(503, "Service Unavailable")
         gate = self.holds.get(method)
         if gate is not None:
             await gate.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -174,6 +175,93 @@ async def test_image_attachments_reach_pi(
     assert prompt["images"] == [
         {"type": "image", "data": base64.b64encode(picture).decode(), "mimeType": "image/png"}
     ]
+
+
+@pytest.mark.timeout(90)
+async def test_messages_posted_while_the_gateway_was_down_are_answered_once(
+    dc: Harness,
+) -> None:
+    """The gateway is away (3 s standing for 30 s) and the session cannot be resumed, so
+    nothing is replayed: evie reads the channel's REST history after it reconnects."""
+    await dc.fake.push_message("before", channel_id=DM)
+    await dc.shows(DM, "echo: before")
+    await dc.fake.push_message("in the channel", channel_id=600, guild_id=1, mention_bot=True)
+    await dc.shows(600, "echo: in the channel")
+    dc.fake.forget_sessions = True
+    dc.fake.gateway_down = True
+    await dc.fake.disconnect()
+    for n in range(5):
+        await dc.fake.push_message(f"while away {n}", channel_id=DM)
+    await dc.fake.push_message("chatter, not for the bot", channel_id=600, guild_id=1)
+    await anyio.sleep(3)
+    dc.fake.gateway_down = False
+    await dc.fake.wait_for(
+        lambda: any("echo: while away 4" in t for t in dc.fake.channel_view(DM)), seconds=60
+    )
+    await dc.fake.push_message("after", channel_id=DM)
+    await dc.shows(DM, "echo: after")
+    await anyio.sleep(0.3)
+    answers = [t for t in dc.fake.channel_view(DM) if t.startswith("echo: ")]
+    assert answers == [
+        "echo: before",
+        *(f"echo: while away {n}" for n in range(5)),
+        "echo: after",
+    ]
+    assert not any("chatter" in t for t in dc.fake.channel_view(600))
+    assert dc.fake.identifies >= 2  # a new session, not a resume
+
+
+@pytest.mark.timeout(90)
+async def test_messages_posted_while_evie_was_stopped_are_answered_after_it_starts(
+    tmp_path: Path,
+) -> None:
+    """The last seen message id per channel is on disk; a new evie reads what it missed."""
+    from evie.durable.inbox import Inbox
+    from evie.durable.outbox import Outbox
+
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        async with running_fake_discord() as fake:
+            config = DiscordConfig(
+                token=TOKEN,
+                api_url=fake.api_url,
+                gateway_url=fake.gateway_url,
+                allowed_user_ids=frozenset({OWNER}),
+            )
+
+            async def serve() -> AsyncIterator[None]:
+                inbox = Inbox(tmp_path / "inbox.json")
+                outbox = Outbox(tmp_path / "outbox")
+                inbox.load()
+                outbox.load()
+                async with SessionManager(fake_launcher(tmp_path)) as manager:
+                    interface = DiscordInterface(
+                        manager, config, delivery=Delivery(base_backoff=0.01),
+                        client_options={"guild_ready_timeout": 0.05}, inbox=inbox,
+                        outbox=outbox,
+                    )  # fmt: skip
+                    async with anyio.create_task_group() as group:
+                        with anyio.fail_after(20):
+                            await group.start(interface.run)
+                            await interface.wait_connected()  # run reports started at once
+                        yield
+                        group.cancel_scope.cancel()
+
+            async with asynccontextmanager(serve)():
+                await fake.push_message("first", channel_id=DM)
+                await fake.wait_for(lambda: "echo: first" in fake.channel_view(DM))
+            fake.gateway_down = True  # nobody listening: these reach only the history
+            for n in range(3):
+                await fake.push_message(f"missed {n}", channel_id=DM)
+            fake.gateway_down = False
+            async with asynccontextmanager(serve)():
+                await fake.wait_for(lambda: "echo: missed 2" in fake.channel_view(DM), 30)
+                await anyio.sleep(0.3)
+            answers = [t for t in fake.channel_view(DM) if t.startswith("echo: ")]
+            assert answers == ["echo: first", "echo: missed 0", "echo: missed 1", "echo: missed 2"]
+    finally:
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
 
 async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: Path) -> None:

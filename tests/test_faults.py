@@ -107,9 +107,13 @@ async def test_slow_telegram_while_pi_streams_a_megabyte(
         lambda: (s := manager.get_status(key)) is not None and s.last_outcome is not None,
         seconds=120,
     )
+
+    # the turn is over once the reply is in the outbox; delivery follows. 245 messages'
+    # worth: the first one, and the whole reply as a file after it (both via the outbox)
+    await fake.wait_for(lambda: len(fake.documents) == 1, seconds=60)
     view = fake.chat_view(OWNER)
     shown = [t for t in view if t[:1] in set("0123456789abcdef")]
-    [document] = fake.documents  # 245 messages' worth: the first one, and the rest as a file
+    [document] = fake.documents
     assert document.data.decode().replace("\n", "") == expected  # every byte, once, in order
     assert len(shown) == 1
     assert expected.startswith(shown[0].replace("\n", ""))

@@ -228,9 +228,11 @@ async def test_a_reply_that_cannot_be_delivered_is_one_line_not_a_crash(
     caplog.set_level(logging.INFO)
     tg.fake.inject("sendMessage", Fault(403, "Forbidden: bot was blocked by the user"), times=5)
     tg.fake.push_message("hello?")
-    await wait_until(lambda: bool(lines(caplog, "evie.chat.frontend", "could not deliver")))
+    # replies leave through the outbox: its courier logs the refusal (adr/0012)
+    await wait_until(lambda: bool(lines(caplog, "evie.chat.courier", "refused a reply")))
     assert not lines(caplog, "evie.chat.frontend", "unexpected error")
     assert_one_line_each(lines(caplog, "evie.chat.frontend", ""))
+    assert_one_line_each(lines(caplog, "evie.chat.courier", ""))
     tg.fake.faults["sendMessage"].clear()  # unblocked
     tg.fake.push_message("and now?")
     await tg.answered("and now?")

@@ -170,7 +170,12 @@ async def test_long_replies_are_split_under_the_limit(tg: Harness) -> None:
     paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(30)]
     text = "\n\n".join(paragraphs)
     tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 2000}]))
-    await tg.final_text(OWNER, "Paragraph 29:")
+    # the live preview shows the tail first; wait for the delivered reply (every paragraph)
+    await tg.fake.wait_for(
+        lambda: all(
+            any(f"Paragraph {i}:" in t for t in tg.fake.chat_view(OWNER)) for i in range(30)
+        )
+    )
     await anyio.sleep(0.1)
     view = [t for t in tg.fake.chat_view(OWNER) if "Paragraph" in t]
     assert len(view) > 1

@@ -1,4 +1,9 @@
-"""Chat logic shared by every platform: access control, commands, turns, acknowledgements."""
+"""Chat logic shared by every platform: access control, commands, turns, acknowledgements.
+
+Messages from allowed users pass through the durable inbox (:meth:`ChatFrontend.accept`,
+then :meth:`ChatFrontend.admit` once the batch is on disk); replies and notices leave
+through the durable outbox, delivered by the :class:`Courier` (adr/0012).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.abc
+import attrs
 
-from evie.agent.events import Prompt
+from evie.agent.events import AssistantMessage, FollowUpStarted, Prompt, TurnEvent, TurnFinished
 from evie.chat.commands import (
     IMAGE_FAILED,
     LAST_REPLY_CAPTION,
@@ -21,12 +28,24 @@ from evie.chat.commands import (
     run_command,
 )
 from evie.chat.contract import ChatRef, DeliveryError, Incoming, Transport
+from evie.chat.courier import Courier, CourierSettings
 from evie.chat.streaming import Delivery, ReplyStreamer, one_line
-from evie.errors import EvieError
+from evie.durable.inbox import QUEUED, STARTED, Inbox, InboxItem
+from evie.durable.outbox import Outbox
+from evie.errors import EvieError, ShuttingDown
 from evie.logs import chat_var
-from evie.sessions.manager import Queued, SessionManager
+from evie.sessions.manager import EventSink, Queued, SessionManager
 
 log = logging.getLogger(__name__)
+STOPPING_NOTICE = "⏸ evie is stopping; this message is kept and answered when evie is back."
+
+
+@attrs.frozen
+class Accepted:
+    """A message past de-duplication; ``seq`` is its inbox item (None: a stranger's)."""
+
+    msg: Incoming
+    seq: int | None
 
 
 _SECTION = {"tg": "telegram", "dc": "discord"}
@@ -53,8 +72,15 @@ class ChatFrontend:
         bot_username: str | None = None,
         platform: str = "",
         max_chunks: int = 8,
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         self.platform = platform
+        self.inbox = inbox if inbox is not None else Inbox()  # no path: in memory only
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.courier = Courier(self.outbox, transport, platform, courier)
+        self._inflight: dict[str, list[int]] = {}  # chat -> items handed to pi, not finished
         self.manager = manager
         self.transport = transport
         self.allowed = frozenset(allowed_user_ids)
@@ -64,37 +90,81 @@ class ChatFrontend:
         self.refusal_interval = refusal_interval
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
-        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed updates
         self.max_chunks = max_chunks
         self._streamers: dict[str, set[ReplyStreamer]] = {}  # replies in flight, per chat
         self._last: OrderedDict[str, str] = OrderedDict()  # the last reply per chat, for /last
+        #: the last finished turn's streamer per chat: /stop drops its reply's unsent entries
+        self._delivering: OrderedDict[str, ReplyStreamer] = OrderedDict()
         #: extra lines for /status (how each platform is doing), set by whoever knows them
         self.status_footer: Callable[[], str] | None = None
 
+    # -- intake: the inbox ------------------------------------------------------------
+
+    def accept(self, msg: Incoming) -> Accepted | None:
+        """Put an allowed user's message in the inbox (in memory); None for a replay
+        or for ``/cmd@OtherBot`` (not ours, and never a prompt for pi).
+
+        Call :meth:`admit` with the batch afterwards: it makes the batch durable
+        before anything runs, and only then may the platform's offset move on.
+        """
+        if for_another_bot(msg.text.strip(), self.bot_username):
+            return None
+        if not self.allows(msg.user_id):
+            return Accepted(msg, None)  # strangers get a refusal; nothing to keep
+        item = self.inbox.add(msg.chat.key, msg.user_id, msg.message_id, msg.text)
+        if item is None:
+            log.info("chat %s: ignoring replayed message %s", msg.chat.key, msg.message_id)
+            return None
+        return Accepted(msg, item.seq)
+
+    async def admit(self, batch: list[Accepted], tg: anyio.abc.TaskGroup) -> None:
+        """Write the batch (and any cursor set with it) to disk, then handle it in order."""
+        await self.inbox.commit()
+        for accepted in batch:
+            tg.start_soon(self.process, accepted)
+
+    def resume(self, tg: anyio.abc.TaskGroup) -> int:
+        """Handle, in order, this platform's inbox items left from before a restart."""
+        items = self.inbox.pending(self.platform)
+        for item in items:
+            tg.start_soon(self.process, Accepted(self._incoming(item), item.seq))
+        if items:
+            log.info("%s: resuming %d message(s) received before the restart", self.platform,
+                     len(items))  # fmt: skip
+        return len(items)
+
+    @staticmethod
+    def _incoming(item: InboxItem) -> Incoming:
+        chat = ChatRef.from_key(item.chat)
+        assert chat is not None
+        return Incoming(chat, item.user_id, item.text, message_id=item.message_id)
+
     async def handle(self, msg: Incoming) -> None:
-        """Handle one incoming message to completion (run it in its own task)."""
+        """Accept one message and handle it to completion (run it in its own task)."""
+        accepted = self.accept(msg)
+        if accepted is None:
+            return
+        await self.inbox.commit()
+        await self.process(accepted)
+
+    async def process(self, accepted: Accepted) -> None:
+        msg, seq = accepted.msg, accepted.seq
         chat_var.set(msg.chat.key)
-        if msg.message_id is not None:
-            seen = (msg.chat.key, msg.message_id)
-            if seen in self._seen:
-                log.info("chat %s: ignoring replayed message %s", msg.chat.key, msg.message_id)
-                return
-            self._seen[seen] = None
-            if len(self._seen) > 10_000:
-                self._seen.popitem(last=False)
+        finished = False
         try:
-            if for_another_bot(msg.text.strip(), self.bot_username):
-                return  # /cmd@OtherBot: not ours, and never a prompt for pi
-            if not self.allows(msg.user_id):
+            if seq is None:  # a stranger's
                 if msg.addressed:  # a bare /cmd in a group draws no public reply
                     await self._refuse(msg)
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
             if command is not None:
+                await self._started(seq)
                 await self._command(command, msg.chat)
-                return
-            await self._converse(msg)
+                finished = True
+            else:
+                finished = await self._converse(msg, seq)
         except Exception as exc:  # one chat's bug must not take the interface (and every chat) down
+            finished = True
             error = sole_error(exc)  # a task group wraps what its body raised
             if isinstance(error, DeliveryError):
                 log.error("chat %s: could not deliver to the platform: %s", msg.chat.key, error)
@@ -107,10 +177,25 @@ class ChatFrontend:
             )
             log.debug("chat %s: traceback", msg.chat.key, exc_info=True)
             with anyio.move_on_after(10):
-                try:
-                    await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
-                except DeliveryError:
-                    pass
+                await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
+        finally:
+            if seq is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(msg.chat.key, seq, finished)
+
+    async def _started(self, seq: int) -> None:
+        """Record that this item's turn begins (before it does): it will never run twice."""
+        self.inbox.mark(seq, STARTED)
+        await self.inbox.commit()
+
+    async def _settle(self, key: str, seq: int, finished: bool) -> None:
+        """Remove a handled item. One cut short before it started stays, to run again."""
+        item = self.inbox.get(seq)
+        if item is None or seq in self._inflight.get(key, ()):
+            return  # queued into a running turn: that turn's end settles it
+        if finished or item.state == STARTED:
+            self.inbox.remove(seq)
+            await self.inbox.commit()
 
     async def _refuse(self, msg: Incoming) -> None:
         """One short refusal per stranger per interval; never touches the manager."""
@@ -123,10 +208,15 @@ class ChatFrontend:
         while len(self._refused) > 10_000:
             self._refused.popitem(last=False)
         log.info(refusal_log_line(self.platform, msg.user_id, msg.username))
-        await self.say(msg.chat, REFUSAL)
+        try:  # best effort, and never queued for a stranger
+            await self.delivery.run(lambda: self.transport.send(msg.chat, REFUSAL, formatted=False))
+        except DeliveryError as exc:
+            log.info("chat %s: could not deliver a refusal: %s", msg.chat.key, exc)
 
     async def say(self, chat: ChatRef, text: str) -> None:
-        await self.delivery.run(lambda: self.transport.send(chat, text, formatted=False))
+        """Queue a notice for this chat in the outbox; the courier delivers it in order."""
+        self.outbox.put(chat.key, text)
+        await self.outbox.commit()
 
     async def _command(self, command: str, chat: ChatRef) -> None:
         if command == "last":
@@ -140,7 +230,10 @@ class ChatFrontend:
             return LAST_REPLY_SENT if await self.send_last(chat) else NO_LAST_REPLY
         stopped = False
         if command == "stop":
-            streamers = self._streamers.get(chat.key, set())
+            streamers = set(self._streamers.get(chat.key, set()))
+            finished = self._delivering.get(chat.key)
+            if finished is not None:
+                streamers.add(finished)
             stopped = any([s.stop_delivery() for s in streamers])
         text = await run_command(self.manager, chat.key, command, delivery_stopped=stopped)
         if command == "status" and self.status_footer is not None:
@@ -179,17 +272,16 @@ class ChatFrontend:
             text = take(key)
             if text is None:
                 continue
-            try:
-                await self.say(chat, f"ℹ️ {text}")
-                posted += 1
-            except DeliveryError as exc:
-                log.warning("chat %s: could not deliver a notice: %s", key, exc)
+            await self.say(chat, f"ℹ️ {text}")
+            posted += 1
         return posted
 
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed
 
-    async def _converse(self, msg: Incoming) -> None:
+    async def _converse(self, msg: Incoming, seq: int) -> bool:
+        """Run or queue the message; False when evie is stopping and it never reached pi
+        (it stays in the inbox and runs after the restart)."""
         images = msg.images
         if msg.fetch_images is not None:
             try:
@@ -197,9 +289,9 @@ class ChatFrontend:
             except DeliveryError as exc:  # say so; a prompt without its image would mislead pi
                 log.warning("chat %s: image download failed: %s", msg.chat.key, exc)
                 await self.say(msg.chat, IMAGE_FAILED.format(error=one_line(exc, 120)))
-                return
+                return True
         if not msg.text.strip() and not images:
-            return
+            return True
         prompt = Prompt(msg.text, images)
         key = msg.chat.key
         streamer = ReplyStreamer(
@@ -209,15 +301,27 @@ class ChatFrontend:
             edit_interval=self.edit_interval,
             max_chunks=self.max_chunks,
             on_reply=lambda text: self._remember(key, text),
+            outbox=self.outbox,
         )
         self._streamers.setdefault(key, set()).add(streamer)
+        inflight = self._inflight.setdefault(key, [])
+        inflight.append(seq)  # from here pi may take it as a follow-up of a running turn
+        result = None
+        taken = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_typing, msg.chat)
             tg.start_soon(streamer.live_updates)
             try:
-                result = await self.manager.send(key, prompt, streamer)
+                result = await self.manager.send(
+                    key,
+                    prompt,
+                    self._tracking(key, seq, streamer),
+                    on_start=lambda: self._started(seq),
+                )
+            except ShuttingDown:
+                taken = False
+                await self.say(msg.chat, STOPPING_NOTICE)
             except EvieError as exc:
-                result = None
                 await self.say(msg.chat, f"⚠️ {exc}")
             finally:
                 tg.cancel_scope.cancel()
@@ -225,9 +329,62 @@ class ChatFrontend:
                 streamers.discard(streamer)
                 if not streamers:
                     self._streamers.pop(key, None)
+                self._delivering[key] = streamer  # its reply may still be in the outbox: /stop
+                self._delivering.move_to_end(key)
+                while len(self._delivering) > 64:
+                    self._delivering.popitem(last=False)
+                if not isinstance(result, Queued) and seq in inflight:
+                    inflight.remove(seq)
         if isinstance(result, Queued):
+            item = self.inbox.get(seq)
+            if item is not None and item.state != STARTED:
+                self.inbox.mark(seq, QUEUED)  # durable with the next commit; reruns if lost
             how = "I'll steer the current work with it" if result.steer else "I'll answer it next"
             await self.say(msg.chat, f"📥 Got it — {how} (queued #{result.position}).")
+        return taken
+
+    def _tracking(self, key: str, seq: int, sink: EventSink) -> EventSink:
+        """The turn's sink, recording follow-ups as pi starts them (before their answers)."""
+
+        answering: list[int | None] = [seq]  # the item whose answer pi is writing now
+
+        async def on_event(event: TurnEvent) -> None:
+            inflight = self._inflight.get(key, [])
+            if isinstance(event, FollowUpStarted):
+                started = self._followup(inflight, seq, event.text)
+                if started is not None:
+                    await self._started(started)
+                answering[0] = started
+            await sink(event)
+            done = answering[0]
+            if isinstance(event, AssistantMessage) and event.stop_reason != "toolUse" and done:
+                # its answer is in the outbox now: a restart must not call it interrupted
+                answering[0] = None
+                if done != seq and done in inflight:
+                    inflight.remove(done)
+                self.inbox.remove(done)
+                await self.inbox.commit()
+            if isinstance(event, TurnFinished):
+                for other in list(inflight):
+                    item = self.inbox.get(other)
+                    if other != seq and item is not None and item.state in (STARTED, QUEUED):
+                        inflight.remove(other)  # answered in this turn, or told unanswered
+                        self.inbox.remove(other)
+                await self.inbox.commit()
+
+        return on_event
+
+    def _followup(self, inflight: list[int], running: int, text: str) -> int | None:
+        """Which queued item pi just started: the oldest with this text, else the oldest."""
+        candidates = []
+        for seq in inflight:
+            item = self.inbox.get(seq)
+            if seq != running and item is not None and item.state != STARTED:
+                candidates.append(item)
+        for item in candidates:
+            if item.text == text:
+                return item.seq
+        return candidates[0].seq if candidates else None
 
     async def _keep_typing(self, chat: ChatRef) -> None:
         while True:

@@ -6,10 +6,11 @@ each complete assistant message then replaces it with the final, formatted
 text, split into as many messages as the platform's limit requires (rendered
 off the event loop when big, :mod:`evie.chat.render`). A reply longer than
 ``max_chunks`` messages is sent as its first message plus the whole reply as a
-Markdown file. Every send and edit goes through :class:`Delivery`, which
-honours rate limits and retries server errors, so a reply is delivered once
-and in order; :meth:`ReplyStreamer.stop_delivery` (``/stop``) cancels what is
-not yet sent.
+Markdown file. Final chunks (markup, their plain text, the preview to edit)
+and the file go to the chat's outbox, which the courier delivers in order
+through outages (adr/0012); without an outbox every send goes through
+:class:`Delivery`. :meth:`ReplyStreamer.stop_delivery` (``/stop``) cancels
+what is not yet sent.
 
 This is the event sink the SessionManager awaits; it may be slow, because
 pi's output is drained and coalesced independently (adr/0004). Run
@@ -48,6 +49,7 @@ from evie.chat.contract import (
     Transport,
 )
 from evie.chat.render import Chunk, render_off_loop, split_plain
+from evie.durable.outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,11 +144,15 @@ class ReplyStreamer:
         edit_interval: float = 1.0,
         max_chunks: int = 8,
         on_reply: Callable[[str], None] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
+        self._outbox = outbox  # finished chunks go there; it owns delivery (adr/0012)
         self._transport = transport
         self._max_chunks = max_chunks
         self._on_reply = on_reply  # told each final reply (the frontend keeps it for /last)
         self._delivering: anyio.CancelScope | None = None  # the reply being sent, for /stop
+        self._queued: list[int] = []  # outbox entries of the current reply, for /stop
+        self._queued_total = 0  # how many messages that reply has
         self._rendering = False
         self._stop_requested = False
         self._chat = chat
@@ -188,6 +194,8 @@ class ReplyStreamer:
         """
         while True:
             await anyio.sleep(self._edit_interval)
+            if self._outbox is not None and self._outbox.backlog(self._chat.key):
+                continue  # earlier replies are still on their way: previews wait
             async with self._lock:
                 if self._pieces or self._status:
                     preview = self._preview()
@@ -199,10 +207,26 @@ class ReplyStreamer:
         if self._rendering:  # a big reply still being rendered: send none of it
             self._stop_requested = True
             return True
+        if self._outbox is not None:
+            return self._drop_queued()
         scope = self._delivering
         if scope is None:
             return False
         scope.cancel()
+        return True
+
+    def _drop_queued(self) -> bool:
+        """Drop the current reply's outbox entries not yet handed to the platform and say
+        how many were sent; a send already under way completes (counted as sent)."""
+        assert self._outbox is not None
+        queued, self._queued = self._queued, []
+        dropped = self._outbox.discard(self._chat.key, queued)
+        if not dropped:
+            return False
+        messages = queued[: self._queued_total]  # the document entry, if any, comes last
+        sent = self._queued_total - len([seq for seq in dropped if seq in messages])
+        notice = DELIVERY_STOPPED.format(sent=sent, total=self._queued_total)
+        self._outbox.put(self._chat.key, notice)  # committed by the command's own reply
         return True
 
     # -- live preview ----------------------------------------------------------
@@ -270,6 +294,9 @@ class ReplyStreamer:
     async def _send_reply(self, markdown: str, chunks: list[Chunk], live: Sent | None) -> None:
         """Deliver one reply; a long one as its first message plus a file. /stop ends it."""
         as_file = len(chunks) > self._max_chunks
+        if self._outbox is not None:
+            await self._queue_reply(markdown, chunks, live, as_file=as_file)
+            return
         sent = 0
         with anyio.CancelScope() as scope:
             self._delivering = scope
@@ -289,6 +316,32 @@ class ReplyStreamer:
         if scope.cancel_called:
             total = 1 if as_file else len(chunks)
             await self.post(DELIVERY_STOPPED.format(sent=sent, total=total), formatted=False)
+
+    async def _queue_reply(
+        self, markdown: str, chunks: list[Chunk], live: Sent | None, *, as_file: bool
+    ) -> None:
+        """Hand the reply to the outbox (the courier delivers it, adr/0012); a long one
+        as its first message plus a document entry."""
+        outbox = self._outbox
+        assert outbox is not None
+        key = self._chat.key
+        total = 1 if as_file else len(chunks)
+        if self._stop_requested:  # /stop came while the reply was rendering
+            outbox.put(key, DELIVERY_STOPPED.format(sent=0, total=total))
+            await outbox.commit()
+            return
+        queued = []
+        for i, chunk in enumerate(chunks[:1] if as_file else chunks):
+            edit_of = live.message_id if live is not None and i == 0 else None
+            entry = outbox.put(
+                key, chunk.markup, formatted=True, plain=chunk.plain, edit_of=edit_of
+            )
+            queued.append(entry.seq)
+        if as_file:
+            caption = AS_FILE_CAPTION.format(chunks=len(chunks))
+            queued.append(outbox.put_document(key, REPLY_FILE, markdown, caption).seq)
+        self._queued, self._queued_total = queued, total
+        await outbox.commit()  # one write for the whole reply
 
     async def send_file(self, markdown: str, caption: str) -> None:
         chat, transport = self._chat, self._transport
@@ -333,6 +386,10 @@ class ReplyStreamer:
         )
 
     async def post(self, text: str, *, formatted: bool) -> None:
+        if self._outbox is not None:
+            self._outbox.put(self._chat.key, text, formatted=formatted)
+            await self._outbox.commit()
+            return
         chat, transport = self._chat, self._transport
         await self._delivery.run(lambda: transport.send(chat, text, formatted=formatted))
 

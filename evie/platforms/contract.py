@@ -16,9 +16,11 @@ Lifecycle, in order:
    reading). Messages already being handled carry on: their turns finish,
    and their last lines (the answer, "Stopped.", an interruption notice) are
    still delivered.
-4. :meth:`Platform.run` **returns** once intake has stopped and every message
-   handler has finished. It returns by itself too when the platform ends on
-   its own (the terminal at end of input); the daemon then stops the rest.
+4. :meth:`Platform.run` **returns** once intake has stopped, every message
+   handler has finished and (Telegram, Discord) its courier has had a bounded
+   time to deliver what they left in the outbox (adr/0012). It returns by
+   itself too when the platform ends on its own (the terminal at end of
+   input); the daemon then stops the rest.
    Cancelling ``run`` cuts handlers short: the daemon does that only after the
    shutdown timeline has given them their time.
 

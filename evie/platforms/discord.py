@@ -5,7 +5,10 @@ Like the Telegram adapter it only translates; the chat logic is the shared
 to it) are handled; a thread is its own channel, so it is its own session.
 Replies go over REST, independent of the gateway, so a gateway drop or RESUME
 does not touch a turn in flight, and replayed MESSAGE_CREATEs are ignored by
-message id.
+message id. The last message id seen per channel is kept in the inbox; after
+every (re)connect the channels' REST history since then is read, so what was
+posted while the gateway was away (or evie was down) is handled in order, once
+(adr/0012).
 
 Supervision (adr/0011): each attempt logs in and connects a fresh client under
 :func:`evie.platforms.supervisor.supervise`. Once connected, discord.py's own
@@ -21,6 +24,7 @@ import base64
 import contextvars
 import io
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -35,11 +39,14 @@ from evie.agent.events import Image
 from evie.chat.backoff import Backoff
 from evie.chat.commands import CHAT_COMMANDS, REFUSAL
 from evie.chat.contract import ChatRef, Incoming, Permanent, RetryLater, Sent, Transient
-from evie.chat.frontend import ChatFrontend
+from evie.chat.courier import CourierSettings
+from evie.chat.frontend import Accepted, ChatFrontend
 from evie.chat.render import Flavor
 from evie.chat.render.discord import DiscordFlavor
 from evie.chat.streaming import Delivery
 from evie.config import DeliveryConfig, DiscordConfig
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
@@ -50,6 +57,8 @@ _DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.confi
 T = TypeVar("T")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 NO_MENTIONS = discord.AllowedMentions.none()
+CATCH_UP = "catch-up"  # put in the intake stream at every (re)connect
+HISTORY_LIMIT = 500  # most messages read back per channel after a reconnect
 
 
 async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
@@ -189,9 +198,11 @@ class _Client(discord.Client):
     async def on_ready(self) -> None:
         await self._owner._sync_app_commands()
         self._owner._connected("ready")
+        self._owner._catch_up_later()
 
     async def on_resumed(self) -> None:
         self._owner._connected("resumed")
+        self._owner._catch_up_later()
 
     async def on_disconnect(self) -> None:
         self._owner._disconnected()
@@ -218,10 +229,17 @@ class DiscordInterface:
         backoff: Backoff | None = None,
         liveness_interval: float = 10.0,
         max_chunks: int = _DELIVERY.max_chunks,
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         self._max_chunks = max_chunks
         if not config.token:
             raise ConfigError("[discord] token is not set (or set EVIE_DISCORD_TOKEN)")
+        self._inbox, self._outbox, self._courier = inbox, outbox, courier
+        self._intake_send, self._intake_receive = anyio.create_memory_object_stream[
+            discord.Message | str
+        ](math.inf)
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
@@ -267,18 +285,30 @@ class DiscordInterface:
             edit_interval=self._config.edit_interval,
             platform="dc",
             max_chunks=self._max_chunks,
+            inbox=self._inbox,
+            outbox=self._outbox,
+            courier=self._courier,
         )
+        frontend = self.frontend
         try:
-            async with anyio.create_task_group() as connection:
-                connection.start_soon(self._watch_heartbeat)
-                connection.start_soon(self._supervised)
-                async with anyio.create_task_group() as handlers:
-                    self._tg = handlers
-                    self.liveness.begin()
-                    task_status.started()
-                    await self._intake_stopped.wait()
-                # every message handler has finished: drop the gateway connection
-                connection.cancel_scope.cancel()
+            async with anyio.create_task_group() as delivery:
+                delivery.start_soon(frontend.courier.run)
+                async with anyio.create_task_group() as connection:
+                    connection.start_soon(self._watch_heartbeat)
+                    connection.start_soon(self._supervised)
+                    async with anyio.create_task_group() as handlers:
+                        self._tg = handlers
+                        frontend.resume(handlers)  # before any new message: order kept
+                        handlers.start_soon(self._intake, handlers)  # ends when intake stops
+                        self.liveness.begin()
+                        task_status.started()
+                        await self._intake_stopped.wait()
+                    # every message handler has finished. Replies go over REST with the
+                    # connected client: deliver the last lines (bounded; what is left stays
+                    # on disk for the next start), then drop the gateway (adr/0009 step 6)
+                    await frontend.courier.settle()
+                    connection.cancel_scope.cancel()
+                delivery.cancel_scope.cancel()
         finally:
             self.liveness.stopped("stopped")
             if self._client is not None:
@@ -289,6 +319,7 @@ class DiscordInterface:
         """Hold a gateway session; returns only when Discord gave up (a permanent error)."""
         await supervise(self.liveness, self._connect_once, self._backoff)
         self._accepting = False  # down for good: nothing more will arrive
+        self._intake_send.close()  # _intake takes what was queued, then ends
         self._intake_stopped.set()
 
     async def _connect_once(self) -> None:
@@ -357,6 +388,7 @@ class DiscordInterface:
         :meth:`run` returns once they have finished (cancel it to cut them short).
         """
         self._accepting = False
+        self._intake_send.close()  # _intake takes what was queued, then ends
         self._intake_stopped.set()
         self.liveness.stopped("intake stopped")
 
@@ -406,11 +438,74 @@ class DiscordInterface:
         await interaction.response.send_message(text[:2000], allowed_mentions=NO_MENTIONS)
 
     def _on_message(self, message: discord.Message) -> None:
-        if not self._accepting or self._tg is None or self.frontend is None:
-            return
+        if self._accepting:
+            self._intake_send.send_nowait(message)
+
+    def _catch_up_later(self) -> None:
+        if self._accepting:
+            self._intake_send.send_nowait(CATCH_UP)
+
+    async def _intake(self, tg: anyio.abc.TaskGroup) -> None:
+        """One ordered intake: live messages and history catch-ups, each batch on disk first."""
+        frontend = self.frontend
+        assert frontend is not None
+        async for first in self._intake_receive:
+            items = [first]
+            while True:
+                try:
+                    items.append(self._intake_receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            batch: list[Accepted] = []
+            for item in items:
+                if not self._accepting:
+                    break  # not taken in: the next start reads it from the history
+                if isinstance(item, str):  # live messages after it wait for the history
+                    await frontend.admit(batch, tg)
+                    batch = []
+                    await self._catch_up(tg)
+                else:
+                    self._accept(item, batch)
+            if batch:
+                await frontend.admit(batch, tg)
+
+    def _accept(self, message: discord.Message, batch: list[Accepted]) -> None:
+        assert self.frontend is not None
         incoming = self._translate(message)
-        if incoming is not None:
-            self._tg.start_soon(self.frontend.handle, incoming)
+        if incoming is None:
+            return
+        accepted = self.frontend.accept(incoming)
+        if accepted is not None:
+            batch.append(accepted)
+        if accepted is None or accepted.seq is not None:  # an allowed user's channel
+            name = f"dc:{message.channel.id}"
+            if message.id > (self.frontend.inbox.cursor(name) or 0):
+                self.frontend.inbox.set_cursor(name, message.id)
+
+    async def _catch_up(self, tg: anyio.abc.TaskGroup) -> None:
+        """Read what was posted since the last seen message in each known channel."""
+        client, frontend = self._client, self.frontend
+        assert client is not None
+        assert frontend is not None
+        for name, after in frontend.inbox.cursors("dc:").items():
+            channel_id = int(name.removeprefix("dc:"))
+            channel: Any = client.get_channel(channel_id) or client.get_partial_messageable(
+                channel_id
+            )
+            batch: list[Accepted] = []
+            try:
+                async for message in channel.history(
+                    limit=HISTORY_LIMIT, after=discord.Object(after), oldest_first=True
+                ):
+                    self._accept(message, batch)
+                    if message.id > (frontend.inbox.cursor(name) or 0):
+                        frontend.inbox.set_cursor(name, message.id)
+            except (discord.HTTPException, OSError) as exc:
+                log.warning("discord: could not read channel %s's history: %s", channel_id, exc)
+            if batch:
+                log.info("discord: %d message(s) posted in channel %s while away", len(batch),
+                         channel_id)  # fmt: skip
+            await frontend.admit(batch, tg)
 
     def _translate(self, message: discord.Message) -> Incoming | None:
         client = self._client

@@ -80,11 +80,14 @@ from evie.chat.contract import (
     Sent,
     Transient,
 )
-from evie.chat.frontend import ChatFrontend
+from evie.chat.courier import CourierSettings
+from evie.chat.frontend import Accepted, ChatFrontend
 from evie.chat.render import Flavor
 from evie.chat.render.telegram import TelegramFlavor, utf16_units
 from evie.chat.streaming import Delivery
 from evie.config import DeliveryConfig, TelegramConfig
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
@@ -260,10 +263,15 @@ class TelegramInterface:
         delivery: Delivery | None = None,
         max_chunks: int = _DELIVERY.max_chunks,
         backoff: Backoff | None = None,
+        inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
+        courier: CourierSettings | None = None,
     ) -> None:
         if not config.token:
             raise ConfigError("[telegram] token is not set (or set EVIE_TELEGRAM_TOKEN)")
         self._max_chunks = max_chunks
+        self._inbox, self._outbox, self._courier = inbox, outbox, courier
+        self._batch: list[Accepted] = []  # messages of the getUpdates answer being read
         self._manager = manager
         self._config = config
         self._delivery = delivery or Delivery()
@@ -299,25 +307,36 @@ class TelegramInterface:
             edit_interval=self._config.edit_interval,
             platform="tg",
             max_chunks=self._max_chunks,
+            inbox=self._inbox,
+            outbox=self._outbox,
+            courier=self._courier,
         )
         router = Router()
         router.message.register(self._on_message)
         dispatcher = Dispatcher()
         dispatcher.include_router(router)
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self.liveness.begin()
-                task_status.started()
-                with self._poll_scope:
-                    await supervise(
-                        self.liveness,
-                        lambda: self._connect_and_poll(bot, dispatcher),
-                        self._backoff,
-                    )
-                # intake stopped (or Telegram gave up): the task group now waits for
-                # messages being handled
-                self.liveness.stopped("intake stopped")
+            frontend = self.frontend
+            async with anyio.create_task_group() as delivery:
+                delivery.start_soon(frontend.courier.run)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    frontend.resume(tg)  # before any new message, so order is kept
+                    self.liveness.begin()
+                    task_status.started()
+                    with self._poll_scope:
+                        await supervise(
+                            self.liveness,
+                            lambda: self._connect_and_poll(bot, dispatcher),
+                            self._backoff,
+                        )
+                    # intake stopped (or Telegram gave up): the task group now waits for
+                    # messages being handled
+                    self.liveness.stopped("intake stopped")
+                # the last lines are in the outbox: deliver them (bounded; what is left
+                # stays on disk for the next start), then return (adr/0009 step 6)
+                await frontend.courier.settle()
+                delivery.cancel_scope.cancel()
         finally:
             self.liveness.stopped("stopped")
             with anyio.CancelScope(shield=True):
@@ -346,8 +365,15 @@ class TelegramInterface:
     async def _poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
         """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007).
 
-        Returns never; failures propagate to the supervisor, which retries.
+        Returns never; failures propagate to the supervisor, which retries. A batch's
+        messages are in the inbox on disk, with the next offset, before that offset is
+        sent to Telegram (which then forgets them) — adr/0012.
         """
+        frontend, tg = self.frontend, self._tg
+        assert frontend is not None
+        assert tg is not None
+        if self._offset is None:
+            self._offset = frontend.inbox.cursor("tg:offset")
         while True:
             method = _RawGetUpdates(
                 offset=self._offset,
@@ -366,6 +392,10 @@ class TelegramInterface:
                 if isinstance(update_id, int) and not isinstance(update_id, bool):
                     self._offset = max(self._offset or 0, update_id + 1)
                 await self._feed(bot, dispatcher, item, update_id)
+            if raw and self._offset is not None:
+                batch, self._batch = self._batch, []
+                frontend.inbox.set_cursor("tg:offset", self._offset)
+                await frontend.admit(batch, tg)
 
     async def _feed(
         self, bot: Bot, dispatcher: Dispatcher, item: dict[str, Any], update_id: object
@@ -403,8 +433,10 @@ class TelegramInterface:
 
     async def _on_message(self, message: Message) -> None:
         incoming = self._translate(message)
-        if incoming is not None and self._tg is not None and self.frontend is not None:
-            self._tg.start_soon(self.frontend.handle, incoming)
+        if incoming is not None and self.frontend is not None:
+            accepted = self.frontend.accept(incoming)
+            if accepted is not None:
+                self._batch.append(accepted)  # handled once the batch is on disk (_poll)
 
     def _translate(self, message: Message) -> Incoming | None:
         user = message.from_user

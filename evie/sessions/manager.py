@@ -32,7 +32,7 @@ from evie.agent.events import Notice, Outcome, Prompt, TurnEvent, TurnFinished
 from evie.agent.launcher import is_valid_session_id
 from evie.agent.process import LaunchSpec, PiProcess
 from evie.config import SessionsConfig
-from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced
+from evie.errors import AgentCrashed, AgentError, AgentStartError, SessionReplaced, ShuttingDown
 from evie.logs import chat_var, session_var
 from evie.metrics import Metrics
 from evie.sessions.facts import Change, SessionFacts
@@ -44,6 +44,7 @@ from evie.sessions.watchdog import TurnWatchdog
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[TurnEvent], Awaitable[None]]
+StartHook = Callable[[], Awaitable[None]]
 
 
 class Launcher(Protocol):
@@ -297,14 +298,18 @@ class SessionManager(AsyncContextManagerMixin):
 
     # -- turns ------------------------------------------------------------------------
 
-    async def send(self, key: str, prompt: Prompt, on_event: EventSink) -> SendResult:
+    async def send(
+        self, key: str, prompt: Prompt, on_event: EventSink, *, on_start: StartHook | None = None
+    ) -> SendResult:
         """Deliver a user message: queue it into a running turn, or run a turn.
 
         ``on_event`` receives the turn's events in order, ending with
         :class:`TurnFinished`. It may be slow: pi's output is drained regardless.
+        ``on_start`` is awaited just before the prompt goes to pi (under the slot's
+        lock), so a caller can record durably that this message's turn began (adr/0012).
         """
         if not self._accepting:
-            raise SessionReplaced(SHUTTING_DOWN)
+            raise ShuttingDown(SHUTTING_DOWN)
         for _attempt in range(3):
             slot = self._get_or_create(key)
             slot.last_activity = time.monotonic()
@@ -320,8 +325,8 @@ class SessionManager(AsyncContextManagerMixin):
                 if slot.retired or not self._is_current(slot):
                     continue  # replaced while we waited: use the new slot
                 if not self._accepting:
-                    raise SessionReplaced(SHUTTING_DOWN)  # never start a turn at shutdown
-                result = await self._run_turn(slot, prompt, on_event)
+                    raise ShuttingDown(SHUTTING_DOWN)  # never start a turn at shutdown
+                result = await self._run_turn(slot, prompt, on_event, on_start)
             finally:
                 slot.lock.release()
             if result is not None:
@@ -345,7 +350,9 @@ class SessionManager(AsyncContextManagerMixin):
         self.metrics.queued_messages += 1
         return Queued(position=turn.followups_sent - turn.followups_started, steer=steer)
 
-    async def _run_turn(self, slot: Slot, prompt: Prompt, on_event: EventSink) -> SendResult | None:
+    async def _run_turn(
+        self, slot: Slot, prompt: Prompt, on_event: EventSink, on_start: StartHook | None = None
+    ) -> SendResult | None:
         chat_var.set(slot.key)
         session_var.set(slot.session_id)
         process = slot.process
@@ -361,6 +368,8 @@ class SessionManager(AsyncContextManagerMixin):
         notice = self._observer.take_notice(slot.key) if self._observer is not None else None
         if notice:
             await on_event(Notice(notice))
+        if on_start is not None:
+            await on_start()
         turn = process.start_turn(prompt.text, [i.to_pi() for i in prompt.images])
         log.info("turn started (%d chars, %d images)", len(prompt.text), len(prompt.images))
         slot.turn = turn

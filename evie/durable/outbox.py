@@ -1,0 +1,260 @@
+"""The outbox: final replies and notices, on disk until the platform has them.
+
+Entries are kept per chat in order; a courier per platform (:mod:`evie.chat.courier`)
+delivers each chat's head entry, retrying through outages, and removes it once
+delivered. Before the first attempt an entry is marked ``attempted`` (written
+first): after a restart such an entry is sent again — a reply is never lost — and
+counted as *uncertain*, because Telegram's ``sendMessage`` has no idempotency key
+and cannot tell whether a send cut off by ``kill -9`` had arrived (adr/0012).
+
+Each chat holds at most ``max_per_chat`` entries; when more arrive the oldest
+undelivered ones are replaced by one "N messages were dropped" entry.
+
+On disk each entry is its own file in ``outbox/`` (written with
+:func:`evie.state.atomic_write`, removed with an unlink and a directory fsync), so
+queueing a megabyte of replies and delivering them costs linear I/O, not a
+rewrite of everything still queued at every step. Changes are recorded in memory
+under a brief lock and applied by :meth:`Outbox.commit` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from evie.state import atomic_write
+
+OUTBOX_VERSION = 1
+
+
+class OutboxEntry(msgspec.Struct, frozen=True):
+    seq: int
+    chat: str  # session key of the chat, e.g. "tg:42"
+    text: str  # what to send (rendered when ``formatted``)
+    formatted: bool
+    created_at: float
+    plain: str | None = None  # sent instead when the platform rejects the formatting
+    edit_of: int | None = None  # a live preview message to turn into this reply
+    attempted: bool = False  # a send may have reached the platform
+    dropped: int = 0  # > 0: this entry stands for that many dropped ones
+    document: str | None = None  # a file name: ``text`` is its content, ``plain`` its caption
+
+
+def _entry_name(seq: int) -> str:
+    return f"{seq:012d}.json"
+
+
+class Outbox:
+    def __init__(self, path: Path | None = None, *, max_per_chat: int = 1000) -> None:
+        self.path = path  # a directory, one file per entry; None: in memory only
+        self._lock = threading.Lock()  # brief: in-memory changes only
+        self._ops: list[tuple[int, OutboxEntry | None]] = []  # (seq, entry to write | unlink)
+        self._write_lock = anyio.Lock()
+        self.writes = 0
+        self.max_per_chat = max(4, max_per_chat)
+        self._chats: dict[str, list[OutboxEntry]] = {}
+        self._next_seq = 1
+        self._changed = anyio.Event()
+        self.uncertain = 0  # entries that may already have been delivered before a restart
+        self.dropped = 0
+
+    def load(self) -> None:
+        """Read every entry file (in a thread, at start-up); unreadable ones are set aside."""
+        if self.path is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entries = []
+        for file in sorted(self.path.iterdir()):
+            if file.name.startswith("."):
+                file.unlink(missing_ok=True)  # a write that was killed half-way
+                continue
+            try:
+                entries.append(msgspec.json.decode(file.read_bytes(), type=OutboxEntry))
+            except (msgspec.MsgspecError, UnicodeDecodeError, OSError):
+                os.replace(file, file.with_name(file.name + ".corrupt"))
+        entries.sort(key=lambda e: e.seq)
+        with self._lock:
+            self._chats = {}
+            for entry in entries:
+                self._chats.setdefault(entry.chat, []).append(entry)
+                self.uncertain += entry.attempted
+            self._next_seq = entries[-1].seq + 1 if entries else 1
+
+    # -- producers ---------------------------------------------------------------------
+
+    def put(
+        self,
+        chat: str,
+        text: str,
+        *,
+        formatted: bool = False,
+        plain: str | None = None,
+        edit_of: int | None = None,
+    ) -> OutboxEntry:
+        """Queue a message for this chat (in memory; :meth:`commit` makes it durable)."""
+        with self._lock:
+            entry = OutboxEntry(
+                self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of
+            )
+            self._next_seq += 1
+            queue = self._chats.setdefault(chat, [])
+            queue.append(entry)
+            self._ops.append((entry.seq, entry))
+            if len(queue) > self.max_per_chat:
+                self._drop_oldest(queue)
+        self._wake()
+        return entry
+
+    def put_document(self, chat: str, filename: str, content: str, caption: str) -> OutboxEntry:
+        """Queue a file (a long reply as Markdown) after this chat's messages."""
+        with self._lock:
+            entry = OutboxEntry(
+                self._next_seq, chat, content, False, time.time(), plain=caption, document=filename
+            )
+            self._next_seq += 1
+            queue = self._chats.setdefault(chat, [])
+            queue.append(entry)
+            self._ops.append((entry.seq, entry))
+            if len(queue) > self.max_per_chat:
+                self._drop_oldest(queue)
+        self._wake()
+        return entry
+
+    def discard(self, chat: str, seqs: list[int]) -> list[int]:
+        """Drop these entries of the chat unless a send of them is under way (``/stop``);
+        returns the ones dropped (:meth:`commit` makes it durable)."""
+        wanted = set(seqs)
+        with self._lock:
+            queue = self._chats.get(chat, [])
+            gone = [e.seq for e in queue if e.seq in wanted and not e.attempted and not e.dropped]
+            if gone:
+                keep = set(gone)
+                queue[:] = [e for e in queue if e.seq not in keep]
+                if not queue:
+                    self._chats.pop(chat, None)
+                self._ops.extend((seq, None) for seq in gone)
+        if gone:
+            self._wake()
+        return gone
+
+    def _drop_oldest(self, queue: list[OutboxEntry]) -> None:
+        """Fold the oldest droppable entry into a "dropped" marker (lock held)."""
+        first = 1 if queue[0].attempted else 0  # an entry being sent stays
+        if queue[first].dropped:  # a marker is there already: fold the next one into it
+            marker, victim = queue[first], queue[first + 1]
+            queue[first] = msgspec.structs.replace(marker, dropped=marker.dropped + 1)
+            del queue[first + 1]
+            self._ops.append((victim.seq, None))
+            self.dropped += 1
+        else:  # the marker takes the oldest entry's place and stands for it and the next
+            victim = queue[first + 1]
+            queue[first] = msgspec.structs.replace(queue[first], dropped=2, edit_of=None)
+            del queue[first + 1]
+            self._ops.append((victim.seq, None))
+            self.dropped += 2
+        self._ops.append((queue[first].seq, queue[first]))
+
+    # -- the courier ---------------------------------------------------------------------
+
+    def chats(self, platform: str) -> list[str]:
+        prefix = platform + ":"
+        with self._lock:
+            return [
+                chat for chat, queue in self._chats.items() if queue and chat.startswith(prefix)
+            ]
+
+    def head(self, chat: str) -> OutboxEntry | None:
+        with self._lock:
+            queue = self._chats.get(chat)
+            return queue[0] if queue else None
+
+    def backlog(self, chat: str) -> int:
+        with self._lock:
+            return len(self._chats.get(chat, ()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._chats.values())
+
+    def mark_attempted(self, entry: OutboxEntry) -> None:
+        self._replace(entry, attempted=True)
+
+    def use_plain(self, entry: OutboxEntry) -> None:
+        """The platform rejected the formatting: from now on this entry is plain text."""
+        self._replace(entry, text=entry.plain or entry.text, formatted=False, plain=None)
+
+    def _replace(self, entry: OutboxEntry, **changes: object) -> None:
+        with self._lock:
+            queue = self._chats.get(entry.chat, [])
+            for i, current in enumerate(queue):
+                if current.seq == entry.seq:
+                    queue[i] = msgspec.structs.replace(current, **changes)
+                    self._ops.append((entry.seq, queue[i]))
+                    return
+
+    def remove(self, entry: OutboxEntry) -> None:
+        with self._lock:
+            queue = self._chats.get(entry.chat)
+            if queue is None:
+                return
+            for i, current in enumerate(queue):
+                if current.seq == entry.seq:
+                    if self.path is not None:
+                        # At once, not at the next commit: one unlink survives kill -9 (the
+                        # page cache outlives the process) and closes the window in which a
+                        # delivered reply would be sent again after a restart. The directory
+                        # fsync, for power loss, follows in the commit, off the loop.
+                        (self.path / _entry_name(entry.seq)).unlink(missing_ok=True)
+                    del queue[i]  # almost always the head: cheap
+                    if not queue:
+                        del self._chats[entry.chat]
+                    self._ops.append((entry.seq, None))
+                    break
+        self._wake()
+
+    async def changed(self) -> None:
+        """Wait for the next put or removal."""
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def commit(self) -> None:
+        """Return once every change made before this call is on disk."""
+        async with self._write_lock:
+            with self._lock:
+                ops, self._ops = self._ops, []
+            if self.path is None or not ops:
+                return
+            directory = self.path
+            await anyio.to_thread.run_sync(_apply, directory, ops)
+            self.writes += len(ops)
+
+
+def _apply(directory: Path, ops: list[tuple[int, OutboxEntry | None]]) -> None:
+    """Write or remove entry files, in order (a worker thread)."""
+    last: dict[int, OutboxEntry | None] = {}
+    for seq, entry in ops:  # only the last change of each entry matters
+        last.pop(seq, None)
+        last[seq] = entry
+    unlinked = False
+    for seq, entry in last.items():
+        file = directory / _entry_name(seq)
+        if entry is None:
+            file.unlink(missing_ok=True)
+            unlinked = True
+        else:
+            atomic_write(file, msgspec.json.encode(entry))
+    if unlinked:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
