@@ -79,6 +79,7 @@ _STATUS = SlotStatus(
     last_outcome=None,
     last_error=None,
     turns=1,
+    last_event_ago=0.5,
 )
 
 
