@@ -64,8 +64,9 @@ class Block:
 
 def _unescape(text: str, lt: str) -> str:
     # cmark escapes exactly these four in text and attributes (and ' as &#x27; in URLs)
-    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-    text = text.replace("&#x27;", "'").replace("&amp;", "&")
+    if "&" in text:
+        text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+        text = text.replace("&#x27;", "'").replace("&amp;", "&")
     return text.replace(lt, "<") if lt in text else text
 
 
