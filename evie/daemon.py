@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from evie.chat.render import SWITCH_INTERVAL
+from evie.chat.render import SWITCH_INTERVAL, render_process
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
@@ -115,6 +115,7 @@ async def _serve(
     on_ready: Callable[[Runtime], Awaitable[None]] | None,
 ) -> None:
     async with open_runtime(config) as runtime, AsyncExitStack() as stack:
+        await stack.enter_async_context(render_process())  # very big replies render there
         platforms = build_platforms(runtime, terminal=terminal)
         if config.http.listen:
             port = await stack.enter_async_context(
