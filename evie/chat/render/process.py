@@ -27,8 +27,8 @@ from evie.chat.render.split import Chunk, Flavor, pack
 
 log = logging.getLogger(__name__)
 
-#: replies longer than this many characters render in the worker process when one runs
-PROCESS_MIN = 1_000_000
+#: replies longer than this many characters (256 K) render in the worker process when one runs
+PROCESS_MIN = 1 << 18
 
 _SLICE = 1 << 18  # the text is encoded in slices: no step holds the GIL for long
 _pool: ProcessPoolExecutor | None = None
