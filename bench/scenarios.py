@@ -317,13 +317,20 @@ async def cold_start(tmp: Path) -> None:
 
 async def render(_tmp: Path) -> None:
     """7. Replies of any size and shape → messages: CPU per MB and the longest loop stall."""
-    import os
     import sys
 
-    from bench.render import FLAVORS, KINDS, SIZES, baseline_stalls, measure
-    from evie.chat.render import SWITCH_INTERVAL
+    from evie.chat.render import SWITCH_INTERVAL, render_process
 
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the daemon runs
+    async with render_process():  # as the daemon runs: very big replies in a worker process
+        await _render_rows()
+
+
+async def _render_rows() -> None:
+    import os
+
+    from bench.render import FLAVORS, KINDS, SIZES, baseline_stalls, measure
+
     idle, busy = await baseline_stalls()
     print(f"  machine baseline: idle loop stall {fmt_s(idle)}, beside a busy thread {fmt_s(busy)}")
     rows: dict[str, dict[str, dict[str, float]]] = {}

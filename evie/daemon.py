@@ -29,7 +29,7 @@ import attrs
 from evie.chat.backoff import Backoff
 from evie.chat.courier import CourierSettings
 from evie.chat.frontend import ChatFrontend
-from evie.chat.render import SWITCH_INTERVAL
+from evie.chat.render import SWITCH_INTERVAL, render_process
 from evie.config import Config
 from evie.errors import ConfigError
 from evie.http import serve_http
@@ -158,6 +158,7 @@ async def _serve(
     on_ready: Callable[[Runtime], Awaitable[None]] | None,
 ) -> None:
     async with open_runtime(config) as runtime, AsyncExitStack() as stack:
+        await stack.enter_async_context(render_process())  # very big replies render there
         platforms = await build_platforms(runtime, terminal=terminal)
 
         def health() -> list[PlatformHealth]:

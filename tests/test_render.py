@@ -272,3 +272,26 @@ def test_pathological_inputs_render_whole() -> None:
     for markdown in ("**a " * 5000, "- " * 3000 + "x", "> " * 3000 + "x", "x" * 50_000):
         check_chunks(markdown, "telegram", 4096)
         check_chunks(markdown, "discord", 2000)
+
+
+@pytest.mark.anyio
+async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_ends() -> None:
+    """Above PROCESS_MIN the render runs in the spawned worker (bytes back and forth, emoji
+    and a lone surrogate included): the chunks are exactly the in-process ones, a reply
+    too small for the process still renders, and leaving the pool ends its process."""
+    import multiprocessing
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+
+    unit = (
+        "## T 🔥\n\nsome **bold** <b>x</b> & `c` \ud800 [l](http://e/?a=1&b=2)\n\n"
+        "| a | b |\n|---|---|\n| 1 | é |\n\n"
+    )
+    text = unit * (PROCESS_MIN // len(unit) + 1)
+    flavor = TelegramFlavor()
+    async with render_process():
+        assert len(multiprocessing.active_children()) == 1
+        assert await render_off_loop(text, flavor) == render(text, flavor)
+        small = unit * 100
+        assert await render_off_loop(small, DiscordFlavor()) == render(small, DiscordFlavor())
+    assert multiprocessing.active_children() == []

@@ -520,10 +520,3 @@ def without_entity(text: str, entity: MessageEntity) -> str:
     before = units[: 2 * entity.offset].decode("utf-16-le", "replace").rstrip()
     after = units[2 * (entity.offset + entity.length) :].decode("utf-16-le", "replace").lstrip()
     return f"{before} {after}".strip()
-
-
-async def _required(result: Awaitable[Any]) -> Any:
-    value = await result
-    if value is None:
-        raise Transient("empty answer from Telegram")
-    return value

@@ -1,7 +1,8 @@
 """Markdown → chat messages: parsed once, rendered per platform, split by blocks.
 
 :func:`render` is linear in the text; :func:`render_off_loop` runs it in a
-worker thread when the text is big, so the event loop never waits for it.
+worker thread when the text is big, and in a worker process (:mod:`.process`)
+when it is very big, so the event loop never waits for it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import anyio.to_thread
 
 from evie.chat.render.blocks import parse
+from evie.chat.render.process import PROCESS_MIN, render_in_process, render_process
 from evie.chat.render.split import Chunk, Flavor, pack, split_plain
 
 __all__ = [
     "INLINE_MAX",
+    "PROCESS_MIN",
     "SWITCH_INTERVAL",
     "Chunk",
     "Flavor",
     "render",
     "render_off_loop",
+    "render_process",
     "split_plain",
 ]
 
@@ -37,4 +41,8 @@ def render(markdown: str, flavor: Flavor) -> list[Chunk]:
 async def render_off_loop(markdown: str, flavor: Flavor) -> list[Chunk]:
     if len(markdown) <= INLINE_MAX:
         return render(markdown, flavor)
+    if len(markdown) > PROCESS_MIN:
+        chunks = await render_in_process(markdown, flavor)
+        if chunks is not None:
+            return chunks
     return await anyio.to_thread.run_sync(render, markdown, flavor)

@@ -40,6 +40,17 @@ _BLOCK_TAGS: Final = frozenset(
     | {"table", "thead", "tbody", "tr", "th", "td"}
 )
 _LANG = re.compile(r"[\w+#.-]{1,40}")
+#: a table's layout tags other than ends of cells and rows (cmark ends each with a newline)
+_TABLE_LAYOUT = re.compile(r"</?(?:thead|tbody|tr)>\n|<t[hd](?: [^>]*)?>")
+_IMG = re.compile(r"<img [^>]*>")
+_IMG_ALT = re.compile(r' alt="([^"]*)"')
+_ANY_TAG = re.compile(r"<[^>]*>")
+
+
+def _img_alt(m: re.Match[str]) -> str:
+    """Inside a table cell only text shows: an image leaves its alt text."""
+    alt = _IMG_ALT.search(m.group(0))
+    return (alt.group(1) if alt else "") or "image"
 
 
 @attrs.define
@@ -53,8 +64,9 @@ class Block:
 
 def _unescape(text: str, lt: str) -> str:
     # cmark escapes exactly these four in text and attributes (and ' as &#x27; in URLs)
-    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-    text = text.replace("&#x27;", "'").replace("&amp;", "&")
+    if "&" in text:
+        text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+        text = text.replace("&#x27;", "'").replace("&amp;", "&")
     return text.replace(lt, "<") if lt in text else text
 
 
@@ -73,10 +85,6 @@ class _Builder:
         self.lists: list[list[int]] = []  # per open list: [next number or -1 for bullets]
         self.inline: list[bool] = []  # per open inline tag: did it open a token?
         self.in_pre = False
-        self.table: list[str] | None = None  # rows, cells joined by \x1f (few GC objects)
-        self.row: list[str] = []
-        self.widths: list[int] = []
-        self.cell: list[str] | None = None
         self.sep = "\n\n"
         self.after_bullet = False
         self.item_sep = "\n\n"  # the first item of a top-level list starts a paragraph
@@ -85,9 +93,7 @@ class _Builder:
 
     def text(self, text: str) -> None:
         self.after_bullet = False
-        if self.cell is not None:
-            self.cell.append(text)
-        elif text:
+        if text:
             self.tokens.append((TEXT, text, ""))
 
     def newline(self) -> None:
@@ -119,7 +125,8 @@ class _Builder:
         reply never holds millions of objects (whose garbage collection would stall)."""
         pos = 0
         after_block = True
-        for m in _TAG.finditer(html):
+        search = _TAG.search
+        while (m := search(html, pos)) is not None:
             closing, tag, raw = m.groups()
             if m.start() > pos:
                 self.data(html[pos : m.start()], after_block, tag in _BLOCK_TAGS)
@@ -127,6 +134,8 @@ class _Builder:
             pos = m.end()
             if closing:
                 self.end(tag)
+            elif tag == "table" and not self.in_pre:
+                pos = self.table_at(html, pos)  # a whole table at C speed
             else:
                 self.start(tag, raw, html, pos)
             if self.blocks:
@@ -139,7 +148,7 @@ class _Builder:
         yield from self.blocks
 
     def data(self, raw: str, after_block: bool, before_block: bool) -> None:
-        if not (self.in_pre or self.cell is not None):  # newlines beside block tags are layout
+        if not self.in_pre:  # newlines beside block tags are layout
             if after_block:
                 raw = raw.lstrip("\n")
             if before_block:
@@ -167,7 +176,7 @@ class _Builder:
             href = _attrs(raw, self.lt).get("href", "")
             end = html.find("</a>", pos)
             label = _unescape(html[pos:end], self.lt) if end >= 0 else None
-            if not href or self.cell is not None:
+            if not href:
                 self.inline.append(False)
             else:
                 self.tokens.append((OPEN, "url" if label == href else "a", href))
@@ -175,7 +184,7 @@ class _Builder:
         elif tag == "img":
             found = _attrs(raw, self.lt)
             alt, src = found.get("alt") or "image", found.get("src", "")
-            if src and self.cell is None:
+            if src:
                 self.tokens += [(OPEN, "a", src), (TEXT, alt, ""), (CLOSE, "a", "")]
             else:
                 self.text(alt)
@@ -219,11 +228,32 @@ class _Builder:
                 self.text("\n")
             self.tokens.append((OPEN, "quote", ""))
             self.depth += 1
-        elif tag == "table":
-            self.start_block()
-            self.table, self.row, self.widths = [], [], []
-        elif tag in ("th", "td"):
-            self.cell = []
+
+    def table_at(self, html: str, pos: int) -> int:
+        """A whole table from just after its ``<table>``; where its ``</table>`` ends.
+
+        A table is the commonest huge reply and its cells hold only inline text (each
+        cell on a line of its own in cmark's HTML, every row as wide as the header),
+        so it is read with a few whole-string passes instead of a Python step per tag."""
+        self.start_block()
+        end = html.find("</table>", pos)
+        end = len(html) if end < 0 else end
+        body = html[pos:end].lstrip("\n").replace("\x1f", " ")
+        body = body.replace("</td>\n", "\x1f").replace("</th>\n", "\x1f")
+        body = _TABLE_LAYOUT.sub("", body.replace("</tr>\n", "\0"))
+        if "<img" in body:
+            body = _IMG.sub(_img_alt, body)
+        if "<" in body:
+            body = _ANY_TAG.sub("", body)
+        if body.strip("\x1f\0"):
+            self.after_bullet = False
+        body = _unescape(body, self.lt).replace("\n", " ").replace("\0", "\n")
+        rows = [row.split("\x1f")[:-1] for row in body.split("\n") if row]
+        widths = [min(40, max(map(len, column))) for column in zip(*rows, strict=False)]
+        text = _table_text(rows, widths)
+        self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
+        self.end_block()
+        return end + len("</table>") if end < len(html) else end
 
     def end(self, tag: str) -> None:
         if self.in_pre:
@@ -253,29 +283,12 @@ class _Builder:
             self.tokens.append((CLOSE, "quote", ""))
             self.depth -= 1
             self.end_block()
-        elif tag in ("th", "td") and self.table is not None and self.cell is not None:
-            cell = "".join(self.cell).replace("\n", " ").replace("\x1f", " ")
-            if len(self.row) == len(self.widths):
-                self.widths.append(0)
-            self.widths[len(self.row)] = min(40, max(self.widths[len(self.row)], len(cell)))
-            self.row.append(cell)
-            self.cell = None
-        elif tag == "tr" and self.table is not None:
-            self.table.append("\x1f".join(self.row))
-            self.row = []
-        elif tag == "table" and self.table is not None:
-            text = _table_text(self.table, self.widths)
-            self.table = None
-            self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
-            self.end_block()
 
 
-def _table_text(rows: list[str], widths: list[int]) -> str:
+def _table_text(rows: list[list[str]], widths: list[int]) -> str:
     """A table as aligned columns, for a monospaced block (no chat platform has tables)."""
-    lines = [
-        " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row.split("\x1f"))).rstrip()
-        for row in rows
-    ]
+    line = " | ".join(f"{{:<{w}}}" for w in widths).format
+    lines = [line(*row).rstrip() for row in rows]
     if len(lines) > 1:
         lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -209,8 +209,9 @@ class _Writer:
         self.used += units
 
 
-def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int]:
-    """A whole block as (markup, visible text, units), rendered once.
+def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
+    """A whole block as (markup, visible text, units), rendered once; None when one of
+    its texts alone is over the limit (it will be split: not worth escaping whole).
 
     The same output as :class:`_Writer` (lazy opens: no empty elements) without its
     bookkeeping, because most blocks fit and this is the hot path.
@@ -224,6 +225,8 @@ def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int]:
         if kind == TEXT:
             if not value:
                 continue
+            if len(value) > flavor.limit:
+                return None
             if hidden:
                 for entry in stack:
                     if not entry[2] and entry[0] is not None:
@@ -253,11 +256,12 @@ def pack(blocks: Iterable[Block], flavor: Flavor) -> list[Chunk]:
     """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise."""
     writer = _Writer(flavor)
     for block in blocks:
-        if sum(len(value) for kind, value, _ in block.tokens if kind == TEXT) > flavor.limit:
+        rendered = render_block(block, flavor)
+        if rendered is None or len(rendered[1]) > flavor.limit:
             writer.emit()  # too big for any message (a unit per character at least)
             writer.write_split(block.tokens)
             continue
-        markup, plain, units = render_block(block, flavor)
+        markup, plain, units = rendered
         if writer.plain:
             sep_units = flavor.units(block.sep, block.sep)
             if writer.used + sep_units + units <= flavor.limit:
