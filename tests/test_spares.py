@@ -153,3 +153,18 @@ async def test_a_spare_that_dies_is_replaced(tmp_path: Path) -> None:
         rec = Recorder()
         assert await manager.send("chat", script({"text": "hi"}), rec) == TurnFinished(Outcome.DONE)
         assert pid_of(manager, "chat") == replacement
+
+
+async def test_stopping_while_a_spare_boots_stops_it_at_once(tmp_path: Path) -> None:
+    """A booting spare is stopped by the manager's exit, not waited for until its timeout."""
+    launcher = fake_launcher(tmp_path, ("", ("--startup-delay", "60")))
+    launcher = attrs.evolve(launcher, base=attrs.evolve(launcher.base, startup_timeout=120))
+    owner = str((tmp_path / "state").resolve())
+    with anyio.fail_after(15):  # far below the 60 s boot and the 120 s start-up timeout
+        async with SessionManager(launcher, SessionSettings(warm_spares=1)) as manager:
+            pool = manager.spares
+            assert pool is not None
+            while not marked_processes(owner):
+                await anyio.sleep(0.01)
+            assert pool.size == 1 and pool.ready == []  # still booting
+    assert marked_processes(owner) == []

@@ -119,15 +119,17 @@ class PiProcess:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)}
         env = {**inherited, **spec.env}
         try:
-            proc = await anyio.open_process(
-                list(spec.argv),
-                stdin=PIPE,
-                stdout=PIPE,
-                stderr=PIPE,
-                cwd=spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            # a spawn cut short by a cancellation would leave a process nobody owns
+            with anyio.CancelScope(shield=True):
+                proc = await anyio.open_process(
+                    list(spec.argv),
+                    stdin=PIPE,
+                    stdout=PIPE,
+                    stderr=PIPE,
+                    cwd=spec.cwd,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise AgentStartError(
                 f"could not start pi with {spec.argv[0]!r}: {exc.strerror or exc}. "
@@ -148,6 +150,11 @@ class PiProcess:
         except AgentCrashed as exc:
             await self.close()
             raise AgentStartError(f"pi exited while starting: {exc}") from None
+        except anyio.get_cancelled_exc_class():
+            # stopped while booting (shutdown, a test's end): stop it now, not after the
+            # start-up timeout; close() is shielded
+            await self.close()
+            raise
         try:
             if not response.success:
                 raise AgentProtocolError(f"pi refused get_state: {response.error}")

@@ -138,6 +138,7 @@ class SparePool:
         self._settled = anyio.Event()  # set when no spare is booting
         self._settled.set()
         self._stopped = False
+        self._booting: anyio.CancelScope | None = None  # the spawn in progress, if any
 
     @property
     def ready(self) -> list[int]:
@@ -195,23 +196,24 @@ class SparePool:
         self._settled = anyio.Event()
         started = False
         try:
-            session_id = self._mint()
-            spec = await anyio.to_thread.run_sync(self._launcher.spec_for, session_id)
-            # shielded (bounded by the startup timeout): a spawn cut short would leave a
-            # process nobody owns; close() waits for it and stops it instead
-            with anyio.CancelScope(shield=True):
+            # close() cancels a boot in progress; a cancelled spawn stops the process it
+            # started, so nothing is left unowned and nobody waits for pi's boot
+            with anyio.CancelScope() as self._booting:
+                session_id = self._mint()
+                spec = await anyio.to_thread.run_sync(self._launcher.spec_for, session_id)
                 process = await PiProcess.spawn(spec, self._tasks)
-            self._spares.append(_Spare(process, session_id))
-            self._tasks.start_soon(self._watch, process)
-            started = True
-            log.info("spare pi ready (pid %d)", process.pid)
+                self._spares.append(_Spare(process, session_id))
+                self._tasks.start_soon(self._watch, process)
+                started = True
+                log.info("spare pi ready (pid %d)", process.pid)
         except (AgentError, OSError) as exc:
             log.warning("could not start a spare pi: %s; trying again in 30 s", exc)
         finally:
+            self._booting = None
             self._starting -= 1
             if not self._starting:
                 self._settled.set()
-        if not started:
+        if not started and not self._stopped:
             await anyio.sleep(30)  # a spare is an optimisation: never a spawn loop
 
     async def _watch(self, process: PiProcess) -> None:
@@ -275,6 +277,8 @@ class SparePool:
         """Stop refilling and stop every spare, waiting for one being booted."""
         self._stopped = True
         self._wake.set()
+        if self._booting is not None:
+            self._booting.cancel()
         await self._settled.wait()
         spares, self._spares = self._spares, []
         async with anyio.create_task_group() as tg:
