@@ -166,5 +166,6 @@ async def test_stopping_while_a_spare_boots_stops_it_at_once(tmp_path: Path) -> 
             assert pool is not None
             while not marked_processes(owner):
                 await anyio.sleep(0.01)
-            assert pool.size == 1 and pool.ready == []  # still booting
+            assert pool.size == 1  # still booting
+            assert pool.ready == []
     assert marked_processes(owner) == []
