@@ -19,7 +19,7 @@ test *args:
 
 # the chaos test with many more kill -9s (not part of check); prints its counts
 soak kills="25":
-    CHAOS_KILLS={{kills}} pytest tests/test_chaos.py -s -q
+    CHAOS_KILLS={{kills}} pytest tests/test_chaos.py -q
 
 # benchmarks (not part of check): prints figures and writes bench/results/*.json
 bench *args:

@@ -21,9 +21,25 @@ FAKE_PI = Path(__file__).with_name("fake_pi.py")
 PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
 
 
+_FIGURES: list[str] = []
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def report_figure() -> Callable[[str], None]:
+    """Counts a fault test wants in the run's output (shown after the results, even without -s)."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault suite figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

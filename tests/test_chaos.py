@@ -13,7 +13,7 @@ killed with SIGKILL at random moments and started again each time. Afterwards:
 * no pi process is left behind.
 
 ``CHAOS_KILLS`` sets the number of kills (``just soak`` runs many); the counts are
-printed (run with ``-s``).
+shown in the summary at the end of the run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import random
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -117,7 +117,9 @@ def settled(fake: FakeTelegram) -> bool:
 
 
 @pytest.mark.timeout(120 + 40 * KILLS)
-async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -> None:
+async def test_kill_9_at_random_points(
+    tmp_path: Path, telegram: FakeTelegram, report_figure: Callable[[str], None]
+) -> None:
     fake = telegram
     rng = random.Random(os.environ.get("CHAOS_SEED"))
     config = write_config(tmp_path, fake)
@@ -172,8 +174,8 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
         duplicates += len(numbers) - len(set(numbers))
         unanswered += len(missing)
         notices += told
-    print(
-        f"\nchaos: {kills} kill -9, {len(CHATS)} chats x {MESSAGES} messages: "
+    report_figure(
+        f"chaos: {kills} kill -9, {len(CHATS)} chats x {MESSAGES} messages: "
         f"{answered} answered once, {duplicates} twice, {unanswered} unanswered "
         f"(their turn had begun; {notices} interrupted-turn notices, "
         f"{needless_notices(fake)} for a message its live preview had shown in full), "
