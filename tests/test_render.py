@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import html.parser
 import re
+from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -295,3 +297,39 @@ async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_en
         small = unit * 100
         assert await render_off_loop(small, DiscordFlavor()) == render(small, DiscordFlavor())
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.anyio
+async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text and chunks cross to and from the worker through temporary files: after a render,
+    and after a caller cancelled while the worker was still rendering, none is left. The
+    worker runs at a lower priority than the daemon (its loop is scheduled first)."""
+    import multiprocessing
+    import os
+    import tempfile
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+    from evie.chat.render.process import WORKER_NICE
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the spawned worker reads it at start
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unit = "para **b** `c` 🔥\n\n- item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    text = unit * (4 * PROCESS_MIN // len(unit))
+    flavor = DiscordFlavor()
+    async with render_process():
+        (worker,) = multiprocessing.active_children()
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, own + WORKER_NICE)
+        assert await render_off_loop(text, flavor) == render(text, flavor)
+        assert list(tmp_path.iterdir()) == []
+        with anyio.move_on_after(0.05) as scope:
+            await render_off_loop(text, flavor)
+        assert scope.cancelled_caught
+        small = unit * (PROCESS_MIN // len(unit) + 1)  # runs after the abandoned one
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        with anyio.fail_after(10):
+            while list(tmp_path.iterdir()):  # the abandoned result's callback has run
+                await anyio.sleep(0.01)
+    assert list(tmp_path.iterdir()) == []
