@@ -320,6 +320,7 @@ async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancel
     flavor = DiscordFlavor()
     async with render_process():
         (worker,) = multiprocessing.active_children()
+        assert worker.pid is not None
         own = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, own + WORKER_NICE)
         assert await render_off_loop(text, flavor) == render(text, flavor)
