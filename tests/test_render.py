@@ -334,3 +334,47 @@ async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancel
             while list(tmp_path.iterdir()):  # the abandoned result's callback has run
                 await anyio.sleep(0.01)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worker_process_leaves_when_its_daemon_is_killed(tmp_path: Path) -> None:
+    """A daemon killed outright cannot shut its pool down: its idle render worker notices
+    it was orphaned and exits instead of living on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import anyio, multiprocessing, sys, time\n"
+        "from evie.chat.render import render_process\n"
+        "async def main():\n"
+        "    async with render_process():\n"
+        "        print(multiprocessing.active_children()[0].pid, flush=True)\n"
+        "        await anyio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    anyio.run(main)\n"
+    )
+    path = tmp_path / "daemon.py"
+    path.write_text(script)
+    daemon = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        worker = int(daemon.stdout.readline())
+        daemon.kill()
+        daemon.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:  # gone, or a zombie waiting for whoever adopted it to reap it
+                state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the orphaned render worker is still running")
+    finally:
+        daemon.kill()
+        daemon.wait()

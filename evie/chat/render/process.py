@@ -17,6 +17,8 @@ import logging
 import multiprocessing
 import os
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -103,9 +105,23 @@ def _discard(future: Future[tuple[str, bytes]]) -> None:
 WORKER_NICE = 10
 
 
-def _lower_priority() -> None:
+#: how often the worker checks that the daemon that started it is still there
+ORPHAN_CHECK_S = 1.0
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A daemon killed outright (SIGKILL, OOM) cannot shut its pool down, and an idle
+    worker waiting for work would live on for ever: it leaves once its parent is gone.
+    (Not PR_SET_PDEATHSIG: that fires when the *thread* that spawned the worker ends.)"""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
+
+
+def _init_worker(parent: int) -> None:
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
 def _warm() -> None:
@@ -117,7 +133,10 @@ async def render_process() -> AsyncIterator[None]:
     """While open, replies over :data:`PROCESS_MIN` render in one worker process."""
     global _pool
     pool = ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     previous, _pool = _pool, pool
     try:
