@@ -316,7 +316,7 @@ async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancel
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the spawned worker reads it at start
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     unit = "para **b** `c` 🔥\n\n- item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
-    text = unit * (4 * PROCESS_MIN // len(unit))
+    text = unit * (1_000_000 // len(unit))  # long enough to be cancelled mid-render
     flavor = DiscordFlavor()
     async with render_process():
         (worker,) = multiprocessing.active_children()

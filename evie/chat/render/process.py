@@ -31,8 +31,11 @@ from evie.chat.render.split import Chunk, Flavor, pack
 
 log = logging.getLogger(__name__)
 
-#: replies longer than this many characters (256 K) render in the worker process when one runs
-PROCESS_MIN = 1 << 18
+#: replies longer than this many characters (64 K) render in the worker process when one runs:
+#: a render thread shares the GIL and the scheduler's time with the loop, and on a busy
+#: machine a 100 KB render in a thread stalled the loop by ~40 ms (adr/0013); the worker
+#: runs at a lower priority and costs a millisecond or two of round trip
+PROCESS_MIN = 1 << 16
 
 _SLICE = 1 << 18  # the text is encoded in slices: no step holds the GIL for long
 _pool: ProcessPoolExecutor | None = None
