@@ -378,3 +378,14 @@ def test_the_worker_process_leaves_when_its_daemon_is_killed(tmp_path: Path) -> 
     finally:
         daemon.kill()
         daemon.wait()
+
+
+@given(st.text(alphabet=st.sampled_from("\\*_~`|<>#[] a\n🔥"), max_size=80))
+def test_discord_escaping_backslashes_each_special_character_exactly_once(text: str) -> None:
+    """Escaping runs one str.replace per special character (adr/0013): the result is still
+    every special character behind exactly one backslash, as a character-by-character
+    definition says (no list markers here: those get theirs from a line-start regex)."""
+    from evie.chat.render.discord import escape
+
+    specials = "\\*_~`|<>#[]"
+    assert escape(text) == "".join("\\" + c if c in specials else c for c in text)
