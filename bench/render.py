@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 
 from evie.chat.render import render_off_loop
+from evie.chat.render.cmark import to_html
 from evie.chat.render.discord import DiscordFlavor
 from evie.chat.render.split import Flavor
 from evie.chat.render.telegram import TelegramFlavor
@@ -90,8 +91,16 @@ def _status() -> str:
     return render_status(_STATUS)
 
 
+#: samples per row: the machine is shared, so each figure is the median of these
+SAMPLES = 3
+
+
 def _children_cpu() -> float:
-    """CPU seconds of the live worker processes (the render process), from /proc."""
+    """CPU seconds of the live worker processes (the render process), from /proc.
+
+    Counted with this process's own CPU (all its threads), so a row's CPU is everything
+    the render cost wherever it ran; /proc counts in clock ticks (10 ms), small next to
+    the ≥ 1 MB rows whose figures are compared with the target."""
     total = 0
     for child in multiprocessing.active_children():
         try:
@@ -101,6 +110,14 @@ def _children_cpu() -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def cmark_floor(text: str) -> float:
+    """CPU seconds of cmark-gfm alone (parse + HTML, in this process) on ``text``: the
+    floor no renderer on this parser can go under, to read the CPU figures against."""
+    started = time.process_time()
+    to_html([text.replace("<", "\ue000")])
+    return time.process_time() - started
 
 
 async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
@@ -124,6 +141,20 @@ async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
         cpu = time.process_time() + _children_cpu() - cpu
         done.set()
     return cpu, max(stalls, default=0.0), chunks
+
+
+async def idle_stall(seconds: float) -> float:
+    """Longest loop stall with nothing rendering, measured beside each row: on a shared
+    machine the scheduler alone stalls a loop now and then, and a row's stall means
+    something only next to this."""
+    stalls: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        await anyio.sleep(0.001)
+        _status()
+        stalls.append(time.perf_counter() - started - 0.001)
+    return max(stalls, default=0.0)
 
 
 def _busy(seconds: float) -> None:

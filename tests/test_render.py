@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import html.parser
 import re
+from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -295,3 +297,95 @@ async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_en
         small = unit * 100
         assert await render_off_loop(small, DiscordFlavor()) == render(small, DiscordFlavor())
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.anyio
+async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text and chunks cross to and from the worker through temporary files: after a render,
+    and after a caller cancelled while the worker was still rendering, none is left. The
+    worker runs at a lower priority than the daemon (its loop is scheduled first)."""
+    import multiprocessing
+    import os
+    import tempfile
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+    from evie.chat.render.process import WORKER_NICE
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the spawned worker reads it at start
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unit = "para **b** `c` 🔥\n\n- item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    text = unit * (1_000_000 // len(unit))  # long enough to be cancelled mid-render
+    flavor = DiscordFlavor()
+    async with render_process():
+        (worker,) = multiprocessing.active_children()
+        assert worker.pid is not None
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, own + WORKER_NICE)
+        assert await render_off_loop(text, flavor) == render(text, flavor)
+        assert list(tmp_path.iterdir()) == []
+        with anyio.move_on_after(0.05) as scope:
+            await render_off_loop(text, flavor)
+        assert scope.cancelled_caught
+        small = unit * (PROCESS_MIN // len(unit) + 1)  # runs after the abandoned one
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        with anyio.fail_after(10):
+            while list(tmp_path.iterdir()):  # the abandoned result's callback has run
+                await anyio.sleep(0.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worker_process_leaves_when_its_daemon_is_killed(tmp_path: Path) -> None:
+    """A daemon killed outright cannot shut its pool down: its idle render worker notices
+    it was orphaned and exits instead of living on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import anyio, multiprocessing, sys, time\n"
+        "from evie.chat.render import render_process\n"
+        "async def main():\n"
+        "    async with render_process():\n"
+        "        print(multiprocessing.active_children()[0].pid, flush=True)\n"
+        "        await anyio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    anyio.run(main)\n"
+    )
+    path = tmp_path / "daemon.py"
+    path.write_text(script)
+    daemon = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        worker = int(daemon.stdout.readline())
+        daemon.kill()
+        daemon.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:  # gone, or a zombie waiting for whoever adopted it to reap it
+                state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the orphaned render worker is still running")
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+@given(st.text(alphabet=st.sampled_from("\\*_~`|<>#[] a\n🔥"), max_size=80))
+def test_discord_escaping_backslashes_each_special_character_exactly_once(text: str) -> None:
+    """Escaping runs one str.replace per special character (adr/0013): the result is still
+    every special character behind exactly one backslash, as a character-by-character
+    definition says (no list markers here: those get theirs from a line-start regex)."""
+    from evie.chat.render.discord import escape
+
+    specials = "\\*_~`|<>#[]"
+    assert escape(text) == "".join("\\" + c if c in specials else c for c in text)

@@ -35,6 +35,8 @@ _PUA = "\ue000\ue001\ue002\ue003\ue004\ue005\ue006\ue007"
 _TAG = re.compile(r"<(/?)([a-z0-9]+)([^>]*)>")
 _ATTR = re.compile(r'([a-z]+)="([^"]*)"')
 _INLINE: Final = {"strong": "b", "em": "i", "del": "s"}
+_INLINE_OPEN: Final = {tag: (OPEN, kind, "") for tag, kind in _INLINE.items()}
+_INLINE_CLOSE: Final = {tag: (CLOSE, kind, "") for tag, kind in _INLINE.items()}
 _BLOCK_TAGS: Final = frozenset(
     {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "hr"}
     | {"table", "thead", "tbody", "tr", "th", "td"}
@@ -122,16 +124,41 @@ class _Builder:
 
     def feed(self, html: str) -> Iterator[Block]:
         """Blocks as they complete: only one block's tokens are alive at a time, so a 10 MB
-        reply never holds millions of objects (whose garbage collection would stall)."""
+        reply never holds millions of objects (whose garbage collection would stall).
+
+        This loop runs once per tag of the whole reply: text and the inline tags (bold,
+        italic, strike) are handled in it directly, with shared token tuples, and only
+        the rarer tags go through :meth:`start` / :meth:`end` (adr/0013's profile)."""
         pos = 0
         after_block = True
         search = _TAG.search
+        lt = self.lt
+        inline = self.inline
         while (m := search(html, pos)) is not None:
             closing, tag, raw = m.groups()
-            if m.start() > pos:
-                self.data(html[pos : m.start()], after_block, tag in _BLOCK_TAGS)
-            after_block = tag in _BLOCK_TAGS
+            start = m.start()
+            is_block = tag in _BLOCK_TAGS
+            if start > pos:
+                text = html[pos:start]
+                if not self.in_pre:  # newlines beside block tags are layout
+                    if after_block:
+                        text = text.lstrip("\n")
+                    if is_block:
+                        text = text.rstrip("\n")
+                if text:
+                    self.after_bullet = False
+                    if "&" in text or lt in text:
+                        text = _unescape(text, lt)
+                    self.tokens.append((TEXT, text, ""))
+            after_block = is_block
             pos = m.end()
+            if not self.in_pre and tag in _INLINE_OPEN:
+                if not closing:
+                    self.tokens.append(_INLINE_OPEN[tag])
+                    inline.append(True)
+                elif inline and inline.pop():
+                    self.tokens.append(_INLINE_CLOSE[tag])
+                continue  # an inline tag never ends a block
             if closing:
                 self.end(tag)
             elif tag == "table" and not self.in_pre:

