@@ -90,6 +90,7 @@ class Courier:
         with anyio.move_on_after(seconds):
             while self.outbox.chats(self.platform):
                 await self.outbox.changed()
+            await self.outbox.commit()  # the delivered entries' removal, for power loss
             return True
         return False
 
@@ -108,7 +109,7 @@ class Courier:
             return
         if not entry.attempted:  # written first: see "uncertain" in evie.durable.outbox
             self.outbox.mark_attempted(entry)
-            await self.outbox.commit()
+        await self.outbox.commit()  # on disk, attempted, before the first attempt
         backoff = self.settings.base_backoff
         attempts = 0
         while True:
@@ -164,8 +165,9 @@ class Courier:
                 backoff = min(self.settings.max_backoff, backoff * 2)
                 continue
             self.delivered += 1
+            # its file is unlinked at once; the directory fsync (for power loss) rides
+            # along with the next write instead of costing one per delivered message
             self.outbox.remove(entry)
-            await self.outbox.commit()
             return
 
     async def _attempt(self, ref: ChatRef, entry: OutboxEntry, now: float) -> None:

@@ -97,13 +97,20 @@ class Outbox:
         plain: str | None = None,
         edit_of: int | None = None,
     ) -> OutboxEntry:
-        """Queue a message for this chat (in memory; :meth:`commit` makes it durable)."""
+        """Queue a message for this chat (in memory; :meth:`commit` makes it durable).
+
+        An entry that heads an empty queue is written ``attempted`` from the start: the
+        courier sends it as soon as it is on disk, so marking it first would only cost a
+        second fsync'd write before the send (adr/0016). The window is the same as after
+        a mark: a restart between the write and the send re-sends it as uncertain.
+        """
         with self._lock:
-            entry = OutboxEntry(
-                self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of
-            )
-            self._next_seq += 1
             queue = self._chats.setdefault(chat, [])
+            entry = OutboxEntry(
+                self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of,
+                attempted=not queue,
+            )  # fmt: skip
+            self._next_seq += 1
             queue.append(entry)
             self._ops.append((entry.seq, entry))
             if len(queue) > self.max_per_chat:
@@ -244,15 +251,16 @@ def _apply(directory: Path, ops: list[tuple[int, OutboxEntry | None]]) -> None:
     for seq, entry in ops:  # only the last change of each entry matters
         last.pop(seq, None)
         last[seq] = entry
-    unlinked = False
-    for seq, entry in last.items():
-        file = directory / _entry_name(seq)
-        if entry is None:
-            file.unlink(missing_ok=True)
+    unlinked = wrote = False
+    for seq, entry in last.items():  # removals first: a later write's directory fsync
+        if entry is None:  # covers them
+            (directory / _entry_name(seq)).unlink(missing_ok=True)
             unlinked = True
-        else:
-            atomic_write(file, msgspec.json.encode(entry))
-    if unlinked:
+    for seq, entry in last.items():
+        if entry is not None:
+            atomic_write(directory / _entry_name(seq), msgspec.json.encode(entry))
+            wrote = True
+    if unlinked and not wrote:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
