@@ -20,12 +20,12 @@ from pathlib import Path
 import anyio
 
 from bench.common import ROOT
-from bench.procs import _env, _stop, cpu_seconds, fake_botapi, write_config
+from bench.procs import CLK_TCK, _env, _stop, cpu_seconds, fake_botapi, write_config
 
 _PROFILED = """
-import cProfile, signal, sys
+import cProfile, signal, sys, time
 out = sys.argv[1]
-profile = cProfile.Profile()
+profile = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not wall
 signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
 def _dump(*_):
     profile.disable()
@@ -34,6 +34,12 @@ signal.signal(signal.SIGUSR2, _dump)
 from evie.cli import main
 main(sys.argv[2:])
 """
+
+
+def _user_sys(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 async def main(n: int, out: Path) -> None:
@@ -51,11 +57,12 @@ async def main(n: int, out: Path) -> None:
                 await api.run(50)
                 proc.send_signal(signal.SIGUSR1)
                 await anyio.sleep(0.2)
-                before = cpu_seconds(proc.pid)
+                before, split = cpu_seconds(proc.pid), _user_sys(proc.pid)
                 started = time.perf_counter()
                 samples = await api.run(n)
                 wall = time.perf_counter() - started
                 cpu = cpu_seconds(proc.pid) - before
+                user, system = (b - a for a, b in zip(split, _user_sys(proc.pid), strict=True))
                 proc.send_signal(signal.SIGUSR2)
                 with anyio.fail_after(30):
                     while not out.exists():  # noqa: ASYNC110, ASYNC240
@@ -65,7 +72,8 @@ async def main(n: int, out: Path) -> None:
                 await _stop(proc)
     samples.sort()
     print(f"{n} turns in {wall:.2f}s: p50 {samples[len(samples) // 2] * 1e3:.2f} ms, "
-          f"evie CPU {cpu / n * 1e3:.2f} ms/turn (under cProfile: inflated)")  # fmt: skip
+          f"evie CPU {cpu / n * 1e3:.2f} ms/turn (user {user / n * 1e3:.2f}, system "
+          f"{system / n * 1e3:.2f}; under cProfile: inflated)")  # fmt: skip
     stats = pstats.Stats(str(out))
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats(80)

@@ -166,6 +166,7 @@ class Inbox:
             self._removals += 1
 
     def close(self) -> None:
+        self._doc.close()
         if self._done_fd is not None:
             os.close(self._done_fd)
             self._done_fd = None
