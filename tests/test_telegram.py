@@ -309,11 +309,13 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
     from aiogram.methods import GetUpdates, SendMessage
     from aiogram.methods.base import Response
 
-    from evie.platforms.telegram import RESPONSE_TYPES
+    from evie.platforms.telegram import RAW_UPDATES_RESPONSE, RESPONSE_TYPES, _RawGetUpdates
 
     gc.collect()
     for method in (GetUpdates, SendMessage):
         assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
+    # the poll evie makes for every message: the very class held, not a rebuilt one
+    assert Response[_RawGetUpdates.__returning__] is RAW_UPDATES_RESPONSE
 
 
 def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
