@@ -55,11 +55,11 @@ async def telegram_latency(tmp: Path) -> None:
     """
     n, rounds = count(1000), 10 if count(1000) >= 100 else 1
     samples: dict[str, list[float]] = {"floor": []}
-    cpu: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # per turn, from /proc: the floor's own as well
     async with AsyncExitStack() as stack:
         apis = {"floor": await stack.enter_async_context(fake_botapi(tmp / "floor"))}
-        await stack.enter_async_context(echo_bot(apis["floor"]))
-        procs = {}
+        procs = {"floor": await stack.enter_async_context(echo_bot(apis["floor"]))}
+        cpu["floor"] = 0.0
         for label, policy in GC_POLICIES.items():
             apis[label] = await stack.enter_async_context(fake_botapi(tmp / label))
             config = write_config(tmp / label, apis[label], spares=0)
@@ -71,10 +71,9 @@ async def telegram_latency(tmp: Path) -> None:
             await api.run(WARMUP)  # pi started, every code path warm
         for r in range(rounds):
             for label, api in apis.items():
-                before = cpu_seconds(procs[label].pid) if label in procs else 0.0
+                before = cpu_seconds(procs[label].pid)
                 samples[label] += await api.run(n // rounds, prefix=f"r{r}")
-                if label in procs:
-                    cpu[label] += cpu_seconds(procs[label].pid) - before
+                cpu[label] += cpu_seconds(procs[label].pid) - before
         status = summary(await apis["evie"].run(count(1000), prefix="/status", expect=""))
     cpu = {label: seconds / len(samples[label]) for label, seconds in cpu.items()}
     latency = {label: _latency(values) for label, values in samples.items()}
@@ -100,7 +99,8 @@ async def telegram_latency(tmp: Path) -> None:
         },
         f"p50 {fmt_s(el['p50'])} = {ratio:.2f}x the raw aiohttp floor ({fmt_s(f['p50'])}); "
         f"p99 {fmt_s(el['p99'])} = {el['p99'] / f['p99']:.2f}x the floor's; "
-        f"{el['over_25ms']:.0f}/{el['n']:.0f} over 25 ms; evie CPU {fmt_s(cpu['evie'])}/turn. "
+        f"{el['over_25ms']:.0f}/{el['n']:.0f} over 25 ms; evie CPU {fmt_s(cpu['evie'])}/turn "
+        f"(the floor's {fmt_s(cpu['floor'])}). "
         f"Other gc policies ({others})",
         title="Telegram update → reply, fake pi answering at once (bot, fakes: own processes)",
     )

@@ -133,7 +133,8 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
 
 @asynccontextmanager
 async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> AsyncIterator[Runtime]:
-    store = StateStore(config.state.dir / "state.json", metrics=metrics)
+    starts = tuple(f"{platform}:" for platform in PLATFORMS)  # the inbox records them
+    store = StateStore(config.state.dir / "state.json", metrics=metrics, starts_recorded_by=starts)
     records = await anyio.to_thread.run_sync(store.load)
     known = {key: record.session_id for key, record in records.items()}
     inbox = Inbox(config.state.dir / "inbox.json")

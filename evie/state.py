@@ -88,8 +88,14 @@ class StateStore:
         metrics: Metrics | None = None,
         coalesce: float = 5.0,
         writer: Callable[[Path, bytes], None] = atomic_write,
+        starts_recorded_by: tuple[str, ...] = (),
     ) -> None:
         self.path = path
+        #: session keys with these prefixes ("tg:") have each turn start recorded durably,
+        #: before it begins, by the inbox (adr/0012), which also replaces this file's
+        #: "interrupted" notice for them: their turn start rides along with the next write
+        #: instead of costing one fsync'd write per turn (adr/0016)
+        self._starts_recorded_by = starts_recorded_by
         self.metrics = metrics or Metrics()
         self._coalesce = coalesce
         self._writer = writer
@@ -165,7 +171,8 @@ class StateStore:
                     updated_at=time.time(),
                 ),
             )
-        self._mark_dirty(urgent=change in URGENT)
+        recorded = change is Change.TURN_STARTED and facts.key.startswith(self._starts_recorded_by)
+        self._mark_dirty(urgent=change in URGENT and not recorded)
 
     def take_notice(self, key: str) -> str | None:
         """The notice for this chat, once; the clearing rides along with the next write.

@@ -70,7 +70,16 @@ async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
 async def test_a_dm_gets_an_answer(dc: Harness) -> None:
     await dc.fake.push_message("hello discord", channel_id=DM)
     await dc.shows(DM, "echo: hello discord")
-    assert ("POST", f"channels/{DM}/typing") in dc.fake.calls
+    assert ("POST", f"channels/{DM}/typing") not in dc.fake.calls  # answered at once
+
+
+async def test_typing_shows_while_a_turn_takes_a_while(dc: Harness, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    script = "script:" + json.dumps([{"wait_file": str(release)}, {"text": "slow reply"}])
+    await dc.fake.push_message(script, channel_id=DM)
+    await dc.fake.wait_for(lambda: ("POST", f"channels/{DM}/typing") in dc.fake.calls)
+    release.touch()
+    await dc.shows(DM, "slow reply")
 
 
 async def test_guild_messages_need_a_mention_and_threads_are_sessions(dc: Harness) -> None:

@@ -15,8 +15,10 @@ from evie.agent.events import Outcome
 from evie.chat.courier import CourierSettings, dropped_text
 from evie.chat.streaming import Delivery
 from evie.config import TelegramConfig
+from evie.durable import store
 from evie.durable.inbox import QUEUED, STARTED, Inbox
 from evie.durable.outbox import Outbox
+from evie.errors import StateError
 from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager, SessionSettings
 from tests.conftest import fake_launcher
@@ -189,3 +191,65 @@ def test_the_outbox_is_bounded_and_keeps_order(
             int(t.split()[1]) for t in delivered.get(chat, []) if t.startswith("⚠️")
         )
         assert len(numbers) + dropped == len(sent)  # nothing vanishes uncounted
+
+
+@given(commits=st.integers(1, 12), cut=st.floats(0, 1), resume=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_the_inbox_journal_reloads_the_last_whole_snapshot(
+    tmp_path_factory: pytest.TempPathFactory, commits: int, cut: float, resume: bool
+) -> None:
+    """Each commit appends a snapshot line; a file cut anywhere (a kill during a write)
+    reloads as the last commit written whole, and the next commit after a start leaves
+    no cut line behind to hide it (it compacts)."""
+    path = tmp_path_factory.mktemp("journal") / "inbox.json"
+    ends: list[int] = []
+
+    async def run() -> None:
+        inbox = Inbox(path)
+        inbox.load()
+        for n in range(1, commits + 1):
+            inbox.set_cursor("tg:offset", n)
+            await inbox.commit()
+            ends.append(path.stat().st_size)
+        inbox.close()
+
+    anyio.run(run)
+    assert len(path.read_bytes().splitlines()) == commits  # appended, not rewritten
+    size = round(cut * ends[-1])
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    whole = [n for n, end in enumerate(ends, 1) if end - 1 <= size]  # (newline or not)
+    again = Inbox(path)
+    if not whole:
+        with pytest.raises(StateError):
+            again.load()
+        return
+    again.load()
+    assert again.cursor("tg:offset") == whole[-1]
+    if resume:
+        again.set_cursor("tg:offset", 100)
+        anyio.run(again.commit)
+        again.set_cursor("tg:offset", 101)
+        anyio.run(again.commit)
+        again.close()
+        last = Inbox(path)
+        last.load()
+        assert last.cursor("tg:offset") == 101
+        assert len(path.read_bytes().splitlines()) == 2  # compacted at the first commit
+
+
+async def test_the_inbox_journal_is_compacted_when_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "COMPACT_BYTES", 4096)
+    inbox = Inbox(tmp_path / "inbox.json")
+    inbox.load()
+    for n in range(2000):
+        inbox.set_cursor("tg:offset", n)
+        await inbox.commit()
+    inbox.close()
+    assert inbox._doc.compactions > 1
+    assert (tmp_path / "inbox.json").stat().st_size <= 4096
+    again = Inbox(tmp_path / "inbox.json")
+    again.load()
+    assert again.cursor("tg:offset") == 1999

@@ -62,10 +62,26 @@ async def tg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[H
 async def test_a_message_gets_an_answer(tg: Harness) -> None:
     tg.fake.push_message("hello there")
     await tg.final_text(OWNER, "echo: hello there")
-    assert tg.fake.method_calls("sendChatAction")
     assert tg.fake.method_calls("deleteWebhook")
     commands = json.loads(tg.fake.method_calls("setMyCommands")[0]["commands"])
     assert {c["command"] for c in commands} == {"status", "stop", "new", "last", "help"}
+
+
+async def test_typing_shows_while_a_turn_takes_a_while_and_not_for_a_quick_one(
+    tg: Harness, tmp_path: Path
+) -> None:
+    tg.fake.push_message("quick")
+    await tg.final_text(OWNER, "echo: quick")
+    assert tg.fake.method_calls("sendChatAction") == []  # answered before anyone could see it
+    release = tmp_path / "release"
+    tg.fake.push_message("script:" + json.dumps([{"wait_file": str(release)}, {"text": "slow"}]))
+    await tg.fake.wait_for(lambda: tg.fake.method_calls("sendChatAction"))
+    assert "slow" not in tg.fake.chat_view(OWNER)  # "typing…" came while the turn ran
+    release.touch()
+    await tg.final_text(OWNER, "slow")
+    typing = tg.fake.method_calls("sendChatAction")
+    assert typing[0]["action"] == "typing"
+    assert typing[0]["chat_id"] == str(OWNER)
 
 
 async def test_status_answers_while_a_turn_runs(tg: Harness, tmp_path: Path) -> None:
@@ -293,11 +309,13 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
     from aiogram.methods import GetUpdates, SendMessage
     from aiogram.methods.base import Response
 
-    from evie.platforms.telegram import RESPONSE_TYPES
+    from evie.platforms.telegram import RAW_UPDATES_RESPONSE, RESPONSE_TYPES, _RawGetUpdates
 
     gc.collect()
     for method in (GetUpdates, SendMessage):
         assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
+    # the poll evie makes for every message: the very class held, not a rebuilt one
+    assert Response[_RawGetUpdates.__returning__] is RAW_UPDATES_RESPONSE
 
 
 def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:

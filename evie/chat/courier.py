@@ -77,19 +77,26 @@ class Courier:
         self.expired = 0
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            while True:
-                for chat in self.outbox.chats(self.platform):
-                    if chat not in self._busy:
-                        self._busy.add(chat)
-                        tg.start_soon(self._drain, chat)
-                await self.outbox.changed()
+        self.outbox.courier_running(self.platform, True)
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    for chat in self.outbox.chats(self.platform):
+                        if chat not in self._busy:
+                            self._busy.add(chat)
+                            tg.start_soon(self._drain, chat)
+                    await self.outbox.changed()
+        finally:
+            self.outbox.courier_running(self.platform, False)  # what is left goes to disk
+            with anyio.CancelScope(shield=True):
+                await self.outbox.flush()
 
     async def settle(self, seconds: float = 5.0) -> bool:
         """Wait (bounded) until this platform's outbox is empty, e.g. before stopping."""
         with anyio.move_on_after(seconds):
             while self.outbox.chats(self.platform):
                 await self.outbox.changed()
+            await self.outbox.flush()  # the delivered entries' removal, for power loss
             return True
         return False
 
@@ -106,12 +113,16 @@ class Courier:
         if ref is None:
             self.outbox.remove(entry)
             return
-        if not entry.attempted:  # written first: see "uncertain" in evie.durable.outbox
-            self.outbox.mark_attempted(entry)
-            await self.outbox.commit()
+        if not self.outbox.is_direct(entry):  # else: sent first, written if that fails
+            if not entry.attempted:  # written first: see "uncertain" in evie.durable.outbox
+                self.outbox.mark_attempted(entry)
+            await self.outbox.flush()  # on disk, attempted, before the first attempt
         backoff = self.settings.base_backoff
         attempts = 0
         while True:
+            if attempts and self.outbox.is_direct(entry):  # its first send failed: keep it
+                self.outbox.persist_direct(seq=entry.seq)
+                await self.outbox.flush()
             entry = self.outbox.head(entry.chat) or entry
             now = time.time()
             if now - entry.created_at > self.settings.max_age:
@@ -124,7 +135,7 @@ class Courier:
                 self.expired += 1
                 self.outbox.remove(entry)
                 self.outbox.put(entry.chat, dropped_text(max(1, entry.dropped)))
-                await self.outbox.commit()
+                await self.outbox.flush()
                 return
             attempts += 1
             try:
@@ -147,7 +158,7 @@ class Courier:
                 self.outbox.remove(entry)
                 if entry.document is not None:  # too big, or files not allowed: say so
                     self.outbox.put(entry.chat, FILE_FAILED.format(error=one_line(exc)))
-                await self.outbox.commit()
+                await self.outbox.flush()
                 return
             except Exception as exc:  # Transient, or an answer of a shape nobody expected
                 delay = random.uniform(backoff / 2, backoff)
@@ -164,8 +175,9 @@ class Courier:
                 backoff = min(self.settings.max_backoff, backoff * 2)
                 continue
             self.delivered += 1
+            # its file is unlinked at once; the directory fsync (for power loss) rides
+            # along with the next write instead of costing one per delivered message
             self.outbox.remove(entry)
-            await self.outbox.commit()
             return
 
     async def _attempt(self, ref: ChatRef, entry: OutboxEntry, now: float) -> None:

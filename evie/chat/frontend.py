@@ -38,6 +38,9 @@ from evie.sessions.manager import EventSink, Queued, SessionManager
 
 log = logging.getLogger(__name__)
 STOPPING_NOTICE = "⏸ evie is stopping; this message is kept and answered when evie is back."
+#: how long a batch's intake write waits for its messages' turns to record that they start,
+#: so that one write carries both (adr/0016); it only delays the platform's next offset
+ADMIT_LINGER = 0.005
 
 
 @attrs.frozen
@@ -68,6 +71,7 @@ class ChatFrontend:
         edit_interval: float,  # from the platform's config section
         delivery: Delivery | None = None,
         typing_interval: float = 4.5,
+        typing_delay: float = 0.5,
         refusal_interval: float = 3600.0,
         bot_username: str | None = None,
         platform: str = "",
@@ -87,6 +91,7 @@ class ChatFrontend:
         self.delivery = delivery or Delivery()
         self.edit_interval = edit_interval
         self.typing_interval = typing_interval
+        self.typing_delay = typing_delay
         self.refusal_interval = refusal_interval
         self.bot_username = bot_username
         self._refused: OrderedDict[int, float] = OrderedDict()
@@ -118,10 +123,26 @@ class ChatFrontend:
         return Accepted(msg, item.seq)
 
     async def admit(self, batch: list[Accepted], tg: anyio.abc.TaskGroup) -> None:
-        """Write the batch (and any cursor set with it) to disk, then handle it in order."""
-        await self.inbox.commit()
+        """Handle the batch in order; return once it (and any cursor set with it) is on disk.
+
+        Handling starts at once, because nothing it does is irrevocable before the item
+        is durable: a turn or a command first writes its item ``started`` (with a group
+        commit that carries everything changed before, the item itself included), and a
+        follow-up handed to a running turn that is lost with the process is delivered
+        again by the platform, whose offset has not moved (as a ``queued`` item would
+        run again). So the batch's write waits (at most :data:`ADMIT_LINGER`) until each
+        message has begun its turn or found it must wait, and one fsync'd write records
+        the messages, the offset and the turns' start (adr/0016).
+        """
+        placed = []
         for accepted in batch:
-            tg.start_soon(self.process, accepted)
+            event = anyio.Event()
+            placed.append(event)
+            tg.start_soon(self.process, accepted, event)
+        with anyio.move_on_after(ADMIT_LINGER):
+            for event in placed:
+                await event.wait()
+        await self.inbox.commit()
 
     def resume(self, tg: anyio.abc.TaskGroup) -> int:
         """Handle, in order, this platform's inbox items left from before a restart."""
@@ -147,7 +168,9 @@ class ChatFrontend:
         await self.inbox.commit()
         await self.process(accepted)
 
-    async def process(self, accepted: Accepted) -> None:
+    async def process(self, accepted: Accepted, placed: anyio.Event | None = None) -> None:
+        """Handle one message; ``placed`` is set once its turn records its start or
+        it is clear that no turn starts now (see :meth:`admit`)."""
         msg, seq = accepted.msg, accepted.seq
         chat_var.set(msg.chat.key)
         finished = False
@@ -158,11 +181,11 @@ class ChatFrontend:
                 return
             command = parse_command(msg.text.strip(), self.bot_username)
             if command is not None:
-                await self._started(seq)
+                await self._started(seq, placed)
                 await self._command(command, msg.chat)
                 finished = True
             else:
-                finished = await self._converse(msg, seq)
+                finished = await self._converse(msg, seq, placed)
         except Exception as exc:  # one chat's bug must not take the interface (and every chat) down
             finished = True
             error = sole_error(exc)  # a task group wraps what its body raised
@@ -179,23 +202,29 @@ class ChatFrontend:
             with anyio.move_on_after(10):
                 await self.say(msg.chat, "⚠️ Something went wrong inside evie; see its log.")
         finally:
+            if placed is not None:
+                placed.set()
             if seq is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._settle(msg.chat.key, seq, finished)
+                self._settle(msg.chat.key, seq, finished)
 
-    async def _started(self, seq: int) -> None:
+    async def _started(self, seq: int, placed: anyio.Event | None = None) -> None:
         """Record that this item's turn begins (before it does): it will never run twice."""
         self.inbox.mark(seq, STARTED)
+        if placed is not None:
+            placed.set()  # the batch's intake write may go now: it carries this mark
         await self.inbox.commit()
 
-    async def _settle(self, key: str, seq: int, finished: bool) -> None:
-        """Remove a handled item. One cut short before it started stays, to run again."""
+    def _settle(self, key: str, seq: int, finished: bool) -> None:
+        """Remove a handled item. One cut short before it started stays, to run again.
+
+        A removal is durable against ``kill -9`` at once (the inbox's done log); the
+        document itself is rewritten with the next intake, not once more per turn.
+        """
         item = self.inbox.get(seq)
         if item is None or seq in self._inflight.get(key, ()):
             return  # queued into a running turn: that turn's end settles it
         if finished or item.state == STARTED:
             self.inbox.remove(seq)
-            await self.inbox.commit()
 
     async def _refuse(self, msg: Incoming) -> None:
         """One short refusal per stranger per interval; never touches the manager."""
@@ -279,7 +308,7 @@ class ChatFrontend:
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed
 
-    async def _converse(self, msg: Incoming, seq: int) -> bool:
+    async def _converse(self, msg: Incoming, seq: int, placed: anyio.Event | None = None) -> bool:
         """Run or queue the message; False when evie is stopping and it never reached pi
         (it stays in the inbox and runs after the restart)."""
         images = msg.images
@@ -316,7 +345,7 @@ class ChatFrontend:
                     key,
                     prompt,
                     self._tracking(key, seq, streamer),
-                    on_start=lambda: self._started(seq),
+                    on_start=lambda: self._started(seq, placed),
                 )
             except ShuttingDown:
                 taken = False
@@ -362,15 +391,13 @@ class ChatFrontend:
                 answering[0] = None
                 if done != seq and done in inflight:
                     inflight.remove(done)
-                self.inbox.remove(done)
-                await self.inbox.commit()
+                self.inbox.remove(done)  # (durable at once: the done log, see _settle)
             if isinstance(event, TurnFinished):
                 for other in list(inflight):
                     item = self.inbox.get(other)
                     if other != seq and item is not None and item.state in (STARTED, QUEUED):
                         inflight.remove(other)  # answered in this turn, or told unanswered
                         self.inbox.remove(other)
-                await self.inbox.commit()
 
         return on_event
 
@@ -387,6 +414,9 @@ class ChatFrontend:
         return candidates[0].seq if candidates else None
 
     async def _keep_typing(self, chat: ChatRef) -> None:
+        """ "typing…" while a turn runs; not for one answered within ``typing_delay``
+        (a request to the platform per message that nobody would see, adr/0016)."""
+        await anyio.sleep(self.typing_delay)
         while True:
             try:
                 await self.transport.typing(chat)

@@ -95,7 +95,9 @@ class Inbox:
         with self._doc.lock:
             if done:
                 self._doc.changed()  # the next write drops them from the document too
-            self._next_seq = doc.next_seq
+            # never reuse a number of the done log: an item handled before its intake write
+            # (an empty message) is logged there while the document may not hold it yet
+            self._next_seq = max(doc.next_seq, max(done, default=0) + 1)
             self._cursors = dict(doc.cursors)
             self._seen = {k: deque(v, maxlen=SEEN_PER_CHAT) for k, v in doc.seen.items()}
             self._items = {}
@@ -164,6 +166,7 @@ class Inbox:
             self._removals += 1
 
     def close(self) -> None:
+        self._doc.close()
         if self._done_fd is not None:
             os.close(self._done_fd)
             self._done_fd = None

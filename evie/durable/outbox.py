@@ -31,6 +31,8 @@ import msgspec
 from evie.state import atomic_write
 
 OUTBOX_VERSION = 1
+#: how long :meth:`Outbox.commit` waits for a fresh entry's first send before writing it
+DIRECT_GRACE = 1.0
 
 
 class OutboxEntry(msgspec.Struct, frozen=True):
@@ -63,6 +65,11 @@ class Outbox:
         self._changed = anyio.Event()
         self.uncertain = 0  # entries that may already have been delivered before a restart
         self.dropped = 0
+        #: fresh entries that head their chat's queue while its platform's courier runs:
+        #: sent before they are written; seq -> (chat, set once delivered or on disk)
+        self._direct: dict[int, tuple[str, anyio.Event]] = {}
+        self._couriers: set[str] = set()  # platforms whose courier runs
+        self.direct_sent = 0
 
     def load(self) -> None:
         """Read every entry file (in a thread, at start-up); unreadable ones are set aside."""
@@ -97,15 +104,29 @@ class Outbox:
         plain: str | None = None,
         edit_of: int | None = None,
     ) -> OutboxEntry:
-        """Queue a message for this chat (in memory; :meth:`commit` makes it durable)."""
+        """Queue a message for this chat (in memory; :meth:`commit` makes it durable).
+
+        An entry that heads an empty queue while its platform's courier runs is sent
+        at once and written only if that first attempt fails or takes longer than
+        :data:`DIRECT_GRACE` (adr/0016): :meth:`commit` returns when it is delivered or
+        on disk. Until then the turn that wrote it is not over — its inbox item stays
+        ``started`` — so a ``kill -9`` in between costs an "interrupted" notice (for a
+        reply that may have arrived), never a second copy. Such an entry is
+        ``attempted`` from the start.
+        """
         with self._lock:
-            entry = OutboxEntry(
-                self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of
-            )
-            self._next_seq += 1
             queue = self._chats.setdefault(chat, [])
+            fresh = not queue
+            entry = OutboxEntry(
+                self._next_seq, chat, text, formatted, time.time(), plain=plain, edit_of=edit_of,
+                attempted=fresh,
+            )  # fmt: skip
+            self._next_seq += 1
             queue.append(entry)
-            self._ops.append((entry.seq, entry))
+            if fresh and chat.split(":", 1)[0] in self._couriers:
+                self._direct[entry.seq] = (chat, anyio.Event())
+            else:
+                self._ops.append((entry.seq, entry))
             if len(queue) > self.max_per_chat:
                 self._drop_oldest(queue)
         self._wake()
@@ -203,9 +224,13 @@ class Outbox:
             queue = self._chats.get(entry.chat)
             if queue is None:
                 return
+            direct = self._direct.pop(entry.seq, None)
+            # an entry sent before it was written has no file (unless a change of it is
+            # about to be written: then that write is cancelled by the removal below)
+            on_disk = direct is None or any(seq == entry.seq for seq, _ in self._ops)
             for i, current in enumerate(queue):
                 if current.seq == entry.seq:
-                    if self.path is not None:
+                    if self.path is not None and on_disk:
                         # At once, not at the next commit: one unlink survives kill -9 (the
                         # page cache outlives the process) and closes the window in which a
                         # delivered reply would be sent again after a restart. The directory
@@ -214,9 +239,42 @@ class Outbox:
                     del queue[i]  # almost always the head: cheap
                     if not queue:
                         del self._chats[entry.chat]
-                    self._ops.append((entry.seq, None))
+                    if on_disk:
+                        self._ops.append((entry.seq, None))
+                    else:
+                        self.direct_sent += 1
                     break
+        if direct is not None:
+            direct[1].set()
         self._wake()
+
+    # -- fresh entries sent before they are written (adr/0016) ----------------------------
+
+    def courier_running(self, platform: str, running: bool) -> None:
+        """A platform's courier starts or stops; at a stop its unsent fresh entries are
+        queued for writing (:meth:`flush` them)."""
+        if running:
+            self._couriers.add(platform)
+            return
+        self._couriers.discard(platform)
+        self.persist_direct(platform)
+
+    def is_direct(self, entry: OutboxEntry) -> bool:
+        with self._lock:
+            return entry.seq in self._direct
+
+    def persist_direct(self, platform: str | None = None, seq: int | None = None) -> None:
+        """Queue fresh entries not yet delivered for writing: this one, or this platform's,
+        or all; :meth:`flush` writes them (and marks them resolved)."""
+        with self._lock:
+            for number, (chat, _event) in self._direct.items():
+                if seq is not None and number != seq:
+                    continue
+                if platform is not None and not chat.startswith(platform + ":"):
+                    continue
+                current = next((e for e in self._chats.get(chat, ()) if e.seq == number), None)
+                if current is not None:
+                    self._ops.append((number, current))
 
     async def changed(self) -> None:
         """Wait for the next put or removal."""
@@ -227,15 +285,37 @@ class Outbox:
         self._changed = anyio.Event()
 
     async def commit(self) -> None:
-        """Return once every change made before this call is on disk."""
+        """Return once every change made before this call is on disk, or — for a fresh
+        entry the courier sends at once — delivered (bounded by :data:`DIRECT_GRACE`,
+        then it is written)."""
+        with self._lock:
+            waiting = [event for _chat, event in self._direct.values()]
+        await self.flush()
+        if not waiting:
+            return
+        with anyio.move_on_after(DIRECT_GRACE):
+            for event in waiting:
+                await event.wait()
+        if not all(event.is_set() for event in waiting):
+            self.persist_direct()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every change made before this call (fresh entries being sent excepted)."""
         async with self._write_lock:
             with self._lock:
                 ops, self._ops = self._ops, []
-            if self.path is None or not ops:
-                return
-            directory = self.path
-            await anyio.to_thread.run_sync(_apply, directory, ops)
-            self.writes += len(ops)
+            if self.path is not None and ops:
+                await anyio.to_thread.run_sync(_apply, self.path, ops)
+                self.writes += len(ops)
+            resolved = []
+            with self._lock:
+                for seq, entry in ops:
+                    direct = self._direct.pop(seq, None) if entry is not None else None
+                    if direct is not None:
+                        resolved.append(direct[1])
+            for event in resolved:
+                event.set()
 
 
 def _apply(directory: Path, ops: list[tuple[int, OutboxEntry | None]]) -> None:
@@ -244,15 +324,16 @@ def _apply(directory: Path, ops: list[tuple[int, OutboxEntry | None]]) -> None:
     for seq, entry in ops:  # only the last change of each entry matters
         last.pop(seq, None)
         last[seq] = entry
-    unlinked = False
-    for seq, entry in last.items():
-        file = directory / _entry_name(seq)
-        if entry is None:
-            file.unlink(missing_ok=True)
+    unlinked = wrote = False
+    for seq, entry in last.items():  # removals first: a later write's directory fsync
+        if entry is None:  # covers them
+            (directory / _entry_name(seq)).unlink(missing_ok=True)
             unlinked = True
-        else:
-            atomic_write(file, msgspec.json.encode(entry))
-    if unlinked:
+    for seq, entry in last.items():
+        if entry is not None:
+            atomic_write(directory / _entry_name(seq), msgspec.json.encode(entry))
+            wrote = True
+    if unlinked and not wrote:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)

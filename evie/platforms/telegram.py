@@ -2,10 +2,13 @@
 
 The adapter only translates: aiogram updates into :class:`Incoming`, and the
 :class:`Transport` calls into Bot API methods with aiogram's exceptions mapped
-to the shared delivery errors. evie runs its own ``getUpdates`` loop and feeds
-the dispatcher (aiogram's ``start_polling`` leaves its polling task running
-when cancelled, adr/0007); each message is then handled in a task of evie's
-own task group, so every task has an owner and polling never waits for a turn.
+to the shared delivery errors. evie runs its own ``getUpdates`` loop
+(aiogram's ``start_polling`` leaves its polling task running when cancelled,
+adr/0007) and hands each validated message to its handler itself: aiogram's
+dispatcher (middlewares for FSM and context, router propagation) did nothing
+evie uses and cost a tenth of a small turn's CPU (adr/0016). Each message is
+then handled in a task of evie's own task group, so every task has an owner
+and polling never waits for a turn.
 
 The loop runs under :func:`evie.platforms.supervisor.supervise` (adr/0011):
 ``getUpdates`` is fetched as raw JSON and each update is validated on its own,
@@ -30,7 +33,7 @@ import anyio.abc
 import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
 
 # isort: on
-from aiogram import Bot, Dispatcher, Router
+from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
@@ -184,6 +187,11 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
     allowed_updates: list[str] | None = None
 
 
+#: the answer class of the one call made for every message: without this, each garbage
+#: collection dropped it and the next poll rebuilt it (a sixth of a turn's CPU, adr/0016)
+RAW_UPDATES_RESPONSE = Response[_RawGetUpdates.__returning__]
+
+
 def _validation_summary(exc: ValidationError) -> str:
     """Where and what failed, without the values (they carry the user's text)."""
     errors = exc.errors()
@@ -311,10 +319,6 @@ class TelegramInterface:
             outbox=self._outbox,
             courier=self._courier,
         )
-        router = Router()
-        router.message.register(self._on_message)
-        dispatcher = Dispatcher()
-        dispatcher.include_router(router)
         try:
             frontend = self.frontend
             async with anyio.create_task_group() as delivery:
@@ -327,7 +331,7 @@ class TelegramInterface:
                     with self._poll_scope:
                         await supervise(
                             self.liveness,
-                            lambda: self._connect_and_poll(bot, dispatcher),
+                            lambda: self._connect_and_poll(bot),
                             self._backoff,
                         )
                     # intake stopped (or Telegram gave up): the task group now waits for
@@ -342,7 +346,7 @@ class TelegramInterface:
             with anyio.CancelScope(shield=True):
                 await bot.session.close()
 
-    async def _connect_and_poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
+    async def _connect_and_poll(self, bot: Bot) -> None:
         if not self._ready:
             me = await _intake(bot.get_me)
             self._bot_id = me.id
@@ -353,7 +357,7 @@ class TelegramInterface:
             log.info("telegram: polling as @%s", me.username)
             self.liveness.ok(f"polling as @{me.username}")
             await self._register_commands(bot)
-        await self._poll(bot, dispatcher)
+        await self._poll(bot)
 
     async def _register_commands(self, bot: Bot) -> None:
         commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
@@ -362,7 +366,7 @@ class TelegramInterface:
         except DeliveryError as exc:  # the menu is a nicety; never fatal
             log.warning("telegram: could not register commands: %s", exc)
 
-    async def _poll(self, bot: Bot, dispatcher: Dispatcher) -> None:
+    async def _poll(self, bot: Bot) -> None:
         """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007).
 
         Returns never; failures propagate to the supervisor, which retries. A batch's
@@ -391,15 +395,13 @@ class TelegramInterface:
                 update_id = item.get("update_id")
                 if isinstance(update_id, int) and not isinstance(update_id, bool):
                     self._offset = max(self._offset or 0, update_id + 1)
-                await self._feed(bot, dispatcher, item, update_id)
+                await self._feed(bot, item, update_id)
             if raw and self._offset is not None:
                 batch, self._batch = self._batch, []
                 frontend.inbox.set_cursor("tg:offset", self._offset)
                 await frontend.admit(batch, tg)
 
-    async def _feed(
-        self, bot: Bot, dispatcher: Dispatcher, item: dict[str, Any], update_id: object
-    ) -> None:
+    async def _feed(self, bot: Bot, item: dict[str, Any], update_id: object) -> None:
         """Validate and dispatch one update; one that cannot be read is logged and skipped."""
         try:
             update = Update.model_validate(item, context={"bot": bot})
@@ -412,7 +414,8 @@ class TelegramInterface:
             )
             return
         try:
-            await dispatcher.feed_update(bot, update)
+            if update.message is not None:  # (allowed_updates asks for messages only)
+                await self._on_message(update.message)
         except Exception as exc:  # a shape our translation did not foresee: skip, keep polling
             self.liveness.skipped_updates += 1
             log.warning("telegram: skipped update %s (%s)", update_id, one_line(type(exc).__name__))
