@@ -128,8 +128,13 @@ class SparePool:
         room: Callable[[], int],
         metrics: Metrics,
         mint: Callable[[], str],
+        held: bool = False,
     ) -> None:
-        """``room()`` says how many more processes ``max_processes`` allows right now."""
+        """``room()`` says how many more processes ``max_processes`` allows right now.
+
+        ``held``: boot nothing until :meth:`release` (``evie run`` releases the pool
+        once its platforms poll, so pi's boot does not compete with its own start-up).
+        """
         self._launcher = launcher
         self.count = count
         self._tasks = tasks
@@ -145,6 +150,9 @@ class SparePool:
         self._booting: anyio.CancelScope | None = None  # the spawn in progress, if any
         self._held_by: PiProcess | None = None  # the spare taken last, serving its first turn
         self._held_since = 0.0
+        self._released = anyio.Event()
+        if not held:
+            self._released.set()
 
     @property
     def ready(self) -> list[int]:
@@ -160,6 +168,10 @@ class SparePool:
         """Something changed (a spare was taken, a process stopped): reconsider the pool."""
         self._wake.set()
 
+    def release(self) -> None:
+        """Start booting spares (a pool created ``held``)."""
+        self._released.set()
+
     def claim_id(self) -> str | None:
         """The session id of a ready spare, promised to the new session that takes it.
 
@@ -174,6 +186,7 @@ class SparePool:
     async def run(self) -> None:
         """The owner task: refill while there is room, expire stale claims; stop all on exit."""
         try:
+            await self._released.wait()
             while not self._stopped:
                 self._expire_claims()
                 room = self._room()
