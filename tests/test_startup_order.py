@@ -43,7 +43,7 @@ async def test_the_spare_pi_boots_only_once_telegram_answered(
             tg.start_soon(lambda: run_daemon(config, on_ready=on_ready))
             with anyio.fail_after(20):
                 while not runtimes:
-                    await anyio.sleep(0)
+                    await anyio.sleep(0.002)
                 pool = runtimes[0].manager.spares
                 assert pool is not None
                 while not pool.ready:
