@@ -32,7 +32,6 @@ from evie.chat.frontend import ChatFrontend
 from evie.chat.render import SWITCH_INTERVAL, render_process
 from evie.config import Config
 from evie.errors import ConfigError
-from evie.http import serve_http
 from evie.platforms.contract import Platform, PlatformHealth
 from evie.runtime import Runtime, build_launcher, open_runtime, settle_gc
 from evie.shutdown import Grace, shut_down
@@ -167,6 +166,8 @@ async def _serve(
             return [platform.health() for platform in platforms]
 
         if config.http.listen:
+            from evie.http import serve_http  # aiohttp's server: only when configured
+
             port = await stack.enter_async_context(
                 serve_http(
                     config.http.listen,

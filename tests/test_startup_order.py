@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.conftest import FAKE_PI
 from tests.fake_telegram import TOKEN, running_fake_telegram
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_the_spare_pi_boots_only_once_telegram_answered(
@@ -55,3 +58,31 @@ async def test_the_spare_pi_boots_only_once_telegram_answered(
     asked = seen[0]
     assert "getMe" in asked  # the pool waited for the platform to reach Telegram
     assert "deleteWebhook" in asked
+
+
+def test_evie_chat_imports_no_platform_library_and_no_http_server(tmp_path: Path) -> None:
+    """`evie chat` starts in a fraction of a second: aiogram, discord.py, aiohttp stay out."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\n'
+        f'[sessions]\nwarm_spares = 0\n[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    config.chmod(0o600)
+    heavy = ("aiogram", "discord", "aiohttp", "pydantic")
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('loaded:', [m for m in {heavy!r} if m in sys.modules]))\n"
+        "from evie.cli import main\n"
+        f"sys.exit(main(['--config', {str(config)!r}, 'chat']))\n"
+    )
+    done = subprocess.run(  # stdin at its end: the chat greets, then leaves
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "loaded: []" in done.stdout.splitlines()
