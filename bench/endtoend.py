@@ -21,7 +21,15 @@ import anyio
 import anyio.lowlevel
 
 from bench.common import REAL_PI, ROOT, fake_launcher, fmt_s, save, summary
-from bench.procs import cpu_seconds, echo_bot, evie_run, fake_botapi, rss_mib, write_config
+from bench.procs import (
+    chat_on_a_terminal,
+    cpu_seconds,
+    echo_bot,
+    evie_run,
+    fake_botapi,
+    rss_mib,
+    write_config,
+)
 from evie.agent.events import Prompt, TurnEvent
 from evie.sessions.manager import SessionManager, SessionSettings
 
@@ -136,22 +144,12 @@ async def startup(tmp: Path) -> None:
                 times.append(polled - launched)
         rows[label] = {**summary(times), "rss_mib": max(rss), "cpu_p50": summary(cpu)["p50"]}
     chat_times, chat_rss, chat_cpu = [], [], []
-    for i in range(runs):
+    for i in range(runs):  # on a pseudo-terminal: what a person starting it sees
         config = write_config(tmp / f"chat{i}", None)
-        launched = time.perf_counter()
-        chat = subprocess.Popen(  # noqa: ASYNC220 (its output is read in a thread)
-            [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
-        assert chat.stdout is not None
-        assert chat.stdin is not None
-        await anyio.to_thread.run_sync(chat.stdout.readline)  # the greeting
-        chat_times.append(time.perf_counter() - launched)
-        chat_rss.append(rss_mib(chat.pid))
-        chat_cpu.append(cpu_seconds(chat.pid))
-        chat.stdin.close()
-        await anyio.to_thread.run_sync(chat.wait)
+        greeted, cpu, rss = await anyio.to_thread.run_sync(chat_on_a_terminal, config)
+        chat_times.append(greeted)
+        chat_cpu.append(cpu)
+        chat_rss.append(rss)
     rows["chat"] = {
         **summary(chat_times),
         "rss_mib": max(chat_rss),
