@@ -138,9 +138,10 @@ async def startup(tmp: Path) -> None:
                 port = _free_port() if with_http else None
                 config = write_config(tmp / f"{label}{i}", api, http_port=port)
                 async with evie_run(config) as (proc, launched):
+                    await api.watch(proc.pid)
                     polled = await api.first_poll()
                     rss.append(rss_mib(proc.pid))
-                    cpu.append(cpu_seconds(proc.pid))  # (+ a little after the poll)
+                    cpu.append(await api.cpu_at_first_poll())  # read by the fake on the poll
                 times.append(polled - launched)
         rows[label] = {**summary(times), "rss_mib": max(rss), "cpu_p50": summary(cpu)["p50"]}
     chat_times, chat_rss, chat_cpu = [], [], []

@@ -69,6 +69,17 @@ class FakeBotApi:
         data = await anyio.to_thread.run_sync(_http, self.base_url + "/_bench/first_poll")
         return float(data["at"])
 
+    async def watch(self, pid: int) -> None:
+        """Have the fake read this process's CPU time when the first getUpdates arrives."""
+        await anyio.to_thread.run_sync(
+            lambda: _http(f"{self.base_url}/_bench/watch?pid={pid}", post=True)
+        )
+
+    async def cpu_at_first_poll(self) -> float:
+        """The watched process's CPU seconds when its first getUpdates arrived."""
+        data = await anyio.to_thread.run_sync(_http, self.base_url + "/_bench/first_poll")
+        return float(data["cpu"])
+
     async def run(self, n: int, *, prefix: str = "ping", expect: str = "echo: {}") -> list[float]:
         """n messages one after another; update → reply seconds for each."""
         from urllib.parse import urlencode
