@@ -128,7 +128,7 @@ def _free_port() -> int:
 
 
 async def startup(tmp: Path) -> None:
-    """evie run: launch → first getUpdates, and RSS then; evie chat: launch → prompt."""
+    """evie run: launch → first getUpdates (CPU then), RSS; evie chat on a terminal → greeting."""
     runs = count(5)
     rows: dict[str, dict[str, float]] = {}
     for label, with_http in (("telegram", False), ("telegram+http", True)):
@@ -166,7 +166,7 @@ async def startup(tmp: Path) -> None:
         f"evie run (Telegram) launch → first poll p50 {fmt_s(t['p50'])} wall, "
         f"{fmt_s(t['cpu_p50'])} CPU, {t['rss_mib']:.0f} MiB; "
         f"with [http] {fmt_s(rows['telegram+http']['p50'])}; "
-        f"evie chat → prompt {fmt_s(c['p50'])} wall, {fmt_s(c['cpu_p50'])} CPU, "
+        f"evie chat on a terminal → greeting {fmt_s(c['p50'])} wall, {fmt_s(c['cpu_p50'])} CPU, "
         f"{c['rss_mib']:.0f} MiB",
         title="Start-up: launch → first poll (fake Bot API in its own process), RSS",
     )
