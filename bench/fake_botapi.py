@@ -19,6 +19,7 @@ its process: nothing of the fake or the driver runs on its event loop.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ class BenchTelegram(FakeTelegram):
         self.seen: set[str] = set()
         self.first_poll: float | None = None
         self.polled = anyio.Event()
+        self.watched_pid: int | None = None  # evie's, told by the bench after launch
+        self.cpu_at_first_poll: float | None = None
 
     def _saw(self, params: dict[str, str]) -> None:
         self.seen.add(params.get("text", ""))
@@ -56,6 +59,14 @@ class BenchTelegram(FakeTelegram):
     async def _m_getUpdates(self, params: dict[str, str]) -> Any:
         if self.first_poll is None:
             self.first_poll = time.time()
+            if self.watched_pid is not None:  # evie's CPU up to this very request
+                try:
+                    with open(f"/proc/{self.watched_pid}/stat") as f:  # noqa: ASYNC230 (/proc)
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    ticks = int(fields[11]) + int(fields[12])
+                    self.cpu_at_first_poll = ticks / os.sysconf("SC_CLK_TCK")
+                except OSError:
+                    pass
             self.polled.set()
         self.calls.clear()  # a long run must not grow the call log
         return await super()._m_getUpdates(params)
@@ -63,7 +74,12 @@ class BenchTelegram(FakeTelegram):
 
 async def _first_poll(fake: BenchTelegram) -> web.Response:
     await fake.polled.wait()
-    return web.json_response({"at": fake.first_poll})
+    return web.json_response({"at": fake.first_poll, "cpu": fake.cpu_at_first_poll})
+
+
+async def _watch(fake: BenchTelegram, request: web.Request) -> web.Response:
+    fake.watched_pid = int(request.query["pid"])
+    return web.json_response({"ok": True})
 
 
 async def _run(fake: BenchTelegram, request: web.Request) -> web.Response:
@@ -93,6 +109,7 @@ async def main(port_file: Path) -> None:
     app.router.add_route("*", "/bot{token}/{method}", fake._api)
     app.router.add_get("/_bench/first_poll", lambda _r: _first_poll(fake))
     app.router.add_post("/_bench/run", lambda r: _run(fake, r))
+    app.router.add_post("/_bench/watch", lambda r: _watch(fake, r))
     async with serve_on_loopback(app) as fake.port:
         port_file.write_text(json.dumps({"port": fake.port}))  # noqa: ASYNC240
         await anyio.sleep_forever()

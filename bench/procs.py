@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -41,8 +42,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+#: compiled bytecode kept between runs, as an installed evie has it (pip compiles at install);
+#: without it (PYTHONDONTWRITEBYTECODE is set on this machine) every start compiles evie
+BYTECODE = Path(tempfile.gettempdir()) / "evie-bench-pycache"
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": str(BYTECODE)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def _http(url: str, *, post: bool = False, timeout: float = 600) -> Any:
@@ -60,6 +68,17 @@ class FakeBotApi:
         """Wall-clock time of the first getUpdates (waits for it)."""
         data = await anyio.to_thread.run_sync(_http, self.base_url + "/_bench/first_poll")
         return float(data["at"])
+
+    async def watch(self, pid: int) -> None:
+        """Have the fake read this process's CPU time when the first getUpdates arrives."""
+        await anyio.to_thread.run_sync(
+            lambda: _http(f"{self.base_url}/_bench/watch?pid={pid}", post=True)
+        )
+
+    async def cpu_at_first_poll(self) -> float:
+        """The watched process's CPU seconds when its first getUpdates arrived."""
+        data = await anyio.to_thread.run_sync(_http, self.base_url + "/_bench/first_poll")
+        return float(data["cpu"])
 
     async def run(self, n: int, *, prefix: str = "ping", expect: str = "echo: {}") -> list[float]:
         """n messages one after another; update → reply seconds for each."""
@@ -153,3 +172,44 @@ async def evie_run(
         yield proc, launched
     finally:
         await _stop(proc)
+
+
+def chat_on_a_terminal(config: Path, *, timeout: float = 60) -> tuple[float, float, float]:
+    """``evie chat`` on a pseudo-terminal, as a person runs it (line editor, Markdown):
+    seconds from launch until its greeting is on the screen, and its CPU seconds and
+    RSS (MiB) then. Blocking: run it in a thread. Leaves with Ctrl-D."""
+    import pty
+    import select
+    import subprocess
+
+    master, slave = pty.openpty()
+    launched = time.perf_counter()
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=_env(), start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = launched + timeout
+        while b"Ctrl-D leaves" not in seen:  # the greeting's last words
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                raise TimeoutError(f"evie chat did not greet within {timeout:g} s: {seen!r}")
+            seen += os.read(master, 65536)
+        greeted = time.perf_counter() - launched
+        cpu, rss = cpu_seconds(chat.pid), rss_mib(chat.pid)
+        os.write(master, b"\x04")  # Ctrl-D
+        end = time.perf_counter() + timeout
+        while chat.poll() is None and time.perf_counter() < end:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    os.read(master, 65536)  # keep the terminal drained
+                except OSError:
+                    break
+        return greeted, cpu, rss
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+        chat.wait()
+        os.close(master)

@@ -32,9 +32,8 @@ from evie.chat.frontend import ChatFrontend
 from evie.chat.render import SWITCH_INTERVAL, render_process
 from evie.config import Config
 from evie.errors import ConfigError
-from evie.http import serve_http
 from evie.platforms.contract import Platform, PlatformHealth
-from evie.runtime import Runtime, build_launcher, open_runtime
+from evie.runtime import Runtime, build_launcher, open_runtime, settle_gc
 from evie.shutdown import Grace, shut_down
 
 if TYPE_CHECKING:
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: seconds the platforms get, after pi is stopped, to post the last lines and return
 DELIVERY_GRACE = 10.0
+#: the longest start-up waits for the platforms' first poll before warming up anyway
+WARM_UP_WAIT = 10.0
 
 
 async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platform]:
@@ -157,14 +158,16 @@ async def _serve(
     terminal: bool,
     on_ready: Callable[[Runtime], Awaitable[None]] | None,
 ) -> None:
-    async with open_runtime(config) as runtime, AsyncExitStack() as stack:
-        await stack.enter_async_context(render_process())  # very big replies render there
+    # pi's spare and the render worker boot only once the platforms poll (_warm_up_later)
+    async with open_runtime(config, hold_spares=True) as runtime, AsyncExitStack() as stack:
         platforms = await build_platforms(runtime, terminal=terminal)
 
         def health() -> list[PlatformHealth]:
             return [platform.health() for platform in platforms]
 
         if config.http.listen:
+            from evie.http import serve_http  # aiohttp's server: only when configured
+
             port = await stack.enter_async_context(
                 serve_http(
                     config.http.listen,
@@ -184,8 +187,32 @@ async def _serve(
         )
         async with anyio.create_task_group() as ticker:
             ticker.start_soon(runtime.metrics.loop_lag.watch)
+            ticker.start_soon(_warm_up_later, runtime, platforms)
             await _serve_platforms(runtime, platforms, stop, grace, on_ready)
             ticker.cancel_scope.cancel()
+
+
+async def _warm_up_later(runtime: Runtime, platforms: Sequence[Platform]) -> None:
+    """Once every platform polls: settle the gc, boot the spare pi and the render worker.
+
+    Both are processes that boot for about a second of CPU each; started before the
+    first poll they compete with evie's own start-up for a small machine's cores
+    (adr/0016). Until then very big replies render in a thread, as without a worker,
+    and a new session starts pi cold. A platform that cannot connect delays this at
+    most ``WARM_UP_WAIT`` seconds.
+    """
+    with anyio.move_on_after(WARM_UP_WAIT):
+        while not all(_polling(platform.health()) for platform in platforms):  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+    settle_gc()
+    runtime.manager.release_spares()
+    async with render_process():  # very big replies render there
+        await anyio.sleep_forever()
+
+
+def _polling(health: PlatformHealth) -> bool:
+    """Has this platform heard from its service once (or has it nothing to hear from)?"""
+    return health.state in ("up", "down") or health.seconds_since_ok is not None
 
 
 async def _serve_platforms(

@@ -103,8 +103,11 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
-    """Load state, start the manager and the state writer; on exit stop pi and flush."""
+async def open_runtime(config: Config, *, hold_spares: bool = False) -> AsyncIterator[Runtime]:
+    """Load state, start the manager and the state writer; on exit stop pi and flush.
+
+    ``hold_spares``: boot no warm spare until ``runtime.manager.release_spares()``.
+    """
     metrics = Metrics()
     cwd = config.agent.cwd
     if cwd is not None and not await anyio.to_thread.run_sync(cwd.is_dir):
@@ -122,7 +125,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     lock = await anyio.to_thread.run_sync(lock_state_dir, config.state.dir)
     try:
         await anyio.to_thread.run_sync(reap, launcher.owner)
-        async with _serve(config, launcher, metrics) as runtime:
+        async with _serve(config, launcher, metrics, hold_spares) as runtime:
             yield runtime
     finally:
         # pi is stopped by now; anything still carrying our marker escaped its parent
@@ -132,7 +135,9 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
 
 
 @asynccontextmanager
-async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> AsyncIterator[Runtime]:
+async def _serve(
+    config: Config, launcher: PiLauncher, metrics: Metrics, hold_spares: bool
+) -> AsyncIterator[Runtime]:
     starts = tuple(f"{platform}:" for platform in PLATFORMS)  # the inbox records them
     store = StateStore(config.state.dir / "state.json", metrics=metrics, starts_recorded_by=starts)
     records = await anyio.to_thread.run_sync(store.load)
@@ -158,6 +163,7 @@ async def _serve(config: Config, launcher: PiLauncher, metrics: Metrics) -> Asyn
                 metrics=metrics,
                 observer=store,
                 known_sessions=known,
+                hold_spares=hold_spares,
             ) as manager:
                 yield Runtime(config, manager, store, metrics, inbox, outbox)
         finally:

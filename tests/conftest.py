@@ -19,6 +19,8 @@ from tests.fake_llm import FakeLLM, write_agent_dir
 
 FAKE_PI = Path(__file__).with_name("fake_pi.py")
 PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
+# a daemon run in a test's event loop must not gc.freeze() the whole test process (adr/0016)
+os.environ.setdefault("EVIE_GC", "default")
 
 
 _FIGURES: list[str] = []

@@ -11,7 +11,7 @@ import anyio
 import attrs
 import pytest
 
-from evie.agent.events import Outcome, TurnFinished
+from evie.agent.events import Outcome, TextDelta, TurnFinished
 from evie.agent.reaper import marked_processes
 from evie.sessions.manager import SessionManager, SessionSettings
 from tests.conftest import FakeLauncher, Recorder, fake_launcher, script
@@ -64,6 +64,29 @@ async def test_a_new_session_takes_the_spare_in_its_own_work_dir(tmp_path: Path)
         assert await ready_spare(manager, not_pid=spare) != spare
     # the spare waiting at shutdown leaves no empty work dir behind
     assert os.listdir(tmp_path / "work") == [status.session_id]
+
+
+async def test_the_pool_refills_only_after_the_first_turn_of_the_spare_it_gave(
+    tmp_path: Path,
+) -> None:
+    """A pi booting beside a session's first turn would slow the reply the spare is for."""
+    settings = SessionSettings(warm_spares=1)
+    release = tmp_path / "release"
+    async with SessionManager(fake_launcher(tmp_path), settings) as manager:
+        pool = manager.spares
+        assert pool is not None
+        spare = await ready_spare(manager)
+        rec = Recorder()
+        async with anyio.create_task_group() as tg:
+            steps = script({"text": "working"}, {"wait_file": str(release)})
+            tg.start_soon(manager.send, "chat", steps, rec)
+            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            assert pid_of(manager, "chat") == spare
+            for _ in range(20):  # the pool's task runs many times meanwhile: it waits
+                await anyio.sleep(0.01)
+                assert pool.size == 0
+            release.touch()
+        assert await ready_spare(manager, not_pid=spare) != spare  # refilled after the turn
 
 
 async def test_a_reclaimed_session_gets_its_history_back_from_a_spare(tmp_path: Path) -> None:

@@ -120,8 +120,11 @@ class SessionManager(AsyncContextManagerMixin):
         metrics: Metrics | None = None,
         observer: SessionObserver | None = None,
         known_sessions: dict[str, str] | None = None,
+        hold_spares: bool = False,
     ) -> None:
+        """``hold_spares``: boot no warm spare until :meth:`release_spares`."""
         self._launcher = launcher
+        self._hold_spares = hold_spares
         self.settings = settings or SessionSettings()
         self.metrics = metrics or Metrics()
         self._observer = observer
@@ -155,6 +158,7 @@ class SessionManager(AsyncContextManagerMixin):
                     room=self._room_for_spares,
                     metrics=self.metrics,
                     mint=mint_session_id,
+                    held=self._hold_spares,
                 )
                 tg.start_soon(self._spares.run)
             try:
@@ -167,6 +171,12 @@ class SessionManager(AsyncContextManagerMixin):
     @property
     def spares(self) -> SparePool | None:
         return self._spares
+
+    def release_spares(self) -> None:
+        """Let a manager created with ``hold_spares`` boot its warm spares."""
+        self._hold_spares = False
+        if self._spares is not None:
+            self._spares.release()
 
     def _new_session_id(self) -> str:
         """A warm spare's id when one is ready (it is booted as that session), else a new one."""

@@ -18,7 +18,9 @@ an existing session never fits another session's spare and starts cold.
 Spares count against ``max_processes`` and are the first processes given up
 when sessions need room. One owner task (:meth:`SparePool.run`) keeps the pool
 filled; every spare's pumps run in the manager's task group, so a taken spare
-simply becomes the session's process.
+simply becomes the session's process. The refill after a take waits for that
+session's first turn to end (at most ``HOLD_SECONDS``): a pi booting beside it
+would slow the very reply the spare is there to speed up.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: a claimed spare whose session has not started by then is stopped (and replaced)
 CLAIM_SECONDS = 120.0
+#: the longest a refill waits for the first turn of the spare just taken (see ``_holding``)
+HOLD_SECONDS = 10.0
 
 
 class SpecSource(Protocol):
@@ -124,8 +128,13 @@ class SparePool:
         room: Callable[[], int],
         metrics: Metrics,
         mint: Callable[[], str],
+        held: bool = False,
     ) -> None:
-        """``room()`` says how many more processes ``max_processes`` allows right now."""
+        """``room()`` says how many more processes ``max_processes`` allows right now.
+
+        ``held``: boot nothing until :meth:`release` (``evie run`` releases the pool
+        once its platforms poll, so pi's boot does not compete with its own start-up).
+        """
         self._launcher = launcher
         self.count = count
         self._tasks = tasks
@@ -139,6 +148,11 @@ class SparePool:
         self._settled.set()
         self._stopped = False
         self._booting: anyio.CancelScope | None = None  # the spawn in progress, if any
+        self._held_by: PiProcess | None = None  # the spare taken last, serving its first turn
+        self._held_since = 0.0
+        self._released = anyio.Event()
+        if not held:
+            self._released.set()
 
     @property
     def ready(self) -> list[int]:
@@ -154,6 +168,10 @@ class SparePool:
         """Something changed (a spare was taken, a process stopped): reconsider the pool."""
         self._wake.set()
 
+    def release(self) -> None:
+        """Start booting spares (a pool created ``held``)."""
+        self._released.set()
+
     def claim_id(self) -> str | None:
         """The session id of a ready spare, promised to the new session that takes it.
 
@@ -168,21 +186,45 @@ class SparePool:
     async def run(self) -> None:
         """The owner task: refill while there is room, expire stale claims; stop all on exit."""
         try:
+            await self._released.wait()
             while not self._stopped:
                 self._expire_claims()
                 room = self._room()
                 if room < 0:  # sessions took the room while a spare was booting
                     self.give_up(-room)
                 unclaimed = len(self.ready) + self._starting
-                if unclaimed < self.count and room > 0:
+                holding = self._holding()
+                if unclaimed < self.count and room > 0 and not holding:
                     await self._start_one()
                     continue
-                with anyio.move_on_after(1):  # sessions' processes stopping free room too
+                with anyio.move_on_after(0.1 if holding else 1):  # stopping processes free room
                     await self._wake.wait()
                 self._wake = anyio.Event()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.close()
+
+    def _holding(self) -> bool:
+        """Is the spare taken last still on its session's first turn?
+
+        Booting pi is about a second of CPU: a refill started the moment a spare is
+        taken competes with that very session's first reply (on 2 cores it added
+        0.25 to 0.35 s to it, adr/0016). The refill waits for that turn to end, at
+        most ``HOLD_SECONDS``, so a slow model does not keep the pool empty.
+        """
+        held = self._held_by
+        if held is None:
+            return False
+        turn = held.turn
+        done = turn is not None and turn.finished is not None
+        if done or not held.alive or time.monotonic() - self._held_since > HOLD_SECONDS:
+            self._held_by = None
+            return False
+        return True
+
+    def _hold(self, process: PiProcess) -> None:
+        self._held_by = process
+        self._held_since = time.monotonic()
 
     def _expire_claims(self) -> None:
         now = time.monotonic()
@@ -236,6 +278,7 @@ class SparePool:
                     break
                 self._spares.remove(spare)
                 self._metrics.spares_taken += 1
+                self._hold(spare.process)
                 self.poke()
                 return spare.process
         for spare in self._spares:
@@ -255,6 +298,7 @@ class SparePool:
                 self._tasks.start_soon(self._discard, spare)
                 break
             self._metrics.spares_taken += 1
+            self._hold(spare.process)
             self.poke()
             return spare.process
         self._metrics.spares_missed += 1
