@@ -92,7 +92,7 @@ class Terminal:
             return ""
 
     async def expect(self, pattern: str, seconds: float = 30) -> re.Match[str]:
-        with anyio.fail_after(seconds):
+        with anyio.move_on_after(seconds):
             while True:
                 found = re.compile(pattern).search(self.screen, self._cursor)
                 if found:
@@ -102,6 +102,7 @@ class Terminal:
                 if not data:
                     raise AssertionError(f"ended before {pattern!r}:\n{self.screen}")
                 self.screen += data
+        raise AssertionError(f"no {pattern!r} within {seconds:g}s:\n{self.screen!r}")
 
     def type(self, text: str) -> None:
         os.write(self._fd, text.encode())

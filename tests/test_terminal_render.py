@@ -7,7 +7,13 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evie.platforms.terminal_render import MarkdownBlocks, RichStyle, sanitize
+from evie.platforms.terminal_render import (
+    MarkdownBlocks,
+    PlainStyle,
+    RichStyle,
+    StreamSanitizer,
+    sanitize,
+)
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # text with a high share of escape-sequence material
@@ -28,6 +34,33 @@ def test_sanitized_text_has_no_control_characters_but_newlines_and_tabs(text: st
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=200))
 def test_ordinary_text_is_untouched(text: str) -> None:
     assert sanitize(text) == text
+
+
+def pieces(text: str, sizes: list[int]) -> list[str]:
+    out, i = [], 0
+    while i < len(text):
+        size = sizes[len(out) % len(sizes)]
+        out.append(text[i : i + size])
+        i += size
+    return out
+
+
+@given(nasty | st.text(max_size=200), st.lists(st.integers(1, 9), min_size=1, max_size=20))
+def test_a_stream_is_made_safe_as_if_it_had_come_whole(text: str, sizes: list[int]) -> None:
+    """A sequence cut between two deltas is removed whole: its tail is never printed."""
+    stream = StreamSanitizer()
+    got = "".join(stream.feed(p) for p in pieces(text, sizes)) + stream.finish()
+    assert got == sanitize(text)
+
+
+def test_an_escape_cut_between_deltas_leaves_nothing_behind() -> None:
+    style = PlainStyle()
+    out = style.delta("**bold** and \x1b]0") + style.delta(";pwned\x07 safe") + style.flush()
+    assert out == "**bold** and  safe"
+    rich = RichStyle(80, color=False)
+    out = rich.delta("**bold** and \x1b]0") + rich.delta(";pwned\x07 safe") + rich.flush()
+    assert "pwned" not in out
+    assert "bold and  safe" in out
 
 
 markdown = st.lists(

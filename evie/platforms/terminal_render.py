@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import deque
 
 import attrs
 
@@ -28,6 +29,45 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def sanitize(text: str) -> str:
     """Remove terminal control sequences and control characters, keeping \\n and \\t."""
     return _CONTROLS.sub("", _SEQUENCES.sub("", text))
+
+
+# what a sequence cut short looks like: its introducer and whatever may still continue it
+_UNFINISHED = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*"
+    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*\x1b?"
+    r"|\x1b"
+)
+#: a sequence still open after this many characters is not held back any longer
+HOLD_LIMIT = 4096
+
+
+@attrs.define
+class StreamSanitizer:
+    """:func:`sanitize` for text that arrives in pieces (pi streams deltas).
+
+    A sequence cut between two deltas (``"\\x1b]0"`` then ``";title\\x07"``) would
+    otherwise lose only its head, and its tail would be printed as text. A trailing
+    sequence that may still continue is held back until the next delta completes it.
+    """
+
+    _held: str = ""
+
+    def feed(self, text: str) -> str:
+        text, self._held = self._held + text, ""
+        found = deque(_SEQUENCES.finditer(text), maxlen=1)  # the last one, in linear time
+        last = found[0] if found else None
+        if (
+            last is not None
+            and last.end() == len(text)
+            and len(text) - last.start() <= HOLD_LIMIT
+            and _UNFINISHED.fullmatch(last.group())
+        ):
+            text, self._held = text[: last.start()], text[last.start() :]
+        return sanitize(text)
+
+    def finish(self) -> str:
+        held, self._held = self._held, ""
+        return sanitize(held)
 
 
 DIM = "\x1b[2m"
@@ -86,12 +126,14 @@ class RichStyle:
         self.width = width
         self.color = color
         self._blocks = MarkdownBlocks()
+        self._clean = StreamSanitizer()
 
     def delta(self, text: str) -> str:
-        return "".join(self._render(b) for b in self._blocks.feed(sanitize(text)))
+        return "".join(self._render(b) for b in self._blocks.feed(self._clean.feed(text)))
 
     def flush(self) -> str:
-        return "".join(self._render(b) for b in self._blocks.finish())
+        blocks = self._blocks.feed(self._clean.finish()) + self._blocks.finish()
+        return "".join(self._render(b) for b in blocks)
 
     def dim(self, text: str) -> str:
         text = sanitize(text)
@@ -118,14 +160,17 @@ class RichStyle:
         return out.getvalue() + "\n"  # blocks are separated by a blank line, as in the source
 
 
+@attrs.define
 class PlainStyle:
     """Pipes and tests: the text as it came, made safe; no styling."""
 
+    _clean: StreamSanitizer = attrs.Factory(StreamSanitizer)
+
     def delta(self, text: str) -> str:
-        return sanitize(text)
+        return self._clean.feed(text)
 
     def flush(self) -> str:
-        return ""
+        return self._clean.finish()
 
     def dim(self, text: str) -> str:
         return sanitize(text)
