@@ -15,7 +15,9 @@ from evie.agent.events import Prompt, TurnEvent
 from evie.agent.launcher import PiLauncher
 from evie.agent.process import LaunchSpec
 from evie.sessions.manager import SessionManager, SessionSettings
-from tests.fake_llm import FakeLLM, write_agent_dir
+from tests.fake_discord import FakeDiscord, running_fake_discord
+from tests.fake_llm import FakeLLM, running_fake_llm, write_agent_dir
+from tests.fake_telegram import FakeTelegram, running_fake_telegram
 
 FAKE_PI = Path(__file__).with_name("fake_pi.py")
 PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
@@ -24,6 +26,27 @@ PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    """The fake LLM (OpenAI-compatible) on loopback, for the real pi."""
+    async with running_fake_llm() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    """The fake Bot API on loopback."""
+    async with running_fake_telegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    """The fake Discord REST API and gateway on loopback."""
+    async with running_fake_discord() as fake:
+        yield fake
 
 
 @pytest.fixture(autouse=True)

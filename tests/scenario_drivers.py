@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,7 +27,6 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
-import discord
 import pytest
 
 from evie.config import load_config
@@ -39,6 +37,7 @@ from tests.fake_discord import TOKEN as DISCORD_TOKEN
 from tests.fake_discord import FakeDiscord, running_fake_discord
 from tests.fake_telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fake_telegram import FakeTelegram, running_fake_telegram
+from tests.harness import Screen, kept_discord_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = 42
@@ -82,27 +81,6 @@ class Driver(Protocol):
     def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
         """The terminal's input and output (ignored by chat platforms)."""
         ...
-
-
-class Screen:
-    """Text written by evie (a terminal's stdout), safe to write from a thread."""
-
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            self._parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    @property
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._parts)
 
 
 @attrs.define
@@ -228,13 +206,9 @@ async def open_driver(name: str) -> AsyncIterator[Driver]:
         async with running_fake_telegram() as fake:
             yield TelegramDriver(fake)
     elif name == "discord":
-        base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-        try:
+        with kept_discord_endpoints():  # run_daemon points discord.py at the fake
             async with running_fake_discord() as dfake:
                 yield DiscordDriver(dfake)
-        finally:  # run_daemon points discord.py at the fake process-wide; undo it
-            discord.http.Route.BASE = base
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
     elif name == "terminal":
         yield TerminalDriver()
     else:

@@ -24,7 +24,6 @@ import random
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -33,7 +32,7 @@ import pytest
 
 from evie.agent.reaper import marked_processes
 from tests.conftest import FAKE_PI
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.fake_telegram import TOKEN, FakeTelegram
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +43,6 @@ KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
 ANSWER = re.compile(r"echo: (\d+)/(\d+)")
 NOTICES = ("evie was stopped while", "evie was restarted while")
 QUOTED = re.compile(r"“(\d+/\d+)”")
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with running_fake_telegram() as fake:
-        yield fake
 
 
 def write_config(tmp_path: Path, fake: FakeTelegram) -> Path:

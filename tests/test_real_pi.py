@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -28,19 +27,13 @@ from evie.config import parse_config
 from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from tests.conftest import PI, Recorder, pid_alive, real_launcher
-from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
+from tests.fake_llm import FakeLLM, Reply, write_agent_dir
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.realpi,
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
 
 
 async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
@@ -96,16 +89,25 @@ async def test_abort_mid_stream(tmp_path: Path, llm: FakeLLM) -> None:
         )
 
 
-async def test_server_errors_are_retried_then_reported(tmp_path: Path, llm: FakeLLM) -> None:
-    llm.queue(*[Reply(status=500, error="upstream exploded")] * 3)  # 1 try + 2 retries
+@pytest.mark.parametrize(
+    ("status", "error", "retries"),
+    [
+        pytest.param(500, "upstream exploded", [1, 2], id="server-error-retried-then-reported"),
+        pytest.param(401, "invalid api key", [], id="unauthorised-fails-at-once"),
+    ],
+)
+async def test_llm_errors_end_the_turn_as_failed(
+    tmp_path: Path, llm: FakeLLM, status: int, error: str, retries: list[int]
+) -> None:
+    llm.queue(*[Reply(status=status, error=error)] * (1 + len(retries)))  # 1 try + the retries
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
         rec = Recorder()
         result = await manager.send("chat", Prompt("hi"), rec)
         assert isinstance(result, TurnFinished)
         assert result.outcome is Outcome.FAILED
-        assert "500" in (result.error or "")
-        assert [r.attempt for r in rec.of(RetryScheduled)] == [1, 2]  # type: ignore[attr-defined]
-        assert len(llm.requests) == 3
+        assert str(status) in (result.error or "")
+        assert [r.attempt for r in rec.of(RetryScheduled)] == retries  # type: ignore[attr-defined]
+        assert len(llm.requests) == 1 + len(retries)
 
 
 async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None:
@@ -115,18 +117,6 @@ async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None
         assert await manager.send("chat", Prompt("hi"), rec) == TurnFinished(Outcome.DONE)
         assert [m.text for m in rec.of(AssistantMessage)] == ["better now"]  # type: ignore[attr-defined]
         assert len(rec.of(RetryScheduled)) == 1
-
-
-async def test_unauthorised_fails_at_once(tmp_path: Path, llm: FakeLLM) -> None:
-    llm.queue(Reply(status=401, error="invalid api key"))
-    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
-        result = await manager.send("chat", Prompt("hi"), rec)
-        assert isinstance(result, TurnFinished)
-        assert result.outcome is Outcome.FAILED
-        assert "401" in (result.error or "")
-        assert rec.of(RetryScheduled) == []
-        assert len(llm.requests) == 1
 
 
 @pytest.mark.parametrize("sandbox", ["off", "auto"])

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
 import attrs
-import discord
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from evie.config import DiscordConfig, TelegramConfig
 from evie.platforms.discord import DiscordInterface
 from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
+from tests import harness
 from tests.conftest import fake_launcher
 from tests.fake_discord import TOKEN as DISCORD_TOKEN
 from tests.fake_discord import running_fake_discord
@@ -40,6 +40,7 @@ from tests.fake_telegram import (
     poison_update,
     running_fake_telegram,
 )
+from tests.harness import kept_discord_endpoints
 from tests.loopback import closed_port
 
 pytestmark = pytest.mark.anyio
@@ -242,11 +243,9 @@ async def test_a_reply_that_cannot_be_delivered_is_one_line_not_a_crash(
 
 
 @pytest.fixture
-def discord_globals() -> object:
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    yield None
-    discord.http.Route.BASE = base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+def discord_globals() -> Iterator[None]:
+    with kept_discord_endpoints():
+        yield
 
 
 def discord_interface(manager: SessionManager, port: int) -> DiscordInterface:
@@ -257,14 +256,7 @@ def discord_interface(manager: SessionManager, port: int) -> DiscordInterface:
         allowed_user_ids=frozenset({OWNER}),
         edit_interval=0.05,
     )
-    return DiscordInterface(
-        manager,
-        config,
-        delivery=Delivery(base_backoff=0.01),
-        client_options={"guild_ready_timeout": 0.05},
-        backoff=FAST,
-        liveness_interval=0.05,
-    )
+    return harness.discord_interface(manager, config, backoff=FAST, liveness_interval=0.05)
 
 
 @pytest.mark.usefixtures("discord_globals")
