@@ -74,6 +74,20 @@ async def start(config: Path, log: Path, fake: FakeTelegram) -> anyio.abc.Proces
     return proc
 
 
+async def settle_then_stop(proc: anyio.abc.Process) -> None:
+    """Give anything extra (a duplicate) a second to arrive, then SIGTERM: evie exits 0."""
+    await anyio.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    with anyio.fail_after(30):
+        assert await proc.wait() == 0
+
+
+async def kill_if_running(proc: anyio.abc.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
 def tally(fake: FakeTelegram) -> dict[int, tuple[list[int], int]]:
     """Per chat: the numbers answered, in the order the user sees them, and notices told."""
     out = {}
@@ -144,14 +158,9 @@ async def test_kill_9_at_random_points(tmp_path: Path, telegram: FakeTelegram) -
             await fake.wait_for(lambda: settled(fake), seconds=90)
         except TimeoutError:
             pytest.fail(f"not every message was answered or accounted for: {tally(fake)}")
-        await anyio.sleep(1.0)  # anything extra (a duplicate) would arrive now
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            assert await proc.wait() == 0
+        await settle_then_stop(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_if_running(proc)
 
     uncertain = sum(int(m.group(1)) for m in re.finditer(r"re-sending (\d+) repl", log.read_text()))
     results = tally(fake)
@@ -202,14 +211,9 @@ async def test_a_message_waiting_behind_a_turn_survives_kill_9(
             ),
             seconds=60,
         )
-        await anyio.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            assert await proc.wait() == 0
+        await settle_then_stop(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_if_running(proc)
     view = fake.chat_view(OWNER)
     assert view.count("echo: waiting behind it") == 1
     assert sum(any(n in t for n in NOTICES) for t in view) == 1
