@@ -26,6 +26,7 @@ from evie.agent.reaper import marked_processes
 from evie.config import parse_config
 from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
+from evie.sessions.slot import SlotStatus
 from tests.conftest import PI, Recorder, pid_alive, real_launcher
 from tests.fake_llm import FakeLLM, Reply, write_agent_dir
 
@@ -203,6 +204,16 @@ async def _spare_pid(manager: SessionManager) -> int:
     return pool.ready[0]
 
 
+async def _answered_by(manager: SessionManager, text: str, pid: int) -> SlotStatus:
+    """Send ``text`` to "chat"; the turn succeeds and the process that ran it is ``pid``."""
+    result = await manager.send("chat", Prompt(text), Recorder())
+    assert result == TurnFinished(Outcome.DONE)
+    status = manager.get_status("chat")
+    assert status is not None
+    assert status.pid == pid
+    return status
+
+
 async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: FakeLLM) -> None:
     """pi's switch_session really loads the history: the model is sent the earlier turn."""
     (tmp_path / "project").mkdir()  # a configured cwd must exist
@@ -212,11 +223,7 @@ async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: Fa
         await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
         assert await manager.cleanup_idle(now=anyio.current_time() + 10**6) == 1
         spare = await _spare_pid(manager)
-        result = await manager.send("chat", Prompt("what was the word?"), Recorder())
-        assert result == TurnFinished(Outcome.DONE)
-        status = manager.get_status("chat")
-        assert status is not None
-        assert status.pid == spare
+        await _answered_by(manager, "what was the word?", spare)
         assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
 
 
@@ -227,11 +234,7 @@ async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
     settings = SessionSettings(warm_spares=1)
     async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
         spare = await _spare_pid(manager)
-        result = await manager.send("chat", Prompt("where are you?"), Recorder())
-        assert result == TurnFinished(Outcome.DONE)
-        status = manager.get_status("chat")
-        assert status is not None
-        assert status.pid == spare
+        status = await _answered_by(manager, "where are you?", spare)
         work = (tmp_path / "work" / status.session_id).resolve()
         tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
         assert str(work) in json.dumps(tool_results)

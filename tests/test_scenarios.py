@@ -50,6 +50,12 @@ def held(release: Path, before: str = "working on it", after: str = " ALLDONE") 
     return script({"text": before}, {"wait_file": str(release)}, {"text": after})
 
 
+async def turn_held_open(driver: Driver, evie: Evie, release: Path) -> None:
+    """Start a :func:`held` turn and wait until the chat shows it working."""
+    await driver.send(held(release))
+    await evie.shows("working on it")
+
+
 # -- conversation ---------------------------------------------------------------------------
 
 
@@ -66,8 +72,7 @@ async def test_status_mid_turn(
 ) -> None:
     release = tmp_path / "release"
     async with evie_in_process(driver, tmp_path, monkeypatch) as evie:
-        await driver.send(held(release))
-        await evie.shows("working on it")
+        await turn_held_open(driver, evie, release)
         await driver.send("/status")
         await evie.shows("Turn running for")
         assert (await evie.status())[driver.key()]["state"] == "running"
@@ -96,8 +101,7 @@ async def test_mid_turn_message_is_queued_and_answered(
 ) -> None:
     release = tmp_path / "release"
     async with evie_in_process(driver, tmp_path, monkeypatch) as evie:
-        await driver.send(held(release))
-        await evie.shows("working on it")
+        await turn_held_open(driver, evie, release)
         await driver.send("and also this")
         await evie.shows("queued", "#1")
         release.touch()
