@@ -83,14 +83,25 @@ class Driver(Protocol):
         ...
 
 
+class ChatDriver:
+    """What the chat platforms (not the terminal) have in common."""
+
+    terminal = False
+    stopped = "⏹ Stopped."
+    interrupted = "⏹ Interrupted"
+
+    def refuses_strangers(self) -> bool:
+        return True
+
+    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
+        pass  # a chat has no terminal
+
+
 @attrs.define
-class TelegramDriver:
+class TelegramDriver(ChatDriver):
     fake: FakeTelegram
     name: str = "telegram"
-    terminal: bool = False
     max_length: int | None = 4096
-    stopped: str = "⏹ Stopped."
-    interrupted: str = "⏹ Interrupted"
 
     def config(self) -> str:
         return (
@@ -107,27 +118,18 @@ class TelegramDriver:
     def texts(self, user: int = OWNER) -> list[str]:
         return self.fake.chat_view(user)
 
-    def refuses_strangers(self) -> bool:
-        return True
-
     def stall_start_up(self) -> anyio.Event | None:
         return self.fake.hold("getMe")
 
     def started_connecting(self) -> bool:
         return bool(self.fake.method_calls("getMe"))
 
-    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
-        pass
-
 
 @attrs.define
-class DiscordDriver:
+class DiscordDriver(ChatDriver):
     fake: FakeDiscord
     name: str = "discord"
-    terminal: bool = False
     max_length: int | None = 2000
-    stopped: str = "⏹ Stopped."
-    interrupted: str = "⏹ Interrupted"
 
     @staticmethod
     def channel(user: int) -> int:
@@ -148,17 +150,11 @@ class DiscordDriver:
     def texts(self, user: int = OWNER) -> list[str]:
         return self.fake.channel_view(self.channel(user))
 
-    def refuses_strangers(self) -> bool:
-        return True
-
     def stall_start_up(self) -> anyio.Event | None:
         return self.fake.hold("users/@me")  # discord.py's login
 
     def started_connecting(self) -> bool:
         return ("GET", "users/@me") in self.fake.calls
-
-    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
-        pass
 
 
 @attrs.define

@@ -86,6 +86,11 @@ def lines(caplog: pytest.LogCaptureFixture, logger: str, needle: str) -> list[lo
     return [r for r in caplog.records if r.name == logger and needle in r.getMessage()]
 
 
+def supervisor_lines(caplog: pytest.LogCaptureFixture, platform: str) -> list[logging.LogRecord]:
+    """The supervisor's lines about ``platform`` (one per failed attempt)."""
+    return lines(caplog, "evie.platforms.supervisor", f"{platform}: ")
+
+
 def assert_one_line_each(records: list[logging.LogRecord]) -> None:
     for record in records:
         assert "\n" not in record.getMessage(), record.getMessage()
@@ -135,7 +140,7 @@ async def test_getupdates_faults_never_end_polling(
     await tg.fake.wait_for(lambda: not tg.fake.faults["getUpdates"], 30)
     tg.fake.push_message("after")
     await tg.answered("after")
-    retries = lines(caplog, "evie.platforms.supervisor", "telegram: ")
+    retries = supervisor_lines(caplog, "telegram")
     assert len(retries) == len(faults)  # one line per failed attempt
     assert_one_line_each(retries)
     texts = [r.getMessage() for r in retries]
@@ -157,12 +162,9 @@ async def test_telegram_down_at_start_then_up(
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         interface = telegram_interface(manager, f"http://127.0.0.1:{port}")
 
-        def retries() -> list[logging.LogRecord]:
-            return lines(caplog, "evie.platforms.supervisor", "telegram: ")
-
         async with anyio.create_task_group() as group:
             await group.start(interface.run)  # returns while Telegram refuses connections
-            await wait_until(lambda: len(retries()) >= 4)
+            await wait_until(lambda: len(supervisor_lines(caplog, "telegram")) >= 4)
             down = interface.health()
             assert down.state == "degraded"
             assert down.seconds_since_ok is None
@@ -173,7 +175,7 @@ async def test_telegram_down_at_start_then_up(
                 assert interface.health().state == "up"
                 group.cancel_scope.cancel()
         assert interface.health().state == "down"  # run ended: intake stopped
-        seen = retries()
+        seen = supervisor_lines(caplog, "telegram")
         assert_one_line_each(seen)
         # one line per retry, numbered in order, each naming the connection failure
         assert [f"retry {n} " in r.getMessage() for n, r in enumerate(seen, 1)] == [True] * len(
@@ -268,12 +270,9 @@ async def test_discord_unreachable_at_start_then_reachable(
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         interface = discord_interface(manager, port)
 
-        def retries() -> list[logging.LogRecord]:
-            return lines(caplog, "evie.platforms.supervisor", "discord: ")
-
         async with anyio.create_task_group() as group:
             await group.start(interface.run)  # returns while Discord refuses connections
-            await wait_until(lambda: len(retries()) >= 3)
+            await wait_until(lambda: len(supervisor_lines(caplog, "discord")) >= 3)
             assert interface.health().state == "degraded"
             async with running_fake_discord(port) as fake:
                 fake.refuse_gateway = 2  # then REST answers but the gateway does not, twice
@@ -283,7 +282,7 @@ async def test_discord_unreachable_at_start_then_reachable(
                 await fake.push_message("hello again", channel_id=500)
                 await fake.wait_for(lambda: "echo: hello again" in fake.channel_view(500), 20)
                 group.cancel_scope.cancel()
-        seen = retries()
+        seen = supervisor_lines(caplog, "discord")
         assert_one_line_each(seen)
         assert sum("502" in r.getMessage() for r in seen) == 2
         assert not [r for r in caplog.records if r.name.startswith("discord") and r.exc_info]
@@ -402,7 +401,7 @@ async def test_a_platform_that_is_down_for_good_leaves_the_other_working(
     assert health.state == "down"
     assert health.gave_up
     assert dc.identifies == 1  # not retried
-    down = lines(caplog, "evie.platforms.supervisor", "discord: ")
+    down = supervisor_lines(caplog, "discord")
     assert len(down) == 1
     assert "Privileged Gateway Intents" in down[0].getMessage()  # names the fix
     assert_one_line_each(down)
