@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -117,6 +118,12 @@ class Recorder:
                     return event
             await self._changed.wait()
 
+    async def streaming(self) -> None:
+        """Wait until the turn has streamed some text (so it is surely running)."""
+        from evie.agent.events import TextDelta
+
+        await self.wait_for(lambda e: isinstance(e, TextDelta))
+
     def of(self, kind: type[TurnEvent]) -> list[TurnEvent]:
         return [e for e in self.events if isinstance(e, kind)]
 
@@ -124,6 +131,16 @@ class Recorder:
         from evie.agent.events import TextDelta
 
         return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+
+
+async def start_turn(
+    tg: anyio.abc.TaskGroup, manager: SessionManager, key: str, prompt: Prompt
+) -> Recorder:
+    """Send ``prompt`` to ``key`` as a task of ``tg``; its recorder, once text streams."""
+    rec = Recorder()
+    tg.start_soon(manager.send, key, prompt, rec)
+    await rec.streaming()
+    return rec
 
 
 @pytest.fixture

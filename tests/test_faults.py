@@ -16,9 +16,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from evie.agent.events import AssistantMessage, Outcome, Prompt, TextDelta, TurnFinished
+from evie.agent.events import AssistantMessage, Outcome, Prompt, TurnFinished
 from evie.sessions.manager import SessionManager, SessionSettings
-from tests.conftest import PI, Recorder, fake_launcher, real_launcher
+from tests.conftest import PI, Recorder, fake_launcher, real_launcher, start_turn
 from tests.fake_llm import Reply, running_fake_llm
 from tests.fake_telegram import FakeTelegram, Fault
 from tests.harness import OWNER, serving_telegram
@@ -44,10 +44,8 @@ async def test_kill_9_of_real_pi_mid_turn(tmp_path: Path) -> None:
         llm.queue(Reply(text="first answer"), Reply(text="streaming " * 500, chunk=5, delay=0.01))
         async with SessionManager(real_launcher(tmp_path, llm)) as manager:
             await manager.send("chat", Prompt("one"), Recorder())
-            rec = Recorder()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(manager.send, "chat", Prompt("two"), rec)
-                await rec.wait_for(lambda e: isinstance(e, TextDelta))
+                rec = await start_turn(tg, manager, "chat", Prompt("two"))
                 process = manager._slots["chat"].process
                 assert process is not None
                 os.kill(process.pid, signal.SIGKILL)

@@ -18,7 +18,6 @@ from evie.agent.events import (
     Outcome,
     Prompt,
     RetryScheduled,
-    TextDelta,
     ToolStarted,
     TurnFinished,
 )
@@ -27,7 +26,7 @@ from evie.config import parse_config
 from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotStatus
-from tests.conftest import PI, Recorder, pid_alive, real_launcher
+from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
 from tests.fake_llm import FakeLLM, Reply, write_agent_dir
 
 pytestmark = [
@@ -77,10 +76,8 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
 async def test_abort_mid_stream(tmp_path: Path, llm: FakeLLM) -> None:
     llm.queue(Reply(text="word " * 400, chunk=5, delay=0.01))
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("talk a lot"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("talk a lot"))
             assert await manager.abort("chat")
         assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
         assert llm.chunks_sent < 400
@@ -164,10 +161,8 @@ async def test_a_message_sent_mid_turn_is_answered_as_a_follow_up(
 ) -> None:
     llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="second answer"))
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("tell me something long"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("tell me something long"))
             queued = await manager.send("chat", Prompt("and one more thing"), Recorder())
             assert isinstance(queued, Queued)
         assert rec.events[-1] == TurnFinished(Outcome.DONE)
@@ -183,10 +178,8 @@ async def test_steer_mode_delivers_the_message_into_the_running_turn(
     llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="steered"))
     settings = SessionSettings(mid_turn="steer")
     async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("go"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("go"))
             assert await manager.send("chat", Prompt("actually, stop"), Recorder()) == Queued(
                 position=1, steer=True
             )

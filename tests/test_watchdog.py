@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from evie.agent.events import Outcome, Prompt, TextDelta, TurnFinished
+from evie.agent.events import Outcome, Prompt, TurnFinished
 from evie.agent.reaper import marked_processes
 from evie.http import render_metrics
 from evie.sessions.manager import SessionManager, SessionSettings
@@ -29,7 +29,7 @@ def owner(tmp_path: Path) -> str:
 
 async def started(rec: Recorder) -> None:
     with anyio.fail_after(15):
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        await rec.streaming()
 
 
 async def test_stop_ends_a_turn_whose_pi_ignores_abort(tmp_path: Path) -> None:
