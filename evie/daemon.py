@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import anyio
 import anyio.abc
@@ -31,6 +31,8 @@ from evie.chat.courier import CourierSettings
 from evie.chat.frontend import ChatFrontend
 from evie.chat.render import SWITCH_INTERVAL, render_process
 from evie.config import Config
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.platforms.contract import Platform, PlatformHealth
 from evie.runtime import Runtime, build_launcher, open_runtime, settle_gc
@@ -47,6 +49,16 @@ DELIVERY_GRACE = 10.0
 WARM_UP_WAIT = 10.0
 
 
+class _PlatformWiring(TypedDict):
+    """What every chat platform is built with, whichever it is."""
+
+    backoff: Backoff
+    max_chunks: int
+    inbox: Inbox
+    outbox: Outbox
+    courier: CourierSettings
+
+
 async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[Platform]:
     config = runtime.config
     platforms: list[Platform] = []
@@ -57,24 +69,18 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
                 "or add your user id (the refusal log line shows it)",
                 name,
             )
-    backoff = Backoff(base=config.platforms.retry_base, cap=config.platforms.retry_cap)
     d = config.delivery
-    courier = CourierSettings(d.max_age, d.late_after, d.retry_base, d.retry_max)
-    inbox, outbox = runtime.inbox, runtime.outbox
+    shared = _PlatformWiring(
+        backoff=Backoff(base=config.platforms.retry_base, cap=config.platforms.retry_cap),
+        max_chunks=d.max_chunks,
+        inbox=runtime.inbox,
+        outbox=runtime.outbox,
+        courier=CourierSettings(d.max_age, d.late_after, d.retry_base, d.retry_max),
+    )
     if config.telegram.token:
         from evie.platforms.telegram import TelegramInterface
 
-        platforms.append(
-            TelegramInterface(
-                runtime.manager,
-                config.telegram,
-                backoff=backoff,
-                max_chunks=config.delivery.max_chunks,
-                inbox=inbox,
-                outbox=outbox,
-                courier=courier,
-            )
-        )
+        platforms.append(TelegramInterface(runtime.manager, config.telegram, **shared))
     if config.discord.token:
         from evie.platforms.discord import DiscordInterface
 
@@ -82,12 +88,8 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
             DiscordInterface(
                 runtime.manager,
                 config.discord,
-                backoff=backoff,
                 liveness_interval=config.platforms.heartbeat_check,
-                max_chunks=config.delivery.max_chunks,
-                inbox=inbox,
-                outbox=outbox,
-                courier=courier,
+                **shared,
             )
         )
     if terminal:

@@ -38,11 +38,15 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen
 class Grace:
-    """How long each waiting step of the timeline may take at most."""
+    """How long each waiting step of the timeline may take at most.
 
-    shutdown: float = 30.0  # [sessions] shutdown_grace: running turns finish
-    abort: float = 10.0  # aborted turns wind down
-    delivery: float = 10.0  # platforms post the last lines and return
+    No defaults here: the first two are ``[sessions]`` settings, declared (with
+    their defaults) once in :mod:`evie.config`.
+    """
+
+    shutdown: float  # [sessions] shutdown_grace: running turns finish
+    abort: float  # [sessions] abort_grace: aborted turns wind down
+    delivery: float  # platforms post the last lines and return
 
 
 async def shut_down(

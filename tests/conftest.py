@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -15,7 +16,9 @@ from evie.agent.events import Prompt, TurnEvent
 from evie.agent.launcher import PiLauncher
 from evie.agent.process import LaunchSpec
 from evie.sessions.manager import SessionManager, SessionSettings
-from tests.fake_llm import FakeLLM, write_agent_dir
+from tests.fake_discord import FakeDiscord, running_fake_discord
+from tests.fake_llm import FakeLLM, running_fake_llm, write_agent_dir
+from tests.fake_telegram import FakeTelegram, running_fake_telegram
 
 FAKE_PI = Path(__file__).with_name("fake_pi.py")
 PI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "pi"
@@ -42,6 +45,27 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault suite figures")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    """The fake LLM (OpenAI-compatible) on loopback, for the real pi."""
+    async with running_fake_llm() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    """The fake Bot API on loopback."""
+    async with running_fake_telegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    """The fake Discord REST API and gateway on loopback."""
+    async with running_fake_discord() as fake:
+        yield fake
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +136,12 @@ class Recorder:
                     return event
             await self._changed.wait()
 
+    async def streaming(self) -> None:
+        """Wait until the turn has streamed some text (so it is surely running)."""
+        from evie.agent.events import TextDelta
+
+        await self.wait_for(lambda e: isinstance(e, TextDelta))
+
     def of(self, kind: type[TurnEvent]) -> list[TurnEvent]:
         return [e for e in self.events if isinstance(e, kind)]
 
@@ -119,6 +149,16 @@ class Recorder:
         from evie.agent.events import TextDelta
 
         return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+
+
+async def start_turn(
+    tg: anyio.abc.TaskGroup, manager: SessionManager, key: str, prompt: Prompt
+) -> Recorder:
+    """Send ``prompt`` to ``key`` as a task of ``tg``; its recorder, once text streams."""
+    rec = Recorder()
+    tg.start_soon(manager.send, key, prompt, rec)
+    await rec.streaming()
+    return rec
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,7 +27,6 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
-import discord
 import pytest
 
 from evie.config import load_config
@@ -39,6 +37,7 @@ from tests.fake_discord import TOKEN as DISCORD_TOKEN
 from tests.fake_discord import FakeDiscord, running_fake_discord
 from tests.fake_telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fake_telegram import FakeTelegram, running_fake_telegram
+from tests.harness import Screen, kept_discord_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = 42
@@ -84,35 +83,25 @@ class Driver(Protocol):
         ...
 
 
-class Screen:
-    """Text written by evie (a terminal's stdout), safe to write from a thread."""
+class ChatDriver:
+    """What the chat platforms (not the terminal) have in common."""
 
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self._lock = threading.Lock()
+    terminal = False
+    stopped = "⏹ Stopped."
+    interrupted = "⏹ Interrupted"
 
-    def write(self, text: str) -> int:
-        with self._lock:
-            self._parts.append(text)
-        return len(text)
+    def refuses_strangers(self) -> bool:
+        return True
 
-    def flush(self) -> None:
-        pass
-
-    @property
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._parts)
+    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
+        pass  # a chat has no terminal
 
 
 @attrs.define
-class TelegramDriver:
+class TelegramDriver(ChatDriver):
     fake: FakeTelegram
     name: str = "telegram"
-    terminal: bool = False
     max_length: int | None = 4096
-    stopped: str = "⏹ Stopped."
-    interrupted: str = "⏹ Interrupted"
 
     def config(self) -> str:
         return (
@@ -129,27 +118,18 @@ class TelegramDriver:
     def texts(self, user: int = OWNER) -> list[str]:
         return self.fake.chat_view(user)
 
-    def refuses_strangers(self) -> bool:
-        return True
-
     def stall_start_up(self) -> anyio.Event | None:
         return self.fake.hold("getMe")
 
     def started_connecting(self) -> bool:
         return bool(self.fake.method_calls("getMe"))
 
-    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
-        pass
-
 
 @attrs.define
-class DiscordDriver:
+class DiscordDriver(ChatDriver):
     fake: FakeDiscord
     name: str = "discord"
-    terminal: bool = False
     max_length: int | None = 2000
-    stopped: str = "⏹ Stopped."
-    interrupted: str = "⏹ Interrupted"
 
     @staticmethod
     def channel(user: int) -> int:
@@ -170,17 +150,11 @@ class DiscordDriver:
     def texts(self, user: int = OWNER) -> list[str]:
         return self.fake.channel_view(self.channel(user))
 
-    def refuses_strangers(self) -> bool:
-        return True
-
     def stall_start_up(self) -> anyio.Event | None:
         return self.fake.hold("users/@me")  # discord.py's login
 
     def started_connecting(self) -> bool:
         return ("GET", "users/@me") in self.fake.calls
-
-    def attach(self, stdin: Callable[[str], Any] | None, output: Screen | None) -> None:
-        pass
 
 
 @attrs.define
@@ -228,13 +202,9 @@ async def open_driver(name: str) -> AsyncIterator[Driver]:
         async with running_fake_telegram() as fake:
             yield TelegramDriver(fake)
     elif name == "discord":
-        base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-        try:
+        with kept_discord_endpoints():  # run_daemon points discord.py at the fake
             async with running_fake_discord() as dfake:
                 yield DiscordDriver(dfake)
-        finally:  # run_daemon points discord.py at the fake process-wide; undo it
-            discord.http.Route.BASE = base
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
     elif name == "terminal":
         yield TerminalDriver()
     else:

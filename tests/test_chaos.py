@@ -24,7 +24,7 @@ import random
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -33,7 +33,7 @@ import pytest
 
 from evie.agent.reaper import marked_processes
 from tests.conftest import FAKE_PI
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.fake_telegram import TOKEN, FakeTelegram
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +44,6 @@ KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
 ANSWER = re.compile(r"echo: (\d+)/(\d+)")
 NOTICES = ("evie was stopped while", "evie was restarted while")
 QUOTED = re.compile(r"“(\d+/\d+)”")
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with running_fake_telegram() as fake:
-        yield fake
 
 
 def write_config(tmp_path: Path, fake: FakeTelegram) -> Path:
@@ -79,6 +73,20 @@ async def start(config: Path, log: Path, fake: FakeTelegram) -> anyio.abc.Proces
         )
     await fake.wait_for(lambda: len(fake.method_calls("getUpdates")) > polls, seconds=60)
     return proc
+
+
+async def settle_then_stop(proc: anyio.abc.Process) -> None:
+    """Give anything extra (a duplicate) a second to arrive, then SIGTERM: evie exits 0."""
+    await anyio.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    with anyio.fail_after(30):
+        assert await proc.wait() == 0
+
+
+async def kill_if_running(proc: anyio.abc.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 def tally(fake: FakeTelegram) -> dict[int, tuple[list[int], int]]:
@@ -153,14 +161,9 @@ async def test_kill_9_at_random_points(
             await fake.wait_for(lambda: settled(fake), seconds=90)
         except TimeoutError:
             pytest.fail(f"not every message was answered or accounted for: {tally(fake)}")
-        await anyio.sleep(1.0)  # anything extra (a duplicate) would arrive now
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            assert await proc.wait() == 0
+        await settle_then_stop(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_if_running(proc)
 
     uncertain = sum(int(m.group(1)) for m in re.finditer(r"re-sending (\d+) repl", log.read_text()))
     results = tally(fake)
@@ -211,14 +214,9 @@ async def test_a_message_waiting_behind_a_turn_survives_kill_9(
             ),
             seconds=60,
         )
-        await anyio.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            assert await proc.wait() == 0
+        await settle_then_stop(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_if_running(proc)
     view = fake.chat_view(OWNER)
     assert view.count("echo: waiting behind it") == 1
     assert sum(any(n in t for n in NOTICES) for t in view) == 1

@@ -36,12 +36,6 @@ def get(url: str) -> str:
         return str(response.read().decode())
 
 
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with running_fake_telegram() as fake:
-        yield fake
-
-
 async def start_daemon(
     tmp_path: Path, fake: FakeTelegram, grace: float
 ) -> tuple[anyio.abc.Process, str, Path]:

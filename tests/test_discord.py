@@ -5,75 +5,44 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
 import anyio.abc
-import attrs
-import discord
 import pytest
 
-from evie.chat.streaming import Delivery
-from evie.config import DiscordConfig
-from evie.platforms.discord import DiscordInterface
+from evie.durable.inbox import Inbox
+from evie.durable.outbox import Outbox
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
-from tests.fake_discord import TOKEN, FakeDiscord, Fault, running_fake_discord
+from tests.fake_discord import Fault, running_fake_discord
+from tests.harness import (
+    DiscordHarness,
+    discord_config,
+    discord_interface,
+    kept_discord_endpoints,
+    serving_discord,
+)
 
 pytestmark = pytest.mark.anyio
 
-OWNER = 42
 DM = 500
 
 
-@attrs.define
-class Harness:
-    fake: FakeDiscord
-    manager: SessionManager
-    interface: DiscordInterface
-
-    async def shows(self, channel: int, needle: str) -> None:
-        await self.fake.wait_for(lambda: any(needle in t for t in self.fake.channel_view(channel)))
-
-
 @pytest.fixture
-async def dc(tmp_path: Path) -> AsyncIterator[Harness]:
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    try:
-        async with running_fake_discord() as fake:
-            config = DiscordConfig(
-                token=TOKEN,
-                api_url=fake.api_url,
-                gateway_url=fake.gateway_url,
-                allowed_user_ids=frozenset({OWNER}),
-                edit_interval=0.05,
-            )
-            async with SessionManager(fake_launcher(tmp_path)) as manager:
-                interface = DiscordInterface(
-                    manager,
-                    config,
-                    delivery=Delivery(base_backoff=0.01),
-                    client_options={"guild_ready_timeout": 0.05},
-                )
-                async with anyio.create_task_group() as group:
-                    with anyio.fail_after(10):
-                        await group.start(interface.run)
-                        await interface.wait_connected()
-                    yield Harness(fake, manager, interface)
-                    group.cancel_scope.cancel()
-    finally:
-        discord.http.Route.BASE = base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+async def dc(tmp_path: Path) -> AsyncIterator[DiscordHarness]:
+    async with running_fake_discord() as fake, serving_discord(fake_launcher(tmp_path), fake) as h:
+        yield h
 
 
-async def test_a_dm_gets_an_answer(dc: Harness) -> None:
+async def test_a_dm_gets_an_answer(dc: DiscordHarness) -> None:
     await dc.fake.push_message("hello discord", channel_id=DM)
     await dc.shows(DM, "echo: hello discord")
     assert ("POST", f"channels/{DM}/typing") not in dc.fake.calls  # answered at once
 
 
-async def test_typing_shows_while_a_turn_takes_a_while(dc: Harness, tmp_path: Path) -> None:
+async def test_typing_shows_while_a_turn_takes_a_while(dc: DiscordHarness, tmp_path: Path) -> None:
     release = tmp_path / "release"
     script = "script:" + json.dumps([{"wait_file": str(release)}, {"text": "slow reply"}])
     await dc.fake.push_message(script, channel_id=DM)
@@ -82,7 +51,7 @@ async def test_typing_shows_while_a_turn_takes_a_while(dc: Harness, tmp_path: Pa
     await dc.shows(DM, "slow reply")
 
 
-async def test_guild_messages_need_a_mention_and_threads_are_sessions(dc: Harness) -> None:
+async def test_guild_messages_need_a_mention_and_threads_are_sessions(dc: DiscordHarness) -> None:
     await dc.fake.push_message("chatter", channel_id=600, guild_id=1)
     await dc.fake.push_message("in the channel", channel_id=600, guild_id=1, mention_bot=True)
     await dc.fake.push_message("in a thread", channel_id=601, guild_id=1, mention_bot=True)
@@ -92,7 +61,7 @@ async def test_guild_messages_need_a_mention_and_threads_are_sessions(dc: Harnes
     assert {s.key for s in dc.manager.slots()} == {"dc:600", "dc:601"}
 
 
-async def test_status_during_a_turn_and_strangers(dc: Harness, tmp_path: Path) -> None:
+async def test_status_during_a_turn_and_strangers(dc: DiscordHarness, tmp_path: Path) -> None:
     release = tmp_path / "release"
     steps = [{"text": "busy busy"}, {"wait_file": str(release)}, {"text": " done"}]
     await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
@@ -108,7 +77,7 @@ async def test_status_during_a_turn_and_strangers(dc: Harness, tmp_path: Path) -
     assert [s.key for s in dc.manager.slots()] == [f"dc:{DM}"]
 
 
-async def test_long_replies_are_chunked_under_2000(dc: Harness) -> None:
+async def test_long_replies_are_chunked_under_2000(dc: DiscordHarness) -> None:
     text = "\n\n".join(f"Part {i}: " + "lorem " * 60 for i in range(20))
     await dc.fake.push_message(
         "script:" + json.dumps([{"text": text, "chunk": 3000}]), channel_id=DM
@@ -121,7 +90,7 @@ async def test_long_replies_are_chunked_under_2000(dc: Harness) -> None:
     assert "\n\n".join(parts).count("Part ") == 20
 
 
-async def test_rate_limits_and_server_errors_are_survived(dc: Harness) -> None:
+async def test_rate_limits_and_server_errors_are_survived(dc: DiscordHarness) -> None:
     dc.fake.inject("POST channels", Fault(429, retry_after=0.2), times=2)
     dc.fake.inject("POST channels", Fault(500), times=1)
     await dc.fake.push_message("still there?", channel_id=DM)
@@ -130,7 +99,9 @@ async def test_rate_limits_and_server_errors_are_survived(dc: Harness) -> None:
     assert [t for t in dc.fake.channel_view(DM) if "still there" in t] == ["echo: still there?"]
 
 
-async def test_gateway_drop_mid_turn_delivers_the_reply_once(dc: Harness, tmp_path: Path) -> None:
+async def test_gateway_drop_mid_turn_delivers_the_reply_once(
+    dc: DiscordHarness, tmp_path: Path
+) -> None:
     release = tmp_path / "release"
     steps = [{"text": "part one"}, {"wait_file": str(release)}, {"text": ", part two"}]
     await dc.fake.push_message("script:" + json.dumps(steps), channel_id=DM)
@@ -148,7 +119,9 @@ async def test_gateway_drop_mid_turn_delivers_the_reply_once(dc: Harness, tmp_pa
     assert dc.manager._slots[f"dc:{DM}"].turns == 1
 
 
-async def test_slash_commands_are_registered_and_answered(dc: Harness, tmp_path: Path) -> None:
+async def test_slash_commands_are_registered_and_answered(
+    dc: DiscordHarness, tmp_path: Path
+) -> None:
     await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 5)
     assert {c["name"] for c in dc.fake.app_commands} == {"status", "stop", "new", "last", "help"}
     release = tmp_path / "release"
@@ -171,7 +144,7 @@ async def test_slash_commands_are_registered_and_answered(dc: Harness, tmp_path:
 
 
 async def test_image_attachments_reach_pi(
-    dc: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dc: DiscordHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     picture = b"\x89PNG\r\n\x1a\n not really"
     attachment = dc.fake.attachment("shot.png", picture, "image/png")
@@ -188,7 +161,7 @@ async def test_image_attachments_reach_pi(
 
 @pytest.mark.timeout(90)
 async def test_messages_posted_while_the_gateway_was_down_are_answered_once(
-    dc: Harness,
+    dc: DiscordHarness,
 ) -> None:
     """The gateway is away (3 s standing for 30 s) and the session cannot be resumed, so
     nothing is replayed: evie reads the channel's REST history after it reconnects."""
@@ -225,72 +198,35 @@ async def test_messages_posted_while_evie_was_stopped_are_answered_after_it_star
     tmp_path: Path,
 ) -> None:
     """The last seen message id per channel is on disk; a new evie reads what it missed."""
-    from evie.durable.inbox import Inbox
-    from evie.durable.outbox import Outbox
+    async with running_fake_discord() as fake:
 
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    try:
-        async with running_fake_discord() as fake:
-            config = DiscordConfig(
-                token=TOKEN,
-                api_url=fake.api_url,
-                gateway_url=fake.gateway_url,
-                allowed_user_ids=frozenset({OWNER}),
-            )
+        def serve() -> AbstractAsyncContextManager[DiscordHarness]:
+            inbox = Inbox(tmp_path / "inbox.json")
+            outbox = Outbox(tmp_path / "outbox")
+            inbox.load()
+            outbox.load()
+            launcher = fake_launcher(tmp_path)
+            return serving_discord(launcher, fake, inbox=inbox, outbox=outbox, connect_within=20)
 
-            async def serve() -> AsyncIterator[None]:
-                inbox = Inbox(tmp_path / "inbox.json")
-                outbox = Outbox(tmp_path / "outbox")
-                inbox.load()
-                outbox.load()
-                async with SessionManager(fake_launcher(tmp_path)) as manager:
-                    interface = DiscordInterface(
-                        manager, config, delivery=Delivery(base_backoff=0.01),
-                        client_options={"guild_ready_timeout": 0.05}, inbox=inbox,
-                        outbox=outbox,
-                    )  # fmt: skip
-                    async with anyio.create_task_group() as group:
-                        with anyio.fail_after(20):
-                            await group.start(interface.run)
-                            await interface.wait_connected()  # run reports started at once
-                        yield
-                        group.cancel_scope.cancel()
-
-            async with asynccontextmanager(serve)():
-                await fake.push_message("first", channel_id=DM)
-                await fake.wait_for(lambda: "echo: first" in fake.channel_view(DM))
-            fake.gateway_down = True  # nobody listening: these reach only the history
-            for n in range(3):
-                await fake.push_message(f"missed {n}", channel_id=DM)
-            fake.gateway_down = False
-            async with asynccontextmanager(serve)():
-                await fake.wait_for(lambda: "echo: missed 2" in fake.channel_view(DM), 30)
-                await anyio.sleep(0.3)
-            answers = [t for t in fake.channel_view(DM) if t.startswith("echo: ")]
-            assert answers == ["echo: first", "echo: missed 0", "echo: missed 1", "echo: missed 2"]
-    finally:
-        discord.http.Route.BASE = base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+        async with serve():
+            await fake.push_message("first", channel_id=DM)
+            await fake.wait_for(lambda: "echo: first" in fake.channel_view(DM))
+        fake.gateway_down = True  # nobody listening: these reach only the history
+        for n in range(3):
+            await fake.push_message(f"missed {n}", channel_id=DM)
+        fake.gateway_down = False
+        async with serve():
+            await fake.wait_for(lambda: "echo: missed 2" in fake.channel_view(DM), 30)
+            await anyio.sleep(0.3)
+        answers = [t for t in fake.channel_view(DM) if t.startswith("echo: ")]
+        assert answers == ["echo: first", "echo: missed 0", "echo: missed 1", "echo: missed 2"]
 
 
 async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: Path) -> None:
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    try:
+    with kept_discord_endpoints():
         async with running_fake_discord() as fake:
-            config = DiscordConfig(
-                token=TOKEN,
-                api_url=fake.api_url,
-                gateway_url=fake.gateway_url,
-                allowed_user_ids=frozenset({OWNER}),
-                edit_interval=0.05,
-            )
             async with SessionManager(fake_launcher(tmp_path)) as manager:
-                interface = DiscordInterface(
-                    manager,
-                    config,
-                    delivery=Delivery(base_backoff=0.01),
-                    client_options={"guild_ready_timeout": 0.05},
-                )
+                interface = discord_interface(manager, discord_config(fake))
                 assert interface.health().state == "starting"
                 returned = anyio.Event()
 
@@ -324,12 +260,9 @@ async def test_run_returns_once_intake_stopped_and_handlers_finished(tmp_path: P
                         await returned.wait()
                     # run returned only after the running handler delivered its answer
                     assert fake.channel_view(DM) == ["busy done"]
-    finally:
-        discord.http.Route.BASE = base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
 
-async def test_long_replies_go_as_first_part_plus_an_attachment(dc: Harness) -> None:
+async def test_long_replies_go_as_first_part_plus_an_attachment(dc: DiscordHarness) -> None:
     paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(30)]  # 2 per message
     text = "\n\n".join(paragraphs)
     steps = [{"text": text, "chunk": 20_000}]
@@ -343,7 +276,7 @@ async def test_long_replies_go_as_first_part_plus_an_attachment(dc: Harness) -> 
     assert all(len(t) <= 2000 for t in dc.fake.channel_view(DM))
 
 
-async def test_last_sends_the_last_reply_as_an_attachment(dc: Harness) -> None:
+async def test_last_sends_the_last_reply_as_an_attachment(dc: DiscordHarness) -> None:
     await dc.fake.push_message("some *markdown* here", channel_id=DM)
     await dc.shows(DM, "echo: some")
     await dc.fake.push_message("/last", channel_id=DM)
@@ -352,7 +285,7 @@ async def test_last_sends_the_last_reply_as_an_attachment(dc: Harness) -> None:
     assert message.attachments == [("reply.md", b"echo: some *markdown* here")]
 
 
-async def test_a_failed_attachment_download_is_reported(dc: Harness) -> None:
+async def test_a_failed_attachment_download_is_reported(dc: DiscordHarness) -> None:
     image = dc.fake.attachment("pic.png", b"\x89PNG", "image/png")
     del dc.fake.files["pic.png"]  # the CDN answers 404
     await dc.fake.push_message("look", channel_id=DM, attachments=[image])

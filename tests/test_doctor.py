@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,13 @@ from evie.config import Config, parse_config
 from evie.setup.doctor import run_doctor
 from tests.conftest import PI
 from tests.fake_discord import TOKEN as DISCORD_TOKEN
-from tests.fake_discord import FakeDiscord, running_fake_discord
-from tests.fake_llm import FakeLLM, running_fake_llm, write_agent_dir
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.fake_discord import FakeDiscord
+from tests.fake_llm import FakeLLM, write_agent_dir
+from tests.fake_telegram import TOKEN, FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_PI = ROOT / "tests" / "fake_pi.py"
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with running_fake_telegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    async with running_fake_discord() as fake:
-        yield fake
 
 
 def base(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +162,6 @@ async def test_a_bot_api_that_answers_html_is_a_cross_not_a_crash(tmp_path: Path
         f"✗ telegram: http://127.0.0.1:{port} did not answer like the Telegram Bot API "
         "(HTTP 502); check [telegram] api_url"
     ]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
 
 
 @pytest.mark.realpi

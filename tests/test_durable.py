@@ -13,50 +13,31 @@ from hypothesis import strategies as st
 
 from evie.agent.events import Outcome
 from evie.chat.courier import CourierSettings, dropped_text
-from evie.chat.streaming import Delivery
-from evie.config import TelegramConfig
 from evie.durable import store
 from evie.durable.inbox import QUEUED, STARTED, Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import StateError
-from evie.platforms.telegram import TelegramInterface
-from evie.sessions.manager import SessionManager, SessionSettings
+from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.fake_telegram import FakeTelegram
+from tests.harness import OWNER, serving_telegram
 
 pytestmark = pytest.mark.anyio
-OWNER = 42
 
 
 @pytest.fixture
-async def telegram(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
+async def tg(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
     """Telegram over a disk-backed inbox and outbox, with retry intervals compressed."""
-    async with running_fake_telegram() as fake:
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            edit_interval=0.2,
-            polling_timeout=1,
-        )
-        inbox, outbox = Inbox(tmp_path / "inbox.json"), Outbox(tmp_path / "outbox")
-        inbox.load()
-        outbox.load()
-        async with SessionManager(fake_launcher(tmp_path), SessionSettings()) as manager:
-            interface = TelegramInterface(
-                manager,
-                config,
-                delivery=Delivery(base_backoff=0.01),
-                inbox=inbox,
-                outbox=outbox,
-                # one second here stands for a minute: 60 s caps become 1 s
-                courier=CourierSettings(max_age=3600, late_after=1.0, base_backoff=0.05,
-                                        max_backoff=1.0),
-            )  # fmt: skip
-            async with anyio.create_task_group() as tg:
-                await tg.start(interface.run)
-                yield fake, manager
-                tg.cancel_scope.cancel()
+    inbox, outbox = Inbox(tmp_path / "inbox.json"), Outbox(tmp_path / "outbox")
+    inbox.load()
+    outbox.load()
+    # one second here stands for a minute: 60 s caps become 1 s
+    courier = CourierSettings(max_age=3600, late_after=1.0, base_backoff=0.05, max_backoff=1.0)
+    serving = serving_telegram(
+        fake_launcher(tmp_path), edit_interval=0.2, inbox=inbox, outbox=outbox, courier=courier
+    )
+    async with serving as h:
+        yield h.fake, h.manager
 
 
 def script(*steps: dict[str, object]) -> str:
@@ -64,9 +45,9 @@ def script(*steps: dict[str, object]) -> str:
 
 
 async def test_an_outage_during_a_turn_delays_the_reply_but_loses_nothing(
-    tmp_path: Path, telegram: tuple[FakeTelegram, SessionManager]
+    tmp_path: Path, tg: tuple[FakeTelegram, SessionManager]
 ) -> None:
-    fake, manager = telegram
+    fake, manager = tg
     release = tmp_path / "release"
     fake.push_message(script({"text": "first"}, {"wait_file": str(release)}, {"text": " done"}))
     await fake.wait_for(lambda: any("first" in t for t in fake.chat_view(OWNER)))

@@ -16,10 +16,9 @@ from evie.config import parse_config
 from evie.http import serve_http
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
-from tests.test_discord import OWNER as DC_OWNER
-from tests.test_discord import Harness as DcHarness
+from tests.harness import OWNER, DiscordHarness
 from tests.test_discord import dc  # noqa: F401 - the fixture
-from tests.test_telegram import OWNER, Harness, tg  # noqa: F401 - the fixture
+from tests.test_telegram import Harness, prompts, tg  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -66,13 +65,6 @@ async def test_with_a_token_requests_must_carry_it(manager: SessionManager, tmp_
         assert await anyio.to_thread.run_sync(_status, without) == 1
 
 
-def prompts_sent(record: Path) -> list[str]:
-    if not record.exists():
-        return []
-    commands = [json.loads(line) for line in record.read_text().splitlines()]
-    return [c["message"] for c in commands if c.get("type") == "prompt"]
-
-
 async def test_commands_for_another_bot_never_reach_pi(tg: Harness) -> None:  # noqa: F811
     tg.fake.push_message("/status@OtherBot", user_id=OWNER, chat_id=GROUP, chat_type="group")
     tg.fake.push_message("/new@OtherBot hi", user_id=OWNER, chat_id=GROUP, chat_type="group")
@@ -81,7 +73,7 @@ async def test_commands_for_another_bot_never_reach_pi(tg: Harness) -> None:  # 
     await tg.final_text(GROUP, "echo: ping")
     assert tg.fake.chat_view(GROUP) == ["echo: ping"]
     assert tg.fake.chat_view(OWNER) == []
-    assert prompts_sent(tg.record) == ["ping"]
+    assert prompts(tg.record) == ["ping"]
 
 
 async def test_strangers_bare_commands_in_a_group_get_no_reply(tg: Harness) -> None:  # noqa: F811
@@ -93,16 +85,14 @@ async def test_strangers_bare_commands_in_a_group_get_no_reply(tg: Harness) -> N
     tg.fake.push_message("@evie_test_bot ping", user_id=OWNER, chat_id=GROUP, chat_type="group")
     await tg.final_text(GROUP, "echo: ping")
     assert tg.fake.chat_view(GROUP) == [REFUSAL, "echo: ping"]
-    assert prompts_sent(tg.record) == ["ping"]
+    assert prompts(tg.record) == ["ping"]
 
 
-async def test_strangers_bare_commands_in_a_guild_get_no_reply(dc: DcHarness) -> None:  # noqa: F811
+async def test_strangers_bare_commands_in_a_guild_get_no_reply(dc: DiscordHarness) -> None:  # noqa: F811
     await dc.fake.push_message("/status", user_id=7, channel_id=700, guild_id=1)
     await dc.fake.push_message("/help", user_id=8, channel_id=700, guild_id=1, mention_bot=True)
     await dc.shows(700, REFUSAL)
     # a round trip through the same channel: everything pushed before has been handled
-    await dc.fake.push_message(
-        "ping", user_id=DC_OWNER, channel_id=700, guild_id=1, mention_bot=True
-    )
+    await dc.fake.push_message("ping", user_id=OWNER, channel_id=700, guild_id=1, mention_bot=True)
     await dc.shows(700, "echo: ping")
     assert dc.fake.channel_view(700) == [REFUSAL, "echo: ping"]

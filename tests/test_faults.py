@@ -16,36 +16,21 @@ from pathlib import Path
 import anyio
 import pytest
 
-from evie.agent.events import AssistantMessage, Outcome, Prompt, TextDelta, TurnFinished
-from evie.chat.streaming import Delivery
-from evie.config import TelegramConfig
-from evie.platforms.telegram import TelegramInterface
+from evie.agent.events import AssistantMessage, Outcome, Prompt, TurnFinished
 from evie.sessions.manager import SessionManager, SessionSettings
-from tests.conftest import PI, Recorder, fake_launcher, real_launcher
+from tests.conftest import PI, Recorder, fake_launcher, real_launcher, start_turn
 from tests.fake_llm import Reply, running_fake_llm
-from tests.fake_telegram import TOKEN, FakeTelegram, Fault, running_fake_telegram
+from tests.fake_telegram import FakeTelegram, Fault
+from tests.harness import OWNER, serving_telegram
 
 pytestmark = pytest.mark.anyio
-OWNER = 42
 
 
 @pytest.fixture
-async def telegram(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
-    async with running_fake_telegram() as fake:
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            edit_interval=0.3,
-            polling_timeout=1,
-        )
-        settings = SessionSettings(max_processes=64)
-        async with SessionManager(fake_launcher(tmp_path), settings) as manager:
-            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
-            async with anyio.create_task_group() as tg:
-                await tg.start(interface.run)
-                yield fake, manager
-                tg.cancel_scope.cancel()
+async def tg(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
+    settings = SessionSettings(max_processes=64)
+    async with serving_telegram(fake_launcher(tmp_path), settings=settings, edit_interval=0.3) as h:
+        yield h.fake, h.manager
 
 
 def answers(fake: FakeTelegram, chat: int) -> list[str]:
@@ -59,10 +44,8 @@ async def test_kill_9_of_real_pi_mid_turn(tmp_path: Path) -> None:
         llm.queue(Reply(text="first answer"), Reply(text="streaming " * 500, chunk=5, delay=0.01))
         async with SessionManager(real_launcher(tmp_path, llm)) as manager:
             await manager.send("chat", Prompt("one"), Recorder())
-            rec = Recorder()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(manager.send, "chat", Prompt("two"), rec)
-                await rec.wait_for(lambda e: isinstance(e, TextDelta))
+                rec = await start_turn(tg, manager, "chat", Prompt("two"))
                 process = manager._slots["chat"].process
                 assert process is not None
                 os.kill(process.pid, signal.SIGKILL)
@@ -76,8 +59,8 @@ async def test_kill_9_of_real_pi_mid_turn(tmp_path: Path) -> None:
             assert llm.user_texts(llm.requests[-1]) == ["one", "two", "three"]
 
 
-async def test_telegram_429_and_5xx_storm(telegram: tuple[FakeTelegram, SessionManager]) -> None:
-    fake, _manager = telegram
+async def test_telegram_429_and_5xx_storm(tg: tuple[FakeTelegram, SessionManager]) -> None:
+    fake, _manager = tg
     for _ in range(6):
         fake.inject("sendMessage", Fault(429, "Too Many Requests: retry after 1", 1))
         fake.inject("sendMessage", Fault(500, "Internal Server Error"))
@@ -94,9 +77,9 @@ async def test_telegram_429_and_5xx_storm(telegram: tuple[FakeTelegram, SessionM
 
 
 async def test_slow_telegram_while_pi_streams_a_megabyte(
-    telegram: tuple[FakeTelegram, SessionManager],
+    tg: tuple[FakeTelegram, SessionManager],
 ) -> None:
-    fake, manager = telegram
+    fake, manager = tg
     fake.delay = 0.01  # every send and edit takes 10 ms
     size = 1_000_000
     unit = "0123456789abcdef" * 4 + "\n"
@@ -122,9 +105,9 @@ async def test_slow_telegram_while_pi_streams_a_megabyte(
 
 
 async def test_a_thousand_messages_from_strangers(
-    telegram: tuple[FakeTelegram, SessionManager],
+    tg: tuple[FakeTelegram, SessionManager],
 ) -> None:
-    fake, manager = telegram
+    fake, manager = tg
     for i in range(1000):
         fake.push_message(f"spam {i}", user_id=1000 + i % 10)
     fake.push_message("owner here")
@@ -135,9 +118,9 @@ async def test_a_thousand_messages_from_strangers(
 
 
 async def test_fifty_chats_twenty_messages_each(
-    telegram: tuple[FakeTelegram, SessionManager],
+    tg: tuple[FakeTelegram, SessionManager],
 ) -> None:
-    fake, _manager = telegram
+    fake, _manager = tg
     chats = list(range(3000, 3050))
     for n in range(20):
         for chat in chats:

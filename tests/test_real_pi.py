@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -19,7 +18,6 @@ from evie.agent.events import (
     Outcome,
     Prompt,
     RetryScheduled,
-    TextDelta,
     ToolStarted,
     TurnFinished,
 )
@@ -27,20 +25,15 @@ from evie.agent.reaper import marked_processes
 from evie.config import parse_config
 from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
-from tests.conftest import PI, Recorder, pid_alive, real_launcher
-from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
+from evie.sessions.slot import SlotStatus
+from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
+from tests.fake_llm import FakeLLM, Reply, write_agent_dir
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.realpi,
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
 
 
 async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
@@ -83,10 +76,8 @@ async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> No
 async def test_abort_mid_stream(tmp_path: Path, llm: FakeLLM) -> None:
     llm.queue(Reply(text="word " * 400, chunk=5, delay=0.01))
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("talk a lot"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("talk a lot"))
             assert await manager.abort("chat")
         assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
         assert llm.chunks_sent < 400
@@ -96,16 +87,25 @@ async def test_abort_mid_stream(tmp_path: Path, llm: FakeLLM) -> None:
         )
 
 
-async def test_server_errors_are_retried_then_reported(tmp_path: Path, llm: FakeLLM) -> None:
-    llm.queue(*[Reply(status=500, error="upstream exploded")] * 3)  # 1 try + 2 retries
+@pytest.mark.parametrize(
+    ("status", "error", "retries"),
+    [
+        pytest.param(500, "upstream exploded", [1, 2], id="server-error-retried-then-reported"),
+        pytest.param(401, "invalid api key", [], id="unauthorised-fails-at-once"),
+    ],
+)
+async def test_llm_errors_end_the_turn_as_failed(
+    tmp_path: Path, llm: FakeLLM, status: int, error: str, retries: list[int]
+) -> None:
+    llm.queue(*[Reply(status=status, error=error)] * (1 + len(retries)))  # 1 try + the retries
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
         rec = Recorder()
         result = await manager.send("chat", Prompt("hi"), rec)
         assert isinstance(result, TurnFinished)
         assert result.outcome is Outcome.FAILED
-        assert "500" in (result.error or "")
-        assert [r.attempt for r in rec.of(RetryScheduled)] == [1, 2]  # type: ignore[attr-defined]
-        assert len(llm.requests) == 3
+        assert str(status) in (result.error or "")
+        assert [r.attempt for r in rec.of(RetryScheduled)] == retries  # type: ignore[attr-defined]
+        assert len(llm.requests) == 1 + len(retries)
 
 
 async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None:
@@ -115,18 +115,6 @@ async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None
         assert await manager.send("chat", Prompt("hi"), rec) == TurnFinished(Outcome.DONE)
         assert [m.text for m in rec.of(AssistantMessage)] == ["better now"]  # type: ignore[attr-defined]
         assert len(rec.of(RetryScheduled)) == 1
-
-
-async def test_unauthorised_fails_at_once(tmp_path: Path, llm: FakeLLM) -> None:
-    llm.queue(Reply(status=401, error="invalid api key"))
-    async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
-        result = await manager.send("chat", Prompt("hi"), rec)
-        assert isinstance(result, TurnFinished)
-        assert result.outcome is Outcome.FAILED
-        assert "401" in (result.error or "")
-        assert rec.of(RetryScheduled) == []
-        assert len(llm.requests) == 1
 
 
 @pytest.mark.parametrize("sandbox", ["off", "auto"])
@@ -173,10 +161,8 @@ async def test_a_message_sent_mid_turn_is_answered_as_a_follow_up(
 ) -> None:
     llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="second answer"))
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("tell me something long"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("tell me something long"))
             queued = await manager.send("chat", Prompt("and one more thing"), Recorder())
             assert isinstance(queued, Queued)
         assert rec.events[-1] == TurnFinished(Outcome.DONE)
@@ -192,10 +178,8 @@ async def test_steer_mode_delivers_the_message_into_the_running_turn(
     llm.queue(Reply(text="first " * 60, chunk=6, delay=0.01), Reply(text="steered"))
     settings = SessionSettings(mid_turn="steer")
     async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", Prompt("go"), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", Prompt("go"))
             assert await manager.send("chat", Prompt("actually, stop"), Recorder()) == Queued(
                 position=1, steer=True
             )
@@ -213,6 +197,16 @@ async def _spare_pid(manager: SessionManager) -> int:
     return pool.ready[0]
 
 
+async def _answered_by(manager: SessionManager, text: str, pid: int) -> SlotStatus:
+    """Send ``text`` to "chat"; the turn succeeds and the process that ran it is ``pid``."""
+    result = await manager.send("chat", Prompt(text), Recorder())
+    assert result == TurnFinished(Outcome.DONE)
+    status = manager.get_status("chat")
+    assert status is not None
+    assert status.pid == pid
+    return status
+
+
 async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: FakeLLM) -> None:
     """pi's switch_session really loads the history: the model is sent the earlier turn."""
     (tmp_path / "project").mkdir()  # a configured cwd must exist
@@ -222,11 +216,7 @@ async def test_a_warm_spare_resumes_the_sessions_history(tmp_path: Path, llm: Fa
         await manager.send("chat", Prompt("remember the word kiwi"), Recorder())
         assert await manager.cleanup_idle(now=anyio.current_time() + 10**6) == 1
         spare = await _spare_pid(manager)
-        result = await manager.send("chat", Prompt("what was the word?"), Recorder())
-        assert result == TurnFinished(Outcome.DONE)
-        status = manager.get_status("chat")
-        assert status is not None
-        assert status.pid == spare
+        await _answered_by(manager, "what was the word?", spare)
         assert llm.user_texts(llm.requests[-1]) == ["remember the word kiwi", "what was the word?"]
 
 
@@ -237,11 +227,7 @@ async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
     settings = SessionSettings(warm_spares=1)
     async with SessionManager(real_launcher(tmp_path, llm), settings) as manager:
         spare = await _spare_pid(manager)
-        result = await manager.send("chat", Prompt("where are you?"), Recorder())
-        assert result == TurnFinished(Outcome.DONE)
-        status = manager.get_status("chat")
-        assert status is not None
-        assert status.pid == spare
+        status = await _answered_by(manager, "where are you?", spare)
         work = (tmp_path / "work" / status.session_id).resolve()
         tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
         assert str(work) in json.dumps(tool_results)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -20,7 +19,7 @@ from evie.errors import AgentStartError
 from evie.runtime import open_runtime
 from evie.sessions.manager import SessionManager
 from tests.conftest import FAKE_PI, PI, Recorder, fake_launcher
-from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
+from tests.fake_llm import FakeLLM, Reply, write_agent_dir
 
 pytestmark = pytest.mark.anyio
 
@@ -88,12 +87,6 @@ async def test_without_the_sandbox_the_same_thief_finds_it(tmp_path: Path) -> No
     out = await run_evie_chat(tmp_path, "off")
     assert CONFIG_TOKEN in out
     assert OTHER_SESSION in out
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
 
 
 @needs_bwrap

@@ -24,7 +24,7 @@ from evie.errors import SessionReplaced
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotState
 from evie.state import StateStore
-from tests.conftest import Recorder, fake_launcher, pid_alive, script
+from tests.conftest import Recorder, fake_launcher, pid_alive, script, start_turn
 
 pytestmark = pytest.mark.anyio
 
@@ -53,10 +53,8 @@ async def test_status_and_stats_answer_while_a_turn_runs(
 ) -> None:
     release = tmp_path / "release"
     await manager.send("other", Prompt("warm up"), Recorder())
-    rec = Recorder()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.send, "chat", held(release), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        rec = await start_turn(tg, manager, "chat", held(release))
         with anyio.fail_after(2):
             mine = manager.get_status("chat")
             other = manager.get_status("other")
@@ -83,10 +81,8 @@ async def test_cleanup_idle_never_waits_for_or_removes_a_busy_slot(tmp_path: Pat
         idle_slot = manager._slots["idle"]
         assert idle_slot.process is not None
         idle_pid = idle_slot.process.pid
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "busy", held(release), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "busy", held(release))
             busy = manager._slots["busy"]
             with anyio.fail_after(5):
                 stopped = await manager.cleanup_idle()
@@ -115,8 +111,8 @@ async def test_two_sessions_run_their_turns_at_the_same_time(
         tg.start_soon(manager.send, "a", held(release), a)
         tg.start_soon(manager.send, "b", held(release), b)
         # both turns are in flight at once: neither waits for the other's lock
-        await a.wait_for(lambda e: isinstance(e, TextDelta))
-        await b.wait_for(lambda e: isinstance(e, TextDelta))
+        await a.streaming()
+        await b.streaming()
         states = {k: manager.get_status(k).state for k in ("a", "b")}  # type: ignore[union-attr]
         assert states == {"a": SlotState.RUNNING, "b": SlotState.RUNNING}
         release.touch()
@@ -127,10 +123,8 @@ async def test_a_replaced_slot_is_not_clobbered_by_its_old_turn(tmp_path: Path) 
     release = tmp_path / "release"
     store = StateStore(tmp_path / "state.json")
     async with SessionManager(fake_launcher(tmp_path), observer=store) as manager:
-        rec = Recorder()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.send, "chat", held(release), rec)
-            await rec.wait_for(lambda e: isinstance(e, TextDelta))
+            rec = await start_turn(tg, manager, "chat", held(release))
             old = manager._slots["chat"]
             old_pid = old.process.pid  # type: ignore[union-attr]
             new = await manager.new_session("chat")
@@ -229,10 +223,8 @@ async def test_messages_mid_turn_are_queued_as_follow_ups(
     manager: SessionManager, tmp_path: Path
 ) -> None:
     release = tmp_path / "release"
-    rec = Recorder()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.send, "chat", held(release), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        rec = await start_turn(tg, manager, "chat", held(release))
         queued = await manager.send("chat", Prompt("and then?"), Recorder())
         assert queued == Queued(position=1, steer=False)
         assert manager.get_status("chat").queued == ("and then?",)  # type: ignore[union-attr]
@@ -244,10 +236,8 @@ async def test_messages_mid_turn_are_queued_as_follow_ups(
 
 
 async def test_abort_stops_the_running_turn(manager: SessionManager, tmp_path: Path) -> None:
-    rec = Recorder()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.send, "chat", held(tmp_path / "never"), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        rec = await start_turn(tg, manager, "chat", held(tmp_path / "never"))
         assert await manager.abort("chat")
     assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
     assert manager.get_status("chat").last_outcome is Outcome.ABORTED  # type: ignore[union-attr]
@@ -355,7 +345,7 @@ async def test_shutdown_primitives_wait_abort_and_stop_every_process(tmp_path: P
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         await manager.send("a", Prompt("hi"), Recorder())
         manager._tasks.start_soon(manager.send, "b", held(release), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        await rec.streaming()
         pids = [s.process.pid for s in manager.slots() if s.process is not None]
         assert len(pids) == 2
         manager.stop_accepting()
@@ -374,7 +364,7 @@ async def test_close_all_ends_a_turn_whose_pi_ignores_abort(tmp_path: Path) -> N
     rec = Recorder()
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         manager._tasks.start_soon(manager.send, "deaf", script({"deaf": 30, "say": "x"}), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        await rec.streaming()
         manager.stop_accepting()
         assert manager.abort_all() == 1
         assert not await manager.wait_for_turns(0.3)  # pi did not listen
@@ -470,10 +460,8 @@ async def test_unusable_state_dir_fails_the_turn_with_a_clear_message(tmp_path: 
 async def test_messages_queued_before_a_stop_are_reported_and_ride_along(
     manager: SessionManager, tmp_path: Path
 ) -> None:
-    rec = Recorder()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.send, "chat", held(tmp_path / "never"), rec)
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        rec = await start_turn(tg, manager, "chat", held(tmp_path / "never"))
         assert isinstance(await manager.send("chat", Prompt("and then?"), Recorder()), Queued)
         await manager.abort("chat")
     assert rec.events[-1] == TurnFinished(Outcome.ABORTED, None, ("and then?",))

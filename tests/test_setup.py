@@ -15,7 +15,6 @@ import subprocess
 import sys
 import termios
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -24,10 +23,10 @@ import pytest
 from evie.config import load_config
 from evie.setup.doctor import run_doctor
 from tests.conftest import PI
-from tests.fake_discord import BOT_ID, FakeDiscord, running_fake_discord
+from tests.fake_discord import BOT_ID, FakeDiscord
 from tests.fake_discord import TOKEN as DISCORD_TOKEN
-from tests.fake_llm import FakeLLM, running_fake_llm, write_agent_dir
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.fake_llm import FakeLLM, write_agent_dir
+from tests.fake_telegram import TOKEN, FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
@@ -35,24 +34,6 @@ pytestmark = [
     pytest.mark.realpi,
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with running_fake_telegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    async with running_fake_discord() as fake:
-        yield fake
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
 import attrs
-import discord
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from evie.config import DiscordConfig, TelegramConfig
 from evie.platforms.discord import DiscordInterface
 from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
+from tests import harness
 from tests.conftest import fake_launcher
 from tests.fake_discord import TOKEN as DISCORD_TOKEN
 from tests.fake_discord import running_fake_discord
@@ -40,6 +40,7 @@ from tests.fake_telegram import (
     poison_update,
     running_fake_telegram,
 )
+from tests.harness import kept_discord_endpoints
 from tests.loopback import closed_port
 
 pytestmark = pytest.mark.anyio
@@ -83,6 +84,11 @@ async def tg(tmp_path: Path) -> AsyncIterator[Tg]:
 
 def lines(caplog: pytest.LogCaptureFixture, logger: str, needle: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == logger and needle in r.getMessage()]
+
+
+def supervisor_lines(caplog: pytest.LogCaptureFixture, platform: str) -> list[logging.LogRecord]:
+    """The supervisor's lines about ``platform`` (one per failed attempt)."""
+    return lines(caplog, "evie.platforms.supervisor", f"{platform}: ")
 
 
 def assert_one_line_each(records: list[logging.LogRecord]) -> None:
@@ -134,7 +140,7 @@ async def test_getupdates_faults_never_end_polling(
     await tg.fake.wait_for(lambda: not tg.fake.faults["getUpdates"], 30)
     tg.fake.push_message("after")
     await tg.answered("after")
-    retries = lines(caplog, "evie.platforms.supervisor", "telegram: ")
+    retries = supervisor_lines(caplog, "telegram")
     assert len(retries) == len(faults)  # one line per failed attempt
     assert_one_line_each(retries)
     texts = [r.getMessage() for r in retries]
@@ -156,12 +162,9 @@ async def test_telegram_down_at_start_then_up(
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         interface = telegram_interface(manager, f"http://127.0.0.1:{port}")
 
-        def retries() -> list[logging.LogRecord]:
-            return lines(caplog, "evie.platforms.supervisor", "telegram: ")
-
         async with anyio.create_task_group() as group:
             await group.start(interface.run)  # returns while Telegram refuses connections
-            await wait_until(lambda: len(retries()) >= 4)
+            await wait_until(lambda: len(supervisor_lines(caplog, "telegram")) >= 4)
             down = interface.health()
             assert down.state == "degraded"
             assert down.seconds_since_ok is None
@@ -172,7 +175,7 @@ async def test_telegram_down_at_start_then_up(
                 assert interface.health().state == "up"
                 group.cancel_scope.cancel()
         assert interface.health().state == "down"  # run ended: intake stopped
-        seen = retries()
+        seen = supervisor_lines(caplog, "telegram")
         assert_one_line_each(seen)
         # one line per retry, numbered in order, each naming the connection failure
         assert [f"retry {n} " in r.getMessage() for n, r in enumerate(seen, 1)] == [True] * len(
@@ -242,11 +245,9 @@ async def test_a_reply_that_cannot_be_delivered_is_one_line_not_a_crash(
 
 
 @pytest.fixture
-def discord_globals() -> object:
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    yield None
-    discord.http.Route.BASE = base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+def discord_globals() -> Iterator[None]:
+    with kept_discord_endpoints():
+        yield
 
 
 def discord_interface(manager: SessionManager, port: int) -> DiscordInterface:
@@ -257,14 +258,7 @@ def discord_interface(manager: SessionManager, port: int) -> DiscordInterface:
         allowed_user_ids=frozenset({OWNER}),
         edit_interval=0.05,
     )
-    return DiscordInterface(
-        manager,
-        config,
-        delivery=Delivery(base_backoff=0.01),
-        client_options={"guild_ready_timeout": 0.05},
-        backoff=FAST,
-        liveness_interval=0.05,
-    )
+    return harness.discord_interface(manager, config, backoff=FAST, liveness_interval=0.05)
 
 
 @pytest.mark.usefixtures("discord_globals")
@@ -276,12 +270,9 @@ async def test_discord_unreachable_at_start_then_reachable(
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         interface = discord_interface(manager, port)
 
-        def retries() -> list[logging.LogRecord]:
-            return lines(caplog, "evie.platforms.supervisor", "discord: ")
-
         async with anyio.create_task_group() as group:
             await group.start(interface.run)  # returns while Discord refuses connections
-            await wait_until(lambda: len(retries()) >= 3)
+            await wait_until(lambda: len(supervisor_lines(caplog, "discord")) >= 3)
             assert interface.health().state == "degraded"
             async with running_fake_discord(port) as fake:
                 fake.refuse_gateway = 2  # then REST answers but the gateway does not, twice
@@ -291,7 +282,7 @@ async def test_discord_unreachable_at_start_then_reachable(
                 await fake.push_message("hello again", channel_id=500)
                 await fake.wait_for(lambda: "echo: hello again" in fake.channel_view(500), 20)
                 group.cancel_scope.cancel()
-        seen = retries()
+        seen = supervisor_lines(caplog, "discord")
         assert_one_line_each(seen)
         assert sum("502" in r.getMessage() for r in seen) == 2
         assert not [r for r in caplog.records if r.name.startswith("discord") and r.exc_info]
@@ -410,7 +401,7 @@ async def test_a_platform_that_is_down_for_good_leaves_the_other_working(
     assert health.state == "down"
     assert health.gave_up
     assert dc.identifies == 1  # not retried
-    down = lines(caplog, "evie.platforms.supervisor", "discord: ")
+    down = supervisor_lines(caplog, "discord")
     assert len(down) == 1
     assert "Privileged Gateway Intents" in down[0].getMessage()  # names the fix
     assert_one_line_each(down)

@@ -14,49 +14,36 @@ import attrs
 import pytest
 
 from evie.chat.streaming import Delivery
-from evie.config import TelegramConfig
 from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher, real_launcher
 from tests.fake_llm import Reply, running_fake_llm
-from tests.fake_telegram import TOKEN, FakeTelegram, Fault, running_fake_telegram
+from tests.fake_telegram import Fault, running_fake_telegram
+from tests.harness import (
+    OWNER,
+    TelegramHarness,
+    fast_delivery,
+    serving_telegram,
+    telegram_config,
+)
 
 pytestmark = pytest.mark.anyio
 
-OWNER = 42
-
 
 @attrs.define
-class Harness:
-    fake: FakeTelegram
-    manager: SessionManager
-    interface: TelegramInterface
-    record: Path
+class Harness(TelegramHarness):
+    record: Path  # the commands the fake pi received, one JSON line each
 
     async def final_text(self, chat_id: int, needle: str, thread_id: int | None = None) -> None:
-        await self.fake.wait_for(
-            lambda: any(needle in t for t in self.fake.chat_view(chat_id, thread_id))
-        )
+        await self.shows(chat_id, needle, thread_id)
 
 
 @pytest.fixture
 async def tg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     record = tmp_path / "pi-commands.jsonl"
     monkeypatch.setenv("FAKE_PI_RECORD", str(record))
-    async with running_fake_telegram() as fake:
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            edit_interval=0.05,
-            polling_timeout=1,
-        )
-        async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
-            async with anyio.create_task_group() as group:
-                await group.start(interface.run)
-                yield Harness(fake, manager, interface, record)
-                group.cancel_scope.cancel()
+    async with serving_telegram(fake_launcher(tmp_path)) as h:
+        yield Harness(h.fake, h.manager, h.interface, record)
 
 
 async def test_a_message_gets_an_answer(tg: Harness) -> None:
@@ -229,25 +216,14 @@ async def test_photos_reach_pi_as_images(tg: Harness) -> None:
 @pytest.mark.realpi
 @pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)")
 async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
-    async with running_fake_llm() as llm, running_fake_telegram() as fake:
+    async with running_fake_llm() as llm:
         llm.queue(Reply(text="Hi! Here is **something** useful.\n\n```sh\nls -la\n```", chunk=4))
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            edit_interval=0.05,
-            polling_timeout=1,
-        )
-        async with SessionManager(real_launcher(tmp_path, llm)) as manager:
-            interface = TelegramInterface(manager, config)
-            async with anyio.create_task_group() as group:
-                await group.start(interface.run)
-                fake.push_message("hello real pi")
-                await fake.wait_for(
-                    lambda: any("<b>something</b>" in t for t in fake.chat_view(OWNER)),
-                    seconds=30,
-                )
-                group.cancel_scope.cancel()
+        async with serving_telegram(real_launcher(tmp_path, llm), delivery=Delivery()) as tg:
+            fake = tg.fake
+            fake.push_message("hello real pi")
+            await fake.wait_for(
+                lambda: any("<b>something</b>" in t for t in fake.chat_view(OWNER)), seconds=30
+            )
         final = next(m for m in fake.messages.values() if "<b>something</b>" in m.text)
         assert final.parse_mode == "HTML"
         assert '<pre><code class="language-sh">ls -la</code></pre>' in final.text
@@ -256,14 +232,9 @@ async def test_a_real_pi_turn_through_telegram(tmp_path: Path) -> None:
 
 async def test_health_follows_polling_and_run_returns_after_its_handlers(tmp_path: Path) -> None:
     async with running_fake_telegram() as fake:
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            polling_timeout=1,
-        )
+        config = telegram_config(fake)
         async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(manager, config, delivery=Delivery(base_backoff=0.01))
+            interface = TelegramInterface(manager, config, delivery=fast_delivery())
             assert interface.health().state == "starting"
             returned = anyio.Event()
 
@@ -405,29 +376,20 @@ async def test_last_sends_the_last_reply_as_a_file(tg: Harness) -> None:
 
 
 async def test_stop_cancels_the_pending_delivery(tmp_path: Path) -> None:
-    async with running_fake_telegram() as fake:
+    launcher = fake_launcher(tmp_path)
+    slow = serving_telegram(launcher, edit_interval=30, max_chunks=100, delivery=Delivery())
+    async with slow as tg:
+        fake = tg.fake
         fake.delay = 0.2  # a slow Telegram: 20 messages take 4 s
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({OWNER}),
-            edit_interval=30,
-            polling_timeout=1,
+        paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(40)]
+        steps = [{"text": "\n\n".join(paragraphs), "chunk": 100_000}]
+        fake.push_message("script:" + json.dumps(steps))
+        await fake.wait_for(lambda: any("Paragraph 0:" in t for t in fake.chat_view(OWNER)))
+        fake.push_message("/stop")
+        await fake.wait_for(
+            lambda: any("Stopped sending this reply" in t for t in fake.chat_view(OWNER))
         )
-        async with SessionManager(fake_launcher(tmp_path)) as manager:
-            interface = TelegramInterface(manager, config, max_chunks=100)
-            async with anyio.create_task_group() as group:
-                await group.start(interface.run)
-                paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(40)]
-                steps = [{"text": "\n\n".join(paragraphs), "chunk": 100_000}]
-                fake.push_message("script:" + json.dumps(steps))
-                await fake.wait_for(lambda: any("Paragraph 0:" in t for t in fake.chat_view(OWNER)))
-                fake.push_message("/stop")
-                await fake.wait_for(
-                    lambda: any("Stopped sending this reply" in t for t in fake.chat_view(OWNER))
-                )
-                await anyio.sleep(0.5)  # nothing more arrives after the stop
-                group.cancel_scope.cancel()
+        await anyio.sleep(0.5)  # nothing more arrives after the stop
     shown = [t for t in fake.chat_view(OWNER) if t.startswith("Paragraph")]
     assert 1 <= len(shown) < 10
     assert not any("Paragraph 39:" in t for t in shown)

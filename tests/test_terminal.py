@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -17,35 +15,10 @@ from evie.agent.reaper import marked_processes
 from evie.platforms.terminal import TerminalChat
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher
-from tests.fake_llm import FakeLLM, Reply, running_fake_llm, write_agent_dir
+from tests.fake_llm import FakeLLM, Reply, write_agent_dir
+from tests.harness import Screen
 
 pytestmark = pytest.mark.anyio
-
-
-class Screen:
-    """A thread-safe stdout stand-in the test can wait on."""
-
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            self._parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    @property
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._parts)
-
-    async def wait_for(self, needle: str, seconds: float = 10) -> None:
-        with anyio.fail_after(seconds):
-            while needle not in self.text:
-                await anyio.sleep(0.01)
 
 
 async def test_status_and_stop_work_while_a_turn_streams(tmp_path: Path) -> None:
@@ -77,12 +50,6 @@ async def test_status_and_stop_work_while_a_turn_streams(tmp_path: Path) -> None
     text = screen.text
     assert text.index("Turn running for") < text.index("echo: and one more thing")
     assert "[failed]" not in text
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with running_fake_llm() as fake:
-        yield fake
 
 
 async def _start_evie(config: Path) -> anyio.abc.Process:

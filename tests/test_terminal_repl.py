@@ -24,7 +24,7 @@ from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
 from evie.platforms.terminal_repl import LineEditor
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher, pid_alive
-from tests.test_terminal import Screen
+from tests.harness import Screen
 
 pytestmark = pytest.mark.anyio
 

@@ -51,15 +51,39 @@ class Terminal:
                     return
 
 
-def test_ctrl_c_stops_the_turn_and_pi_survives(tmp_path: Path) -> None:
+def chat_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment for `evie chat` with the fake pi, and its state dir."""
     state = tmp_path / "state"
     config = tmp_path / "config.toml"
     config.write_text(
         f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\nsandbox = "off"\n'
         f'[state]\ndir = "{state}"\n'
     )
+    return {**os.environ, "EVIE_CONFIG": str(config)}, state
+
+
+def running_pis(state: Path) -> list[int]:
+    pis = marked_processes(str(state.resolve()))
+    assert pis, "pi is running"
+    return pis
+
+
+def left_and_stopped_pi(term: Terminal, proc: subprocess.Popen[bytes], pis: list[int]) -> None:
+    """evie says goodbye, exits 0 and stops pi on its way out."""
+    term.wait_for("[bye]")
+    assert proc.wait(timeout=20) == 0
+    assert not any(pid_alive(pid) for pid in pis), "evie stopped pi on its way out"
+
+
+def kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_stops_the_turn_and_pi_survives(tmp_path: Path) -> None:
+    env, state = chat_env(tmp_path)
     master, slave = os.openpty()
-    env = {**os.environ, "EVIE_CONFIG": str(config)}
     proc = subprocess.Popen(
         [sys.executable, "-c", ON_A_TERMINAL], stdin=slave, stdout=slave, stderr=slave, env=env
     )
@@ -72,32 +96,21 @@ def test_ctrl_c_stops_the_turn_and_pi_survives(tmp_path: Path) -> None:
         steps = [{"text": "b\\u0075sy\n\n"}, {"sleep": 60}]
         term.type(("script:" + json.dumps(steps).replace("\\\\u", "\\u") + "\n").encode())
         term.wait_for("busy")
-        pis = marked_processes(str(state.resolve()))
-        assert pis, "pi is running"
+        pis = running_pis(state)
         term.type(b"\x03")  # Ctrl-C
         term.wait_for("[aborted]")
         assert "[stopping the reply; Ctrl-C again to leave]" in term.seen
         assert "[crashed]" not in term.seen
         assert all(pid_alive(pid) for pid in pis), "pi survived the Ctrl-C"
         term.type(b"\x03\x03")  # twice in a row: leave
-        term.wait_for("[bye]")
-        assert proc.wait(timeout=20) == 0
-        assert not any(pid_alive(pid) for pid in pis), "evie stopped pi on its way out"
+        left_and_stopped_pi(term, proc, pis)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         os.close(master)
 
 
 def test_sigint_on_piped_input_stops_the_turn_then_leaves(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\nsandbox = "off"\n'
-        f'[state]\ndir = "{state}"\n'
-    )
-    env = {**os.environ, "EVIE_CONFIG": str(config)}
+    env, state = chat_env(tmp_path)
     read, write = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "evie.cli", "chat"],
@@ -116,19 +129,14 @@ def test_sigint_on_piped_input_stops_the_turn_then_leaves(tmp_path: Path) -> Non
         proc.stdin.write(("script:" + json.dumps(steps) + "\n").encode())
         proc.stdin.flush()
         out.wait_for("busy")
-        pis = marked_processes(str(state.resolve()))
-        assert pis, "pi is running"
+        pis = running_pis(state)
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal's Ctrl-C does
         out.wait_for("[aborted]")
         assert "[stopping the turn;" in out.seen
         assert all(pid_alive(pid) for pid in pis), "pi survived the SIGINT"
         os.killpg(proc.pid, signal.SIGINT)  # nothing running now: leave
-        out.wait_for("[bye]")
-        assert proc.wait(timeout=20) == 0
-        assert not any(pid_alive(pid) for pid in pis), "evie stopped pi on its way out"
+        left_and_stopped_pi(out, proc, pis)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         proc.stdin.close()
         os.close(read)

@@ -7,19 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-import attrs
 import pytest
 
-from evie.agent.events import Outcome, Prompt, TextDelta, TurnFinished
+from evie.agent.events import Outcome, Prompt, TurnFinished
 from evie.agent.reaper import marked_processes
-from evie.chat.streaming import Delivery
-from evie.config import TelegramConfig
 from evie.http import render_metrics
-from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager, SessionSettings
 from evie.sessions.watchdog import KILLED
 from tests.conftest import Recorder, fake_launcher, pid_alive, script
-from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.harness import TelegramHarness, serving_telegram
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +29,7 @@ def owner(tmp_path: Path) -> str:
 
 async def started(rec: Recorder) -> None:
     with anyio.fail_after(15):
-        await rec.wait_for(lambda e: isinstance(e, TextDelta))
+        await rec.streaming()
 
 
 async def test_stop_ends_a_turn_whose_pi_ignores_abort(tmp_path: Path) -> None:
@@ -191,36 +187,14 @@ async def test_retiring_processes_show_in_status_and_metrics(tmp_path: Path) -> 
 # -- the user is told, end to end through Telegram ---------------------------------------
 
 
-@attrs.define
-class Harness:
-    fake: FakeTelegram
-    manager: SessionManager
-
-
 @pytest.fixture
-async def tg(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with running_fake_telegram() as fake:
-        config = TelegramConfig(
-            token=TOKEN,
-            api_url=fake.base_url,
-            allowed_user_ids=frozenset({42}),
-            edit_interval=0.05,
-            polling_timeout=1,
-        )
-        settings = SessionSettings(abort_grace=GRACE)
-        async with SessionManager(fake_launcher(tmp_path), settings) as manager:
-            interface = TelegramInterface(
-                manager,
-                config,
-                delivery=Delivery(base_backoff=0.01),
-            )
-            async with anyio.create_task_group() as group:
-                await group.start(interface.run)
-                yield Harness(fake, manager)
-                group.cancel_scope.cancel()
+async def tg(tmp_path: Path) -> AsyncIterator[TelegramHarness]:
+    settings = SessionSettings(abort_grace=GRACE)
+    async with serving_telegram(fake_launcher(tmp_path), settings=settings) as h:
+        yield h
 
 
-async def test_stop_in_telegram_tells_the_user_pi_was_restarted(tg: Harness) -> None:
+async def test_stop_in_telegram_tells_the_user_pi_was_restarted(tg: TelegramHarness) -> None:
     tg.fake.push_message("script:" + json.dumps([{"hang": "hard", "say": "working"}]))
     await tg.fake.wait_for(lambda: any("working" in t for t in tg.fake.chat_view(42)))
     tg.fake.push_message("/stop")
