@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from evie.platforms.terminal_render import (
@@ -45,7 +45,11 @@ def pieces(text: str, sizes: list[int]) -> list[str]:
     return out
 
 
+@example("\x9b[", [1])
+@example("\x1b[12m ok", [3, 1])
+@example("\x1b]0;a\x9b1b\x07 ok", [6, 1])
 @given(nasty | st.text(max_size=200), st.lists(st.integers(1, 9), min_size=1, max_size=20))
+@settings(max_examples=500)
 def test_a_stream_is_made_safe_as_if_it_had_come_whole(text: str, sizes: list[int]) -> None:
     """A sequence cut between two deltas is removed whole: its tail is never printed."""
     stream = StreamSanitizer()

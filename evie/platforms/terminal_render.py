@@ -37,6 +37,7 @@ _UNFINISHED = re.compile(
     r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*\x1b?"
     r"|\x1b"
 )
+_CSI_SO_FAR = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*\Z")
 #: a sequence still open after this many characters is not held back any longer
 HOLD_LIMIT = 4096
 
@@ -54,15 +55,15 @@ class StreamSanitizer:
 
     def feed(self, text: str) -> str:
         text, self._held = self._held + text, ""
+        cut = len(text)
         found = deque(_SEQUENCES.finditer(text), maxlen=1)  # the last one, in linear time
-        last = found[0] if found else None
-        if (
-            last is not None
-            and last.end() == len(text)
-            and len(text) - last.start() <= HOLD_LIMIT
-            and _UNFINISHED.fullmatch(last.group())
-        ):
-            text, self._held = text[: last.start()], text[last.start() :]
+        if found and found[0].end() == cut and _UNFINISHED.fullmatch(found[0].group()):
+            cut = found[0].start()  # e.g. an OSC string not yet terminated
+        csi = _CSI_SO_FAR.search(text)  # "\x1b[12" or "\x9b": no match yet, but may become one
+        if csi is not None:
+            cut = min(cut, csi.start())
+        if len(text) - cut <= HOLD_LIMIT:
+            text, self._held = text[:cut], text[cut:]
         return sanitize(text)
 
     def finish(self) -> str:
