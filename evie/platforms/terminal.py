@@ -182,13 +182,8 @@ class TerminalChat:
                         return
                     continue
                 assert isinstance(entry, str)
-                text = entry.strip()
-                if not text:
-                    continue
-                if text in ("/quit", "/exit"):
-                    tg.cancel_scope.cancel()
+                if not await self._entered(entry, tg):
                     return
-                await self._handle(text, tg)
         finally:
             watcher.cancel()
 
@@ -224,15 +219,20 @@ class TerminalChat:
                 async for line in lines:
                     if not line:
                         break  # EOF: let running turns finish, then leave
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text in ("/quit", "/exit"):
-                        tg.cancel_scope.cancel()
+                    if not await self._entered(line, tg):
                         break
-                    await self._handle(text, tg)
         finally:
             watcher.cancel()
+
+    async def _entered(self, line: str, tg: anyio.abc.TaskGroup) -> bool:
+        """One line the user entered (either loop); False when it asks to leave."""
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            tg.cancel_scope.cancel()
+            return False
+        if text:
+            await self._handle(text, tg)
+        return True
 
     async def _watch_sigint(
         self, scope: anyio.CancelScope, on_signal: Callable[[], Awaitable[bool]]
