@@ -31,12 +31,9 @@ def sanitize(text: str) -> str:
     return _CONTROLS.sub("", _SEQUENCES.sub("", text))
 
 
-# what a sequence cut short looks like: its introducer and whatever may still continue it
-_UNFINISHED = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*"
-    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*\x1b?"
-    r"|\x1b"
-)
+# a string sequence (OSC, DCS…) not terminated yet, or a lone ESC; a CSI cut short is
+# found by _CSI_SO_FAR, since the sequence pattern does not match an unfinished one
+_UNFINISHED = re.compile(r"(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*\x1b?|\x1b")
 _CSI_SO_FAR = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*\Z")
 #: a sequence still open after this many characters is not held back any longer
 HOLD_LIMIT = 4096
