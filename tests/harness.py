@@ -195,3 +195,12 @@ class Screen:
         with anyio.fail_after(seconds):
             while needle not in self.text:
                 await anyio.sleep(0.01)
+
+
+async def kill_and_close(proc: anyio.abc.Process) -> None:
+    """SIGKILL ``proc`` if it still runs, reap it and close its pipes now, while the loop
+    lives: a pipe transport left to the garbage collector closes itself on a dead loop."""
+    if proc.returncode is None:
+        proc.kill()
+    with anyio.CancelScope(shield=True):
+        await proc.aclose()

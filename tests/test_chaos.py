@@ -34,6 +34,7 @@ import pytest
 from evie.agent.reaper import marked_processes
 from tests.conftest import FAKE_PI
 from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.harness import kill_and_close
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,12 +82,6 @@ async def settle_then_stop(proc: anyio.abc.Process) -> None:
     proc.send_signal(signal.SIGTERM)
     with anyio.fail_after(30):
         assert await proc.wait() == 0
-
-
-async def kill_if_running(proc: anyio.abc.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
 
 
 def tally(fake: FakeTelegram) -> dict[int, tuple[list[int], int]]:
@@ -152,8 +147,7 @@ async def test_kill_9_at_random_points(
                 tg.start_soon(users, rounds)
                 if instance < KILLS:
                     await anyio.sleep(rng.uniform(0.05, 1.5))
-                    proc.send_signal(signal.SIGKILL)
-                    await proc.wait()
+                    await kill_and_close(proc)
                     kills += 1
             if instance < KILLS:
                 proc = await start(config, log, fake)
@@ -163,7 +157,7 @@ async def test_kill_9_at_random_points(
             pytest.fail(f"not every message was answered or accounted for: {tally(fake)}")
         await settle_then_stop(proc)
     finally:
-        await kill_if_running(proc)
+        await kill_and_close(proc)
 
     uncertain = sum(int(m.group(1)) for m in re.finditer(r"re-sending (\d+) repl", log.read_text()))
     results = tally(fake)
@@ -204,8 +198,7 @@ async def test_a_message_waiting_behind_a_turn_survives_kill_9(
         await fake.wait_for(lambda: any("working" in t for t in fake.chat_view(OWNER)), 30)
         fake.push_message("waiting behind it", user_id=OWNER)
         await fake.wait_for(lambda: any("queued #1" in t for t in fake.chat_view(OWNER)), 30)
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await kill_and_close(proc)
         proc = await start(config, log, fake)
         await fake.wait_for(
             lambda: (
@@ -216,7 +209,7 @@ async def test_a_message_waiting_behind_a_turn_survives_kill_9(
         )
         await settle_then_stop(proc)
     finally:
-        await kill_if_running(proc)
+        await kill_and_close(proc)
     view = fake.chat_view(OWNER)
     assert view.count("echo: waiting behind it") == 1
     assert sum(any(n in t for n in NOTICES) for t in view) == 1

@@ -20,6 +20,7 @@ import pytest
 from evie.agent.reaper import marked_processes
 from tests.conftest import FAKE_PI
 from tests.fake_telegram import TOKEN, FakeTelegram, running_fake_telegram
+from tests.harness import kill_and_close
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +76,7 @@ async def daemon(
     try:
         yield proc, base
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_and_close(proc)
 
 
 async def stops_cleanly(proc: anyio.abc.Process) -> None:

@@ -117,7 +117,7 @@ async def test_a_thousand_messages_from_strangers(
     assert [s.key for s in manager.slots()] == [f"tg:{OWNER}"]
 
 
-@pytest.mark.timeout(180)  # 1,000 turns through 50 fake pi processes: 19 s at load 5, the wait allows 150
+@pytest.mark.timeout(180)  # 1,000 turns via 50 fake pi: 19 s at load 5; its own wait allows 150
 async def test_fifty_chats_twenty_messages_each(
     tg: tuple[FakeTelegram, SessionManager],
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from evie.platforms.terminal import TerminalChat
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher
 from tests.fake_llm import FakeLLM, Reply, write_agent_dir
-from tests.harness import Screen
+from tests.harness import Screen, kill_and_close
 
 pytestmark = pytest.mark.anyio
 
@@ -86,8 +85,7 @@ async def test_kill_9_of_evie_mid_turn_then_restart(tmp_path: Path, llm: FakeLLM
         await evie.stdin.send(b"tell me a long story\n")
         await _read_until(evie, "slow slow", seen)
     finally:
-        evie.kill()  # SIGKILL: no cleanup at all
-        await evie.wait()
+        await kill_and_close(evie)  # SIGKILL: no cleanup at all
     owner = str(state.resolve())
     with anyio.fail_after(10):  # pi notices stdin EOF and exits by itself
         while marked_processes(owner):
@@ -109,9 +107,7 @@ async def test_kill_9_of_evie_mid_turn_then_restart(tmp_path: Path, llm: FakeLLM
         with anyio.fail_after(15):
             assert await evie.wait() == 0
     finally:
-        if evie.returncode is None:
-            evie.send_signal(signal.SIGKILL)
-            await evie.wait()
+        await kill_and_close(evie)
     assert marked_processes(owner) == []
     assert "".join(seen).count("[note]") == 1
 
