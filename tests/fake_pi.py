@@ -350,7 +350,7 @@ class Turn:
         self.finish("stop")
 
     def step(self, step: dict[str, Any]) -> None:
-        """Steps: text(+chunk,delay) | big(+chunk) | sleep | deaf | wait_file | tool | crash |
+        """Steps: text(+chunk,delay) | big(+chunk) | sleep | wait_file | tool | crash |
         error(+fail_times,max_retries,retry_delay,then) | dialog | garble(+times) | raw |
         raw_hex | env | pwd | history | stderr |
         hang(+say) (silent forever, ignoring abort; ``"hard"`` also ignores SIGTERM) |
@@ -382,11 +382,6 @@ class Turn:
             self.stream(body, step.get("chunk", 65536), 0)
         elif "sleep" in step:
             self.sleep(step["sleep"])
-        elif "deaf" in step:
-            # a pi that ignores abort: says ``say`` (no abort check), then sleeps regardless
-            if step.get("say"):
-                self.delta(step["say"])
-            time.sleep(step["deaf"])
         elif "wait_file" in step:
             while not os.path.exists(step["wait_file"]):
                 self.sleep(0.01)

@@ -229,7 +229,7 @@ async def test_sigterm_when_pi_ignores_the_abort_still_tells_the_chat(
     driver: Driver, tmp_path: Path
 ) -> None:
     async with evie_process(driver, tmp_path, grace=0.3, abort_grace=0.5) as evie:
-        deaf = script({"deaf": 60, "say": "not listening"})
+        deaf = script({"hang": True, "say": "not listening"})
         await sigterm_after(evie, driver, deaf, "not listening")
         # the turn watchdog kills a pi that ignores the abort after abort_grace
         await evie.shows("pi did not stop, so I stopped it")

@@ -363,7 +363,7 @@ async def test_shutdown_primitives_wait_abort_and_stop_every_process(tmp_path: P
 async def test_close_all_ends_a_turn_whose_pi_ignores_abort(tmp_path: Path) -> None:
     rec = Recorder()
     async with SessionManager(fake_launcher(tmp_path)) as manager:
-        manager._tasks.start_soon(manager.send, "deaf", script({"deaf": 30, "say": "x"}), rec)
+        manager._tasks.start_soon(manager.send, "deaf", script({"hang": True, "say": "x"}), rec)
         await rec.streaming()
         manager.stop_accepting()
         assert manager.abort_all() == 1
