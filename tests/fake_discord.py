@@ -141,6 +141,10 @@ class FakeDiscord:
     content_intent_enabled: bool = True
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    interaction_followups: dict[int, list[str]] = attrs.Factory(dict)  # id -> contents
+    #: like Discord, refuse ("Unknown interaction") a first answer later than this
+    interaction_deadline: float = 3.0
+    _interactions_at: dict[int, float] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
     content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
@@ -260,6 +264,7 @@ class FakeDiscord:
             "context": 1,
             "data": {"id": command["id"], "name": name, "type": 1},
         }
+        self._interactions_at[interaction_id] = time.monotonic()
         await self._dispatch("INTERACTION_CREATE", data)
         return interaction_id
 
@@ -378,6 +383,9 @@ class FakeDiscord:
         if parts[0] == "interactions" and parts[-1] == "callback":
             body = await request.json()
             interaction_id = int(parts[1])
+            late = time.monotonic() - self._interactions_at[interaction_id]
+            if late > self.interaction_deadline or interaction_id in self.interaction_replies:
+                return _json({"message": "Unknown interaction", "code": 10062}, 404)
             self.interaction_replies[interaction_id] = body
             self._wake()
             message = self._message_json(
@@ -385,6 +393,16 @@ class FakeDiscord:
             )
             return _json({"interaction": {"id": str(interaction_id), "type": 2},
                           "resource": {"type": body["type"], "message": message}})  # fmt: skip
+        if parts[0] == "webhooks" and len(parts) == 3 and request.method == "POST":
+            # an interaction's follow-up: authorised by the interaction's token
+            interaction_id = int(parts[2].removeprefix("itoken"))
+            if interaction_id not in self.interaction_replies:
+                return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+            body, _files = await self._message_body(request)
+            content = body.get("content") or ""
+            self.interaction_followups.setdefault(interaction_id, []).append(content)
+            self._wake()
+            return _json(self._message_json(PostedMessage(self._snowflake(), 0, content)))
         if parts[0] == "channels" and len(parts) >= 3:
             channel_id = int(parts[1])
             if parts[2] == "typing":

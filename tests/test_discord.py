@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -12,6 +13,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from evie.chat.commands import LAST_REPLY_SENT
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.sessions.manager import SessionManager
@@ -141,6 +143,44 @@ async def test_slash_commands_are_registered_and_answered(
     stop = await dc.fake.push_interaction("stop", channel_id=DM)
     await dc.fake.wait_for(lambda: stop in dc.fake.interaction_replies)
     await dc.shows(DM, "Stopped.")
+
+
+async def test_a_slash_command_slower_than_discords_deadline_is_deferred_then_answered(
+    dc: DiscordHarness,
+) -> None:
+    """Discord forgets a slash command not acknowledged within 3 s: /last uploading a file
+    through a slow link is acknowledged ("thinking…") in time and answered as a follow-up."""
+    await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 5)
+    await dc.fake.push_message("remember me", channel_id=DM)
+    await dc.shows(DM, "echo: remember me")
+    upload = dc.fake.hold(f"channels/{DM}/messages")
+    iid = await dc.fake.push_interaction("last", channel_id=DM)
+    await dc.fake.wait_for(lambda: iid in dc.fake.interaction_replies)  # before the deadline
+    assert dc.fake.interaction_replies[iid]["type"] == 5  # deferred
+    assert iid not in dc.fake.interaction_followups
+    upload.set()
+    await dc.fake.wait_for(lambda: iid in dc.fake.interaction_followups)
+    assert dc.fake.interaction_followups[iid] == [LAST_REPLY_SENT]
+    [message] = [m for m in dc.fake.messages.values() if m.attachments]
+    assert message.attachments == [("reply.md", b"echo: remember me")]
+
+
+async def test_a_slash_command_discord_no_longer_accepts_is_one_log_line(
+    dc: DiscordHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await dc.fake.wait_for(lambda: len(dc.fake.app_commands) == 5)
+    dc.fake.interaction_deadline = 0  # every first answer comes too late
+    iid = await dc.fake.push_interaction("help", channel_id=DM)
+    with caplog.at_level(logging.WARNING, logger="evie.platforms.discord"):
+        await dc.fake.wait_for(
+            lambda: ("POST", f"interactions/{iid}/itoken{iid}/callback") in dc.fake.calls
+        )
+        await anyio.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if "could not answer" in r.getMessage()]
+    assert lines == [
+        "discord: could not answer /help: 404 Not Found (error code: 10062): Unknown interaction"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 async def test_image_attachments_reach_pi(

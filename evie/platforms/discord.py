@@ -59,6 +59,9 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 NO_MENTIONS = discord.AllowedMentions.none()
 CATCH_UP = "catch-up"  # put in the intake stream at every (re)connect
 HISTORY_LIMIT = 500  # most messages read back per channel after a reconnect
+#: Discord drops a slash command not acknowledged within 3 s ("Unknown interaction");
+#: an answer not ready by then is deferred ("evie is thinking…") and sent as a follow-up
+ACKNOWLEDGE_WITHIN = 2.0
 
 
 async def _mapped(op: Callable[[], Awaitable[T]]) -> T:
@@ -434,8 +437,35 @@ class DiscordInterface:
             await interaction.response.send_message(REFUSAL, ephemeral=True)
             return
         chat = ChatRef("dc", interaction.channel_id or interaction.user.id)
-        text = await frontend.command_reply(name, chat)
-        await interaction.response.send_message(text[:2000], allowed_mentions=NO_MENTIONS)
+        answer: list[str] = []
+        done = anyio.Event()
+
+        async def carry_out() -> None:
+            answer.append(await frontend.command_reply(name, chat))
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(carry_out)  # runs to its end: /new or /last is never cut halfway
+            with anyio.move_on_after(ACKNOWLEDGE_WITHIN):
+                await done.wait()
+            if not done.is_set():  # e.g. /last uploading a big file through an outage
+                await self._answer(name, interaction.response.defer(thinking=True))
+        text = answer[0][:2000]
+        if interaction.response.is_done():
+            await self._answer(name, interaction.followup.send(text, allowed_mentions=NO_MENTIONS))
+        else:
+            await self._answer(
+                name, interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
+            )
+
+    @staticmethod
+    async def _answer(name: str, call: Awaitable[object]) -> None:
+        """One step of answering a slash command; a refusal (an expired interaction, an
+        outage) is one log line: the command itself has run."""
+        try:
+            await call
+        except (discord.DiscordException, OSError, TimeoutError) as exc:
+            log.warning("discord: could not answer /%s: %s", name, one_line(exc) or exc)
 
     def _on_message(self, message: discord.Message) -> None:
         if self._accepting:
