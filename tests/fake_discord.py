@@ -144,6 +144,7 @@ class FakeDiscord:
     interaction_followups: dict[int, list[str]] = attrs.Factory(dict)  # id -> contents
     #: like Discord, refuse ("Unknown interaction") a first answer later than this
     interaction_deadline: float = 3.0
+    max_upload: int = 10 * 1024 * 1024  # a bot's limit in a DM: bigger attachments are refused
     _interactions_at: dict[int, float] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
@@ -414,6 +415,8 @@ class FakeDiscord:
                 content = body.get("content") or ""
                 if len(content) > 2000:
                     return _json({"message": "Invalid Form Body", "code": 50035}, 400)
+                if sum(len(data) for _name, data in files) > self.max_upload:
+                    return _json({"message": "Request entity too large", "code": 40005}, 413)
                 if request.method == "POST":
                     m = PostedMessage(self._snowflake(), channel_id, content, attachments=files)
                     self.messages[m.id] = m

@@ -157,6 +157,7 @@ class FakeTelegram:
     _closing: bool = False
     max_poll: float = 1.0
     delay: float = 0.0  # seconds each send/edit takes: a slow Telegram
+    max_upload: int = 50_000_000  # sendDocument refuses a bigger file, as the Bot API does
     down: bool = False  # an outage: every method answers 503 while set
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
     reject_html: bool = False  # refuse every HTML message, as if our markup were broken
@@ -366,12 +367,15 @@ class FakeTelegram:
         caption = params.get("caption", "")
         if utf16_len(visible_text(caption, params.get("parse_mode"))) > 1024:
             return self._error(400, "Bad Request: message caption is too long")
+        data = upload.file.read()
+        if len(data) > self.max_upload:
+            return self._error(413, "Request Entity Too Large")
         thread = params.get("message_thread_id")
         document = Document(
             chat_id=int(params["chat_id"]),
             thread_id=int(thread) if thread else None,
             filename=upload.filename,
-            data=upload.file.read(),
+            data=data,
             caption=caption,
         )
         self.documents.append(document)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -20,23 +21,26 @@ from evie.errors import StateError
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
 from tests.fake_telegram import FakeTelegram
-from tests.harness import OWNER, serving_telegram
+from tests.harness import OWNER, TelegramHarness, serving_telegram
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def tg(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
+def durable_telegram(tmp_path: Path) -> AbstractAsyncContextManager[TelegramHarness]:
     """Telegram over a disk-backed inbox and outbox, with retry intervals compressed."""
     inbox, outbox = Inbox(tmp_path / "inbox.json"), Outbox(tmp_path / "outbox")
     inbox.load()
     outbox.load()
     # one second here stands for a minute: 60 s caps become 1 s
     courier = CourierSettings(max_age=3600, late_after=1.0, base_backoff=0.05, max_backoff=1.0)
-    serving = serving_telegram(
+    return serving_telegram(
         fake_launcher(tmp_path), edit_interval=0.2, inbox=inbox, outbox=outbox, courier=courier
     )
-    async with serving as h:
+
+
+@pytest.fixture
+async def tg(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, SessionManager]]:
+    async with durable_telegram(tmp_path) as h:
         yield h.fake, h.manager
 
 
@@ -79,6 +83,34 @@ async def test_an_outage_during_a_turn_delays_the_reply_but_loses_nothing(
     assert len(follow) == 1
     assert view.index(replies[0]) < view.index(follow[0])  # in order
     assert follow[0].startswith("(delayed reply from ")  # and it says it is late
+
+
+async def test_a_long_reply_held_through_an_outage_keeps_its_file_parts(tmp_path: Path) -> None:
+    async with durable_telegram(tmp_path) as h:
+        fake, manager = h.fake, h.manager
+        assert h.interface.frontend is not None
+        h.interface.frontend.transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB
+        fake.max_upload = 20_000
+        release = tmp_path / "release"
+        text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(40))
+        fake.push_message(script({"text": "start "}, {"wait_file": str(release)}, {"text": text}))
+        await fake.wait_for(lambda: any("start" in t for t in fake.chat_view(OWNER)))
+        fake.down = True  # the whole reply goes to the outbox: first part and file parts
+        release.touch()
+        await fake.wait_for(
+            lambda: (
+                (s := manager.get_status(f"tg:{OWNER}")) is not None and s.state.value == "idle"
+            ),
+            seconds=30,
+        )
+        await anyio.sleep(1.0)
+        fake.down = False
+        await fake.wait_for(lambda: len(fake.documents) >= 3, seconds=30)
+        await anyio.sleep(0.5)
+        n = len(fake.documents)
+        names = [d.filename for d in fake.documents]
+        assert names == [f"reply-{i}-of-{n}.md" for i in range(1, n + 1)]
+        assert b"".join(d.data for d in fake.documents) == ("start " + text).encode()
 
 
 async def test_messages_waiting_in_the_inbox_run_after_a_restart(tmp_path: Path) -> None:

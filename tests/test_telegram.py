@@ -361,6 +361,23 @@ async def test_long_replies_go_as_first_part_plus_a_file(tg: Harness) -> None:
     assert "Paragraph 2:" not in shown[0]  # the first message only
 
 
+async def test_a_reply_over_the_upload_limit_goes_as_numbered_files(tg: Harness) -> None:
+    assert tg.interface.frontend is not None
+    tg.interface.frontend.transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB
+    tg.fake.max_upload = 20_000  # and the Bot API refuses more, as it would
+    text = "\n\n".join(f"Paragraph {i}: " + "wörd🔥 " * 300 for i in range(40))
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 50_000}]))
+    await tg.fake.wait_for(lambda: len(tg.fake.documents) >= 5, seconds=20)
+    await anyio.sleep(0.3)
+    n = len(tg.fake.documents)
+    assert [d.filename for d in tg.fake.documents] == [
+        f"reply-{i}-of-{n}.md" for i in range(1, n + 1)
+    ]
+    assert b"".join(d.data for d in tg.fake.documents) == text.encode()
+    assert "(part 1 of" in tg.fake.documents[0].caption
+    assert not any("Could not send" in t for t in tg.fake.chat_view(OWNER))
+
+
 async def test_last_sends_the_last_reply_as_a_file(tg: Harness) -> None:
     tg.fake.push_message("/last")
     await tg.final_text(OWNER, "No reply yet")

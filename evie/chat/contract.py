@@ -108,6 +108,9 @@ class Transport(Protocol):
     #: how Markdown is written and measured on this platform (evie.chat.render)
     flavor: Flavor
 
+    #: the biggest file a bot may upload here; a longer reply goes as several files
+    max_file_bytes: int
+
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent: ...
 
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None: ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -49,6 +50,7 @@ from evie.chat.contract import (
     Transport,
 )
 from evie.chat.render import Chunk, render_off_loop, split_plain
+from evie.chat.reply_file import reply_files_off_loop
 from evie.durable.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,6 @@ async def _shielded(op: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-REPLY_FILE = "reply.md"
 AS_FILE_CAPTION = "📎 The whole reply ({chunks} messages long) as a file."
 DELIVERY_STOPPED = (
     "⏹ Stopped sending this reply ({sent} of {total} sent); /last sends it as a file."
@@ -339,19 +340,23 @@ class ReplyStreamer:
             queued.append(entry.seq)
         if as_file:
             caption = AS_FILE_CAPTION.format(chunks=len(chunks))
-            queued.append(outbox.put_document(key, REPLY_FILE, markdown, caption).seq)
+            limit = self._transport.max_file_bytes
+            for file in await reply_files_off_loop(markdown, limit, caption):
+                content = file.data.decode("utf-8")  # whole characters: cut between them
+                queued.append(outbox.put_document(key, file.name, content, file.caption).seq)
         self._queued, self._queued_total = queued, total
         await outbox.commit()  # one write for the whole reply
 
     async def send_file(self, markdown: str, caption: str) -> None:
+        """The reply as a file, or as numbered parts when it is over the upload limit."""
         chat, transport = self._chat, self._transport
-        data = markdown.encode("utf-8")
-        try:
-            await self._delivery.run(
-                lambda: transport.send_document(chat, REPLY_FILE, data, caption)
-            )
-        except Permanent as exc:  # too big, or files not allowed here: say so, in one line
-            await self.post(FILE_FAILED.format(error=one_line(exc)), formatted=False)
+        for file in await reply_files_off_loop(markdown, transport.max_file_bytes, caption):
+            try:
+                send = partial(transport.send_document, chat, file.name, file.data, file.caption)
+                await self._delivery.run(send)
+            except Permanent as exc:  # files not allowed here, too big: say so, in one line
+                await self.post(FILE_FAILED.format(error=one_line(exc)), formatted=False)
+                return
 
     async def _deliver(self, chunk: Chunk, *, reuse: Sent | None) -> None:
         """Post (or edit into place) one final chunk: formatted, else as plain text.

@@ -145,6 +145,9 @@ logging.getLogger("discord.client").addFilter(_QuietReconnect())
 
 class DiscordTransport:
     max_length = 2000  # characters of content, markup included
+    #: a bot's upload limit in a DM or an unboosted server is 10 MiB (discord.py's
+    #: DEFAULT_FILE_SIZE_LIMIT_BYTES); the caption and the form's framing need some room
+    max_file_bytes = 10_000_000
 
     def __init__(self, client: Callable[[], discord.Client | None]) -> None:
         self._current = client  # the supervisor replaces the client between attempts

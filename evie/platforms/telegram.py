@@ -204,6 +204,8 @@ def _validation_summary(exc: ValidationError) -> str:
 
 class TelegramTransport:
     max_length = 4096  # UTF-16 code units after entity parsing (sendMessage "text")
+    #: sendDocument: "Bots can currently send files of any type of up to 50 MB in size"
+    max_file_bytes = 50_000_000
     caption_length = 1024  # the same, for a document's caption
 
     def __init__(self, bot: Bot) -> None:
