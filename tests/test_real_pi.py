@@ -231,3 +231,43 @@ async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
         work = (tmp_path / "work" / status.session_id).resolve()
         tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
         assert str(work) in json.dumps(tool_results)
+
+
+NODE_LOAD_LOG = Path(__file__).with_name("node_load_log.mjs")
+PROVIDER_MODULE = "pi-ai/dist/providers/openai-completions.js"  # the fake model's api
+
+
+def _loads(log: Path) -> list[tuple[int, str]]:
+    """(pid, url) of each provider module Node loaded, as tests/node_load_log.mjs logs them."""
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [(int(pid), url) for pid, url in (line.split(" ", 1) for line in lines)]
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_prompt(
+    tmp_path: Path, llm: FakeLLM, warm_up: bool
+) -> None:
+    """evie's warm-up extension makes pi load the provider (the OpenAI client library and
+    pi-ai's module for it) while the spare waits; without it pi does that on the first prompt.
+
+    Node's own loader is watched (a load hook), so the warm-up must have filled the module
+    cache pi itself uses, not a copy."""
+    log = tmp_path / "loads.log"
+    launcher = attrs.evolve(
+        real_launcher(tmp_path, llm),
+        command=("node", "--import", str(NODE_LOAD_LOG), str(PI)),
+        extra_env=(("EVIE_TEST_LOAD_LOG", str(log)), ("EVIE_TEST_LOAD_MATCH", PROVIDER_MODULE)),
+        warm_up=warm_up,
+    )
+    async with SessionManager(launcher, SessionSettings(warm_spares=1)) as manager:
+        spare = await _spare_pid(manager)  # pi answered get_state: it is waiting for a prompt
+        before = _loads(log)
+        await _answered_by(manager, "hello", spare)
+        after = _loads(log)
+    # loaded once, by the spare
+    [(pid, url)] = after
+    assert pid == spare
+    assert url.endswith(PROVIDER_MODULE)
+    assert before == (after if warm_up else [])
