@@ -21,6 +21,7 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
+from evie.agent.process import PiProcess
 from evie.agent.reaper import marked_processes
 from evie.config import parse_config
 from evie.runtime import open_runtime
@@ -266,8 +267,37 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
         before = _loads(log)
         await _answered_by(manager, "hello", spare)
         after = _loads(log)
+    assert len(llm.requests) == 1  # the warm-up never reached the model
     # loaded once, by the spare
     [(pid, url)] = after
     assert pid == spare
     assert url.endswith(PROVIDER_MODULE)
     assert before == (after if warm_up else [])
+
+
+@pytest.mark.parametrize("proxy", [None, "http://127.0.0.1:9"])
+async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
+    tmp_path: Path, llm: FakeLLM, proxy: str | None
+) -> None:
+    """What evie's extension reports once pi is ready: the provider, fetch and one reply
+    streamed through pi-ai from its own 127.0.0.1 server. With a proxy configured the
+    stream is skipped (pi would send even that request to the proxy). The model is never
+    asked; the conversation that follows works."""
+    env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
+    launcher = attrs.evolve(real_launcher(tmp_path, llm), extra_env=env)
+    async with anyio.create_task_group() as tg:
+        process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
+        try:
+            with anyio.fail_after(10):  # written before pi answered get_state; the pump reads it
+                while "evie-warmup:" not in process.stderr_tail:
+                    await anyio.sleep(0.02)
+            report = process.stderr_tail.split("evie-warmup: ", 1)[1].splitlines()[0]
+            assert report.startswith("provider openai-completions, fetch")
+            assert ("loopback stream ready" in report) == (proxy is None)
+            assert llm.requests == []
+            if proxy is None:  # (with the proxy, pi would send the model's request there too)
+                events = [e async for e in process.start_turn("hello")]
+                assert events[-1] == TurnFinished(Outcome.DONE)
+                assert [llm.user_texts(r) for r in llm.requests] == [["hello"]]
+        finally:
+            await process.close()

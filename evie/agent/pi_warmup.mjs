@@ -18,6 +18,7 @@
 //   (evie keeps pi's stderr tail; tests read it).
 
 import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { createServer } from "node:http";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -48,13 +49,54 @@ function piAiDir() {
 	return undefined;
 }
 
-function providerUrl(api) {
-	const subpath = PROVIDER_EXPORTS[api];
-	const dir = subpath && piAiDir();
-	if (!dir) return undefined;
+function exportUrl(dir, subpath) {
 	const target = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")).exports?.[subpath];
 	const file = typeof target === "string" ? target : (target?.import ?? target?.default);
 	return typeof file === "string" ? pathToFileURL(join(dir, file)).href : undefined;
+}
+
+const PROXY_VARS = ["http_proxy", "https_proxy", "all_proxy"];
+
+function proxyConfigured() {
+	return PROXY_VARS.some((name) => process.env[name] || process.env[name.toUpperCase()]);
+}
+
+function chunk(delta, finish) {
+	const body = { id: "evie-warmup", object: "chat.completion.chunk", created: 0, model: "warmup" };
+	body.choices = [{ index: 0, delta, finish_reason: finish }];
+	return `data: ${JSON.stringify(body)}\n\n`;
+}
+
+// One streamed reply from our own OpenAI-compatible server on 127.0.0.1.
+async function loopbackStream(ai, model) {
+	const server = createServer((request, response) => {
+		request.resume();
+		request.on("end", () => {
+			response.writeHead(200, { "content-type": "text/event-stream" });
+			response.write(chunk({ role: "assistant", content: "" }, null));
+			response.write(chunk({ content: "ok" }, null));
+			response.write(chunk({}, "stop"));
+			response.end("data: [DONE]\n\n");
+		});
+	});
+	await new Promise((resolve, reject) => {
+		server.once("error", reject);
+		server.listen(0, "127.0.0.1", resolve);
+	});
+	try {
+		const own = {
+			...model,
+			provider: "evie-warmup",
+			baseUrl: `http://127.0.0.1:${server.address().port}/v1`,
+			headers: {},
+		};
+		const context = { messages: [{ role: "user", content: "hi", timestamp: Date.now() }] };
+		const reply = await ai.streamSimple(own, context, { apiKey: "evie-warmup" }).result();
+		return reply.stopReason === "stop" ? "loopback stream" : `loopback stream ${reply.stopReason}`;
+	} finally {
+		server.close();
+		server.closeAllConnections();
+	}
 }
 
 async function warmFetch() {
@@ -64,9 +106,11 @@ async function warmFetch() {
 	await fetchReady;
 }
 
-async function warmUp(api) {
+async function warmUp(model) {
 	const started = performance.now();
-	const url = providerUrl(api);
+	const { api } = model;
+	const dir = piAiDir();
+	const url = dir && PROVIDER_EXPORTS[api] && exportUrl(dir, PROVIDER_EXPORTS[api]);
 	const parts = [];
 	if (url) {
 		await import(url);
@@ -76,6 +120,10 @@ async function warmUp(api) {
 	}
 	await warmFetch();
 	parts.push("fetch");
+	const main = dir && exportUrl(dir, ".");
+	if (api === "openai-completions" && main && !proxyConfigured()) {
+		parts.push(await loopbackStream(await import(main), model));
+	}
 	return `${parts.join(", ")} ready in ${(performance.now() - started).toFixed(0)} ms`;
 }
 
@@ -89,7 +137,7 @@ function warm(model) {
 			timer = setTimeout(() => resolve(`gave up after ${LIMIT_MS} ms`), LIMIT_MS);
 			timer.unref?.();
 		});
-		done = Promise.race([warmUp(api), limit])
+		done = Promise.race([warmUp(model), limit])
 			.catch((error) => `failed: ${error instanceof Error ? error.message : String(error)}`)
 			.then((outcome) => {
 				clearTimeout(timer);
