@@ -1,4 +1,4 @@
-// evie's warm-up extension for pi (adr/0016, "What pi does on its first prompt").
+// evie's warm-up extension for pi (adr/0016 part 8: a spare does pi's first-prompt work).
 //
 // pi loads a model provider's module (and with it the provider's SDK, e.g. the
 // OpenAI client library) only when the first prompt is streamed, and Node builds
@@ -35,7 +35,7 @@ const PROVIDER_EXPORTS = {
 	"mistral-conversations": "./mistral",
 };
 const LIMIT_MS = 10_000;
-const warmed = new Map(); // api -> Promise<string> (one warm-up per api and process)
+const warmed = new Map(); // api -> Promise (one warm-up per api and process; survives switch_session)
 let fetchReady;
 
 function piAiDir() {
