@@ -21,6 +21,7 @@ from evie.agent.events import (
     ToolStarted,
     TurnFinished,
 )
+from evie.agent.process import PiProcess
 from evie.agent.reaper import marked_processes
 from evie.config import parse_config
 from evie.runtime import open_runtime
@@ -231,3 +232,72 @@ async def test_a_warm_spare_runs_a_new_sessions_tools_in_its_own_work_dir(
         work = (tmp_path / "work" / status.session_id).resolve()
         tool_results = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
         assert str(work) in json.dumps(tool_results)
+
+
+NODE_LOAD_LOG = Path(__file__).with_name("node_load_log.mjs")
+PROVIDER_MODULE = "pi-ai/dist/providers/openai-completions.js"  # the fake model's api
+
+
+def _loads(log: Path) -> list[tuple[int, str]]:
+    """(pid, url) of each provider module Node loaded, as tests/node_load_log.mjs logs them."""
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [(int(pid), url) for pid, url in (line.split(" ", 1) for line in lines)]
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_prompt(
+    tmp_path: Path, llm: FakeLLM, warm_up: bool
+) -> None:
+    """evie's warm-up extension makes pi load the provider (the OpenAI client library and
+    pi-ai's module for it) while the spare waits; without it pi does that on the first prompt.
+
+    Node's own loader is watched (a load hook), so the warm-up must have filled the module
+    cache pi itself uses, not a copy."""
+    log = tmp_path / "loads.log"
+    launcher = attrs.evolve(
+        real_launcher(tmp_path, llm),
+        command=("node", "--import", str(NODE_LOAD_LOG), str(PI)),
+        extra_env=(("EVIE_TEST_LOAD_LOG", str(log)), ("EVIE_TEST_LOAD_MATCH", PROVIDER_MODULE)),
+        warm_up=warm_up,
+    )
+    async with SessionManager(launcher, SessionSettings(warm_spares=1)) as manager:
+        spare = await _spare_pid(manager)  # pi answered get_state: it is waiting for a prompt
+        before = _loads(log)
+        await _answered_by(manager, "hello", spare)
+        after = _loads(log)
+    assert len(llm.requests) == 1  # the warm-up never reached the model
+    # loaded once, by the spare
+    [(pid, url)] = after
+    assert pid == spare
+    assert url.endswith(PROVIDER_MODULE)
+    assert before == (after if warm_up else [])
+
+
+@pytest.mark.parametrize("proxy", [None, "http://127.0.0.1:9"])
+async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
+    tmp_path: Path, llm: FakeLLM, proxy: str | None
+) -> None:
+    """What evie's extension reports once pi is ready: the provider, fetch and one reply
+    streamed through pi-ai from its own 127.0.0.1 server. With a proxy configured the
+    stream is skipped (pi would send even that request to the proxy). The model is never
+    asked; the conversation that follows works."""
+    env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
+    launcher = attrs.evolve(real_launcher(tmp_path, llm), extra_env=env)
+    async with anyio.create_task_group() as tg:
+        process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
+        try:
+            with anyio.fail_after(10):  # written before pi answered get_state; the pump reads it
+                while "evie-warmup:" not in process.stderr_tail:
+                    await anyio.sleep(0.02)
+            report = process.stderr_tail.split("evie-warmup: ", 1)[1].splitlines()[0]
+            assert report.startswith("provider openai-completions, fetch")
+            assert ("loopback stream ready" in report) == (proxy is None)
+            assert llm.requests == []
+            if proxy is None:  # (with the proxy, pi would send the model's request there too)
+                events = [e async for e in process.start_turn("hello")]
+                assert events[-1] == TurnFinished(Outcome.DONE)
+                assert [llm.user_texts(r) for r in llm.requests] == [["hello"]]
+        finally:
+            await process.close()

@@ -38,6 +38,10 @@ ISOLATION_FLAGS = (
 )
 
 
+#: a pi extension shipped with evie that does pi's first-prompt work (loading the model
+#: provider's module, Node's fetch) while pi waits for its first prompt (adr/0016)
+WARMUP_EXTENSION = Path(__file__).with_name("pi_warmup.mjs")
+
 _AGENT = AgentConfig()  # the defaults of [agent], declared once in evie.config
 
 
@@ -64,6 +68,7 @@ class PiLauncher:
     sandbox: Bubblewrap | None = None  # see evie.agent.sandbox
     secret_files: tuple[Path, ...] = ()  # read as empty inside the sandbox (the config file)
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    warm_up: bool = True  # load WARMUP_EXTENSION (the bench turns it off to compare)
 
     @property
     def owner(self) -> str:
@@ -80,6 +85,8 @@ class PiLauncher:
         session_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         argv = [*self.command, "--mode", "rpc", "--session", str(session_file), *ISOLATION_FLAGS]
+        if self.warm_up:
+            argv += ["--extension", str(WARMUP_EXTENSION.resolve())]
         if self.provider:
             argv += ["--provider", self.provider]
         if self.model:
@@ -136,7 +143,7 @@ class PiLauncher:
         session_file.touch(mode=0o600)  # a bind needs its source (pi accepts an empty file)
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         keep = [session_file]
-        for path in (self.agent_dir.resolve(), cwd):
+        for path in (self.agent_dir.resolve(), cwd, WARMUP_EXTENSION.resolve()):
             if path.is_relative_to(state):
                 keep.append(path)
         return self.sandbox.wrap(

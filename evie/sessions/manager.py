@@ -425,17 +425,19 @@ class SessionManager(AsyncContextManagerMixin):
         started = time.perf_counter()
         self._spawning += 1
         try:
-            try:
-                spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
-            except OSError as exc:
-                raise AgentStartError(
-                    f"could not prepare the session's files: {exc}. Check [state] dir."
-                ) from exc
-            process = (
-                await self._spares.take(slot.session_id, spec) if self._spares is not None else None
-            )
+            spares = self._spares
+            # a new session's claimed spare: no launch spec to prepare (adr/0016 part 8)
+            process = spares.take_claimed(slot.session_id) if spares is not None else None
             if process is None:
-                process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
+                try:
+                    spec = await anyio.to_thread.run_sync(self._launcher.spec_for, slot.session_id)
+                except OSError as exc:
+                    raise AgentStartError(
+                        f"could not prepare the session's files: {exc}. Check [state] dir."
+                    ) from exc
+                process = await spares.take(slot.session_id, spec) if spares is not None else None
+                if process is None:
+                    process = await PiProcess.spawn(spec, self._tasks, metrics=self.metrics)
             self._processes.add(process)
             self._tasks.start_soon(self._forget_when_gone, process)
         except AgentStartError as exc:

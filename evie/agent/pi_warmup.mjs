@@ -1,0 +1,168 @@
+// evie's warm-up extension for pi (adr/0016 part 8: a spare does pi's first-prompt work).
+//
+// pi loads a model provider's module (and with it the provider's SDK, e.g. the
+// OpenAI client library) only when the first prompt is streamed, and Node builds
+// its fetch implementation on the first fetch() call: on a 2-core machine that is
+// most of the 100-250 ms between a fresh pi's first prompt and its request to the
+// model. evie boots spare pi processes ahead of need, so it has this file loaded
+// (`pi --no-extensions --extension <this file>`) to do that work while the spare
+// waits. It never contacts the model or any other host.
+//
+// - It is a .mjs file on purpose: pi loads extensions through jiti, which imports
+//   a .mjs file with Node's own ESM loader, so the import() below lands in the
+//   same module cache as pi-ai's lazy `import("./openai-completions.js")`.
+// - It finds pi-ai from pi's own entry point (process.argv[1]) and imports the
+//   provider through pi-ai's published subpath exports (package.json "exports").
+// - It must never stop pi from starting: every failure is swallowed, and the
+//   warm-up is bounded in time. It writes one line to stderr saying what it did
+//   (evie keeps pi's stderr tail; tests read it).
+
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+
+// a model's `api` (models.md) -> the pi-ai subpath export of its provider module
+const PROVIDER_EXPORTS = {
+	"anthropic-messages": "./anthropic",
+	"openai-completions": "./openai-completions",
+	"openai-responses": "./openai-responses",
+	"azure-openai-responses": "./azure-openai-responses",
+	"openai-codex-responses": "./openai-codex-responses",
+	"google-generative-ai": "./google",
+	"google-vertex": "./google-vertex",
+	"mistral-conversations": "./mistral",
+};
+const LIMIT_MS = 10_000;
+const warmed = new Map(); // api -> Promise (one warm-up per api and process; survives switch_session)
+let fetchReady;
+
+function piAiDir() {
+	const entry = process.argv[1];
+	if (!entry) return undefined;
+	const require = createRequire(realpathSync(entry));
+	for (const base of require.resolve.paths("@mariozechner/pi-ai") ?? []) {
+		const dir = join(base, "@mariozechner", "pi-ai");
+		if (existsSync(join(dir, "package.json"))) return dir;
+	}
+	return undefined;
+}
+
+function exportUrl(dir, subpath) {
+	const target = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")).exports?.[subpath];
+	const file = typeof target === "string" ? target : (target?.import ?? target?.default);
+	return typeof file === "string" ? pathToFileURL(join(dir, file)).href : undefined;
+}
+
+const PROXY_VARS = ["http_proxy", "https_proxy", "all_proxy"];
+
+function proxyConfigured() {
+	return PROXY_VARS.some((name) => process.env[name] || process.env[name.toUpperCase()]);
+}
+
+function chunk(delta, finish) {
+	const body = { id: "evie-warmup", object: "chat.completion.chunk", created: 0, model: "warmup" };
+	body.choices = [{ index: 0, delta, finish_reason: finish }];
+	return `data: ${JSON.stringify(body)}\n\n`;
+}
+
+// One streamed reply from our own OpenAI-compatible server on 127.0.0.1.
+async function loopbackStream(ai, model) {
+	const server = createServer((request, response) => {
+		request.resume();
+		request.on("end", () => {
+			response.writeHead(200, { "content-type": "text/event-stream" });
+			response.write(chunk({ role: "assistant", content: "" }, null));
+			response.write(chunk({ content: "ok" }, null));
+			response.write(chunk({}, "stop"));
+			response.end("data: [DONE]\n\n");
+		});
+	});
+	await new Promise((resolve, reject) => {
+		server.once("error", reject);
+		server.listen(0, "127.0.0.1", resolve);
+	});
+	try {
+		const own = {
+			...model,
+			provider: "evie-warmup",
+			baseUrl: `http://127.0.0.1:${server.address().port}/v1`,
+			headers: {},
+		};
+		const context = { messages: [{ role: "user", content: "hi", timestamp: Date.now() }] };
+		const reply = await ai.streamSimple(own, context, { apiKey: "evie-warmup" }).result();
+		return reply.stopReason === "stop" ? "loopback stream" : `loopback stream ${reply.stopReason}`;
+	} finally {
+		server.close();
+		server.closeAllConnections();
+	}
+}
+
+async function warmFetch() {
+	// Node loads and compiles its fetch implementation (undici) on the first call;
+	// a data: URL goes through it without any network.
+	fetchReady ??= fetch("data:,").then((r) => r.arrayBuffer());
+	await fetchReady;
+}
+
+async function warmUp(model) {
+	const started = performance.now();
+	const { api } = model;
+	const dir = piAiDir();
+	const url = dir && PROVIDER_EXPORTS[api] && exportUrl(dir, PROVIDER_EXPORTS[api]);
+	const parts = [];
+	if (url) {
+		await import(url);
+		parts.push(`provider ${api}`);
+	} else {
+		parts.push(`no provider module known for api ${api}`);
+	}
+	await warmFetch();
+	parts.push("fetch");
+	const main = dir && exportUrl(dir, ".");
+	if (api === "openai-completions" && main && !proxyConfigured()) {
+		parts.push(await loopbackStream(await import(main), model));
+	}
+	return `${parts.join(", ")} ready in ${(performance.now() - started).toFixed(0)} ms`;
+}
+
+function warm(model) {
+	const api = model?.api;
+	if (typeof api !== "string") return Promise.resolve();
+	let done = warmed.get(api);
+	if (!done) {
+		let timer;
+		const limit = new Promise((resolve) => {
+			timer = setTimeout(() => resolve(`gave up after ${LIMIT_MS} ms`), LIMIT_MS);
+			timer.unref?.();
+		});
+		done = Promise.race([warmUp(model), limit])
+			.catch((error) => `failed: ${error instanceof Error ? error.message : String(error)}`)
+			.then((outcome) => {
+				clearTimeout(timer);
+				process.stderr.write(`evie-warmup: ${outcome}\n`);
+			});
+		warmed.set(api, done);
+	}
+	return done;
+}
+
+export default function evieWarmup(pi) {
+	// session_start is awaited by pi before it reports itself ready, so a spare that
+	// answers get_state has already done the work; after switch_session it is a no-op.
+	pi.on("session_start", async (_event, ctx) => {
+		try {
+			await warm(ctx.model);
+		} catch {
+			// never stop pi for an optimisation
+		}
+	});
+	pi.on("model_select", (event) => {
+		try {
+			void warm(event.model);
+		} catch {
+			// never stop pi for an optimisation
+		}
+	});
+}
