@@ -23,8 +23,9 @@ import functools
 import io
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,12 +64,13 @@ from aiogram.methods.base import Response
 from aiogram.types import (
     BotCommand,
     BufferedInputFile,
-    LinkPreviewOptions,
     Message,
     MessageEntity,
     Update,
 )
-from pydantic import ValidationError
+from aiohttp import FormData
+from aiohttp.payload import BytesPayload, Payload
+from pydantic import BaseModel, ValidationError
 
 from evie.agent.events import Image
 from evie.chat.backoff import Backoff
@@ -99,7 +101,6 @@ from evie.sessions.manager import SessionManager
 log = logging.getLogger(__name__)
 _DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.config
 T = TypeVar("T")
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 #: aiogram parses every answer as ``Response[<method's result type>]``; pydantic keeps
 #: those generic classes only in a weak cache, so each garbage collection dropped them
@@ -192,6 +193,89 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
 RAW_UPDATES_RESPONSE = Response[_RawGetUpdates.__returning__]
 
 
+class _SentId(BaseModel):
+    """The part of a sent ``Message`` evie uses: its id (the rest is not validated)."""
+
+    message_id: int
+
+
+#: ``link_preview_options`` as aiogram serialises ``LinkPreviewOptions(is_disabled=True)``
+_NO_PREVIEW_JSON = '{"is_disabled": true}'
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _TextMethod(TelegramMethod[Any]):
+    """``sendMessage`` / ``editMessageText`` with only the fields evie sets.
+
+    A small reply is two Bot API calls, and aiogram's general path builds a method model
+    of some twenty fields, dumps and prepares each, builds a form, and validates the
+    whole ``Message`` answered; this one is made with ``model_construct`` from values
+    evie controls, encodes its own body (the same fields, form-urlencoded, that aiogram
+    sends) and validates only the message id (adr/0016 §8). Errors and answers of any
+    shape still go through aiogram's session (``check_response``).
+    """
+
+    chat_id: int | str
+    text: str
+    message_id: int | None = None
+    message_thread_id: int | None = None
+    parse_mode: str | None = None
+
+    #: the fields in the order of aiogram's method model (its body lists them so)
+    _order: ClassVar[tuple[str, ...]]
+
+    def body(self) -> FormData:
+        """The form aiogram would send: set fields in its order, empty ones left out."""
+        values = {
+            "chat_id": str(self.chat_id),
+            "text": self.text,
+            "message_id": None if self.message_id is None else str(self.message_id),
+            "message_thread_id": (
+                None if self.message_thread_id is None else str(self.message_thread_id)
+            ),
+            "parse_mode": self.parse_mode,
+            "link_preview_options": _NO_PREVIEW_JSON,
+        }
+        fields = [(name, value) for name in self._order if (value := values[name])]
+        return _Encoded(urllib.parse.urlencode(fields).encode())
+
+
+class _SendText(_TextMethod):
+    __returning__ = _SentId
+    __api_method__ = "sendMessage"
+    _order = ("chat_id", "text", "message_thread_id", "parse_mode", "link_preview_options")
+
+
+class _EditText(_TextMethod):
+    __returning__ = _SentId | bool  # Telegram answers True for inline messages
+    __api_method__ = "editMessageText"
+    _order = ("text", "chat_id", "message_id", "parse_mode", "link_preview_options")
+
+
+class _Encoded(FormData):
+    """A form body encoded already (aiohttp calls a ``FormData`` for its payload)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def __call__(self) -> Payload:
+        return BytesPayload(self._body, content_type=_FORM)
+
+
+class LeanSession(AiohttpSession):
+    """aiogram's aiohttp session; evie's own text methods bring their body (above)."""
+
+    def build_form_data(self, bot: Bot, method: TelegramMethod[T]) -> FormData:
+        if isinstance(method, _TextMethod):
+            return method.body()
+        return super().build_form_data(bot, method)
+
+
+#: held like RESPONSE_TYPES (rebuilt after every collection otherwise)
+TEXT_RESPONSES = (Response[_SentId], Response[_SentId | bool])
+
+
 def _validation_summary(exc: ValidationError) -> str:
     """Where and what failed, without the values (they carry the user's text)."""
     errors = exc.errors()
@@ -211,29 +295,25 @@ class TelegramTransport:
         self.flavor: Flavor = TelegramFlavor(self.max_length)
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
-        message = await _mapped(
-            lambda: self._bot.send_message(
-                chat.chat_id,
-                text,
-                message_thread_id=chat.thread_id,
-                parse_mode="HTML" if formatted else None,
-                link_preview_options=NO_PREVIEW,
-            )
+        method = _SendText.model_construct(
+            chat_id=chat.chat_id,
+            text=text,
+            message_thread_id=chat.thread_id,
+            parse_mode="HTML" if formatted else None,
         )
+        message = await _mapped(lambda: self._bot(method))
         if message is None:  # cannot happen for sendMessage; be explicit anyway
             raise Permanent("Telegram returned no message")
         return Sent(message.message_id)
 
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None:
-        await _mapped(
-            lambda: self._bot.edit_message_text(
-                text=text,
-                chat_id=chat.chat_id,
-                message_id=message.message_id,
-                parse_mode="HTML" if formatted else None,
-                link_preview_options=NO_PREVIEW,
-            )
+        method = _EditText.model_construct(
+            chat_id=chat.chat_id,
+            text=text,
+            message_id=message.message_id,
+            parse_mode="HTML" if formatted else None,
         )
+        await _mapped(lambda: self._bot(method))
 
     async def typing(self, chat: ChatRef) -> None:
         await _mapped(
@@ -305,7 +385,7 @@ class TelegramInterface:
         token stops only Telegram (health ``down``, ``gave_up``) and ``run`` returns.
         """
         assert self._config.token is not None
-        session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
+        session = LeanSession(api=TelegramAPIServer.from_base(self._config.api_url))
         bot = Bot(self._config.token, session=session)
         self.frontend = ChatFrontend(
             self._manager,
