@@ -15,7 +15,7 @@ from aiogram.types import LinkPreviewOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evie.platforms.telegram import LeanSession, _EditText, _SendText
+from evie.platforms.telegram import LeanSession, _EditText, _RawGetUpdates, _SendText
 
 chat_ids = st.one_of(st.integers(-(10**13), 10**13), st.just("@channel"))
 threads = st.none() | st.integers(1, 10**9)
@@ -49,3 +49,19 @@ def test_lean_bodies_equal_aiograms(
     assert _body(lean, bot, ours_edit) == _body(plain, bot, edit)
     assert _SendText.__api_method__ == SendMessage.__api_method__
     assert _EditText.__api_method__ == EditMessageText.__api_method__
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offset=st.none() | st.integers(0, 10**12),
+    timeout=st.none() | st.integers(0, 50),
+    allowed=st.none() | st.lists(st.sampled_from(["message", "edited_message"]), max_size=2),
+)
+def test_lean_get_updates_body_equals_aiograms(
+    offset: int | None, timeout: int | None, allowed: list[str] | None
+) -> None:
+    bot = Bot("1:x", session=PLAIN)
+    ours = _RawGetUpdates.model_construct(offset=offset, timeout=timeout, allowed_updates=allowed)
+    validated = _RawGetUpdates(offset=offset, timeout=timeout, allowed_updates=allowed)
+    aiograms = AiohttpSession.build_form_data(PLAIN, bot, validated)()
+    assert _body(LEAN, bot, ours) == bytes(aiograms._value)

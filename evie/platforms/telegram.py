@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import json
 import logging
 import re
 import urllib.parse
@@ -177,7 +178,42 @@ async def _intake(op: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
+def _form(fields: Iterable[tuple[str, str | None]]) -> FormData:
+    """A form body as aiogram's session builds it: fields in order, empty ones left out."""
+    return _Encoded(urllib.parse.urlencode([(k, v) for k, v in fields if v]).encode())
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _Encoded(FormData):
+    """A form body encoded already (aiohttp calls a ``FormData`` for its payload)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def __call__(self) -> Payload:
+        return BytesPayload(self._body, content_type=_FORM)
+
+
+class _LeanMethod(TelegramMethod[Any]):
+    """A Bot API method of evie's own that encodes its body itself (see :class:`LeanSession`).
+
+    The calls of every small turn (``getUpdates``, ``sendMessage``, ``editMessageText``)
+    are made with ``model_construct`` from values evie controls and send exactly the
+    body aiogram's session would (fields in its order, the same urlencoding; a
+    property test compares them), without aiogram's general path: a method model of
+    some twenty fields, dumped and prepared field by field, then a ``FormData``.
+    Their answers still go through aiogram's ``check_response`` (errors, answers of
+    any shape), validated only as far as evie uses them (adr/0016 §8).
+    """
+
+    def body(self) -> FormData:
+        raise NotImplementedError
+
+
+class _RawGetUpdates(_LeanMethod):
     """``getUpdates`` answered as plain JSON objects, each validated on its own."""
 
     __returning__ = list[dict[str, Any]]
@@ -186,6 +222,14 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
     offset: int | None = None
     timeout: int | None = None
     allowed_updates: list[str] | None = None
+
+    def body(self) -> FormData:
+        allowed = self.allowed_updates
+        return _form((
+            ("offset", None if self.offset is None else str(self.offset)),
+            ("timeout", None if self.timeout is None else str(self.timeout)),
+            ("allowed_updates", None if allowed is None else json.dumps(allowed)),
+        ))  # fmt: skip
 
 
 #: the answer class of the one call made for every message: without this, each garbage
@@ -201,31 +245,20 @@ class _SentId(BaseModel):
 
 #: ``link_preview_options`` as aiogram serialises ``LinkPreviewOptions(is_disabled=True)``
 _NO_PREVIEW_JSON = '{"is_disabled": true}'
-_FORM = "application/x-www-form-urlencoded"
 
 
-class _TextMethod(TelegramMethod[Any]):
-    """``sendMessage`` / ``editMessageText`` with only the fields evie sets.
-
-    A small reply is two Bot API calls, and aiogram's general path builds a method model
-    of some twenty fields, dumps and prepares each, builds a form, and validates the
-    whole ``Message`` answered; this one is made with ``model_construct`` from values
-    evie controls, encodes its own body (the same fields, form-urlencoded, that aiogram
-    sends) and validates only the message id (adr/0016 §8). Errors and answers of any
-    shape still go through aiogram's session (``check_response``).
-    """
+class _TextMethod(_LeanMethod):
+    """``sendMessage`` / ``editMessageText`` with only the fields evie sets."""
 
     chat_id: int | str
     text: str
     message_id: int | None = None
     message_thread_id: int | None = None
     parse_mode: str | None = None
-
     #: the fields in the order of aiogram's method model (its body lists them so)
     _order: ClassVar[tuple[str, ...]]
 
     def body(self) -> FormData:
-        """The form aiogram would send: set fields in its order, empty ones left out."""
         values = {
             "chat_id": str(self.chat_id),
             "text": self.text,
@@ -236,8 +269,7 @@ class _TextMethod(TelegramMethod[Any]):
             "parse_mode": self.parse_mode,
             "link_preview_options": _NO_PREVIEW_JSON,
         }
-        fields = [(name, value) for name in self._order if (value := values[name])]
-        return _Encoded(urllib.parse.urlencode(fields).encode())
+        return _form((name, values[name]) for name in self._order)
 
 
 class _SendText(_TextMethod):
@@ -252,22 +284,11 @@ class _EditText(_TextMethod):
     _order = ("text", "chat_id", "message_id", "parse_mode", "link_preview_options")
 
 
-class _Encoded(FormData):
-    """A form body encoded already (aiohttp calls a ``FormData`` for its payload)."""
-
-    def __init__(self, body: bytes) -> None:
-        super().__init__()
-        self._body = body
-
-    def __call__(self) -> Payload:
-        return BytesPayload(self._body, content_type=_FORM)
-
-
 class LeanSession(AiohttpSession):
     """aiogram's aiohttp session; evie's own text methods bring their body (above)."""
 
     def build_form_data(self, bot: Bot, method: TelegramMethod[T]) -> FormData:
-        if isinstance(method, _TextMethod):
+        if isinstance(method, _LeanMethod):
             return method.body()
         return super().build_form_data(bot, method)
 
@@ -459,7 +480,7 @@ class TelegramInterface:
         if self._offset is None:
             self._offset = frontend.inbox.cursor("tg:offset")
         while True:
-            method = _RawGetUpdates(
+            method = _RawGetUpdates.model_construct(
                 offset=self._offset,
                 timeout=self._config.polling_timeout,
                 allowed_updates=["message"],
