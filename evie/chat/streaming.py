@@ -162,7 +162,7 @@ class ReplyStreamer:
         self._shown = ""  # what the live message shows now
         self._pieces: list[str] = []  # text of the assistant message being streamed
         self._status: str | None = None  # tool or retry line under the streamed text
-        self._lock = anyio.Lock()  # one platform operation at a time keeps the order
+        self._lock = anyio.Lock(fast_acquire=True)  # one platform operation at a time: order
 
     async def __call__(self, event: TurnEvent) -> None:
         match event:
