@@ -186,14 +186,21 @@ class ReplyStreamer:
                 async with self._lock:
                     await self._finish(outcome, error, len(unanswered))
 
-    async def live_updates(self) -> None:
-        """Refresh the live message every ``edit_interval`` while it changes (run as a task).
+    @property
+    def edit_interval(self) -> float:
+        return self._edit_interval
+
+    async def live_updates(self, waited: float = 0.0) -> None:
+        """Refresh the live message every ``edit_interval`` while it changes (run as a task;
+        ``waited``: seconds of the turn already passed when it starts).
 
         Edits happen on this clock, not per event, so the platform sees at most
         one edit per interval, and the last text before a pause is always shown.
         """
+        pause = self._edit_interval - waited
         while True:
-            await anyio.sleep(self._edit_interval)
+            await anyio.sleep(pause)
+            pause = self._edit_interval
             if self._outbox is not None and self._outbox.backlog(self._chat.key):
                 continue  # earlier replies are still on their way: previews wait
             async with self._lock:
