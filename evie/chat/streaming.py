@@ -20,6 +20,7 @@ pi's output is drained and coalesced independently (adr/0004). Run
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -48,7 +49,7 @@ from evie.chat.contract import (
     Transient,
     Transport,
 )
-from evie.chat.render import Chunk, render_off_loop, split_plain
+from evie.chat.render import Chunk, Flavor, render_off_loop, split_plain
 from evie.durable.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,25 @@ DELIVERY_STOPPED = (
     "⏹ Stopped sending this reply ({sent} of {total} sent); /last sends it as a file."
 )
 FILE_FAILED = "⚠️ Could not send the whole reply as a file: {error}"
+
+
+#: one short line of words and punctuation that Markdown never reads as markup (no
+#: block marker can start it, no inline marker, entity or autolink is in it) renders
+#: to itself on every platform; tests/test_streaming_small.py compares with the renderer
+_PLAIN_LINE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.:;'?!()-]{0,199}")
+
+
+async def render_reply(text: str, flavor: Flavor) -> list[Chunk]:
+    """The reply's messages: a plain short line as it is (most small replies: no parse,
+    adr/0016 §8), anything else through the renderer."""
+    if (
+        len(text) <= flavor.limit  # (ASCII: one unit per character everywhere)
+        and _PLAIN_LINE.fullmatch(text)
+        and not text.endswith(" ")
+        and "www." not in text.lower()
+    ):
+        return [Chunk(text, text)]
+    return await render_off_loop(text, flavor)
 
 
 def one_line(text: object, limit: int = 200) -> str:
@@ -290,7 +310,7 @@ class ReplyStreamer:
             self._on_reply(text)
         self._rendering, self._stop_requested = True, False
         try:
-            chunks = await render_off_loop(text, self._transport.flavor)
+            chunks = await render_reply(text, self._transport.flavor)
         finally:
             self._rendering = False
         if not chunks:
@@ -414,5 +434,5 @@ class ReplyStreamer:
                 await self._show("✓ Done.")
             return
         live, self._live = self._live, None
-        chunks = await render_off_loop(text, self._transport.flavor)
+        chunks = await render_reply(text, self._transport.flavor)
         await self._send_reply(text, chunks, live)
