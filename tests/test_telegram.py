@@ -280,13 +280,23 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
     from aiogram.methods import GetUpdates, SendMessage
     from aiogram.methods.base import Response
 
-    from evie.platforms.telegram import RAW_UPDATES_RESPONSE, RESPONSE_TYPES, _RawGetUpdates
+    from evie.platforms.telegram import (
+        RAW_UPDATES_RESPONSE,
+        RESPONSE_TYPES,
+        TEXT_RESPONSES,
+        _EditText,
+        _RawGetUpdates,
+        _SendText,
+    )
 
     gc.collect()
     for method in (GetUpdates, SendMessage):
         assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
     # the poll evie makes for every message: the very class held, not a rebuilt one
     assert Response[_RawGetUpdates.__returning__] is RAW_UPDATES_RESPONSE
+    # and the replies of every turn (evie's lean sendMessage / editMessageText)
+    assert Response[_SendText.__returning__] is TEXT_RESPONSES[0]  # type: ignore[valid-type]
+    assert Response[_EditText.__returning__] is TEXT_RESPONSES[1]
 
 
 def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:

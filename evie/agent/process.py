@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import signal
 import time
@@ -97,7 +96,11 @@ class PiProcess:
         self.state = PiState()  # as answered to the start-up get_state
         self._pending: dict[str, Callback] = {}
         self._ids = itertools.count(1)
-        self._outbox_send, self._outbox_recv = anyio.create_memory_object_stream[bytes](math.inf)
+        #: records for the stdin pump, in order (a deque and an event, as the turn's own
+        #: EventQueue: a memory stream cost the pump a loop iteration more per record)
+        self._to_stdin: deque[bytes] = deque()
+        self._stdin_wakeup = anyio.Event()
+        self._stdin_open = True  # False once pi exited or its stdin failed: writes refused
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._closing = False
         self._stderr_done = anyio.Event()
@@ -236,10 +239,10 @@ class PiProcess:
 
     def _write(self, record: dict[str, Any]) -> bool:
         """Hand one record to the stdin pump; False once the process is gone."""
-        try:
-            self._outbox_send.send_nowait(p.encode_command(record))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        if not self._stdin_open:
             return False
+        self._to_stdin.append(p.encode_command(record))
+        self._stdin_wakeup.set()
         return True
 
     async def request(self, command: dict[str, Any]) -> p.Response:
@@ -358,12 +361,22 @@ class PiProcess:
     async def _pump_stdin(self) -> None:
         stdin = self._proc.stdin
         assert stdin is not None
-        async with self._outbox_recv:
-            async for data in self._outbox_recv:
+        pending = self._to_stdin
+        try:
+            while pending or self._stdin_open:  # at exit, what was queued still goes out
+                if not pending:
+                    await self._stdin_wakeup.wait()
+                    self._stdin_wakeup = anyio.Event()
+                    continue
+                data = pending.popleft() if len(pending) == 1 else b"".join(pending)
+                pending.clear()
                 try:
                     await stdin.send(data)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                     break
+        finally:
+            self._stdin_open = False
+            pending.clear()
         with anyio.CancelScope(shield=True):
             try:
                 await stdin.aclose()
@@ -446,7 +459,8 @@ class PiProcess:
             log.exception("pi[%s] response handler failed", self.pid)
 
     def _on_exit(self) -> None:
-        self._outbox_send.close()
+        self._stdin_open = False  # the pump writes what is queued, then closes stdin
+        self._stdin_wakeup.set()
         pending, self._pending = self._pending, {}
         for callback in pending.values():
             self._run_callback(callback, None)

@@ -338,8 +338,7 @@ class ChatFrontend:
         result = None
         taken = True
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_typing, msg.chat)
-            tg.start_soon(streamer.live_updates)
+            tg.start_soon(self._beside_the_turn, msg.chat, streamer)
             try:
                 result = await self.manager.send(
                     key,
@@ -413,10 +412,19 @@ class ChatFrontend:
                 return item.seq
         return candidates[0].seq if candidates else None
 
-    async def _keep_typing(self, chat: ChatRef) -> None:
+    async def _beside_the_turn(self, chat: ChatRef, streamer: ReplyStreamer) -> None:
+        """ "typing…" and the live edits, started only once the first of them is due:
+        a turn answered sooner (most) costs one task, not two (adr/0016 §9)."""
+        waited = min(self.typing_delay, streamer.edit_interval)
+        await anyio.sleep(waited)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_typing, chat, self.typing_delay - waited)
+            tg.start_soon(streamer.live_updates, waited)
+
+    async def _keep_typing(self, chat: ChatRef, delay: float) -> None:
         """ "typing…" while a turn runs; not for one answered within ``typing_delay``
         (a request to the platform per message that nobody would see, adr/0016)."""
-        await anyio.sleep(self.typing_delay)
+        await anyio.sleep(delay)
         while True:
             try:
                 await self.transport.typing(chat)

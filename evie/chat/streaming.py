@@ -20,6 +20,7 @@ pi's output is drained and coalesced independently (adr/0004). Run
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TypeVar
@@ -49,7 +50,7 @@ from evie.chat.contract import (
     Transient,
     Transport,
 )
-from evie.chat.render import Chunk, render_off_loop, split_plain
+from evie.chat.render import Chunk, Flavor, render_off_loop, split_plain
 from evie.chat.reply_file import reply_files_off_loop
 from evie.durable.outbox import Outbox
 
@@ -116,6 +117,25 @@ DELIVERY_STOPPED = (
 FILE_FAILED = "⚠️ Could not send the whole reply as a file: {error}"
 
 
+#: one short line of words and punctuation that Markdown never reads as markup (no
+#: block marker can start it, no inline marker, entity or autolink is in it) renders
+#: to itself on every platform; tests/test_streaming_small.py compares with the renderer
+_PLAIN_LINE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.:;'?!()-]{0,199}")
+
+
+async def render_reply(text: str, flavor: Flavor) -> list[Chunk]:
+    """The reply's messages: a plain short line as it is (most small replies: no parse,
+    adr/0016 §9), anything else through the renderer."""
+    if (
+        len(text) <= flavor.limit  # (ASCII: one unit per character everywhere)
+        and _PLAIN_LINE.fullmatch(text)
+        and not text.endswith(" ")
+        and "www." not in text.lower()
+    ):
+        return [Chunk(text, text)]
+    return await render_off_loop(text, flavor)
+
+
 def one_line(text: object, limit: int = 200) -> str:
     """The first line of an error, short enough for a chat line."""
     line = str(text).strip().split("\n", 1)[0]
@@ -163,7 +183,7 @@ class ReplyStreamer:
         self._shown = ""  # what the live message shows now
         self._pieces: list[str] = []  # text of the assistant message being streamed
         self._status: str | None = None  # tool or retry line under the streamed text
-        self._lock = anyio.Lock()  # one platform operation at a time keeps the order
+        self._lock = anyio.Lock(fast_acquire=True)  # one platform operation at a time: order
 
     async def __call__(self, event: TurnEvent) -> None:
         match event:
@@ -187,14 +207,21 @@ class ReplyStreamer:
                 async with self._lock:
                     await self._finish(outcome, error, len(unanswered))
 
-    async def live_updates(self) -> None:
-        """Refresh the live message every ``edit_interval`` while it changes (run as a task).
+    @property
+    def edit_interval(self) -> float:
+        return self._edit_interval
+
+    async def live_updates(self, waited: float = 0.0) -> None:
+        """Refresh the live message every ``edit_interval`` while it changes (run as a task;
+        ``waited``: seconds of the turn already passed when it starts).
 
         Edits happen on this clock, not per event, so the platform sees at most
         one edit per interval, and the last text before a pause is always shown.
         """
+        pause = self._edit_interval - waited
         while True:
-            await anyio.sleep(self._edit_interval)
+            await anyio.sleep(pause)
+            pause = self._edit_interval
             if self._outbox is not None and self._outbox.backlog(self._chat.key):
                 continue  # earlier replies are still on their way: previews wait
             async with self._lock:
@@ -284,7 +311,7 @@ class ReplyStreamer:
             self._on_reply(text)
         self._rendering, self._stop_requested = True, False
         try:
-            chunks = await render_off_loop(text, self._transport.flavor)
+            chunks = await render_reply(text, self._transport.flavor)
         finally:
             self._rendering = False
         if not chunks:
@@ -412,5 +439,5 @@ class ReplyStreamer:
                 await self._show("✓ Done.")
             return
         live, self._live = self._live, None
-        chunks = await render_off_loop(text, self._transport.flavor)
+        chunks = await render_reply(text, self._transport.flavor)
         await self._send_reply(text, chunks, live)

@@ -57,7 +57,7 @@ class Outbox:
         self.path = path  # a directory, one file per entry; None: in memory only
         self._lock = threading.Lock()  # brief: in-memory changes only
         self._ops: list[tuple[int, OutboxEntry | None]] = []  # (seq, entry to write | unlink)
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self.writes = 0
         self.max_per_chat = max(4, max_per_chat)
         self._chats: dict[str, list[OutboxEntry]] = {}

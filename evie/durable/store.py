@@ -55,7 +55,7 @@ class DurableDoc(Generic[D]):
         self.lock = threading.Lock()  # brief: in-memory changes and the snapshot only
         self._changes = 0
         self._written = 0
-        self._write_lock = anyio.Lock()  # one write in flight (they share the temp file)
+        self._write_lock = anyio.Lock(fast_acquire=True)  # one write in flight (shared temp file)
         self.writes = 0
         self.compactions = 0
         self._fd: int | None = None  # the journal, open for appending after a compaction

@@ -21,10 +21,12 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,12 +65,13 @@ from aiogram.methods.base import Response
 from aiogram.types import (
     BotCommand,
     BufferedInputFile,
-    LinkPreviewOptions,
     Message,
     MessageEntity,
     Update,
 )
-from pydantic import ValidationError
+from aiohttp import FormData
+from aiohttp.payload import BytesPayload, Payload
+from pydantic import BaseModel, ValidationError
 
 from evie.agent.events import Image
 from evie.chat.backoff import Backoff
@@ -99,7 +102,6 @@ from evie.sessions.manager import SessionManager
 log = logging.getLogger(__name__)
 _DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.config
 T = TypeVar("T")
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 #: aiogram parses every answer as ``Response[<method's result type>]``; pydantic keeps
 #: those generic classes only in a weak cache, so each garbage collection dropped them
@@ -176,7 +178,45 @@ async def _intake(op: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
+def _form(fields: Iterable[tuple[str, str | None]]) -> FormData:
+    """A form body as aiogram's session builds it: fields in order, empty ones left out,
+    urlencoded as aiohttp does (``urlencode``; the names are plain words, never quoted)."""
+    quote = urllib.parse.quote_plus
+    return _Encoded("&".join([f"{k}={quote(v)}" for k, v in fields if v]).encode())
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _Encoded(FormData):
+    """A form body encoded already (aiohttp calls a ``FormData`` for its payload)."""
+
+    def __init__(self, body: bytes) -> None:
+        # FormData's own fields are not set up: aiohttp only calls it (its __init__ was
+        # half of the body's cost); every Telegram test sends these through aiohttp
+        self._body = body
+
+    def __call__(self) -> Payload:
+        return BytesPayload(self._body, content_type=_FORM)
+
+
+class _LeanMethod(TelegramMethod[Any]):
+    """A Bot API method of evie's own that encodes its body itself (see :class:`LeanSession`).
+
+    The calls of every small turn (``getUpdates``, ``sendMessage``, ``editMessageText``)
+    are made with ``model_construct`` from values evie controls and send exactly the
+    body aiogram's session would (fields in its order, the same urlencoding; a
+    property test compares them), without aiogram's general path: a method model of
+    some twenty fields, dumped and prepared field by field, then a ``FormData``.
+    Their answers still go through aiogram's ``check_response`` (errors, answers of
+    any shape), validated only as far as evie uses them (adr/0016 §9).
+    """
+
+    def body(self) -> FormData:
+        raise NotImplementedError
+
+
+class _RawGetUpdates(_LeanMethod):
     """``getUpdates`` answered as plain JSON objects, each validated on its own."""
 
     __returning__ = list[dict[str, Any]]
@@ -186,10 +226,78 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
     timeout: int | None = None
     allowed_updates: list[str] | None = None
 
+    def body(self) -> FormData:
+        allowed = self.allowed_updates
+        return _form((
+            ("offset", None if self.offset is None else str(self.offset)),
+            ("timeout", None if self.timeout is None else str(self.timeout)),
+            ("allowed_updates", None if allowed is None else json.dumps(allowed)),
+        ))  # fmt: skip
+
 
 #: the answer class of the one call made for every message: without this, each garbage
 #: collection dropped it and the next poll rebuilt it (a sixth of a turn's CPU, adr/0016)
 RAW_UPDATES_RESPONSE = Response[_RawGetUpdates.__returning__]
+
+
+class _SentId(BaseModel):
+    """The part of a sent ``Message`` evie uses: its id (the rest is not validated)."""
+
+    message_id: int
+
+
+#: ``link_preview_options`` as aiogram serialises ``LinkPreviewOptions(is_disabled=True)``
+_NO_PREVIEW_JSON = '{"is_disabled": true}'
+
+
+class _TextMethod(_LeanMethod):
+    """``sendMessage`` / ``editMessageText`` with only the fields evie sets."""
+
+    chat_id: int | str
+    text: str
+    message_id: int | None = None
+    message_thread_id: int | None = None
+    parse_mode: str | None = None
+    #: the fields in the order of aiogram's method model (its body lists them so)
+    _order: ClassVar[tuple[str, ...]]
+
+    def body(self) -> FormData:
+        values = {
+            "chat_id": str(self.chat_id),
+            "text": self.text,
+            "message_id": None if self.message_id is None else str(self.message_id),
+            "message_thread_id": (
+                None if self.message_thread_id is None else str(self.message_thread_id)
+            ),
+            "parse_mode": self.parse_mode,
+            "link_preview_options": _NO_PREVIEW_JSON,
+        }
+        return _form((name, values[name]) for name in self._order)
+
+
+class _SendText(_TextMethod):
+    __returning__ = _SentId
+    __api_method__ = "sendMessage"
+    _order = ("chat_id", "text", "message_thread_id", "parse_mode", "link_preview_options")
+
+
+class _EditText(_TextMethod):
+    __returning__ = _SentId | bool  # Telegram answers True for inline messages
+    __api_method__ = "editMessageText"
+    _order = ("text", "chat_id", "message_id", "parse_mode", "link_preview_options")
+
+
+class LeanSession(AiohttpSession):
+    """aiogram's aiohttp session; evie's own text methods bring their body (above)."""
+
+    def build_form_data(self, bot: Bot, method: TelegramMethod[T]) -> FormData:
+        if isinstance(method, _LeanMethod):
+            return method.body()
+        return super().build_form_data(bot, method)
+
+
+#: held like RESPONSE_TYPES (rebuilt after every collection otherwise)
+TEXT_RESPONSES = (Response[_SentId], Response[_SentId | bool])
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -213,29 +321,25 @@ class TelegramTransport:
         self.flavor: Flavor = TelegramFlavor(self.max_length)
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
-        message = await _mapped(
-            lambda: self._bot.send_message(
-                chat.chat_id,
-                text,
-                message_thread_id=chat.thread_id,
-                parse_mode="HTML" if formatted else None,
-                link_preview_options=NO_PREVIEW,
-            )
+        method = _SendText.model_construct(
+            chat_id=chat.chat_id,
+            text=text,
+            message_thread_id=chat.thread_id,
+            parse_mode="HTML" if formatted else None,
         )
+        message = await _mapped(lambda: self._bot(method))
         if message is None:  # cannot happen for sendMessage; be explicit anyway
             raise Permanent("Telegram returned no message")
         return Sent(message.message_id)
 
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None:
-        await _mapped(
-            lambda: self._bot.edit_message_text(
-                text=text,
-                chat_id=chat.chat_id,
-                message_id=message.message_id,
-                parse_mode="HTML" if formatted else None,
-                link_preview_options=NO_PREVIEW,
-            )
+        method = _EditText.model_construct(
+            chat_id=chat.chat_id,
+            text=text,
+            message_id=message.message_id,
+            parse_mode="HTML" if formatted else None,
         )
+        await _mapped(lambda: self._bot(method))
 
     async def typing(self, chat: ChatRef) -> None:
         await _mapped(
@@ -307,7 +411,7 @@ class TelegramInterface:
         token stops only Telegram (health ``down``, ``gave_up``) and ``run`` returns.
         """
         assert self._config.token is not None
-        session = AiohttpSession(api=TelegramAPIServer.from_base(self._config.api_url))
+        session = LeanSession(api=TelegramAPIServer.from_base(self._config.api_url))
         bot = Bot(self._config.token, session=session)
         self.frontend = ChatFrontend(
             self._manager,
@@ -381,7 +485,7 @@ class TelegramInterface:
         if self._offset is None:
             self._offset = frontend.inbox.cursor("tg:offset")
         while True:
-            method = _RawGetUpdates(
+            method = _RawGetUpdates.model_construct(
                 offset=self._offset,
                 timeout=self._config.polling_timeout,
                 allowed_updates=["message"],
