@@ -43,9 +43,9 @@ def _import_aiogram_types_lazily() -> None:
         if _types_namespace is not None and not force and cls.__module__.startswith("aiogram."):
             # a type built later, or inside another's schema, resolves its forward
             # references in its module: give the module the names aiogram passed here
+            # (`setdefault` for each name, in C: the module's own names win)
             module = vars(sys.modules[cls.__module__])
-            for name, value in _types_namespace.items():
-                module.setdefault(name, value)
+            module.update(_types_namespace | module)
             return None
         result: bool | None = eager.__func__(
             cls,

@@ -291,6 +291,7 @@ class TelegramInterface:
         self._ready = False  # getMe and deleteWebhook done
         self._offset: int | None = None
         self._poll_scope = anyio.CancelScope()
+        self._commands_scope = anyio.CancelScope()
 
     def health(self) -> PlatformHealth:
         return self.liveness.snapshot()
@@ -336,6 +337,7 @@ class TelegramInterface:
                         )
                     # intake stopped (or Telegram gave up): the task group now waits for
                     # messages being handled
+                    self._commands_scope.cancel()
                     self.liveness.stopped("intake stopped")
                 # the last lines are in the outbox: deliver them (bounded; what is left
                 # stays on disk for the next start), then return (adr/0009 step 6)
@@ -355,16 +357,22 @@ class TelegramInterface:
             await _intake(lambda: bot.delete_webhook())
             self._ready = True
             log.info("telegram: polling as @%s", me.username)
+            # the menu goes beside the first getUpdates, not before it (adr/0016 part 7)
+            assert self._tg is not None
+            self._tg.start_soon(self._register_commands, bot)
             self.liveness.ok(f"polling as @{me.username}")
-            await self._register_commands(bot)
         await self._poll(bot)
 
     async def _register_commands(self, bot: Bot) -> None:
-        commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
-        try:
-            await _mapped(lambda: bot.set_my_commands(commands))
-        except DeliveryError as exc:  # the menu is a nicety; never fatal
-            log.warning("telegram: could not register commands: %s", exc)
+        with self._commands_scope:  # stopped with intake, like the poll it runs beside
+            commands = [BotCommand(command=c.name, description=c.summary) for c in CHAT_COMMANDS]
+            try:
+                await _mapped(lambda: bot.set_my_commands(commands))
+            except DeliveryError as exc:  # the menu is a nicety; never fatal
+                log.warning("telegram: could not register commands: %s", exc)
+            except Exception as exc:  # whatever else: still no reason to stop listening
+                log.warning("telegram: could not register commands (%s)", one_line(exc))
+                log.debug("telegram: setMyCommands failed", exc_info=True)
 
     async def _poll(self, bot: Bot) -> None:
         """Long-poll getUpdates ourselves, so cancellation stops it (adr/0007).
@@ -428,6 +436,7 @@ class TelegramInterface:
         """
         self.liveness.stopped("intake stopped")
         self._poll_scope.cancel()
+        self._commands_scope.cancel()
 
     async def announce(self, keys: Iterable[str], take: Callable[[str], str | None]) -> int:
         """Post pending notices to the Telegram chats among ``keys``."""
