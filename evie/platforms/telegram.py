@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.lowlevel
 
 # isort: off
-import evie.platforms.aiogram_lazy  # noqa: F401  (first: aiogram's types are built on first use)
+from evie.platforms import aiogram_lazy  # first: aiogram's types are loaded on first use
 
 # isort: on
 from aiogram import Bot
@@ -191,6 +191,8 @@ class _RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):
 #: the answer class of the one call made for every message: without this, each garbage
 #: collection dropped it and the next poll rebuilt it (a sixth of a turn's CPU, adr/0016)
 RAW_UPDATES_RESPONSE = Response[_RawGetUpdates.__returning__]
+#: aiogram types imported per loop step beside the first poll (~25 ms of CPU)
+TYPES_PER_STEP = 20
 #: what reading messages and answering them builds on first use, built beside the first
 #: poll instead; ``Message`` first, so that the others reuse its schema (0.22 s of CPU
 #: for all of them, against 0.44 s for ``Update`` and the answers' types built one by one)
@@ -385,6 +387,9 @@ class TelegramInterface:
         takes in most of them (~0.25 s of CPU), which the first message used to pay.
         One model per step, after the first getUpdates has gone out.
         """
+        await anyio.lowlevel.checkpoint()  # the first getUpdates goes out first
+        while not aiogram_lazy.load_types(TYPES_PER_STEP):  # the rest of aiogram's types
+            await anyio.lowlevel.checkpoint()
         for model in MESSAGE_MODELS:
             await anyio.lowlevel.checkpoint()
             if model.__pydantic_complete__:
