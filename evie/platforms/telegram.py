@@ -376,9 +376,8 @@ class TelegramInterface:
 
     async def _beside_first_poll(self, bot: Bot) -> None:
         with self._beside_scope:  # stopped with intake, like the poll it runs beside
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._register_commands, bot)
-                tg.start_soon(self._build_models)
+            await self._build_models()  # in steps; setMyCommands would load it all at once
+            await self._register_commands(bot)
 
     async def _build_models(self) -> None:
         """Build what reading a message takes while the first getUpdates waits.
