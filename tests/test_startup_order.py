@@ -120,7 +120,6 @@ NOT_BEFORE_THE_FIRST_POLL = (
     "evie.platforms.terminal",
     "evie.setup.wizard",
     "evie.setup.doctor",
-    "ctypes.util",  # libc comes from the interpreter's own symbols (no `ldconfig -p`)
     # aiogram's types only a message's fields name: loaded beside the first getUpdates
     "aiogram.types.photo_size",
     "aiogram.types.voice",

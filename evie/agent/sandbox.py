@@ -18,6 +18,7 @@ state and every other session, and ``/proc/<evie>/environ``. Two layers:
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
 import shutil
 import subprocess
@@ -37,8 +38,7 @@ SandboxMode = Literal["auto", "bwrap", "off"]
 def make_undumpable() -> bool:
     """Make this process non-dumpable (its /proc files become root-only); True on success."""
     try:
-        # the interpreter's own symbols include libc's: no `ldconfig -p` child to find it
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
