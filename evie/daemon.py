@@ -14,6 +14,7 @@ no terminal), evie stops through the same timeline and exits with that one line.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.platforms.contract import Platform, PlatformHealth
-from evie.runtime import Runtime, build_launcher, open_runtime, settle_gc
+from evie.runtime import Runtime, build_launcher, open_runtime, pause_gc, settle_gc
 from evie.shutdown import Grace, shut_down
 
 if TYPE_CHECKING:
@@ -128,15 +129,20 @@ async def run_daemon(
             "EVIE_DISCORD_TOKEN), or use `evie chat` for the terminal"
         )
     sys.setswitchinterval(SWITCH_INTERVAL)  # worker threads yield to the loop quickly
+    paused = pause_gc()  # until the platforms poll (_warm_up_later settles it)
     stop = StopRequest()
-    # first, so that a signal during start-up is already a graceful stop
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with anyio.create_task_group() as watcher:
-            watcher.start_soon(_watch_signals, signals, stop)
-            try:
-                await _serve(config, stop, terminal=terminal, on_ready=on_ready)
-            finally:
-                watcher.cancel_scope.cancel()
+    try:
+        # first, so that a signal during start-up is already a graceful stop
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as watcher:
+                watcher.start_soon(_watch_signals, signals, stop)
+                try:
+                    await _serve(config, stop, terminal=terminal, on_ready=on_ready)
+                finally:
+                    watcher.cancel_scope.cancel()
+    finally:
+        if paused:
+            gc.enable()  # stopped before the warm-up: never leave the collector off
     if stop.failure is not None:
         raise ConfigError(stop.failure)
     log.info("evie stopped")

@@ -36,6 +36,21 @@ RESTART_NOTICE = (
 GEN0_THRESHOLD = 10_000
 
 
+def pause_gc() -> bool:
+    """Call first in ``evie run``: no collections until :func:`settle_gc` (True if paused).
+
+    Start-up allocates ~190,000 objects that live until exit (modules, aiogram's
+    classes); the collector walked them again and again while they were being made
+    (~200 collections, 0.1 s of CPU before the first poll). ``settle_gc`` collects
+    once, freezes them and turns the collector back on; ``EVIE_GC=default`` keeps
+    CPython's policy from the start.
+    """
+    if os.environ.get("EVIE_GC", "tuned") == "default" or not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
 def settle_gc() -> None:
     """Call once start-up is done: freeze what start-up built, collect young objects less often.
 
@@ -51,6 +66,7 @@ def settle_gc() -> None:
         return
     gc.collect()
     gc.freeze()
+    gc.enable()  # paused by pause_gc() during start-up
     if policy != "freeze":  # "freeze": gc.freeze() alone, for the comparison
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)

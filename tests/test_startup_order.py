@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +88,92 @@ def test_evie_chat_imports_no_platform_library_and_no_http_server(tmp_path: Path
     )
     assert done.returncode == 0, done.stderr
     assert "loaded: []" in done.stdout.splitlines()
+
+
+#: a fresh `evie run` reports, when asked on stdin, what it has imported and whether the
+#: collector ran while aiogram was loaded (gc callbacks record every collection's start)
+_SNAPSHOT_PROBE = """
+import gc, json, sys, threading
+collections = []
+gc.callbacks.append(
+    lambda phase, info: phase == "start" and collections.append("aiogram" in sys.modules)
+)
+
+def answer():
+    sys.stdin.readline()
+    print("SNAPSHOT " + json.dumps({"modules": sorted(sys.modules), "gc": collections}),
+          flush=True)
+
+threading.Thread(target=answer, daemon=True).start()
+from evie.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+#: imported by nothing `evie run` does before its first poll (Telegram only, no [http])
+NOT_BEFORE_THE_FIRST_POLL = (
+    "discord",  # no [discord] token
+    "evie.platforms.discord",
+    "evie.http",  # no [http] listen
+    "aiohttp.web",
+    "prompt_toolkit",  # no --terminal
+    "rich",
+    "evie.platforms.terminal",
+    "evie.setup.wizard",
+    "evie.setup.doctor",
+    # aiogram's types only a message's fields name: loaded beside the first getUpdates
+    "aiogram.types.photo_size",
+    "aiogram.types.voice",
+    "aiogram.types.document",
+)
+
+
+async def test_evie_run_loads_only_what_its_first_poll_needs(tmp_path: Path) -> None:
+    """In a fresh `evie run`, stopped while Telegram answers deleteWebhook (right before
+    the first getUpdates): nothing of another platform, the HTTP server, the terminal or
+    the set-up is imported, most of aiogram's types are not, and the collector has not run
+    over the objects aiogram's import made (adr/0016 part 7)."""
+    async with running_fake_telegram() as fake:
+        gate = fake.hold("deleteWebhook")
+        path = tmp_path / "config.toml"
+        path.write_text(
+            f'[agent]\ncommand = ["{sys.executable}", "{FAKE_PI}"]\n'
+            f'[sessions]\nwarm_spares = 1\n[state]\ndir = "{tmp_path / "state"}"\n'
+            f'[telegram]\ntoken = "{TOKEN}"\napi_url = "{fake.base_url}"\n'
+            "allowed_user_ids = [42]\n"
+        )
+        path.chmod(0o600)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("EVIE_GC", None)
+        async with await anyio.open_process(
+            [sys.executable, "-c", _SNAPSHOT_PROBE, "--config", str(path), "run"],
+            env=env,
+            cwd=tmp_path,
+        ) as child:
+            assert child.stdin is not None
+            assert child.stdout is not None
+            try:
+                await fake.wait_for(lambda: fake.method_calls("deleteWebhook"), seconds=50)
+                await child.stdin.send(b"\n")
+                out = b""
+                with anyio.fail_after(20):
+                    while b"\n" not in out.partition(b"SNAPSHOT ")[2]:
+                        out += await child.stdout.receive()
+            finally:
+                child.terminate()
+                gate.set()
+                with anyio.fail_after(30):
+                    await child.wait()
+    snapshot = json.loads(out.partition(b"SNAPSHOT ")[2].split(b"\n")[0])
+    modules = set(snapshot["modules"])
+    assert "aiogram" in modules
+    assert "evie.platforms.telegram" in modules
+    assert [m for m in NOT_BEFORE_THE_FIRST_POLL if m in modules] == []
+    spec = importlib.util.find_spec("aiogram")
+    assert spec is not None
+    assert spec.origin is not None
+    types_dir = Path(spec.origin).parent / "types"
+    every_type = {p.stem for p in types_dir.glob("*.py")} - {"__init__"}
+    loaded = {m.rpartition(".")[2] for m in modules if m.startswith("aiogram.types.")}
+    assert len(loaded) < len(every_type) / 2, f"{len(loaded)} of {len(every_type)} loaded"
+    assert snapshot["gc"]
+    assert True not in snapshot["gc"]

@@ -322,6 +322,36 @@ def test_aiogram_types_are_built_on_first_use_and_still_validate() -> None:
     assert out.stdout.split() == ["False", "True", "f", "False", "5"]
 
 
+def test_aiogram_types_not_loaded_yet_are_loaded_when_a_model_needs_them() -> None:
+    """Most of aiogram's types are imported beside the first poll (adr/0016); a model built
+    before that (an answer read at start-up) loads them first and validates as usual."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from evie.platforms import aiogram_lazy\n"
+        "import evie.platforms.telegram\n"
+        "print(len(aiogram_lazy.missing_types()) > 100,"
+        " 'aiogram.types.photo_size' in sys.modules)\n"
+        "from aiogram.methods import SendMessage\n"
+        "from aiogram.methods.base import Response\n"
+        "from aiogram.types import Message\n"
+        "r = Response[Message].model_validate({'ok': True, 'result': {'message_id': 1, 'date': 1,"
+        " 'chat': {'id': 1, 'type': 'private'}, 'photo': [{'file_id': 'p',"
+        " 'file_unique_id': 'u', 'width': 2, 'height': 3}]}})\n"
+        "print(r.result.photo[0].height, aiogram_lazy.missing_types())\n"
+        "from aiogram.types import PhotoSize, Voice\n"
+        "print(PhotoSize is type(r.result.photo[0]), Voice.__module__)\n"
+        "aiogram_lazy.load_all_types()\n"  # once more: nothing left to do
+        "print(SendMessage(chat_id=1, text='x').text)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
+    )
+    assert out.stdout.split() == ["True", "False", "3", "[]", "True", "aiogram.types.voice", "x"]
+
+
 # -- issue 12: replies of any size, entities in UTF-16, files ---------------------------
 
 
