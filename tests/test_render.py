@@ -176,7 +176,8 @@ FRAGMENTS = [
     "**", "*", "_", "__", "~~", "~", "`", "``", "```py\n", "```\n", "~~~\n", "\n", "\n\n",
     "> ", "> > ", "- ", "1. ", "  - ", "# ", "### ", "[a link](http://x.y/a_b?c=1&d=2)",
     "![pic](http://x.y/p.png)", "<div>", "</b>", "&amp;", "&", "<", ">", '"', "\\",
-    "|a|b|\n|-|-|\n|1|2|\n", "🔥", "é", "日本", "👨‍👩‍👧", "https://example.com/x_y",
+    "|a|b|\n|-|-|\n|1|2|\n", "| a | b |\n|---|:--:|\n| 1 |\n", "~x~", "http://x.y/a_b*c*",
+    "🔥", "é", "日本", "👨‍👩‍👧", "https://example.com/x_y",
     "word", "words and more words", " ", "    ", "\t", "---\n", "1)", "\ue000",
 ]  # fmt: skip
 markdown_text = st.lists(
@@ -206,6 +207,10 @@ def test_discord_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, l
         ("**bold** and __bold__", "<b>bold</b> and <b>bold</b>"),
         ("*it* and _it_ but snake_case_name", "<i>it</i> and <i>it</i> but snake_case_name"),
         ("~~gone~~ but ~5 min", "<s>gone</s> but ~5 min"),
+        ("~one~ tilde and ~~~ three ~~~", "~one~ tilde and ~~~ three ~~~"),
+        ("`a~b~c` and [l](http://e/~u)", '<code>a~b~c</code> and <a href="http://e/~u">l</a>'),
+        ("*see http://e.com/a_b*c*", '<i>see <a href="http://e.com/a_b*c">http://e.com/a_b*c</a>*</i>'),
+        ("x http://e.com/a_b*c* y", 'x <a href="http://e.com/a_b*c">http://e.com/a_b*c</a> y'),
         ("`a<b>`", "<code>a&lt;b&gt;</code>"),
         ("[x](https://e.com/?a=1&b=2)", '<a href="https://e.com/?a=1&amp;b=2">x</a>'),
         ("## Heading", "<b>Heading</b>"),
@@ -233,6 +238,7 @@ def test_telegram_html(markdown: str, html: str) -> None:
         ("> q\n> r", "> q\n> r"),
         ("see https://e.com/a_b", "see <https://e.com/a_b>"),
         ("\\- not a list", "\\- not a list"),
+        ("see https://e.com/~me", "see <https://e.com/~me>"),
     ],
 )
 def test_discord_markdown(markdown: str, discord: str) -> None:
@@ -268,6 +274,20 @@ def test_paragraphs_are_kept_whole_when_possible() -> None:
     paras = [f"p{i} " + "x" * 40 for i in range(10)]
     chunks = check_chunks("\n\n".join(paras), "telegram", 100)
     assert [c.plain for c in chunks] == [f"{paras[i]}\n\n{paras[i + 1]}" for i in range(0, 10, 2)]
+
+
+def test_deeply_nested_lists_render_in_linear_size() -> None:
+    """md4c nests lists as deep as the text does: an item opened right after its parent's
+    marker shares its line ("- - x" reads "• • x"), and indentation stops growing, so the
+    output stays proportional to the input (5,000 levels indented in full: 25 M spaces)."""
+    markdown = "- " * 5000 + "deep\n\n- a\n  - b\n" + "  " * 30 + "- c\n"
+    chunks = check_chunks(markdown, "telegram", 4096)
+    plain = "".join(c.plain for c in chunks)
+    assert plain.startswith("• " * 5000 + "deep")
+    assert len(plain) < 3 * len(markdown)
+    assert check_chunks("- a\n  - b\n    - c\n- d", "discord", 2000)[0].plain == (
+        "• a\n  • b\n    • c\n• d"
+    )
 
 
 def test_pathological_inputs_render_whole() -> None:
