@@ -177,6 +177,7 @@ FRAGMENTS = [
     "> ", "> > ", "- ", "1. ", "  - ", "# ", "### ", "[a link](http://x.y/a_b?c=1&d=2)",
     "![pic](http://x.y/p.png)", "<div>", "</b>", "&amp;", "&", "<", ">", '"', "\\",
     "|a|b|\n|-|-|\n|1|2|\n", "| a | b |\n|---|:--:|\n| 1 |\n", "~x~", "http://x.y/a_b*c*",
+    "  \n", "\\\n", '[t](http://x.y "ti")', "[e]()", "[](http://x.y)", "**",
     "🔥", "é", "日本", "👨‍👩‍👧", "https://example.com/x_y",
     "word", "words and more words", " ", "    ", "\t", "---\n", "1)", "\ue000",
 ]  # fmt: skip
@@ -409,3 +410,33 @@ def test_discord_escaping_backslashes_each_special_character_exactly_once(text: 
 
     specials = "\\*_~`|<>#[]"
     assert escape(text) == "".join("\\" + c if c in specials else c for c in text)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    markdown=markdown_text,
+    limit=st.integers(min_value=8, max_value=400),
+    platform=st.sampled_from(["telegram", "discord"]),
+)
+def test_blocks_converted_whole_equal_their_token_rendering(
+    markdown: str, limit: int, platform: str
+) -> None:
+    """Top-level paragraphs, headings and code blocks are converted from md4c's HTML in a
+    few whole-string passes (adr/0017); the chunks are exactly those the token walk makes."""
+    from evie.chat.render.blocks import parse
+    from evie.chat.render.split import pack
+
+    flavor = TelegramFlavor(limit) if platform == "telegram" else DiscordFlavor(limit)
+    assert render(markdown, flavor) == pack(parse(markdown), flavor, whole=False)
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord"])
+def test_bench_inputs_convert_whole_as_the_token_walk_does(platform: str) -> None:
+    from bench.render import KINDS
+    from evie.chat.render.blocks import parse
+    from evie.chat.render.split import pack
+
+    flavor = TelegramFlavor() if platform == "telegram" else DiscordFlavor()
+    for make in KINDS.values():
+        markdown = make(30_000)
+        assert render(markdown, flavor) == pack(parse(markdown), flavor, whole=False)

@@ -46,6 +46,7 @@ _BLOCK_TAGS: Final = frozenset(
 #: list items indent two spaces per level up to this depth: md4c nests as deep as the text
 #: does (cmark-gfm stopped near 100), and 5,000 levels indented in full would be quadratic
 MAX_INDENT: Final = 10
+_WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6"})
 _LANG = re.compile(r"[\w+#.-]{1,40}")
 #: a table's layout tags other than ends of cells and rows (md4c ends each with a newline)
 _TABLE_LAYOUT = re.compile(r"</?(?:thead|tbody|tr)>\n|<t[hd](?: [^>]*)?>")
@@ -67,6 +68,51 @@ class Block:
     tokens: list[Token]
     #: what separates it from the block before in the same message
     sep: str = "\n\n"
+    #: a top-level paragraph or heading is kept as md4c's HTML of its inside, which the
+    #: flavours convert whole at C speed (``whole``); its tokens are made only when needed
+    html: str | None = None
+    heading: bool = False
+    #: the stand-in for a lone "~" in ``html``
+    tilde: str = ""
+
+
+_INLINE_TAG = re.compile(r"<(/?)(strong|em|del|code|a)\b")
+
+
+def convertible(html: str, tilde: str) -> bool:
+    """Whether a paragraph's HTML converts whole to the same markup as its tokens: no
+    image (it becomes a link), no link without address, no empty element (the token walk
+    opens elements lazily, so it writes none), no "~" stand-in percent-encoded in a URL,
+    and every inline tag closed in order (md4c can leave one open, adr/0017). A Python
+    step per inline tag, none per character."""
+    if "<" not in html:
+        return True
+    if "<img" in html or 'href=""' in html or "></" in html:
+        return False
+    if "%EE%80" in html:  # the stand-ins are U+E000…U+E007
+        return False
+    stack: list[str] = []
+    for closing, tag in _INLINE_TAG.findall(html):
+        if not closing:
+            stack.append(tag)
+        elif not stack or stack.pop() != tag:
+            return False
+    return not stack
+
+
+def visible_text(html: str, tilde: str) -> str:
+    """What a reader sees of a paragraph's HTML: no tags, entities decoded."""
+    text = _ANY_TAG.sub("", html) if "<" in html else html
+    return _unescape(text, tilde)
+
+
+def tokens_of(block: Block) -> list[Token]:
+    """The block's tokens, walked from its HTML when it was kept whole."""
+    if block.html is not None and not block.tokens:
+        tag = "h1" if block.heading else "p"
+        walked = _Builder(block.tilde, whole=False).feed(f"<{tag}>{block.html}</{tag}>")
+        block.tokens = [token for part in walked for token in part.tokens]
+    return block.tokens
 
 
 _LONE_TILDE = re.compile(r"(?<!~)~(?!~)")
@@ -100,8 +146,9 @@ def _is_bare_url(label: str | None, href: str) -> bool:
 class _Builder:
     """Walks md4c's HTML (which has a fixed, known shape) and collects blocks."""
 
-    def __init__(self, tilde: str) -> None:
+    def __init__(self, tilde: str, *, whole: bool = True) -> None:
         self.tilde = tilde
+        self.whole = whole  # keep top-level paragraphs and headings as HTML
         self.blocks: list[Block] = []
         self.tokens: list[Token] = []
         self.depth = 0  # open containers (lists, quotes)
@@ -186,6 +233,8 @@ class _Builder:
                     pos = self.close_nested(html, pos)
             elif tag == "li" and self.after_bullet and self.depth > 1 and not self.in_pre:
                 pos = self.open_nested(html, pos)
+            elif tag in _WHOLE and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.whole_at(tag, html, pos)
             elif tag == "table" and not self.in_pre:
                 pos = self.table_at(html, pos)  # a whole table at C speed
             else:
@@ -275,6 +324,16 @@ class _Builder:
                 self.text("\n")
             self.tokens.append((OPEN, "quote", ""))
             self.depth += 1
+
+    def whole_at(self, tag: str, html: str, pos: int) -> int:
+        """A top-level paragraph or heading in one step, as its HTML (no block tag can
+        be inside it); where its end tag ends."""
+        close = f"</{tag}>"
+        end = html.find(close, pos)
+        end = len(html) if end < 0 else end
+        self.start_block()
+        self.blocks.append(Block([], "\n\n", html[pos:end], tag != "p", self.tilde))
+        return end + len(close)
 
     def bullet(self, nested: int = 0) -> None:
         """An item's marker, indented by its depth unless it follows its parent's marker

@@ -92,3 +92,6 @@ class DiscordFlavor:
 
     def units(self, markup: str, visible: str) -> int:
         return len(markup)
+
+    def whole(self, html: str, heading: bool, tilde: str) -> tuple[str, str] | None:
+        return None
