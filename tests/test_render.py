@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from evie.chat.render import Chunk, render
@@ -412,9 +412,23 @@ def test_discord_escaping_backslashes_each_special_character_exactly_once(text: 
     assert escape(text) == "".join("\\" + c if c in specials else c for c in text)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: what paragraphs are made of, densely: the whole conversion's cases (escapes at the
+#: start and end of each text between tags, code spans with backticks, bare and long links)
+INLINE = [
+    "**", "*", "_", "`", "``", "~~", "~", "-", "+", "- ", "1.", "2)", " ", "\n", "a", "🔥",
+    "[l](http://e/x)", "[l *i*](http://e/(x) 'ti')", "https://e.com/y", "<", ">", "&", '"',
+    "\\", "  \n", "# ", "|", "[", "]", "www.x.com", "a@b.co", "`` ` ``", "&amp;", "\ue001",
+    "[x](http://e/" + "z" * 120 + ")",
+]  # fmt: skip
+inline_text = st.lists(st.sampled_from(INLINE), max_size=40).map("".join)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(markdown="**a**- b *c*+\n`x`1. y [l](http://e/x)2) z", limit=400, platform="discord")
+@example(markdown="a `` ` `` b ``` c `` d `x`-", limit=400, platform="discord")
+@example(markdown="# **h** - 1. <x> &amp; \\ \ue001", limit=400, platform="discord")
 @given(
-    markdown=markdown_text,
+    markdown=st.one_of(markdown_text, inline_text),
     limit=st.integers(min_value=8, max_value=400),
     platform=st.sampled_from(["telegram", "discord"]),
 )

@@ -103,7 +103,7 @@ def convertible(html: str, tilde: str) -> bool:
 def visible_text(html: str, tilde: str) -> str:
     """What a reader sees of a paragraph's HTML: no tags, entities decoded."""
     text = _ANY_TAG.sub("", html) if "<" in html else html
-    return _unescape(text, tilde)
+    return unescape(text, tilde)
 
 
 def tokens_of(block: Block) -> list[Token]:
@@ -118,7 +118,7 @@ def tokens_of(block: Block) -> list[Token]:
 _LONE_TILDE = re.compile(r"(?<!~)~(?!~)")
 
 
-def _unescape(text: str, tilde: str) -> str:
+def unescape(text: str, tilde: str) -> str:
     # md4c escapes exactly these four in text and attributes
     if "&" in text:
         text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
@@ -129,10 +129,10 @@ def _unescape(text: str, tilde: str) -> str:
 def _attrs(raw: str, tilde: str) -> dict[str, str]:
     # md4c percent-encodes non-ASCII in URLs: the stand-in for "~" too
     quoted = urllib.parse.quote(tilde)
-    return {k: _unescape(v, tilde).replace(quoted, "~") for k, v in _ATTR.findall(raw)}
+    return {k: unescape(v, tilde).replace(quoted, "~") for k, v in _ATTR.findall(raw)}
 
 
-def _is_bare_url(label: str | None, href: str) -> bool:
+def is_bare_url(label: str | None, href: str) -> bool:
     """A link whose text is its own address (an autolink): md4c percent-encodes the
     address, not the text. One whose text holds a ">" is shown as a link with a label
     (Discord writes bare URLs in <…>)."""
@@ -216,7 +216,7 @@ class _Builder:
                 if text:
                     self.after_bullet = False
                     if "&" in text or tilde in text:
-                        text = _unescape(text, tilde)
+                        text = unescape(text, tilde)
                     self.tokens.append((TEXT, text, ""))
             after_block = is_block
             pos = m.end()
@@ -255,7 +255,7 @@ class _Builder:
             if before_block:
                 raw = raw.rstrip("\n")
         if raw:
-            self.text(_unescape(raw, self.tilde))
+            self.text(unescape(raw, self.tilde))
 
     def start(self, tag: str, raw: str, html: str, pos: int) -> None:
         if self.in_pre:
@@ -276,11 +276,11 @@ class _Builder:
         elif tag == "a":
             href = _attrs(raw, self.tilde).get("href", "")
             end = html.find("</a>", pos)
-            label = _unescape(html[pos:end], self.tilde) if end >= 0 else None
+            label = unescape(html[pos:end], self.tilde) if end >= 0 else None
             if not href:
                 self.inline.append(False)
             else:
-                self.tokens.append((OPEN, "url" if _is_bare_url(label, href) else "a", href))
+                self.tokens.append((OPEN, "url" if is_bare_url(label, href) else "a", href))
                 self.inline.append(True)
         elif tag == "img":
             found = _attrs(raw, self.tilde)
@@ -384,7 +384,7 @@ class _Builder:
             body = _ANY_TAG.sub("", body)
         if body.strip("\x1f\0"):
             self.after_bullet = False
-        body = _unescape(body, self.tilde).replace("\n", " ").replace("\0", "\n")
+        body = unescape(body, self.tilde).replace("\n", " ").replace("\0", "\n")
         rows = [row.split("\x1f")[:-1] for row in body.split("\n") if row]
         widths = [min(40, max(map(len, column))) for column in zip(*rows, strict=False)]
         text = _table_text(rows, widths)
