@@ -427,6 +427,8 @@ inline_text = st.lists(st.sampled_from(INLINE), max_size=40).map("".join)
 @example(markdown="**a**- b *c*+\n`x`1. y [l](http://e/x)2) z", limit=400, platform="discord")
 @example(markdown="a `` ` `` b ``` c `` d `x`-", limit=400, platform="discord")
 @example(markdown="# **h** - 1. <x> &amp; \\ \ue001", limit=400, platform="discord")
+@example(markdown="> q *i*\nlazy `c`  \nx\n\n```py\na ``` b\n```", limit=400, platform="discord")
+@example(markdown="> q *i*\nlazy `c`\n\n```py\na < b\n```", limit=400, platform="telegram")
 @given(
     markdown=st.one_of(markdown_text, inline_text),
     limit=st.integers(min_value=8, max_value=400),

@@ -46,7 +46,9 @@ _BLOCK_TAGS: Final = frozenset(
 #: list items indent two spaces per level up to this depth: md4c nests as deep as the text
 #: does (cmark-gfm stopped near 100), and 5,000 levels indented in full would be quadratic
 MAX_INDENT: Final = 10
-_WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6"})
+_WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
+#: a code block's inside in md4c's HTML
+PRE_CODE = re.compile(r'<code(?: class="language-([^"]*)")?>(.*)</code>\n?', re.S)
 _LANG = re.compile(r"[\w+#.-]{1,40}")
 #: a table's layout tags other than ends of cells and rows (md4c ends each with a newline)
 _TABLE_LAYOUT = re.compile(r"</?(?:thead|tbody|tr)>\n|<t[hd](?: [^>]*)?>")
@@ -68,14 +70,22 @@ class Block:
     tokens: list[Token]
     #: what separates it from the block before in the same message
     sep: str = "\n\n"
-    #: a top-level paragraph or heading is kept as md4c's HTML of its inside, which the
-    #: flavours convert whole at C speed (``whole``); its tokens are made only when needed
+    #: a top-level paragraph, heading, code block or one-paragraph quote is kept as md4c's
+    #: HTML of its inside, which the flavours convert whole at C speed (``whole``); its
+    #: tokens are made only when needed
     html: str | None = None
-    heading: bool = False
+    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
+    kind: str = "p"
     #: the stand-in for a lone "~" in ``html``
     tilde: str = ""
 
 
+_WRAP: Final = {
+    "p": ("<p>", "</p>"),
+    "h": ("<h1>", "</h1>"),
+    "pre": ("<pre>", "</pre>"),
+    "quote": ("<blockquote>\n<p>", "</p>\n</blockquote>"),
+}
 _INLINE_TAG = re.compile(r"<(/?)(strong|em|del|code|a)\b")
 
 
@@ -100,6 +110,17 @@ def convertible(html: str, tilde: str) -> bool:
     return not stack
 
 
+def code_block(html: str, tilde: str) -> tuple[str, str] | None:
+    """A code block's (language, text) from its inside, as the token walk reads them;
+    None when it has no text."""
+    found = PRE_CODE.fullmatch(html)
+    if found is None:
+        return None
+    lang = unescape(found.group(1) or "", tilde)
+    text = unescape(found.group(2), tilde).removesuffix("\n")
+    return (lang if _LANG.fullmatch(lang) else ""), text
+
+
 def visible_text(html: str, tilde: str) -> str:
     """What a reader sees of a paragraph's HTML: no tags, entities decoded."""
     text = _ANY_TAG.sub("", html) if "<" in html else html
@@ -109,8 +130,8 @@ def visible_text(html: str, tilde: str) -> str:
 def tokens_of(block: Block) -> list[Token]:
     """The block's tokens, walked from its HTML when it was kept whole."""
     if block.html is not None and not block.tokens:
-        tag = "h1" if block.heading else "p"
-        walked = _Builder(block.tilde, whole=False).feed(f"<{tag}>{block.html}</{tag}>")
+        start, end = _WRAP[block.kind]
+        walked = _Builder(block.tilde, whole=False).feed(start + block.html + end)
         block.tokens = [token for part in walked for token in part.tokens]
     return block.tokens
 
@@ -235,6 +256,8 @@ class _Builder:
                 pos = self.open_nested(html, pos)
             elif tag in _WHOLE and self.depth == 0 and self.whole and not self.in_pre:
                 pos = self.whole_at(tag, html, pos)
+            elif tag == "blockquote" and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.quote_at(raw, html, pos)
             elif tag == "table" and not self.in_pre:
                 pos = self.table_at(html, pos)  # a whole table at C speed
             else:
@@ -332,8 +355,21 @@ class _Builder:
         end = html.find(close, pos)
         end = len(html) if end < 0 else end
         self.start_block()
-        self.blocks.append(Block([], "\n\n", html[pos:end], tag != "p", self.tilde))
+        kind = tag if tag in ("p", "pre") else "h"
+        self.blocks.append(Block([], "\n\n", html[pos:end], kind, self.tilde))
         return end + len(close)
+
+    def quote_at(self, raw: str, html: str, pos: int) -> int:
+        """A top-level quote of one paragraph in one step (the common case); any other
+        quote is walked."""
+        end = html.find("</p>\n</blockquote>", pos)
+        inside = html[pos + 4 : end] if end >= 0 and html.startswith("\n<p>", pos) else None
+        if inside is None or "</p>" in inside:
+            self.start("blockquote", raw, html, pos)
+            return pos
+        self.start_block()
+        self.blocks.append(Block([], "\n\n", inside, "quote", self.tilde))
+        return end + len("</p>\n</blockquote>")
 
     def bullet(self, nested: int = 0) -> None:
         """An item's marker, indented by its depth unless it follows its parent's marker

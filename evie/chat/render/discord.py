@@ -13,7 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from evie.chat.render.blocks import convertible, is_bare_url, unescape, visible_text
+from evie.chat.render.blocks import (
+    code_block,
+    convertible,
+    is_bare_url,
+    unescape,
+    visible_text,
+)
 
 DISCORD_LIMIT = 2000
 
@@ -122,17 +128,23 @@ class DiscordFlavor:
     def units(self, markup: str, visible: str) -> int:
         return len(markup)
 
-    def whole(self, html: str, heading: bool, tilde: str) -> tuple[str, str] | None:
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
         """A paragraph's HTML → Discord Markdown: its texts escaped in one pass, then a
         light step per tag (code spans and bare URLs keep their text raw)."""
+        if kind == "pre":
+            code = code_block(html, tilde)
+            if code is None or not code[1]:
+                return None
+            lang, text = code
+            markup = self.text(text, ("pre",))
+            return self.open("pre", lang, ()) + markup + self.close("pre", lang, ()), text
         if not convertible(html, tilde):
             return None
         plain = visible_text(html, tilde)
         if not plain:
             return None
         if "<" not in html:
-            markup = _escape_texts([html], tilde)[0]
-            return ("**" + markup + "**" if heading else markup), plain
+            return self._block(_escape_texts([html], tilde)[0], kind), plain
         parts = _PARTS.split(html)
         texts, tags = parts[0::2], parts[1::2]
         raw: dict[int, str] = {}  # texts written as they are: code and bare URLs
@@ -169,5 +181,12 @@ class DiscordFlavor:
         for i, mark in enumerate(marks, 1):
             out.append(mark)
             out.append(raw[i] if i in raw else next(escaped))
-        markup = "".join(out)
-        return ("**" + markup + "**" if heading else markup), plain
+        return self._block("".join(out), kind), plain
+
+    @staticmethod
+    def _block(markup: str, kind: str) -> str:
+        if kind == "h":
+            return "**" + markup + "**"
+        if kind == "quote":
+            return "> " + markup.replace("\n", "\n> ")
+        return markup

@@ -39,8 +39,8 @@ class Flavor(Protocol):
         """The size the platform counts for this piece of a message."""
         ...
 
-    def whole(self, html: str, heading: bool, tilde: str) -> tuple[str, str] | None:
-        """A top-level paragraph or heading from md4c's HTML of its inside, converted
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
+        """A top-level block (``Block.kind``) from md4c's HTML of its inside, converted
         whole at C speed: (markup, visible text), exactly what its tokens would give;
         None when it holds something only the token walk handles."""
         ...
@@ -267,7 +267,7 @@ def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list
     for block in blocks:
         rendered: tuple[str, str, int] | None = None
         if block.html is not None and whole:
-            converted = flavor.whole(block.html, block.heading, block.tilde)
+            converted = flavor.whole(block.html, block.kind, block.tilde)
             if converted is not None:
                 markup, plain = converted
                 rendered = markup, plain, flavor.units(markup, plain)
@@ -311,7 +311,7 @@ class _Plain:
     def units(self, markup: str, visible: str) -> int:
         return self._units(markup, markup)
 
-    def whole(self, html: str, heading: bool, tilde: str) -> tuple[str, str] | None:
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
         return None
 
 

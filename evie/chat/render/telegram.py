@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from evie.chat.render.blocks import convertible, visible_text
+from evie.chat.render.blocks import code_block, convertible, visible_text
 
 TELEGRAM_LIMIT = 4096
 
@@ -69,9 +69,15 @@ class TelegramFlavor:
     def units(self, markup: str, visible: str) -> int:
         return utf16_units(visible)
 
-    def whole(self, html: str, heading: bool, tilde: str) -> tuple[str, str] | None:
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
         """md4c's HTML is already Telegram's but for the tag names and ``&quot;``: a few
         replaces over the whole paragraph instead of a step per token."""
+        if kind == "pre":
+            code = code_block(html, tilde)
+            if code is None or not code[1]:
+                return None
+            lang, text = code
+            return self.open("pre", lang, ()) + escape(text) + self.close("pre", lang, ()), text
         if not convertible(html, tilde):
             return None
         plain = visible_text(html, tilde)
@@ -88,4 +94,8 @@ class TelegramFlavor:
             markup = markup.replace("&quot;", '"')
         if tilde in markup:
             markup = markup.replace(tilde, "~")
-        return ("<b>" + markup + "</b>" if heading else markup), plain
+        if kind == "h":
+            markup = "<b>" + markup + "</b>"
+        elif kind == "quote":
+            markup = "<blockquote>" + markup + "</blockquote>"
+        return markup, plain
