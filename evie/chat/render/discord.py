@@ -132,12 +132,11 @@ class DiscordFlavor:
         """A paragraph's HTML → Discord Markdown: its texts escaped in one pass, then a
         light step per tag (code spans and bare URLs keep their text raw)."""
         if kind == "pre":
-            code = code_block(html, tilde)
-            if code is None or not code[1]:
+            block = code_block(html, tilde)
+            if block is None or not block[1]:
                 return None
-            lang, text = code
-            markup = self.text(text, ("pre",))
-            return self.open("pre", lang, ()) + markup + self.close("pre", lang, ()), text
+            lang, text = block
+            return f"```{lang}\n" + self.text(text, ("pre",)) + "\n```", text
         if not convertible(html, tilde):
             return None
         plain = visible_text(html, tilde)

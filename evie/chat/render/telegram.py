@@ -73,11 +73,13 @@ class TelegramFlavor:
         """md4c's HTML is already Telegram's but for the tag names and ``&quot;``: a few
         replaces over the whole paragraph instead of a step per token."""
         if kind == "pre":
-            code = code_block(html, tilde)
-            if code is None or not code[1]:
+            block = code_block(html, tilde)
+            if block is None or not block[1]:
                 return None
-            lang, text = code
-            return self.open("pre", lang, ()) + escape(text) + self.close("pre", lang, ()), text
+            lang, text = block
+            if lang:
+                return f'<pre><code class="language-{lang}">{escape(text)}</code></pre>', text
+            return f"<pre>{escape(text)}</pre>", text
         if not convertible(html, tilde):
             return None
         plain = visible_text(html, tilde)
