@@ -155,8 +155,11 @@ def unescape(text: str, tilde: str) -> str:
 
 def _attrs(raw: str, tilde: str) -> dict[str, str]:
     # md4c percent-encodes non-ASCII in URLs: the stand-in for "~" too
+    found = _ATTR.findall(raw)
+    if "%EE%80" not in raw:  # the stand-ins are U+E000…U+E007
+        return {k: unescape(v, tilde) for k, v in found}
     quoted = urllib.parse.quote(tilde)
-    return {k: unescape(v, tilde).replace(quoted, "~") for k, v in _ATTR.findall(raw)}
+    return {k: unescape(v, tilde).replace(quoted, "~") for k, v in found}
 
 
 def is_bare_url(label: str | None, href: str) -> bool:

@@ -264,6 +264,7 @@ def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list
     ``whole=False`` renders every block from its tokens (the reference the C-speed
     conversion of paragraphs and headings is tested against)."""
     writer = _Writer(flavor)
+    sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
         rendered: tuple[str, str, int] | None = None
         if block.html is not None and whole:
@@ -279,8 +280,10 @@ def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list
             continue
         markup, plain, units = rendered
         if writer.plain:
-            sep_units = flavor.units(block.sep, block.sep)
-            if writer.used + sep_units + units <= flavor.limit:
+            sep = sep_units.get(block.sep)
+            if sep is None:
+                sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
+            if writer.used + sep + units <= flavor.limit:
                 writer.append_whole(block.sep, markup, plain, units)
                 continue
             writer.emit()
