@@ -431,7 +431,9 @@ inline_text = st.lists(st.sampled_from(INLINE), max_size=40).map("".join)
 @example(markdown="> q *i*\nlazy `c`\n\n```py\na < b\n```", limit=400, platform="telegram")
 @given(
     markdown=st.one_of(markdown_text, inline_text),
-    limit=st.integers(min_value=8, max_value=400),
+    # blocks over 4× the limit skip the whole conversion (split anyway): limits that keep
+    # most generated blocks under it, and small enough to split some
+    limit=st.integers(min_value=100, max_value=600),
     platform=st.sampled_from(["telegram", "discord"]),
 )
 def test_blocks_converted_whole_equal_their_token_rendering(

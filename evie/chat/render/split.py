@@ -267,7 +267,9 @@ def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list
     sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
         rendered: tuple[str, str, int] | None = None
-        if block.html is not None and whole:
+        # a block whose HTML is much longer than a message will be split anyway: the
+        # token walk (same output) without converting it whole first
+        if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
             converted = flavor.whole(block.html, block.kind, block.tilde)
             if converted is not None:
                 markup, plain = converted
