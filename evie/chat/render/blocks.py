@@ -169,7 +169,7 @@ def is_bare_url(label: str | None, href: str) -> bool:
     return (
         label is not None
         and ">" not in label
-        and (label == href or label == urllib.parse.unquote(href))
+        and (label == href or ("%" in href and label == urllib.parse.unquote(href)))
     )
 
 
