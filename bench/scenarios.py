@@ -336,9 +336,9 @@ async def _render_rows() -> None:
         SAMPLES,
         SIZES,
         baseline_stalls,
-        cmark_floor,
         idle_stall,
         measure,
+        parser_floor,
     )
 
     idle, busy = await baseline_stalls()
@@ -351,7 +351,7 @@ async def _render_rows() -> None:
         for label, size in SIZES.items():
             text = make(size)
             mb = len(text.encode()) / 1e6
-            floor = min(cmark_floor(text) for _ in range(SAMPLES)) if size >= 1_000_000 else 0.0
+            floor = min(parser_floor(text) for _ in range(SAMPLES)) if size >= 1_000_000 else 0.0
             measured: dict[str, list[tuple[float, float, int]]] = {}
             started = time.perf_counter()
             for name, flavor in FLAVORS.items():
@@ -376,8 +376,8 @@ async def _render_rows() -> None:
                     "chunks": chunks,
                 }
                 if floor:
-                    row["cmark_only_ms_per_mb"] = floor / mb * 1e3
-                    row["cpu_over_cmark_only"] = cpu / floor
+                    row["parser_only_ms_per_mb"] = floor / mb * 1e3
+                    row["cpu_over_parser_only"] = cpu / floor
                     worst_ratio = max(worst_ratio, cpu / floor)
                 rows[kind][f"{label}/{name}"] = row
                 worst_stall = max(worst_stall, stall)
@@ -388,7 +388,7 @@ async def _render_rows() -> None:
                     f"  {chunks} msgs"
                 )
                 if floor:
-                    figures += f"  {cpu / floor:4.1f}× cmark alone ({floor / mb * 1e3:.0f} ms/MB)"
+                    figures += f"  {cpu / floor:4.1f}× md4c alone ({floor / mb * 1e3:.0f} ms/MB)"
                 print(f"  {kind:<14} {label:>6} {name:<8} cpu {fmt_s(cpu):>9} {figures}")
             loads.append(os.getloadavg()[0])
     save(
@@ -397,7 +397,7 @@ async def _render_rows() -> None:
             "rows": rows,
             "samples_per_row": SAMPLES,
             "worst_cpu_ms_per_mb": worst_mb * 1e3,
-            "worst_cpu_over_cmark_only": worst_ratio,
+            "worst_cpu_over_parser_only": worst_ratio,
             "worst_stall_s": worst_stall,
             "worst_idle_loop_stall_s_beside_rows": worst_noise,
             "baseline_idle_stall_s": idle,
@@ -406,7 +406,7 @@ async def _render_rows() -> None:
             "load_average_1min_range": [min(loads), max(loads)],
         },
         f"worst {worst_mb * 1e3:.0f} ms CPU per MB, all processes, median of {SAMPLES} (inputs"
-        f" ≥ 1 MB; ≤ {worst_ratio:.1f}× cmark-gfm's parse alone), longest loop stall "
+        f" ≥ 1 MB; ≤ {worst_ratio:.1f}× md4c's parse alone), longest loop stall "
         f"{fmt_s(worst_stall)} (a bare loop on this machine for as long: up to "
         f"{fmt_s(worst_noise)}; {fmt_s(busy)} beside a busy thread;"
         f" load {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores)",

@@ -1,6 +1,6 @@
 """Markdown parsed once into blocks of a small, platform-neutral markup.
 
-cmark-gfm parses (C, linear time, adr/0013) and renders HTML; one pass over
+md4c parses (C, linear time, adr/0017) and renders HTML; one pass over
 that HTML turns it into :class:`Block` s — top-level paragraphs, headings,
 code blocks, quotes, tables, and each top-level list item — made of three
 kinds of token: text (what the reader sees), an opening (bold, italic,
@@ -8,20 +8,22 @@ strike, code, pre, link, url, quote) and a closing. The platform flavours
 (``telegram.py``, ``discord.py``) render tokens; ``split.py`` packs blocks
 into messages.
 
-Raw HTML is never passed on: ``<`` is swapped for a private-use character
-before parsing and back after, so ``use <br> here`` reads as written and
-inline code keeps its ``<``.
+Raw HTML is never passed on: md4c treats it as text (``MD_FLAG_NOHTML``), so
+``use <br> here`` reads as written. A lone ``~`` is swapped for a private-use
+character before parsing and back after: md4c strikes ``~one~`` as GFM does,
+and "~5 min … ~x~" must stay text (only ``~~two~~`` strikes, adr/0017).
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 from typing import Final
 
 import attrs
 
-from evie.chat.render.cmark import to_html
+from evie.chat.render.parser import to_html
 
 TEXT: Final = 0
 OPEN: Final = 1
@@ -41,9 +43,21 @@ _BLOCK_TAGS: Final = frozenset(
     {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "hr"}
     | {"table", "thead", "tbody", "tr", "th", "td"}
 )
+#: list items indent two spaces per level up to this depth: md4c nests as deep as the text
+#: does (cmark-gfm stopped near 100), and 5,000 levels indented in full would be quadratic
+MAX_INDENT: Final = 10
+_WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
+#: a code block's inside in md4c's HTML
+PRE_CODE = re.compile(r'<code(?: class="language-([^"]*)")?>(.*)</code>\n?', re.S)
 _LANG = re.compile(r"[\w+#.-]{1,40}")
-#: a table's layout tags other than ends of cells and rows (cmark ends each with a newline)
+#: a table's layout tags other than ends of cells and rows (md4c ends each with a newline)
 _TABLE_LAYOUT = re.compile(r"</?(?:thead|tbody|tr)>\n|<t[hd](?: [^>]*)?>")
+#: a table cell's inside (md4c writes each cell on a line of its own)
+_CELL = re.compile(r"<t[hd](?: [^>]*)?>(.*)</t[hd]>\n")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)  # what str.rstrip takes of a line
+_INLINE_TAGS: Final = (
+    "<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<code>", "</code>", "<br>",
+)  # fmt: skip
 _IMG = re.compile(r"<img [^>]*>")
 _IMG_ALT = re.compile(r' alt="([^"]*)"')
 _ANY_TAG = re.compile(r"<[^>]*>")
@@ -62,25 +76,109 @@ class Block:
     tokens: list[Token]
     #: what separates it from the block before in the same message
     sep: str = "\n\n"
+    #: a top-level paragraph, heading, code block or one-paragraph quote is kept as md4c's
+    #: HTML of its inside, which the flavours convert whole at C speed (``whole``); its
+    #: tokens are made only when needed
+    html: str | None = None
+    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
+    kind: str = "p"
+    #: the stand-in for a lone "~" in ``html``
+    tilde: str = ""
 
 
-def _unescape(text: str, lt: str) -> str:
-    # cmark escapes exactly these four in text and attributes (and ' as &#x27; in URLs)
+_WRAP: Final = {
+    "p": ("<p>", "</p>"),
+    "h": ("<h1>", "</h1>"),
+    "pre": ("<pre>", "</pre>"),
+    "quote": ("<blockquote>\n<p>", "</p>\n</blockquote>"),
+}
+_INLINE_TAG = re.compile(r"<(/?)(strong|em|del|code|a)\b")
+
+
+def convertible(html: str, tilde: str) -> bool:
+    """Whether a paragraph's HTML converts whole to the same markup as its tokens: no
+    image (it becomes a link), no link without address, no empty element (the token walk
+    opens elements lazily, so it writes none), no "~" stand-in percent-encoded in a URL,
+    and every inline tag closed in order (md4c can leave one open, adr/0017). A Python
+    step per inline tag, none per character."""
+    if "<" not in html:
+        return True
+    if "<img" in html or 'href=""' in html or "></" in html:
+        return False
+    if "%EE%80" in html:  # the stand-ins are U+E000…U+E007
+        return False
+    stack: list[str] = []
+    for closing, tag in _INLINE_TAG.findall(html):
+        if not closing:
+            stack.append(tag)
+        elif not stack or stack.pop() != tag:
+            return False
+    return not stack
+
+
+def code_block(html: str, tilde: str) -> tuple[str, str] | None:
+    """A code block's (language, text) from its inside, as the token walk reads them;
+    None when it has no text."""
+    found = PRE_CODE.fullmatch(html)
+    if found is None:
+        return None
+    lang = unescape(found.group(1) or "", tilde)
+    text = unescape(found.group(2), tilde).removesuffix("\n")
+    return (lang if _LANG.fullmatch(lang) else ""), text
+
+
+def visible_text(html: str, tilde: str) -> str:
+    """What a reader sees of a paragraph's HTML: no tags, entities decoded."""
+    text = _ANY_TAG.sub("", html) if "<" in html else html
+    return unescape(text, tilde)
+
+
+def tokens_of(block: Block) -> list[Token]:
+    """The block's tokens, walked from its HTML when it was kept whole."""
+    if block.html is not None and not block.tokens:
+        start, end = _WRAP[block.kind]
+        walked = _Builder(block.tilde, whole=False).feed(start + block.html + end)
+        block.tokens = [token for part in walked for token in part.tokens]
+    return block.tokens
+
+
+_LONE_TILDE = re.compile(r"(?<!~)~(?!~)")
+
+
+def unescape(text: str, tilde: str) -> str:
+    # md4c escapes exactly these four in text and attributes
     if "&" in text:
         text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-        text = text.replace("&#x27;", "'").replace("&amp;", "&")
-    return text.replace(lt, "<") if lt in text else text
+        text = text.replace("&amp;", "&")
+    return text.replace(tilde, "~") if tilde in text else text
 
 
-def _attrs(raw: str, lt: str) -> dict[str, str]:
-    return {k: _unescape(v, lt) for k, v in _ATTR.findall(raw)}
+def _attrs(raw: str, tilde: str) -> dict[str, str]:
+    # md4c percent-encodes non-ASCII in URLs: the stand-in for "~" too
+    found = _ATTR.findall(raw)
+    if "%EE%80" not in raw:  # the stand-ins are U+E000…U+E007
+        return {k: unescape(v, tilde) for k, v in found}
+    quoted = urllib.parse.quote(tilde)
+    return {k: unescape(v, tilde).replace(quoted, "~") for k, v in found}
+
+
+def is_bare_url(label: str | None, href: str) -> bool:
+    """A link whose text is its own address (an autolink): md4c percent-encodes the
+    address, not the text. One whose text holds a ">" is shown as a link with a label
+    (Discord writes bare URLs in <…>)."""
+    return (
+        label is not None
+        and ">" not in label
+        and (label == href or ("%" in href and label == urllib.parse.unquote(href)))
+    )
 
 
 class _Builder:
-    """Walks cmark's HTML (which has a fixed, known shape) and collects blocks."""
+    """Walks md4c's HTML (which has a fixed, known shape) and collects blocks."""
 
-    def __init__(self, lt: str) -> None:
-        self.lt = lt
+    def __init__(self, tilde: str, *, whole: bool = True) -> None:
+        self.tilde = tilde
+        self.whole = whole  # keep top-level paragraphs and headings as HTML
         self.blocks: list[Block] = []
         self.tokens: list[Token] = []
         self.depth = 0  # open containers (lists, quotes)
@@ -132,7 +230,7 @@ class _Builder:
         pos = 0
         after_block = True
         search = _TAG.search
-        lt = self.lt
+        tilde = self.tilde
         inline = self.inline
         while (m := search(html, pos)) is not None:
             closing, tag, raw = m.groups()
@@ -147,8 +245,8 @@ class _Builder:
                         text = text.rstrip("\n")
                 if text:
                     self.after_bullet = False
-                    if "&" in text or lt in text:
-                        text = _unescape(text, lt)
+                    if "&" in text or tilde in text:
+                        text = unescape(text, tilde)
                     self.tokens.append((TEXT, text, ""))
             after_block = is_block
             pos = m.end()
@@ -161,6 +259,14 @@ class _Builder:
                 continue  # an inline tag never ends a block
             if closing:
                 self.end(tag)
+                if tag == "li" and self.depth > 2 and not self.in_pre:
+                    pos = self.close_nested(html, pos)
+            elif tag == "li" and self.after_bullet and self.depth > 1 and not self.in_pre:
+                pos = self.open_nested(html, pos)
+            elif tag in _WHOLE and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.whole_at(tag, html, pos)
+            elif tag == "blockquote" and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.quote_at(raw, html, pos)
             elif tag == "table" and not self.in_pre:
                 pos = self.table_at(html, pos)  # a whole table at C speed
             else:
@@ -181,12 +287,12 @@ class _Builder:
             if before_block:
                 raw = raw.rstrip("\n")
         if raw:
-            self.text(_unescape(raw, self.lt))
+            self.text(unescape(raw, self.tilde))
 
     def start(self, tag: str, raw: str, html: str, pos: int) -> None:
         if self.in_pre:
             if tag == "code":
-                lang = _attrs(raw, self.lt).get("class", "").removeprefix("language-")
+                lang = _attrs(raw, self.tilde).get("class", "").removeprefix("language-")
                 arg = lang if _LANG.fullmatch(lang) else ""
                 self.tokens.append((OPEN, "pre", arg))
             return
@@ -200,23 +306,23 @@ class _Builder:
             self.tokens.append((OPEN, "code", fence))
             self.inline.append(True)
         elif tag == "a":
-            href = _attrs(raw, self.lt).get("href", "")
+            href = _attrs(raw, self.tilde).get("href", "")
             end = html.find("</a>", pos)
-            label = _unescape(html[pos:end], self.lt) if end >= 0 else None
+            label = unescape(html[pos:end], self.tilde) if end >= 0 else None
             if not href:
                 self.inline.append(False)
             else:
-                self.tokens.append((OPEN, "url" if label == href else "a", href))
+                self.tokens.append((OPEN, "url" if is_bare_url(label, href) else "a", href))
                 self.inline.append(True)
         elif tag == "img":
-            found = _attrs(raw, self.lt)
+            found = _attrs(raw, self.tilde)
             alt, src = found.get("alt") or "image", found.get("src", "")
             if src:
                 self.tokens += [(OPEN, "a", src), (TEXT, alt, ""), (CLOSE, "a", "")]
             else:
                 self.text(alt)
         elif tag == "br":
-            pass  # cmark follows it with a newline in the text
+            pass  # md4c follows it with a newline in the text
         elif tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6"):
             self.start_block()
             if tag[0] == "h":
@@ -232,7 +338,7 @@ class _Builder:
             self.end_block()
         elif tag in ("ul", "ol"):
             self.start_block()
-            start = _attrs(raw, self.lt).get("start", "1") if tag == "ol" else ""
+            start = _attrs(raw, self.tilde).get("start", "1") if tag == "ol" else ""
             self.lists.append([int(start) if start.isdigit() else (1 if tag == "ol" else -1)])
             if self.depth == 0:
                 self.item_sep = "\n\n"
@@ -243,12 +349,7 @@ class _Builder:
                 self.sep, self.item_sep = self.item_sep, "\n"
             else:
                 self.newline()
-            counter = self.lists[-1] if self.lists else [-1]
-            bullet = "• " if counter[0] < 0 else f"{counter[0]}. "
-            if counter[0] >= 0:
-                counter[0] += 1
-            self.text("  " * (len(self.lists) - 1) + bullet)
-            self.after_bullet = True
+            self.bullet()
         elif tag == "blockquote":
             self.start_block()
             if self.after_bullet:  # a quote must start its own line (Discord's "> ")
@@ -256,16 +357,109 @@ class _Builder:
             self.tokens.append((OPEN, "quote", ""))
             self.depth += 1
 
+    def whole_at(self, tag: str, html: str, pos: int) -> int:
+        """A top-level paragraph or heading in one step, as its HTML (no block tag can
+        be inside it); where its end tag ends."""
+        close = f"</{tag}>"
+        end = html.find(close, pos)
+        end = len(html) if end < 0 else end
+        self.start_block()
+        kind = tag if tag in ("p", "pre") else "h"
+        self.blocks.append(Block([], "\n\n", html[pos:end], kind, self.tilde))
+        return end + len(close)
+
+    def quote_at(self, raw: str, html: str, pos: int) -> int:
+        """A top-level quote of one paragraph in one step (the common case); any other
+        quote is walked."""
+        end = html.find("</p>\n</blockquote>", pos)
+        inside = html[pos + 4 : end] if end >= 0 and html.startswith("\n<p>", pos) else None
+        if inside is None or "</p>" in inside:
+            self.start("blockquote", raw, html, pos)
+            return pos
+        self.start_block()
+        self.blocks.append(Block([], "\n\n", inside, "quote", self.tilde))
+        return end + len("</p>\n</blockquote>")
+
+    def bullet(self, nested: int = 0) -> None:
+        """An item's marker, indented by its depth unless it follows its parent's marker
+        on the same line ("- - x" reads "• • x"); ``nested``: bullet items opened right
+        inside it."""
+        counter = self.lists[-1] if self.lists else [-1]
+        bullet = "• " if counter[0] < 0 else f"{counter[0]}. "
+        if counter[0] >= 0:
+            counter[0] += 1
+        indent = "" if self.after_bullet else "  " * min(len(self.lists) - 1, MAX_INDENT)
+        self.lists += [[-1]] * nested  # bullet counters never change: one list serves all
+        self.depth += nested
+        self.text(indent + bullet + "• " * nested)
+        self.after_bullet = True
+
+    def open_nested(self, html: str, pos: int) -> int:
+        """An item that starts right after its parent's marker, and every bullet list
+        opened right inside it, in one step: 5,000 nested lists are 25,000 tags."""
+        nested = _repeats(html, pos, "<ul>\n<li>")
+        self.newline()
+        self.bullet(nested)
+        return pos + nested * len("<ul>\n<li>")
+
+    def close_nested(self, html: str, pos: int) -> int:
+        """The ends of nested lists right after an item's end, in one step (not the one
+        that ends a top-level item: that ends a block)."""
+        nested = min(_repeats(html, pos, "\n</ul>\n</li>"), self.depth - 2)
+        if nested > 0:
+            del self.lists[-nested:]
+            self.depth -= nested
+        return pos + nested * len("\n</ul>\n</li>")
+
     def table_at(self, html: str, pos: int) -> int:
         """A whole table from just after its ``<table>``; where its ``</table>`` ends.
 
         A table is the commonest huge reply and its cells hold only inline text (each
-        cell on a line of its own in cmark's HTML, every row as wide as the header),
+        cell on a line of its own in md4c's HTML, every row as wide as the header),
         so it is read with a few whole-string passes instead of a Python step per tag."""
         self.start_block()
         end = html.find("</table>", pos)
         end = len(html) if end < 0 else end
-        body = html[pos:end].lstrip("\n").replace("\x1f", " ")
+        head = html.find("</thead>", pos, end)
+        columns = html.count("</th>", pos, head) if head >= 0 else 0
+        cells = _CELL.findall(html, pos, end)  # md4c pads every row to the header's width
+        if not columns or len(cells) % columns or html.find("\x1f", pos, end) >= 0:
+            # not md4c's usual shape (or the text holds the separator): row by row
+            text = self.table_text(html[pos:end])
+        else:
+            body = "\x1f".join(cells)
+            if "<img" in body:
+                body = _IMG.sub(_img_alt, body)
+            if "<" in body:
+                for tag in _INLINE_TAGS:
+                    if tag in body:
+                        body = body.replace(tag, "")
+                if "<" in body:
+                    body = _ANY_TAG.sub("", body)
+            body = unescape(body, self.tilde)
+            if "\n" in body:
+                body = body.replace("\n", " ")
+            if body.strip("\x1f"):
+                self.after_bullet = False
+            cells = body.split("\x1f")
+            widths = [min(40, max(map(len, cells[i::columns]))) for i in range(columns)]
+            text = _table_lines(cells, widths)
+        self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
+        self.end_block()
+        return end + len("</table>") if end < len(html) else end
+
+    def close_inline(self) -> None:
+        """md4c can leave an emphasis open at the end of its paragraph (seen: ``*see
+        http://e.com/a_b*c*``) or close one it never opened: the first is closed here,
+        the second ignored, so every block is balanced."""
+        while self.inline:
+            if self.inline.pop():
+                self.tokens.append((CLOSE, "i", ""))
+
+    def table_text(self, body: str) -> str:
+        """A table's text from its HTML, row by row (a shape :meth:`table_at` does not
+        expect: kept from before, adr/0013)."""
+        body = body.lstrip("\n").replace("\x1f", " ")
         body = body.replace("</td>\n", "\x1f").replace("</th>\n", "\x1f")
         body = _TABLE_LAYOUT.sub("", body.replace("</tr>\n", "\0"))
         if "<img" in body:
@@ -274,13 +468,10 @@ class _Builder:
             body = _ANY_TAG.sub("", body)
         if body.strip("\x1f\0"):
             self.after_bullet = False
-        body = _unescape(body, self.lt).replace("\n", " ").replace("\0", "\n")
+        body = unescape(body, self.tilde).replace("\n", " ").replace("\0", "\n")
         rows = [row.split("\x1f")[:-1] for row in body.split("\n") if row]
         widths = [min(40, max(map(len, column))) for column in zip(*rows, strict=False)]
-        text = _table_text(rows, widths)
-        self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
-        self.end_block()
-        return end + len("</table>") if end < len(html) else end
+        return _table_text(rows, widths)
 
     def end(self, tag: str) -> None:
         if self.in_pre:
@@ -296,10 +487,12 @@ class _Builder:
             if self.inline and self.inline.pop():
                 self.tokens.append((CLOSE, _INLINE.get(tag, tag), ""))
         elif tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6"):
+            self.close_inline()
             if tag[0] == "h":
                 self.tokens.append((CLOSE, "b", ""))
             self.end_block()
         elif tag == "li":
+            self.close_inline()
             if self.depth == 1:
                 self.end_block(force=True)
         elif tag in ("ul", "ol"):
@@ -310,6 +503,30 @@ class _Builder:
             self.tokens.append((CLOSE, "quote", ""))
             self.depth -= 1
             self.end_block()
+
+
+def _repeats(text: str, pos: int, unit: str) -> int:
+    """How many times ``unit`` repeats from ``pos``: a few C comparisons, not a step each."""
+    count, step = 0, 1
+    while text.startswith(unit * step, pos):
+        count, pos, step = count + step, pos + len(unit) * step, step * 2
+    while step > 1:
+        step //= 2
+        if text.startswith(unit * step, pos):
+            count, pos = count + step, pos + len(unit) * step
+    return count
+
+
+def _table_lines(cells: list[str], widths: list[int]) -> str:
+    """:func:`_table_text` of rows of ``len(widths)`` cells, in one ``str.format`` call
+    and one regex (the trailing spaces of each line) instead of a step per row."""
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = _TRAILING_SPACE.sub("", "\n".join([line] * rows).format(*cells))
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    return text
 
 
 def _table_text(rows: list[list[str]], widths: list[int]) -> str:
@@ -323,11 +540,24 @@ def _table_text(rows: list[list[str]], widths: list[int]) -> str:
 
 def parse(markdown: str) -> Iterator[Block]:
     """Parse once; every later step works on these blocks, as they come."""
-    lt = next((c for c in _PUA if c not in markdown), None)
-    if lt is None:  # the text uses all eight stand-ins: give up on keeping "<" raw-safe
-        lt = _PUA[0]
-        markdown = markdown.replace(lt, "\ufffd")
-    html = to_html(
-        [markdown[i : i + _SLICE].replace("<", lt) for i in range(0, len(markdown), _SLICE)]
-    )
-    return _Builder(lt).feed(html)
+    tilde = next((c for c in _PUA if c not in markdown), None)
+    if tilde is None:  # the text uses all eight stand-ins: give up on keeping "~" lone
+        tilde = _PUA[0]
+        markdown = markdown.replace(tilde, "\ufffd")
+    pieces = [markdown[i : i + _SLICE] for i in range(0, len(markdown), _SLICE)]
+    if "~" in markdown:  # a run of tildes never spans slices: each run is kept in one
+        pieces = _tilde_safe_slices(markdown)
+        pieces = [_LONE_TILDE.sub(tilde, piece) for piece in pieces]
+    return _Builder(tilde).feed(to_html(pieces))
+
+
+def _tilde_safe_slices(markdown: str) -> list[str]:
+    """Slices of about :data:`_SLICE` characters that never cut a run of ``~``."""
+    pieces, start = [], 0
+    while start < len(markdown):
+        end = min(len(markdown), start + _SLICE)
+        while 0 < end < len(markdown) and markdown[end - 1] == "~" and markdown[end] == "~":
+            end += 1
+        pieces.append(markdown[start:end])
+        start = end
+    return pieces

@@ -13,6 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from evie.chat.render.blocks import (
+    code_block,
+    convertible,
+    is_bare_url,
+    unescape,
+    visible_text,
+)
+
 DISCORD_LIMIT = 2000
 
 #: escaped one character at a time with str.replace: a C pass per character that is
@@ -24,6 +32,33 @@ _NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
 _FENCE_IN_CODE = re.compile(r"``(?=`)")
 _TICKS_IN_CODE = re.compile(r"`(?=`)")
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
+
+#: a paragraph's HTML in pieces: text, tag, text, tag, …, text
+_PARTS = re.compile(r"(<[^>]*>)")
+_HREF = re.compile(r'href="([^"]*)"')
+_WHOLE_TAGS = {
+    "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
+    "<del>": "~~", "</del>": "~~", "<br>": "",
+}  # fmt: skip
+#: the line-start escapes of :func:`escape` over a paragraph's texts joined by NUL: each
+#: text starts (and ends) a line for them, as when each is escaped alone
+_BULLET_JOINED = re.compile(r"(?m)(^|\x00)([ \t]*)([-+])(?=[ \t\x00]|$)")
+_NUMBER_JOINED = re.compile(r"(?m)(^|\x00)([ \t]*)(\d+)([.)])")
+
+
+def _escape_texts(texts: list[str], tilde: str) -> list[str]:
+    """:func:`escape` of each text (unescaped from HTML), in one pass over them all."""
+    joined = unescape("\x00".join(texts), tilde)
+    if "\\" in joined:
+        joined = joined.replace("\\", "\\\\")
+    for c in _ESCAPED:
+        if c in joined:
+            joined = joined.replace(c, "\\" + c)
+    if "-" in joined or "+" in joined:
+        joined = _BULLET_JOINED.sub(r"\1\2\\\3", joined)
+    if "." in joined or ")" in joined:
+        joined = _NUMBER_JOINED.sub(r"\1\2\3\\\4", joined)
+    return joined.split("\x00")
 
 
 def escape(text: str) -> str:
@@ -92,3 +127,65 @@ class DiscordFlavor:
 
     def units(self, markup: str, visible: str) -> int:
         return len(markup)
+
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
+        """A paragraph's HTML → Discord Markdown: its texts escaped in one pass, then a
+        light step per tag (code spans and bare URLs keep their text raw)."""
+        if kind == "pre":
+            block = code_block(html, tilde)
+            if block is None or not block[1]:
+                return None
+            lang, text = block
+            return f"```{lang}\n" + self.text(text, ("pre",)) + "\n```", text
+        if not convertible(html, tilde):
+            return None
+        plain = visible_text(html, tilde)
+        if not plain:
+            return None
+        if "<" not in html:
+            return self._block(_escape_texts([html], tilde)[0], kind), plain
+        parts = _PARTS.split(html)
+        texts, tags = parts[0::2], parts[1::2]
+        raw: dict[int, str] = {}  # texts written as they are: code and bare URLs
+        marks: list[str] = []
+        code_close = link_close = ""
+        for i, tag in enumerate(tags):
+            mark = _WHOLE_TAGS.get(tag)
+            if mark is None:
+                if tag == "<code>":
+                    code = unescape(texts[i + 1], tilde)
+                    if "``" in code:
+                        code = _TICKS_IN_CODE.sub("`\u200b", code)
+                    raw[i + 1] = code
+                    mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
+                elif tag == "</code>":
+                    mark = code_close
+                elif tag == "</a>":
+                    mark = link_close
+                else:  # <a href="…"> (an image, an empty address: not convertible)
+                    found = _HREF.search(tag)
+                    href = unescape(found.group(1), tilde) if found else ""
+                    label = unescape(texts[i + 1], tilde) if tags[i + 1] == "</a>" else None
+                    if is_bare_url(label, href):
+                        raw[i + 1] = label or ""
+                        mark, link_close = "<", ">"
+                    elif len(href) > self.limit // 4:
+                        mark = link_close = ""  # shown as its label
+                    else:
+                        mark = "["
+                        link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
+            marks.append(mark)
+        escaped = iter(_escape_texts([t for i, t in enumerate(texts) if i not in raw], tilde))
+        out = [raw[0] if 0 in raw else next(escaped)]
+        for i, mark in enumerate(marks, 1):
+            out.append(mark)
+            out.append(raw[i] if i in raw else next(escaped))
+        return self._block("".join(out), kind), plain
+
+    @staticmethod
+    def _block(markup: str, kind: str) -> str:
+        if kind == "h":
+            return "**" + markup + "**"
+        if kind == "quote":
+            return "> " + markup.replace("\n", "\n> ")
+        return markup

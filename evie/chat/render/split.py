@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from evie.chat.render.blocks import CLOSE, OPEN, TEXT, Block, Token
+from evie.chat.render.blocks import CLOSE, OPEN, TEXT, Block, Token, tokens_of
 
 
 class Flavor(Protocol):
@@ -37,6 +37,12 @@ class Flavor(Protocol):
 
     def units(self, markup: str, visible: str) -> int:
         """The size the platform counts for this piece of a message."""
+        ...
+
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
+        """A top-level block (``Block.kind``) from md4c's HTML of its inside, converted
+        whole at C speed: (markup, visible text), exactly what its tokens would give;
+        None when it holds something only the token walk handles."""
         ...
 
 
@@ -221,7 +227,7 @@ def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
     stack: list[list[Any]] = []  # [markup or None, close, shown]
     kinds: list[str] = []
     hidden = 0  # opens not shown yet
-    for kind, value, arg in block.tokens:
+    for kind, value, arg in tokens_of(block):
         if kind == TEXT:
             if not value:
                 continue
@@ -252,26 +258,41 @@ def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
     return text, seen, flavor.units(text, seen)
 
 
-def pack(blocks: Iterable[Block], flavor: Flavor) -> list[Chunk]:
-    """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise."""
+def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list[Chunk]:
+    """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise.
+
+    ``whole=False`` renders every block from its tokens (the reference the C-speed
+    conversion of paragraphs and headings is tested against)."""
     writer = _Writer(flavor)
+    sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
-        rendered = render_block(block, flavor)
+        rendered: tuple[str, str, int] | None = None
+        # a block whose HTML is much longer than a message will be split anyway: the
+        # token walk (same output) without converting it whole first
+        if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
+            converted = flavor.whole(block.html, block.kind, block.tilde)
+            if converted is not None:
+                markup, plain = converted
+                rendered = markup, plain, flavor.units(markup, plain)
+        if rendered is None:
+            rendered = render_block(block, flavor)
         if rendered is None or len(rendered[1]) > flavor.limit:
             writer.emit()  # too big for any message (a unit per character at least)
-            writer.write_split(block.tokens)
+            writer.write_split(tokens_of(block))
             continue
         markup, plain, units = rendered
         if writer.plain:
-            sep_units = flavor.units(block.sep, block.sep)
-            if writer.used + sep_units + units <= flavor.limit:
+            sep = sep_units.get(block.sep)
+            if sep is None:
+                sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
+            if writer.used + sep + units <= flavor.limit:
                 writer.append_whole(block.sep, markup, plain, units)
                 continue
             writer.emit()
         if units <= flavor.limit:
             writer.append_whole(block.sep, markup, plain, units)
         else:
-            writer.write_split(block.tokens)
+            writer.write_split(tokens_of(block))
     writer.emit()
     return writer.chunks
 
@@ -294,6 +315,9 @@ class _Plain:
 
     def units(self, markup: str, visible: str) -> int:
         return self._units(markup, markup)
+
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
+        return None
 
 
 def split_plain(text: str, flavor: Flavor) -> list[str]:

@@ -9,11 +9,20 @@ shown as its text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from evie.chat.render.blocks import code_block, convertible, visible_text
 
 TELEGRAM_LIMIT = 4096
 
 _OPEN = {"b": "<b>", "i": "<i>", "s": "<s>", "code": "<code>", "quote": "<blockquote>"}
+#: md4c's inline tags → Telegram's (code and a are the same; <br> is followed by "\n")
+_WHOLE_TAGS = (
+    ("<strong>", "<b>"), ("</strong>", "</b>"), ("<em>", "<i>"), ("</em>", "</i>"),
+    ("<del>", "<s>"), ("</del>", "</s>"), ("<br>", ""),
+)  # fmt: skip
+_TITLE = re.compile(r' title="[^"]*"')
 _CLOSE = {"b": "</b>", "i": "</i>", "s": "</s>", "code": "</code>", "quote": "</blockquote>"}
 
 
@@ -59,3 +68,36 @@ class TelegramFlavor:
 
     def units(self, markup: str, visible: str) -> int:
         return utf16_units(visible)
+
+    def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
+        """md4c's HTML is already Telegram's but for the tag names and ``&quot;``: a few
+        replaces over the whole paragraph instead of a step per token."""
+        if kind == "pre":
+            block = code_block(html, tilde)
+            if block is None or not block[1]:
+                return None
+            lang, text = block
+            if lang:
+                return f'<pre><code class="language-{lang}">{escape(text)}</code></pre>', text
+            return f"<pre>{escape(text)}</pre>", text
+        if not convertible(html, tilde):
+            return None
+        plain = visible_text(html, tilde)
+        if not plain:
+            return None
+        markup = html
+        if "<" in markup:
+            for old, new in _WHOLE_TAGS:
+                if old in markup:
+                    markup = markup.replace(old, new)
+            if ' title="' in markup:
+                markup = _TITLE.sub("", markup)
+        if "&quot;" in markup:
+            markup = markup.replace("&quot;", '"')
+        if tilde in markup:
+            markup = markup.replace(tilde, "~")
+        if kind == "h":
+            markup = "<b>" + markup + "</b>"
+        elif kind == "quote":
+            markup = "<blockquote>" + markup + "</blockquote>"
+        return markup, plain
