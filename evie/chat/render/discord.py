@@ -27,8 +27,11 @@ DISCORD_LIMIT = 2000
 #: present, ~7× faster than str.translate with multi-character results (a dict lookup per
 #: character); the backslash goes first so the inserted ones are not escaped again
 _ESCAPED = "*_~`|<>#[]"
-_BULLET = re.compile(r"(?m)^([ \t]*)([-+])(?=[ \t]|$)")
-_NUMBER = re.compile(r"(?m)^([ \t]*)(\d+)([.)])")
+#: a "- " or "1." at a line's start would start a list: escaped. A NUL also counts as a
+#: line start, so texts joined by NUL are escaped in one pass as each would be alone (md4c
+#: turns U+0000 into U+FFFD: no text holds a NUL of its own)
+_BULLET = re.compile(r"(?m)(^|\x00)([ \t]*)([-+])(?=[ \t\x00]|$)")
+_NUMBER = re.compile(r"(?m)(^|\x00)([ \t]*)(\d+)([.)])")
 _FENCE_IN_CODE = re.compile(r"``(?=`)")
 _TICKS_IN_CODE = re.compile(r"`(?=`)")
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
@@ -40,25 +43,11 @@ _WHOLE_TAGS = {
     "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
     "<del>": "~~", "</del>": "~~", "<br>": "",
 }  # fmt: skip
-#: the line-start escapes of :func:`escape` over a paragraph's texts joined by NUL: each
-#: text starts (and ends) a line for them, as when each is escaped alone
-_BULLET_JOINED = re.compile(r"(?m)(^|\x00)([ \t]*)([-+])(?=[ \t\x00]|$)")
-_NUMBER_JOINED = re.compile(r"(?m)(^|\x00)([ \t]*)(\d+)([.)])")
 
 
 def _escape_texts(texts: list[str], tilde: str) -> list[str]:
     """:func:`escape` of each text (unescaped from HTML), in one pass over them all."""
-    joined = unescape("\x00".join(texts), tilde)
-    if "\\" in joined:
-        joined = joined.replace("\\", "\\\\")
-    for c in _ESCAPED:
-        if c in joined:
-            joined = joined.replace(c, "\\" + c)
-    if "-" in joined or "+" in joined:
-        joined = _BULLET_JOINED.sub(r"\1\2\\\3", joined)
-    if "." in joined or ")" in joined:
-        joined = _NUMBER_JOINED.sub(r"\1\2\3\\\4", joined)
-    return joined.split("\x00")
+    return escape(unescape("\x00".join(texts), tilde)).split("\x00")
 
 
 def escape(text: str) -> str:
@@ -68,9 +57,9 @@ def escape(text: str) -> str:
         if c in text:
             text = text.replace(c, "\\" + c)
     if "-" in text or "+" in text:
-        text = _BULLET.sub(r"\1\\\2", text)
+        text = _BULLET.sub(r"\1\2\\\3", text)
     if "." in text or ")" in text:
-        text = _NUMBER.sub(r"\1\2\\\3", text)
+        text = _NUMBER.sub(r"\1\2\3\\\4", text)
     return text
 
 
