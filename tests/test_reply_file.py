@@ -17,6 +17,7 @@ def test_the_parts_are_the_reply_each_within_the_limit(markdown: str, limit: int
     files = reply_files(markdown, limit, "the reply")
     data = markdown.encode()
     assert b"".join(f.data for f in files) == data
+    assert all(f.text.encode() == f.data for f in files)  # the same part, as text
     if len(data) <= limit:
         assert [(f.name, f.caption) for f in files] == [(REPLY_FILE, "the reply")]
         return

@@ -27,6 +27,7 @@ from evie.chat.contract import (
     Transport,
 )
 from evie.chat.render import split_plain
+from evie.chat.reply_file import encoded_off_loop
 from evie.chat.streaming import FILE_FAILED, one_line
 from evie.durable.outbox import Outbox, OutboxEntry
 from evie.logs import chat_var
@@ -186,7 +187,7 @@ class Courier:
             await transport.send(ref, dropped_text(entry.dropped), formatted=False)
             return
         if entry.document is not None:
-            data = entry.text.encode("utf-8")
+            data = await encoded_off_loop(entry.text)
             await transport.send_document(ref, entry.document, data, entry.plain or "")
             return
         text = entry.text

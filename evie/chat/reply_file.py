@@ -17,7 +17,8 @@ _OFF_LOOP = 256 * 1024  # bytes of Markdown above which the encoding and cutting
 @attrs.frozen
 class ReplyFile:
     name: str
-    data: bytes
+    text: str  # for the outbox, which keeps Markdown as text
+    data: bytes  # the same as UTF-8, for an upload
     caption: str
 
 
@@ -27,7 +28,7 @@ def reply_files(markdown: str, max_bytes: int, caption: str) -> list[ReplyFile]:
     between two characters), so the parts joined are the reply byte for byte."""
     data = markdown.encode("utf-8")
     if len(data) <= max_bytes:
-        return [ReplyFile(REPLY_FILE, data, caption)]
+        return [ReplyFile(REPLY_FILE, markdown, data, caption)]
     parts: list[bytes] = []
     start = 0
     while len(data) - start > max_bytes:
@@ -42,9 +43,18 @@ def reply_files(markdown: str, max_bytes: int, caption: str) -> list[ReplyFile]:
     parts.append(data[start:])
     n = len(parts)
     return [
-        ReplyFile(f"reply-{i}-of-{n}.md", part, f"{caption} (part {i} of {n})")
+        ReplyFile(
+            f"reply-{i}-of-{n}.md", part.decode("utf-8"), part, f"{caption} (part {i} of {n})"
+        )
         for i, part in enumerate(parts, 1)
     ]
+
+
+async def encoded_off_loop(text: str) -> bytes:
+    """``text`` as UTF-8, in a worker thread when it is big (a document from the outbox)."""
+    if len(text) <= _OFF_LOOP:
+        return text.encode("utf-8")
+    return await anyio.to_thread.run_sync(str.encode, text, "utf-8")
 
 
 async def reply_files_off_loop(markdown: str, max_bytes: int, caption: str) -> list[ReplyFile]:

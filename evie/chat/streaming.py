@@ -369,8 +369,7 @@ class ReplyStreamer:
             caption = AS_FILE_CAPTION.format(chunks=len(chunks))
             limit = self._transport.max_file_bytes
             for file in await reply_files_off_loop(markdown, limit, caption):
-                content = file.data.decode("utf-8")  # whole characters: cut between them
-                queued.append(outbox.put_document(key, file.name, content, file.caption).seq)
+                queued.append(outbox.put_document(key, file.name, file.text, file.caption).seq)
         self._queued, self._queued_total = queued, total
         await outbox.commit()  # one write for the whole reply
 
