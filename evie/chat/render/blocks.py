@@ -226,16 +226,22 @@ class _Builder:
 
         This loop runs once per tag of the whole reply: text and the inline tags (bold,
         italic, strike) are handled in it directly, with shared token tuples, and only
-        the rarer tags go through :meth:`start` / :meth:`end` (adr/0013's profile)."""
+        the rarer tags go through :meth:`start` / :meth:`end` (adr/0013's profile). The
+        text after the last tag is trimmed as if a block tag followed it."""
         pos = 0
         after_block = True
         search = _TAG.search
         tilde = self.tilde
         inline = self.inline
-        while (m := search(html, pos)) is not None:
-            closing, tag, raw = m.groups()
-            start = m.start()
-            is_block = tag in _BLOCK_TAGS
+        while True:
+            m = search(html, pos)
+            if m is None:  # the end: what is left is text before no tag at all
+                closing, tag, raw = "", "", ""
+                start, is_block = len(html), True
+            else:
+                closing, tag, raw = m.groups()
+                start = m.start()
+                is_block = tag in _BLOCK_TAGS
             if start > pos:
                 text = html[pos:start]
                 if not self.in_pre:  # newlines beside block tags are layout
@@ -248,6 +254,8 @@ class _Builder:
                     if "&" in text or tilde in text:
                         text = unescape(text, tilde)
                     self.tokens.append((TEXT, text, ""))
+            if m is None:
+                break
             after_block = is_block
             pos = m.end()
             if not self.in_pre and tag in _INLINE_OPEN:
@@ -274,20 +282,9 @@ class _Builder:
             if self.blocks:
                 yield from self.blocks
                 self.blocks.clear()
-        if pos < len(html):
-            self.data(html[pos:], after_block, True)
         self.depth = 0
         self.end_block()
         yield from self.blocks
-
-    def data(self, raw: str, after_block: bool, before_block: bool) -> None:
-        if not self.in_pre:  # newlines beside block tags are layout
-            if after_block:
-                raw = raw.lstrip("\n")
-            if before_block:
-                raw = raw.rstrip("\n")
-        if raw:
-            self.text(unescape(raw, self.tilde))
 
     def start(self, tag: str, raw: str, html: str, pos: int) -> None:
         if self.in_pre:
