@@ -248,18 +248,23 @@ async def metrics_scale(tmp: Path, sessions: int = 10_000) -> None:
 
 
 async def spare_first_reply(tmp: Path) -> None:
-    """First reply of a new session: warm spare vs cold start (real pi, fake LLM)."""
+    """First reply of a new session: warm spare vs cold start (real pi, fake LLM), and a
+    warm spare of a model on Anthropic's API (pi's most used provider; another SDK)."""
     if not REAL_PI.exists():
         print("  real pi not installed (npm ci); skipped")
         return
     from tests.conftest import real_launcher
-    from tests.fake_llm import running_fake_llm
+    from tests.fake_llm import ANTHROPIC, OPENAI, running_fake_llm
 
     runs = count(5)
     rows: dict[str, dict[str, float]] = {}
     async with running_fake_llm() as llm:
-        for label, spares in (("warm_spare", 1), ("cold", 0)):
-            launcher = real_launcher(tmp / label, llm)
+        for label, spares, api in (
+            ("warm_spare", 1, OPENAI),
+            ("cold", 0, OPENAI),
+            ("warm_spare_anthropic", 1, ANTHROPIC),
+        ):
+            launcher = real_launcher(tmp / label, llm, api)
             settings = SessionSettings(warm_spares=spares, max_processes=runs + 2)
             firsts, again = [], []
             async with SessionManager(launcher, settings) as manager:
@@ -281,16 +286,20 @@ async def spare_first_reply(tmp: Path) -> None:
                 "spares_taken": manager.metrics.spares_taken,  # the spare was really used
                 "spares_missed": manager.metrics.spares_missed,
             }
-    w, c = rows["warm_spare"], rows["cold"]
+    w, c, a = rows["warm_spare"], rows["cold"], rows["warm_spare_anthropic"]
     overhead = w["first"] - w["warm_session_reply"]
+    overhead_a = a["first"] - a["warm_session_reply"]
     print(f"  first reply: warm spare {fmt_s(w['first'])}, cold {fmt_s(c['first'])}; "
-          f"an established session's reply {fmt_s(w['warm_session_reply'])}")  # fmt: skip
+          f"an established session's reply {fmt_s(w['warm_session_reply'])}; Anthropic's API: "
+          f"warm spare {fmt_s(a['first'])}, established "
+          f"{fmt_s(a['warm_session_reply'])}")  # fmt: skip
     save(
         "spare_first_reply",
-        {**rows, "spare_overhead": overhead},
+        {**rows, "spare_overhead": overhead, "spare_overhead_anthropic": overhead_a},
         f"new session's first reply {fmt_s(w['first'])} with a warm spare vs {fmt_s(c['first'])}"
         f" cold; {fmt_s(overhead)} above an established session's reply "
-        f"({fmt_s(w['warm_session_reply'])}, the model's own time + evie)",
+        f"({fmt_s(w['warm_session_reply'])}, the model's own time + evie); on Anthropic's API "
+        f"{fmt_s(a['first'])}, {fmt_s(overhead_a)} above ({fmt_s(a['warm_session_reply'])})",
         title="First reply of a new session (real pi, fake LLM)",
     )
 

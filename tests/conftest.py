@@ -17,7 +17,7 @@ from evie.agent.launcher import PiLauncher
 from evie.agent.process import LaunchSpec
 from evie.sessions.manager import SessionManager, SessionSettings
 from tests.fake_discord import FakeDiscord, running_fake_discord
-from tests.fake_llm import FakeLLM, running_fake_llm, write_agent_dir
+from tests.fake_llm import OPENAI, FakeLLM, running_fake_llm, write_agent_dir
 from tests.fake_telegram import FakeTelegram, running_fake_telegram
 
 FAKE_PI = Path(__file__).with_name("fake_pi.py")
@@ -185,10 +185,10 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def real_launcher(tmp_path: Path, llm: FakeLLM) -> PiLauncher:
-    """The real pi from node_modules, talking to the fake LLM."""
+def real_launcher(tmp_path: Path, llm: FakeLLM, api: str = OPENAI) -> PiLauncher:
+    """The real pi from node_modules, talking to the fake LLM through provider ``api``."""
     agent_dir = tmp_path / "state" / "agent"
-    write_agent_dir(agent_dir, llm)
+    write_agent_dir(agent_dir, llm, api=api)
     return PiLauncher(
         command=(str(PI),),
         state_dir=tmp_path / "state",

@@ -1,8 +1,9 @@
-"""A fake OpenAI-compatible streaming LLM on 127.0.0.1, so the real pi runs real turns.
+"""A fake streaming LLM on 127.0.0.1, so the real pi runs real turns.
 
-It serves ``POST /v1/chat/completions`` with ``stream: true`` as server-sent
-events, records every request body, and answers from a script of
-:class:`Reply` objects (falling back to ``echo: <last user text>``). Faults:
+It speaks two of pi's provider APIs: OpenAI's ``POST /v1/chat/completions`` and
+Anthropic's ``POST /v1/messages``, both with ``stream: true`` as server-sent events.
+It records every request body and answers from one script of :class:`Reply`
+objects (falling back to ``echo: <last user text>``), whichever API asks. Faults:
 HTTP errors (500, 401, 429 …), a dropped connection mid-stream, slow chunks.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,17 @@ class FakeLLM:
                 out.append("".join(p.get("text", "") for p in content if p.get("type") == "text"))
         return out
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
         self.requests.append(body)
-        reply = self.script.popleft() if self.script else None
-        if reply is None:
-            users = self.user_texts(body)
-            reply = Reply(text=f"echo: {users[-1] if users else ''}")
+        if self.script:
+            return self.script.popleft()
+        users = self.user_texts(body)
+        return Reply(text=f"echo: {users[-1] if users else ''}")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's chat completions, streamed."""
+        body = await request.json()
+        reply = self._next_reply(body)
         if reply.status != 200:
             headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
             return web.json_response(
@@ -91,16 +96,8 @@ class FakeLLM:
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
         await resp.write(event({"role": "assistant", "content": ""}))
-        step = max(reply.chunk, 1)
-        for sent, i in enumerate(range(0, len(reply.text), step)):
-            if reply.drop_after is not None and sent >= reply.drop_after:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            await resp.write(event({"content": reply.text[i : i + reply.chunk]}))
-            self.chunks_sent += 1
-            if reply.delay:
-                await anyio.sleep(reply.delay)
+        if not await self._stream_text(request, resp, reply, lambda t: event({"content": t})):
+            return resp
         if reply.tool is not None:
             name, args = reply.tool
             call = {
@@ -119,30 +116,106 @@ class FakeLLM:
         await resp.write_eof()
         return resp
 
+    async def _handle_anthropic(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's messages API, streamed: its named events, one content block each."""
+        body = await request.json()
+        reply = self._next_reply(body)
+        if reply.status != 200:
+            headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
+            error = {"type": "error", "error": {"type": "api_error", "message": reply.error}}
+            return web.json_response(error, status=reply.status, headers=headers)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        def event(data: dict[str, Any]) -> bytes:
+            return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+
+        message = {
+            "id": f"msg_fake_{len(self.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "fake-1"),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        }
+        await resp.write(event({"type": "message_start", "message": message}))
+        block = {"type": "text", "text": ""}
+        await resp.write(event({"type": "content_block_start", "index": 0, "content_block": block}))
+
+        def text(part: str) -> bytes:
+            delta = {"type": "text_delta", "text": part}
+            return event({"type": "content_block_delta", "index": 0, "delta": delta})
+
+        if not await self._stream_text(request, resp, reply, text):
+            return resp
+        await resp.write(event({"type": "content_block_stop", "index": 0}))
+        stop = "end_turn"
+        if reply.tool is not None:
+            name, args = reply.tool
+            block = {"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": name}
+            block["input"] = {}
+            start = {"type": "content_block_start", "index": 1, "content_block": block}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(args)}
+            await resp.write(event(start))
+            await resp.write(event({"type": "content_block_delta", "index": 1, "delta": delta}))
+            await resp.write(event({"type": "content_block_stop", "index": 1}))
+            stop = "tool_use"
+        delta = {"stop_reason": stop, "stop_sequence": None}
+        usage = {"output_tokens": 5}
+        await resp.write(event({"type": "message_delta", "delta": delta, "usage": usage}))
+        await resp.write(event({"type": "message_stop"}))
+        await resp.write_eof()
+        return resp
+
+    async def _stream_text(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        reply: Reply,
+        encode: Callable[[str], bytes],
+    ) -> bool:
+        """The reply's text in chunks; False if the script drops the connection midway."""
+        step = max(reply.chunk, 1)
+        for sent, i in enumerate(range(0, len(reply.text), step)):
+            if reply.drop_after is not None and sent >= reply.drop_after:
+                assert request.transport is not None
+                request.transport.close()
+                return False
+            await resp.write(encode(reply.text[i : i + step]))
+            self.chunks_sent += 1
+            if reply.delay:
+                await anyio.sleep(reply.delay)
+        return True
+
 
 @asynccontextmanager
 async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     llm = FakeLLM()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", llm._handle)
+    app.router.add_post("/v1/messages", llm._handle_anthropic)
     async with serve_on_loopback(app) as llm.port:
         yield llm
 
 
-def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2) -> None:
-    """A pi agent dir whose only provider is the fake LLM, with fast retries."""
+OPENAI = "openai-completions"
+ANTHROPIC = "anthropic-messages"
+
+
+def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str = OPENAI) -> None:
+    """A pi agent dir whose only provider is the fake LLM (speaking ``api``), with fast
+    retries."""
     agent_dir.mkdir(parents=True, exist_ok=True)
-    models = {
-        "providers": {
-            "fake": {
-                "baseUrl": llm.base_url,
-                "api": "openai-completions",
-                "apiKey": "x",
-                "compat": {"supportsDeveloperRole": False, "supportsReasoningEffort": False},
-                "models": [{"id": "fake-1"}],
-            }
-        }
-    }
-    (agent_dir / "models.json").write_text(json.dumps(models))
+    provider: dict[str, Any] = {"api": api, "apiKey": "x", "models": [{"id": "fake-1"}]}
+    if api == OPENAI:
+        provider["baseUrl"] = llm.base_url
+        provider["compat"] = {"supportsDeveloperRole": False, "supportsReasoningEffort": False}
+    elif api == ANTHROPIC:
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}"  # the SDK adds /v1/messages
+    else:
+        raise ValueError(f"the fake LLM does not speak {api}")
+    (agent_dir / "models.json").write_text(json.dumps({"providers": {"fake": provider}}))
     settings = {"retry": {"enabled": True, "maxRetries": retries, "baseDelayMs": 50}}
     (agent_dir / "settings.json").write_text(json.dumps(settings))

@@ -28,7 +28,7 @@ from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotStatus
 from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
-from tests.fake_llm import FakeLLM, Reply, write_agent_dir
+from tests.fake_llm import ANTHROPIC, OPENAI, FakeLLM, Reply, write_agent_dir
 
 pytestmark = [
     pytest.mark.anyio,
@@ -53,6 +53,26 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         stats = await manager.session_stats("chat")  # and its get_session_stats answer
         assert stats is not None
         assert (stats.tokens.input, stats.tokens.output) == (10, 5)  # the fake LLM's usage
+
+
+async def test_a_real_turn_through_anthropics_messages_api(tmp_path: Path, llm: FakeLLM) -> None:
+    """pi's Anthropic provider streams another format (named events, content blocks, a
+    tool call as a block of its own); evie must see the same events and usage from it."""
+    llm.queue(
+        Reply(text="let me look", tool=("bash", {"command": "echo from-the-tool"})),
+        Reply(text="It said **from-the-tool**.", chunk=4),
+    )
+    async with SessionManager(real_launcher(tmp_path, llm, ANTHROPIC)) as manager:
+        rec = Recorder()
+        assert await manager.send("chat", Prompt("run it"), rec) == TurnFinished(Outcome.DONE)
+        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
+        texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
+        assert texts[-1] == "It said **from-the-tool**."
+        assert [llm.user_texts(r)[0] for r in llm.requests] == ["run it", "run it"]
+        assert "from-the-tool" in json.dumps(llm.requests[-1]["messages"][-1])  # the tool result
+        stats = await manager.session_stats("chat")
+        assert stats is not None
+        assert stats.tokens.output == 10  # 5 per request, from message_delta
 
 
 async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> None:
@@ -275,16 +295,19 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
     assert before == (after if warm_up else [])
 
 
-@pytest.mark.parametrize("proxy", [None, "http://127.0.0.1:9"])
+@pytest.mark.parametrize(
+    ("api", "proxy"),
+    [(OPENAI, None), (OPENAI, "http://127.0.0.1:9"), (ANTHROPIC, None)],
+)
 async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
-    tmp_path: Path, llm: FakeLLM, proxy: str | None
+    tmp_path: Path, llm: FakeLLM, api: str, proxy: str | None
 ) -> None:
     """What evie's extension reports once pi is ready: the provider, fetch and one reply
-    streamed through pi-ai from its own 127.0.0.1 server. With a proxy configured the
-    stream is skipped (pi would send even that request to the proxy). The model is never
-    asked; the conversation that follows works."""
+    streamed through pi-ai from its own 127.0.0.1 server, in the model's API's format.
+    With a proxy configured the stream is skipped (pi would send even that request to the
+    proxy). The model is never asked; the conversation that follows works."""
     env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
-    launcher = attrs.evolve(real_launcher(tmp_path, llm), extra_env=env)
+    launcher = attrs.evolve(real_launcher(tmp_path, llm, api), extra_env=env)
     async with anyio.create_task_group() as tg:
         process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
         try:
@@ -292,7 +315,7 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
                 while "evie-warmup:" not in process.stderr_tail:
                     await anyio.sleep(0.02)
             report = process.stderr_tail.split("evie-warmup: ", 1)[1].splitlines()[0]
-            assert report.startswith("provider openai-completions, fetch")
+            assert report.startswith(f"provider {api}, fetch")
             assert ("loopback stream ready" in report) == (proxy is None)
             assert llm.requests == []
             if proxy is None:  # (with the proxy, pi would send the model's request there too)

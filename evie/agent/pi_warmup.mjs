@@ -16,6 +16,9 @@
 // - It must never stop pi from starting: every failure is swallowed, and the
 //   warm-up is bounded in time. It writes one line to stderr saying what it did
 //   (evie keeps pi's stderr tail; tests read it).
+// - For the APIs in LOOPBACK it also streams one reply through pi-ai from its own
+//   127.0.0.1 server in that API's format: the SDK's client, its stream parser and
+//   Node's HTTP client run once before the user's first prompt.
 
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { createServer } from "node:http";
@@ -61,22 +64,56 @@ function proxyConfigured() {
 	return PROXY_VARS.some((name) => process.env[name] || process.env[name.toUpperCase()]);
 }
 
-function chunk(delta, finish) {
-	const body = { id: "evie-warmup", object: "chat.completion.chunk", created: 0, model: "warmup" };
-	body.choices = [{ index: 0, delta, finish_reason: finish }];
-	return `data: ${JSON.stringify(body)}\n\n`;
+// One short reply in each API's own stream format, as its SDK expects to read it.
+function sse(name, data) {
+	return `${name ? `event: ${name}\n` : ""}data: ${JSON.stringify(data)}\n\n`;
 }
 
-// One streamed reply from our own OpenAI-compatible server on 127.0.0.1.
+function openaiReply() {
+	const chunk = (delta, finish) => ({
+		id: "evie-warmup",
+		object: "chat.completion.chunk",
+		created: 0,
+		model: "warmup",
+		choices: [{ index: 0, delta, finish_reason: finish }],
+	});
+	return [
+		sse("", chunk({ role: "assistant", content: "" }, null)),
+		sse("", chunk({ content: "ok" }, null)),
+		sse("", chunk({}, "stop")),
+		"data: [DONE]\n\n",
+	].join("");
+}
+
+function anthropicReply() {
+	const usage = { input_tokens: 1, output_tokens: 1 };
+	const message = { id: "evie-warmup", type: "message", role: "assistant", model: "warmup" };
+	const events = [
+		{ type: "message_start", message: { ...message, content: [], stop_reason: null, usage } },
+		{ type: "content_block_start", index: 0, content_block: { type: "text", text: "" } },
+		{ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "ok" } },
+		{ type: "content_block_stop", index: 0 },
+		{ type: "message_delta", delta: { stop_reason: "end_turn", stop_sequence: null }, usage },
+		{ type: "message_stop" },
+	];
+	return events.map((event) => sse(event.type, event)).join("");
+}
+
+// a model's `api` -> the base URL path its SDK is given, and the reply it reads
+const LOOPBACK = {
+	"openai-completions": { path: "/v1", reply: openaiReply },
+	"anthropic-messages": { path: "", reply: anthropicReply },
+};
+
+// One streamed reply through pi-ai, from our own server on 127.0.0.1 speaking `api`.
 async function loopbackStream(ai, model) {
+	const { path, reply: format } = LOOPBACK[model.api];
+	const body = format();
 	const server = createServer((request, response) => {
 		request.resume();
 		request.on("end", () => {
 			response.writeHead(200, { "content-type": "text/event-stream" });
-			response.write(chunk({ role: "assistant", content: "" }, null));
-			response.write(chunk({ content: "ok" }, null));
-			response.write(chunk({}, "stop"));
-			response.end("data: [DONE]\n\n");
+			response.end(body);
 		});
 	});
 	await new Promise((resolve, reject) => {
@@ -87,7 +124,7 @@ async function loopbackStream(ai, model) {
 		const own = {
 			...model,
 			provider: "evie-warmup",
-			baseUrl: `http://127.0.0.1:${server.address().port}/v1`,
+			baseUrl: `http://127.0.0.1:${server.address().port}${path}`,
 			headers: {},
 		};
 		const context = { messages: [{ role: "user", content: "hi", timestamp: Date.now() }] };
@@ -121,7 +158,7 @@ async function warmUp(model) {
 	await warmFetch();
 	parts.push("fetch");
 	const main = dir && exportUrl(dir, ".");
-	if (api === "openai-completions" && main && !proxyConfigured()) {
+	if (LOOPBACK[api] && main && !proxyConfigured()) {
 		parts.push(await loopbackStream(await import(main), model));
 	}
 	return `${parts.join(", ")} ready in ${(performance.now() - started).toFixed(0)} ms`;
