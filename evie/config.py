@@ -38,6 +38,12 @@ def _opt_str(v: Any) -> str | None:
     return None if v == "" else _str(v)
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad("expected true or false")
+    return v
+
+
 def _pos_float(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
         raise _Bad("expected a number >= 0")
@@ -172,6 +178,7 @@ class AgentConfig:
     max_line_bytes: int = setting(
         32 * 1024 * 1024, _pos_int, "longest line kept from pi; longer ones are dropped"
     )
+    warm_up: bool = setting(True, _bool, "load evie's warm-up extension into pi")
 
 
 @attrs.frozen

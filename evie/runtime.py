@@ -86,6 +86,7 @@ def build_launcher(config: Config, sandbox: Bubblewrap | None = None) -> PiLaunc
         sandbox=sandbox,
         secret_files=(config.source,) if config.source is not None else (),
         max_line_bytes=config.agent.max_line_bytes,
+        warm_up=config.agent.warm_up,
     )
 
 

@@ -12,7 +12,9 @@ A plain prompt is answered with ``echo: <text>``. A prompt of the form
 ``script:<json list of steps>`` runs a scripted turn; the steps are documented
 in :func:`Turn.step`.
 
-Options: ``--startup-delay S``, ``--exit-at-start CODE``, ``--record FILE``
+Options: ``--startup-delay S``, ``--exit-at-start CODE``, ``--reject-extensions``
+(each ``--extension PATH`` fails to load, and the fake exits 1 as pi 0.73 does),
+``--record FILE``
 (every received command is appended as a JSON line), ``--garble COMMAND``
 (every answer to ``get_state`` or ``get_session_stats`` has wrong-typed fields;
 the script step ``{"garble": COMMAND}`` does it for the next answer only); the
@@ -542,6 +544,8 @@ def main(argv: list[str]) -> int:
     record: str | None = os.environ.get("FAKE_PI_RECORD")
     session_path: str | None = None
     garble: dict[str, int] = {}
+    extensions: list[str] = []
+    reject_extensions = False
     for arg in args:
         if arg == "--version":  # as pi does: the version on stdout, then exit
             print("0.0.0-fake")
@@ -556,6 +560,17 @@ def main(argv: list[str]) -> int:
             session_path = next(args)
         elif arg == "--garble":
             garble[next(args)] = 1_000_000
+        elif arg == "--extension":
+            extensions.append(next(args))
+        elif arg == "--reject-extensions":
+            reject_extensions = True
+    if reject_extensions and extensions:
+        for path in extensions:  # pi's own words (main.js, reportDiagnostics)
+            sys.stderr.write(
+                f'Error: Failed to load extension "{path}": Failed to load extension: '
+                "pi.on is not a function\n"
+            )
+        return 1
     if exit_at_start is not None:
         sys.stderr.write("fake pi: refusing to start\n")
         return exit_at_start

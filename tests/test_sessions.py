@@ -321,6 +321,26 @@ async def test_pi_that_exits_at_start_is_reported(tmp_path: Path) -> None:
         assert manager.get_status("chat").state is SlotState.CRASHED  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("warm_up", [True, False])
+async def test_a_pi_that_cannot_load_the_warm_up_extension_is_told_how_to_turn_it_off(
+    tmp_path: Path, warm_up: bool
+) -> None:
+    """pi exits when any extension fails to load; another pi version may not load evie's.
+    The user is told the one setting that fixes it, and with it off pi starts."""
+    launcher = fake_launcher(tmp_path, ("", ("--reject-extensions",)))
+    launcher = attrs.evolve(launcher, base=attrs.evolve(launcher.base, warm_up=warm_up))
+    async with SessionManager(launcher) as manager:
+        result = await manager.send("chat", Prompt("hi"), Recorder())
+    if warm_up:
+        assert isinstance(result, TurnFinished)
+        assert result.outcome is Outcome.FAILED
+        assert "Failed to load extension" in (result.error or "")
+        assert (result.error or "").endswith("set [agent] warm_up = false.")
+        assert "\n" not in (result.error or "")
+    else:
+        assert result == TurnFinished(Outcome.DONE)
+
+
 async def test_garbage_lines_from_pi_do_not_break_the_turn(manager: SessionManager) -> None:
     rec = Recorder()
     steps = (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from evie.agent.process import DEFAULT_MAX_LINE_BYTES, LaunchSpec
+from evie.agent.process import DEFAULT_MAX_LINE_BYTES, WARMUP_FILE, LaunchSpec
 from evie.agent.reaper import MARKER
 from evie.agent.sandbox import Bubblewrap
 from evie.config import AgentConfig, default_work_root
@@ -40,7 +40,7 @@ ISOLATION_FLAGS = (
 
 #: a pi extension shipped with evie that does pi's first-prompt work (loading the model
 #: provider's module, Node's fetch) while pi waits for its first prompt (adr/0016)
-WARMUP_EXTENSION = Path(__file__).with_name("pi_warmup.mjs")
+WARMUP_EXTENSION = Path(__file__).with_name(WARMUP_FILE)
 
 _AGENT = AgentConfig()  # the defaults of [agent], declared once in evie.config
 
@@ -68,7 +68,7 @@ class PiLauncher:
     sandbox: Bubblewrap | None = None  # see evie.agent.sandbox
     secret_files: tuple[Path, ...] = ()  # read as empty inside the sandbox (the config file)
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    warm_up: bool = True  # load WARMUP_EXTENSION (the bench turns it off to compare)
+    warm_up: bool = _AGENT.warm_up  # load WARMUP_EXTENSION ([agent] warm_up)
 
     @property
     def owner(self) -> str:

@@ -186,20 +186,26 @@ function warm(model) {
 }
 
 export default function evieWarmup(pi) {
-	// session_start is awaited by pi before it reports itself ready, so a spare that
-	// answers get_state has already done the work; after switch_session it is a no-op.
-	pi.on("session_start", async (_event, ctx) => {
-		try {
-			await warm(ctx.model);
-		} catch {
-			// never stop pi for an optimisation
-		}
-	});
-	pi.on("model_select", (event) => {
-		try {
-			void warm(event.model);
-		} catch {
-			// never stop pi for an optimisation
-		}
-	});
+	// A throw here would fail the extension's load, and pi exits when an extension fails
+	// to load: whatever this pi's extension API looks like, registering must not throw.
+	try {
+		// session_start is awaited by pi before it reports itself ready, so a spare that
+		// answers get_state has already done the work; after switch_session it is a no-op.
+		pi.on("session_start", async (_event, ctx) => {
+			try {
+				await warm(ctx.model);
+			} catch {
+				// never stop pi for an optimisation
+			}
+		});
+		pi.on("model_select", (event) => {
+			try {
+				void warm(event.model);
+			} catch {
+				// never stop pi for an optimisation
+			}
+		});
+	} catch (error) {
+		process.stderr.write(`evie-warmup: not registered: ${error?.message ?? error}\n`);
+	}
 }

@@ -51,6 +51,8 @@ PRIVATE_ENV_PREFIX = "EVIE_"  # EVIE_TELEGRAM_TOKEN, EVIE_DISCORD_TOKEN, EVIE_CO
 #: pi's longest line is ~3.05x the reply (measured: a 1 MB reply has a 3.05 MB
 #: ``message_update``); 32 MiB keeps every line of a 10 MB reply. See adr/0014.
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+#: the pi extension evie ships (evie.agent.launcher loads it; adr/0016 part 8)
+WARMUP_FILE = "pi_warmup.mjs"
 #: records that must not be lost to the cap: a stand-in is dispatched instead
 _STAND_INS = {"agent_end": b'{"type":"agent_end"}'}
 
@@ -152,7 +154,7 @@ class PiProcess:
             ) from None
         except AgentCrashed as exc:
             await self.close()
-            raise AgentStartError(f"pi exited while starting: {exc}") from None
+            raise AgentStartError(f"pi exited while starting: {exc}{self._start_hint()}") from None
         except anyio.get_cancelled_exc_class():
             # stopped while booting (shutdown, a test's end): stop it now, not after the
             # start-up timeout; close() is shielded
@@ -471,6 +473,14 @@ class PiProcess:
             else:
                 turn.process_exited(Outcome.CRASHED, self._exit_message())
         self.exited.set()
+
+    def _start_hint(self) -> str:
+        """The fix, when what stopped pi is evie's own warm-up extension (a pi whose
+        extension API differs fails to load it, and pi exits on any extension it cannot
+        load)."""
+        if "Failed to load extension" in self.stderr_tail and WARMUP_FILE in self.stderr_tail:
+            return f" If this pi cannot load {WARMUP_FILE}, set [agent] warm_up = false."
+        return ""
 
     def _exit_message(self) -> str:
         code = self.returncode
