@@ -435,8 +435,9 @@ INLINE = [
 inline_text = st.lists(st.sampled_from(INLINE), max_size=40).map("".join)
 
 
-#: a run of blocks converted together: headings, paragraphs, one-paragraph quotes and code
-#: blocks, with escapes at their edges, link titles, labels holding tags, bare URLs
+#: consecutive blocks of every kind converted whole: headings, paragraphs, one-paragraph
+#: quotes and code blocks, with escapes at their edges, link titles, labels holding tags,
+#: bare URLs, between list items, an empty heading and code block, a two-paragraph quote
 RUN_EXAMPLE = (
     "# h *i* -\n\n- x\n\npara `c` [l](http://e/x 'ti') 1.\n\n> q - x\n> y 1. `a\nb`\n\n"
     '```py\na "q" title="t" <b>\n```\n\n## **b**\n\n[**b** x](http://e/y) https://e.com/y\n\n'
@@ -464,8 +465,7 @@ def test_blocks_converted_whole_equal_their_token_rendering(
     markdown: str, limit: int, platform: str
 ) -> None:
     """Top-level paragraphs, headings and code blocks are converted from md4c's HTML in a
-    few whole-string passes, runs of them all at once (adr/0017); the chunks are exactly
-    those the token walk makes."""
+    few whole-string passes (adr/0017); the chunks are exactly those the token walk makes."""
     from evie.chat.render.blocks import parse
     from evie.chat.render.split import pack
 

@@ -80,8 +80,7 @@ class Block:
     #: HTML of its inside, which the flavours convert whole at C speed (``whole``); its
     #: tokens are made only when needed
     html: str | None = None
-    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside), or "run":
-    #: several of those one after another, as md4c's HTML of them all (``run_blocks``)
+    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
     kind: str = "p"
     #: the stand-in for a lone "~" in ``html``
     tilde: str = ""
@@ -94,99 +93,6 @@ _WRAP: Final = {
     "quote": ("<blockquote>\n<p>", "</p>\n</blockquote>"),
 }
 _INLINE_TAG = re.compile(r"<(/?)(strong|em|del|code|a)\b")
-
-#: most blocks in a run converted together (a run is one string: this bounds its size)
-RUN_MAX: Final = 256
-#: a block longer than this (in md4c's HTML) is left out of runs: it is likely to be split,
-#: and the per-block path splits it without converting it whole first
-RUN_BLOCK_MAX: Final = 8192
-#: each block of a run: its inside (p, h, pre, quote) as the per-block path keeps it
-_RUN_BLOCK = re.compile(
-    r"<p>(.*?)</p>\n|<h([1-6])>(.*?)</h\2>\n|<pre>(.*?)</pre>\n"
-    r"|<blockquote>\n<p>(.*?)</p>\n</blockquote>\n",
-    re.S,
-)
-#: the inline tags of a run and the ends of its blocks, for the balance check
-_RUN_TAGS = re.compile(r"<(/?(?:strong|em|del|code|a))\b|</(?:p|h[1-6]|pre)>")
-#: an element closed right after a tag: empty (or nested closes, which convertible refuses
-#: too); a block's own end after an inline close is fine
-_EMPTY = re.compile(r"></(?!p>|h[1-6]>|pre>)")
-_RUN_PAIR = re.compile(r"(?<![/\w])(strong|em|del|code|a),/\1,")
-#: the end of each block of a run (a code block's last newline is not its text), and the
-#: other tags: replaced by a constant, so the regex engine does it all in C
-_RUN_ENDS_PLAIN = re.compile(r"\n?</code></pre>\n|</p>\n(?:</blockquote>\n)?|</h[1-6]>\n")
-_RUN_OTHER_TAGS = re.compile(r"<blockquote>\n<p>|<[^>]*>")
-
-
-#: each block a run may hold: how it starts in md4c's HTML and how it ends
-_RUN_ENDS: Final = (
-    ("<p>", "</p>\n"),
-    ("<pre><code", "</code></pre>\n"),
-    ("<blockquote>\n<p>", "</p>\n</blockquote>\n"),
-    *((f"<h{n}>", f"</h{n}>\n") for n in range(1, 7)),
-)
-
-
-def run_end(html: str, start: int) -> int:
-    """Where the run of blocks from ``start`` ends (``start``: none there). A ``find`` per
-    block, a C-speed search: 4 times faster than a regex over the same text (adr/0017)."""
-    pos = start
-    for _ in range(RUN_MAX):
-        for opening, closing in _RUN_ENDS:
-            if html.startswith(opening, pos):
-                end = html.find(closing, pos)
-                if end < 0 or end - pos > RUN_BLOCK_MAX:
-                    return pos  # not closed, or big: most likely split, token by token
-                if opening[1] == "b" and html.find("</p>", pos, end) >= 0:
-                    return pos  # a quote of several paragraphs
-                pos = end + len(closing)
-                break
-        else:
-            return pos
-    return pos
-
-
-def run_ok(html: str) -> bool:
-    """Whether every block of a run converts whole (:func:`convertible` for all of them at
-    once, in C-speed passes): no image, no link without address, no empty element, no
-    stand-in in a URL, and the inline tags of each block closed in order (checked by
-    removing matched pairs until none is left: a few regex passes, not a step per tag)."""
-    if "<img" in html or 'href=""' in html or "%EE%80" in html:
-        return False
-    if _EMPTY.search(html):  # an empty element or code block
-        return False
-    seq = ",".join(_RUN_TAGS.findall(html)) + ","
-    while True:
-        shorter = _RUN_PAIR.sub("", seq)
-        if shorter == seq:
-            return not seq.strip(",")
-        seq = shorter
-
-
-def run_plains(html: str, tilde: str) -> list[str] | None:
-    """The visible text of each block of a run (what :func:`visible_text` and
-    :func:`code_block` give for each), in a few whole-string passes; None when one is
-    empty (the per-block path writes such a block its own way)."""
-    html = _RUN_OTHER_TAGS.sub("", _RUN_ENDS_PLAIN.sub("\x00", html))
-    plains = unescape(html, tilde).split("\x00")
-    plains.pop()  # after the last block's NUL
-    return None if "" in plains else plains
-
-
-def run_blocks(block: Block) -> list[Block]:
-    """A run's blocks one by one, as the per-block path reads them."""
-    blocks = []
-    for p, level, h, pre, quote in _RUN_BLOCK.findall(block.html or ""):
-        if level:
-            inside, kind = h, "h"
-        elif pre:
-            inside, kind = pre, "pre"
-        elif quote:
-            inside, kind = quote, "quote"
-        else:
-            inside, kind = p, "p"
-        blocks.append(Block([], "\n\n", inside, kind, block.tilde))
-    return blocks
 
 
 def convertible(html: str, tilde: str) -> bool:
@@ -365,13 +271,10 @@ class _Builder:
                     pos = self.close_nested(html, pos)
             elif tag == "li" and self.after_bullet and self.depth > 1 and not self.in_pre:
                 pos = self.open_nested(html, pos)
-            elif (
-                (tag in _WHOLE or tag == "blockquote")
-                and self.depth == 0
-                and self.whole
-                and not self.in_pre
-            ):
-                pos = self.run_at(tag, raw, html, start, pos)
+            elif tag in _WHOLE and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.whole_at(tag, html, pos)
+            elif tag == "blockquote" and self.depth == 0 and self.whole and not self.in_pre:
+                pos = self.quote_at(raw, html, pos)
             elif tag == "table" and not self.in_pre:
                 pos = self.table_at(html, pos)  # a whole table at C speed
             else:
@@ -450,25 +353,6 @@ class _Builder:
                 self.text("\n")
             self.tokens.append((OPEN, "quote", ""))
             self.depth += 1
-
-    def run_at(self, tag: str, raw: str, html: str, start: int, pos: int) -> int:
-        """Consecutive top-level paragraphs, headings, code blocks and one-paragraph quotes
-        (the bulk of most replies) in one step, as one block of kind "run" that the
-        flavours convert with whole-string passes over all of it (adr/0017); a run that
-        :func:`run_ok` refuses becomes its blocks one by one. Anything else (a quote of
-        several paragraphs) goes on the per-block path."""
-        end = run_end(html, start)
-        if end == start:
-            if tag == "blockquote":
-                return self.quote_at(raw, html, pos)
-            return self.whole_at(tag, html, pos)
-        self.start_block()
-        block = Block([], "\n\n", html[start:end], "run", self.tilde)
-        if run_ok(block.html or ""):
-            self.blocks.append(block)
-        else:
-            self.blocks += run_blocks(block)
-        return end
 
     def whole_at(self, tag: str, html: str, pos: int) -> int:
         """A top-level paragraph or heading in one step, as its HTML (no block tag can

@@ -16,16 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from evie.chat.render.blocks import (
-    CLOSE,
-    OPEN,
-    TEXT,
-    Block,
-    Token,
-    run_blocks,
-    run_plains,
-    tokens_of,
-)
+from evie.chat.render.blocks import CLOSE, OPEN, TEXT, Block, Token, tokens_of
 
 
 class Flavor(Protocol):
@@ -52,12 +43,6 @@ class Flavor(Protocol):
         """A top-level block (``Block.kind``) from md4c's HTML of its inside, converted
         whole at C speed: (markup, visible text), exactly what its tokens would give;
         None when it holds something only the token walk handles."""
-        ...
-
-    def whole_run(self, html: str, tilde: str) -> list[str] | None:
-        """The markup of each block of a run (``Block.kind == "run"``), converted in a few
-        passes over the whole run: exactly what :meth:`whole` gives for each block; None
-        when a block needs the per-block path."""
         ...
 
 
@@ -281,68 +266,35 @@ def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list
     writer = _Writer(flavor)
     sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
-        if block.kind != "run":
-            _pack_block(writer, block, flavor, sep_units, whole=whole)
-        elif not (whole and _pack_run(writer, block, flavor, sep_units["\n\n"])):
-            for one in run_blocks(block):
-                _pack_block(writer, one, flavor, sep_units, whole=whole)
+        rendered: tuple[str, str, int] | None = None
+        # a block whose HTML is much longer than a message will be split anyway: the
+        # token walk (same output) without converting it whole first
+        if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
+            converted = flavor.whole(block.html, block.kind, block.tilde)
+            if converted is not None:
+                markup, plain = converted
+                rendered = markup, plain, flavor.units(markup, plain)
+        if rendered is None:
+            rendered = render_block(block, flavor)
+        if rendered is None or len(rendered[1]) > flavor.limit:
+            writer.emit()  # too big for any message (a unit per character at least)
+            writer.write_split(tokens_of(block))
+            continue
+        markup, plain, units = rendered
+        if writer.plain:
+            sep = sep_units.get(block.sep)
+            if sep is None:
+                sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
+            if writer.used + sep + units <= flavor.limit:
+                writer.append_whole(block.sep, markup, plain, units)
+                continue
+            writer.emit()
+        if units <= flavor.limit:
+            writer.append_whole(block.sep, markup, plain, units)
+        else:
+            writer.write_split(tokens_of(block))
     writer.emit()
     return writer.chunks
-
-
-def _pack_run(writer: _Writer, block: Block, flavor: Flavor, sep: int) -> bool:
-    """A run of blocks converted together, then packed by their sizes alone: a few
-    whole-string passes for the run and a light step per block (adr/0017). False (nothing
-    written) when one of its blocks needs the per-block path: it must be split, or it
-    holds something the run conversion leaves to it."""
-    limit = flavor.limit
-    plains = run_plains(block.html or "", block.tilde)
-    if plains is None or max(map(len, plains)) > limit:  # one of them is split
-        return False
-    markups = flavor.whole_run(block.html or "", block.tilde)
-    if markups is None or len(markups) != len(plains):
-        return False
-    sizes = list(map(flavor.units, markups, plains))
-    if max(sizes) > limit:
-        return False
-    for markup, plain, units in zip(markups, plains, sizes, strict=True):
-        if writer.plain and writer.used + sep + units > limit:
-            writer.emit()
-        writer.append_whole("\n\n", markup, plain, units)
-    return True
-
-
-def _pack_block(
-    writer: _Writer, block: Block, flavor: Flavor, sep_units: dict[str, int], *, whole: bool
-) -> None:
-    """One block: appended whole where it fits, else in a message of its own or split."""
-    rendered: tuple[str, str, int] | None = None
-    # a block whose HTML is much longer than a message will be split anyway: the
-    # token walk (same output) without converting it whole first
-    if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
-        converted = flavor.whole(block.html, block.kind, block.tilde)
-        if converted is not None:
-            markup, plain = converted
-            rendered = markup, plain, flavor.units(markup, plain)
-    if rendered is None:
-        rendered = render_block(block, flavor)
-    if rendered is None or len(rendered[1]) > flavor.limit:
-        writer.emit()  # too big for any message (a unit per character at least)
-        writer.write_split(tokens_of(block))
-        return
-    markup, plain, units = rendered
-    if writer.plain:
-        sep = sep_units.get(block.sep)
-        if sep is None:
-            sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
-        if writer.used + sep + units <= flavor.limit:
-            writer.append_whole(block.sep, markup, plain, units)
-            return
-        writer.emit()
-    if units <= flavor.limit:
-        writer.append_whole(block.sep, markup, plain, units)
-    else:
-        writer.write_split(tokens_of(block))
 
 
 class _Plain:
@@ -365,9 +317,6 @@ class _Plain:
         return self._units(markup, markup)
 
     def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
-        return None
-
-    def whole_run(self, html: str, tilde: str) -> list[str] | None:
         return None
 
 

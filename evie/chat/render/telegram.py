@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final
 
 from evie.chat.render.blocks import code_block, convertible, visible_text
 
@@ -24,15 +23,6 @@ _WHOLE_TAGS = (
     ("<del>", "<s>"), ("</del>", "</s>"), ("<br>", ""),
 )  # fmt: skip
 _TITLE = re.compile(r' title="[^"]*"')
-#: a run's block layout → Telegram's, with a NUL after each block (no text holds a NUL)
-_RUN_TAGS: Final = (
-    ("<blockquote>\n<p>", "<blockquote>"), ("</p>\n</blockquote>\n", "</blockquote>\x00"),
-    ("<p>", ""), ("</p>\n", "\x00"),
-    *_WHOLE_TAGS,
-)  # fmt: skip
-_HEADING_OPEN = re.compile(r"<h[1-6]>")
-_HEADING_CLOSE = re.compile(r"</h[1-6]>\n")
-_PRE_BLOCK = re.compile(r"<pre>(.*?)</pre>\n", re.S)
 _CLOSE = {"b": "</b>", "i": "</i>", "s": "</s>", "code": "</code>", "quote": "</blockquote>"}
 
 
@@ -111,36 +101,3 @@ class TelegramFlavor:
         elif kind == "quote":
             markup = "<blockquote>" + markup + "</blockquote>"
         return markup, plain
-
-    def whole_run(self, html: str, tilde: str) -> list[str] | None:
-        """A run of blocks in the passes :meth:`whole` makes for one paragraph, over all
-        of them at once; code blocks (a few per run) one by one. The code blocks' text
-        is escaped, so no later pass can touch it, and link titles go first, while a
-        code block's quotes are still ``&quot;``."""
-        if ' title="' in html:
-            html = _TITLE.sub("", html)
-        failed: list[bool] = []
-
-        def pre(found: re.Match[str]) -> str:
-            converted = self.whole(found.group(1), "pre", tilde)
-            if converted is None:
-                failed.append(True)
-                return ""
-            return converted[0] + "\x00"
-
-        if "<pre>" in html:
-            html = _PRE_BLOCK.sub(pre, html)
-            if failed:
-                return None
-        if "<h" in html:
-            html = _HEADING_CLOSE.sub("</b>\x00", _HEADING_OPEN.sub("<b>", html))
-        for old, new in _RUN_TAGS:
-            if old in html:
-                html = html.replace(old, new)
-        if "&quot;" in html:
-            html = html.replace("&quot;", '"')
-        if tilde in html:
-            html = html.replace(tilde, "~")
-        markups = html.split("\x00")
-        markups.pop()  # after the last block's NUL
-        return markups
