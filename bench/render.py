@@ -120,17 +120,22 @@ def parser_floor(text: str) -> float:
     return time.process_time() - started
 
 
-async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
-    """(CPU seconds, longest loop stall in seconds, chunks) for one render beside /status."""
-    stalls: list[float] = []
+async def measure(text: str, flavor: Flavor) -> tuple[float, float, int, float]:
+    """(CPU seconds, longest loop stall in seconds, chunks, CPU seconds this process used
+    during that stall) for one render beside /status.
+
+    The last figure says who stalled the loop: near the stall itself, a thread of the
+    daemon held the GIL (the render's share); near zero, no thread of the daemon ran and
+    the loop thread was waiting for a core (the machine's share: other processes)."""
+    stalls: list[tuple[float, float]] = []
     done = anyio.Event()
 
     async def status_loop() -> None:
         while not done.is_set():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await anyio.sleep(0.001)
             _status()
-            stalls.append(time.perf_counter() - started - 0.001)
+            stalls.append((time.perf_counter() - started - 0.001, time.process_time() - cpu))
 
     chunks = 0
     async with anyio.create_task_group() as tg:
@@ -140,7 +145,8 @@ async def measure(text: str, flavor: Flavor) -> tuple[float, float, int]:
         chunks = len(await render_off_loop(text, flavor))
         cpu = time.process_time() + _children_cpu() - cpu
         done.set()
-    return cpu, max(stalls, default=0.0), chunks
+    stall, busy = max(stalls, default=(0.0, 0.0))
+    return cpu, stall, chunks, busy
 
 
 async def idle_stall(seconds: float) -> float:

@@ -412,6 +412,18 @@ def test_discord_escaping_backslashes_each_special_character_exactly_once(text: 
     assert escape(text) == "".join("\\" + c if c in specials else c for c in text)
 
 
+@given(st.text(alphabet=st.sampled_from("-+1.)2 \t\n\x00a*"), max_size=60))
+def test_discord_list_markers_are_escaped_at_each_line_and_text_start(text: str) -> None:
+    """The line-start escapes scan for a newline or NUL (adr/0017) instead of trying ``^``
+    at every position: the same result as the multiline definition."""
+    from evie.chat.render.discord import escape
+
+    expected = text.replace("*", "\\*")
+    expected = re.sub(r"(?m)(^|\x00)([ \t]*)([-+])(?=[ \t\x00]|$)", r"\1\2\\\3", expected)
+    expected = re.sub(r"(?m)(^|\x00)([ \t]*)(\d+)([.)])", r"\1\2\3\\\4", expected)
+    assert escape(text) == expected
+
+
 #: what paragraphs are made of, densely: the whole conversion's cases (escapes at the
 #: start and end of each text between tags, code spans with backticks, bare and long links)
 INLINE = [
@@ -423,12 +435,25 @@ INLINE = [
 inline_text = st.lists(st.sampled_from(INLINE), max_size=40).map("".join)
 
 
+#: consecutive blocks of every kind converted whole: headings, paragraphs, one-paragraph
+#: quotes and code blocks, with escapes at their edges, link titles, labels holding tags,
+#: bare URLs, between list items, an empty heading and code block, a two-paragraph quote
+RUN_EXAMPLE = (
+    "# h *i* -\n\n- x\n\npara `c` [l](http://e/x 'ti') 1.\n\n> q - x\n> y 1. `a\nb`\n\n"
+    '```py\na "q" title="t" <b>\n```\n\n## **b**\n\n[**b** x](http://e/y) https://e.com/y\n\n'
+    "~x~ ~~y~~ [z](http://e/" + "z" * 120 + ")\n\n- y\n\n```\n```\n\n#\n\n> a\n>\n> b"
+)
+
+
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(markdown="**a**- b *c*+\n`x`1. y [l](http://e/x)2) z", limit=400, platform="discord")
 @example(markdown="a `` ` `` b ``` c `` d `x`-", limit=400, platform="discord")
 @example(markdown="# **h** - 1. <x> &amp; \\ \ue001", limit=400, platform="discord")
 @example(markdown="> q *i*\nlazy `c`  \nx\n\n```py\na ``` b\n```", limit=400, platform="discord")
 @example(markdown="> q *i*\nlazy `c`\n\n```py\na < b\n```", limit=400, platform="telegram")
+@example(markdown=RUN_EXAMPLE, limit=400, platform="telegram")
+@example(markdown=RUN_EXAMPLE, limit=400, platform="discord")
+@example(markdown=RUN_EXAMPLE, limit=100, platform="discord")
 @given(
     markdown=st.one_of(markdown_text, inline_text),
     # blocks over 4× the limit skip the whole conversion (split anyway): limits that keep
