@@ -120,9 +120,13 @@ def parser_floor(text: str) -> float:
     return time.process_time() - started
 
 
-async def measure(text: str, flavor: Flavor) -> tuple[float, float, int, float]:
+async def measure(
+    text: str, flavor: Flavor, most: int | None = None
+) -> tuple[float, float, int, float]:
     """(CPU seconds, longest loop stall in seconds, chunks, CPU seconds this process used
-    during that stall) for one render beside /status.
+    during that stall) for one render beside /status. ``most``: as the streamer renders a
+    reply, which stops after ``[delivery] max_chunks`` + 1 messages (the rest goes as a
+    file); without it, the whole reply (the renderer's own cost per MB).
 
     The last figure says who stalled the loop: near the stall itself, a thread of the
     daemon held the GIL (the render's share); near zero, no thread of the daemon ran and
@@ -142,7 +146,7 @@ async def measure(text: str, flavor: Flavor) -> tuple[float, float, int, float]:
         tg.start_soon(status_loop)
         await anyio.sleep(0.01)
         cpu = time.process_time() + _children_cpu()
-        chunks = len(await render_off_loop(text, flavor))
+        chunks = len(await render_off_loop(text, flavor, most=most))
         cpu = time.process_time() + _children_cpu() - cpu
         done.set()
     stall, busy = max(stalls, default=(0.0, 0.0))

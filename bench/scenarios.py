@@ -340,12 +340,15 @@ async def _render_rows() -> None:
         measure,
         parser_floor,
     )
+    from evie.config import DeliveryConfig
 
     idle, busy = await baseline_stalls()
     print(f"  machine baseline: idle loop stall {fmt_s(idle)}, beside a busy thread {fmt_s(busy)}")
     rows: dict[str, dict[str, dict[str, object]]] = {}
     worst_mb, worst_stall, worst_ratio, worst_noise = 0.0, 0.0, 0.0, 0.0
     worst_busy_stall = 0.0  # the longest stall during which the daemon itself was busy
+    streamer_cpu, streamer_stall = 0.0, 0.0  # 10 MB replies as the streamer renders them
+    most = DeliveryConfig().max_chunks
     loads = [os.getloadavg()[0]]
     for kind, make in KINDS.items():
         rows[kind] = {}
@@ -379,6 +382,12 @@ async def _render_rows() -> None:
                     "idle_loop_stall_s_beside": noise,
                     "chunks": chunks,
                 }
+                if size >= 10_000_000:  # as a reply that long is delivered: first part + file
+                    cpu_b, stall_b, chunks_b, _ = await measure(text, FLAVORS[name], most)
+                    row["streamer_cpu_s"], row["streamer_max_stall_s"] = cpu_b, stall_b
+                    row["streamer_chunks"] = chunks_b
+                    streamer_cpu = max(streamer_cpu, cpu_b)
+                    streamer_stall = max(streamer_stall, stall_b)
                 if floor:
                     row["parser_only_ms_per_mb"] = floor / mb * 1e3
                     row["cpu_over_parser_only"] = cpu / floor
@@ -406,6 +415,8 @@ async def _render_rows() -> None:
             "worst_cpu_over_parser_only": worst_ratio,
             "worst_stall_s": worst_stall,
             "worst_stall_daemon_busy_s": worst_busy_stall,
+            "streamer_10mb_worst_cpu_s": streamer_cpu,
+            "streamer_10mb_worst_stall_s": streamer_stall,
             "worst_idle_loop_stall_s_beside_rows": worst_noise,
             "baseline_idle_stall_s": idle,
             "baseline_busy_thread_stall_s": busy,
@@ -417,7 +428,9 @@ async def _render_rows() -> None:
         f"{fmt_s(worst_stall)} (the daemon busy for at most {fmt_s(worst_busy_stall)} of a"
         f" row's longest stall; a bare loop on this machine for as long: up to "
         f"{fmt_s(worst_noise)}; {fmt_s(busy)} beside a busy thread;"
-        f" load {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores)",
+        f" load {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores); a 10 MB reply"
+        f" as the streamer renders it (first {most} + 1 messages, the rest sent as a file):"
+        f" at most {fmt_s(streamer_cpu)} CPU, stall {fmt_s(streamer_stall)}",
     )
 
 

@@ -310,7 +310,7 @@ async def test_long_replies_go_as_first_part_plus_an_attachment(dc: DiscordHarne
     await dc.fake.wait_for(lambda: any(m.attachments for m in dc.fake.messages.values()))
     [message] = [m for m in dc.fake.messages.values() if m.attachments]
     assert message.attachments == [("reply.md", text.encode())]
-    assert "15 messages long" in message.content
+    assert f"({len(text):,} characters)" in message.content
     shown = [t for t in dc.fake.channel_view(DM) if "Paragraph" in t]
     assert len(shown) == 1
     assert all(len(t) <= 2000 for t in dc.fake.channel_view(DM))

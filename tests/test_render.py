@@ -193,6 +193,28 @@ def test_telegram_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    markdown=markdown_text,
+    platform=st.sampled_from(["telegram", "discord"]),
+    limit=st.integers(min_value=8, max_value=60),
+    most=st.integers(min_value=0, max_value=6),
+)
+def test_a_bounded_render_is_the_start_of_the_whole_one(
+    markdown: str, platform: str, limit: int, most: int
+) -> None:
+    """A reply longer than ``max_chunks`` messages is sent as its first message and a
+    file, so the streamer stops rendering it there: what it gets must be the whole
+    render's first messages, and "longer than most" must be decided the same way."""
+    flavor = TelegramFlavor(limit) if platform == "telegram" else DiscordFlavor(limit * 10)
+    whole = render(markdown, flavor)
+    bounded = render(markdown, flavor, most=most)
+    assert bounded == whole[: len(bounded)]
+    assert (len(bounded) > most) == (len(whole) > most)
+    if len(whole) <= most:
+        assert bounded == whole
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(markdown=markdown_text, limit=st.integers(min_value=200, max_value=2000))
 def test_discord_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, limit: int) -> None:
     check_chunks(markdown, "discord", limit)
@@ -314,7 +336,11 @@ async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_en
     flavor = TelegramFlavor()
     async with render_process():
         assert len(multiprocessing.active_children()) == 1
-        assert await render_off_loop(text, flavor) == render(text, flavor)
+        whole = render(text, flavor)
+        assert await render_off_loop(text, flavor) == whole
+        bounded = await render_off_loop(text, flavor, most=8)  # as the streamer asks
+        assert len(bounded) == 9
+        assert bounded == whole[:9]
         small = unit * 100
         assert await render_off_loop(small, DiscordFlavor()) == render(small, DiscordFlavor())
     assert multiprocessing.active_children() == []

@@ -394,7 +394,7 @@ async def test_long_replies_go_as_first_part_plus_a_file(tg: Harness) -> None:
     [document] = tg.fake.documents
     assert document.filename == "reply.md"
     assert document.data.decode() == text
-    assert "20 messages long" in document.caption
+    assert f"({len(text):,} characters)" in document.caption
     shown = [t for t in tg.fake.chat_view(OWNER) if "Paragraph" in t]
     assert len(shown) == 1
     assert shown[0].startswith("Paragraph 0:")

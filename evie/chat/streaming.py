@@ -110,7 +110,7 @@ async def _shielded(op: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-AS_FILE_CAPTION = "📎 The whole reply ({chunks} messages long) as a file."
+AS_FILE_CAPTION = "📎 The whole reply ({characters:,} characters) as a file."
 DELIVERY_STOPPED = (
     "⏹ Stopped sending this reply ({sent} of {total} sent); /last sends it as a file."
 )
@@ -123,9 +123,10 @@ FILE_FAILED = "⚠️ Could not send the whole reply as a file: {error}"
 _PLAIN_LINE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.:;'?!()-]{0,199}")
 
 
-async def render_reply(text: str, flavor: Flavor) -> list[Chunk]:
+async def render_reply(text: str, flavor: Flavor, *, most: int | None = None) -> list[Chunk]:
     """The reply's messages: a plain short line as it is (most small replies: no parse,
-    adr/0016 §9), anything else through the renderer."""
+    adr/0016 §9), anything else through the renderer; with ``most``, only the first
+    ones of a reply longer than that (it goes as a file)."""
     if (
         len(text) <= flavor.limit  # (ASCII: one unit per character everywhere)
         and _PLAIN_LINE.fullmatch(text)
@@ -133,7 +134,7 @@ async def render_reply(text: str, flavor: Flavor) -> list[Chunk]:
         and "www." not in text.lower()
     ):
         return [Chunk(text, text)]
-    return await render_off_loop(text, flavor)
+    return await render_off_loop(text, flavor, most=most)
 
 
 def one_line(text: object, limit: int = 200) -> str:
@@ -311,7 +312,7 @@ class ReplyStreamer:
             self._on_reply(text)
         self._rendering, self._stop_requested = True, False
         try:
-            chunks = await render_reply(text, self._transport.flavor)
+            chunks = await render_reply(text, self._transport.flavor, most=self._max_chunks)
         finally:
             self._rendering = False
         if not chunks:
@@ -337,7 +338,7 @@ class ReplyStreamer:
                     await self._deliver(chunk, reuse=live if sent == 0 else None)
                     sent += 1
                 if as_file and not scope.cancel_called:
-                    caption = AS_FILE_CAPTION.format(chunks=len(chunks))
+                    caption = AS_FILE_CAPTION.format(characters=len(markdown))
                     await self.send_file(markdown, caption)
             finally:
                 self._delivering = None
@@ -366,7 +367,7 @@ class ReplyStreamer:
             )
             queued.append(entry.seq)
         if as_file:
-            caption = AS_FILE_CAPTION.format(chunks=len(chunks))
+            caption = AS_FILE_CAPTION.format(characters=len(markdown))
             limit = self._transport.max_file_bytes
             for file in await reply_files_off_loop(markdown, limit, caption):
                 queued.append(outbox.put_document(key, file.name, file.text, file.caption).seq)
@@ -438,5 +439,5 @@ class ReplyStreamer:
                 await self._show("✓ Done.")
             return
         live, self._live = self._live, None
-        chunks = await render_reply(text, self._transport.flavor)
+        chunks = await render_reply(text, self._transport.flavor, most=self._max_chunks)
         await self._send_reply(text, chunks, live)

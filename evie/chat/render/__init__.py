@@ -7,6 +7,8 @@ when it is very big, so the event loop never waits for it.
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio.to_thread
 
 from evie.chat.render.blocks import parse
@@ -33,16 +35,19 @@ INLINE_MAX = 4096
 SWITCH_INTERVAL = 0.001
 
 
-def render(markdown: str, flavor: Flavor) -> list[Chunk]:
-    """The messages that carry ``markdown`` on a platform, in order."""
-    return pack(parse(markdown), flavor)
+def render(markdown: str, flavor: Flavor, *, most: int | None = None) -> list[Chunk]:
+    """The messages that carry ``markdown`` on a platform, in order; with ``most``, only
+    the first of them once there are more than ``most`` (see :func:`pack`)."""
+    return pack(parse(markdown), flavor, most=most)
 
 
-async def render_off_loop(markdown: str, flavor: Flavor) -> list[Chunk]:
+async def render_off_loop(markdown: str, flavor: Flavor, *, most: int | None = None) -> list[Chunk]:
+    """:func:`render`, never for long on the loop: a worker thread for a big text, the
+    worker process for a very big one (``most`` bounds the conversion there too)."""
     if len(markdown) <= INLINE_MAX:
-        return render(markdown, flavor)
+        return render(markdown, flavor, most=most)
     if len(markdown) > PROCESS_MIN:
-        chunks = await render_in_process(markdown, flavor)
+        chunks = await render_in_process(markdown, flavor, most)
         if chunks is not None:
             return chunks
-    return await anyio.to_thread.run_sync(render, markdown, flavor)
+    return await anyio.to_thread.run_sync(partial(render, markdown, flavor, most=most))

@@ -41,7 +41,7 @@ _SLICE = 1 << 18  # the text is encoded in slices: no step holds the GIL for lon
 _pool: ProcessPoolExecutor | None = None
 
 
-def _render_to_file(source: str, flavor: Flavor) -> tuple[str, bytes]:
+def _render_to_file(source: str, flavor: Flavor, most: int | None) -> tuple[str, bytes]:
     """In the worker: read the text from ``source`` (then delete it), write the chunks as
     UTF-8 to a new file and return its path and the end offset of each piece (markup,
     plain, markup, …).
@@ -57,7 +57,7 @@ def _render_to_file(source: str, flavor: Flavor) -> tuple[str, bytes]:
     fd, path = tempfile.mkstemp(prefix="evie-render-", suffix=".out")
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in pack(parse(markdown), flavor):
+            for chunk in pack(parse(markdown), flavor, most=most):
                 for text in (chunk.markup, chunk.plain):
                     piece = text.encode("utf-8", "surrogatepass")
                     out.write(piece)
@@ -157,7 +157,9 @@ async def render_process() -> AsyncIterator[None]:
             await anyio.to_thread.run_sync(lambda: pool.shutdown(wait=True, cancel_futures=True))
 
 
-async def render_in_process(markdown: str, flavor: Flavor) -> list[Chunk] | None:
+async def render_in_process(
+    markdown: str, flavor: Flavor, most: int | None = None
+) -> list[Chunk] | None:
     """The chunks rendered in the worker process; None when none runs (or it broke)."""
     pool = _pool
     if pool is None:
@@ -168,7 +170,7 @@ async def render_in_process(markdown: str, flavor: Flavor) -> list[Chunk] | None
         log.warning("render process unavailable (%s): rendering in a thread", exc)
         return None
     try:
-        future: Future[tuple[str, bytes]] = pool.submit(_render_to_file, source, flavor)
+        future: Future[tuple[str, bytes]] = pool.submit(_render_to_file, source, flavor, most)
     except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: shut down meanwhile
         os.unlink(source)
         log.warning("render process unavailable (%s): rendering in a thread", exc)

@@ -67,8 +67,9 @@ class _Open:
 class _Writer:
     """Builds messages token by token, closing and reopening elements at each cut."""
 
-    def __init__(self, flavor: Flavor) -> None:
+    def __init__(self, flavor: Flavor, most: int | None = None) -> None:
         self.flavor = flavor
+        self.most = most  # stop once there are more messages than this (see pack)
         self.stack: list[_Open] = []
         self.kinds: list[str] = []
         self.chunks: list[Chunk] = []
@@ -204,6 +205,11 @@ class _Writer:
                     self.write(piece)
                     if pos < end:
                         self.cut()
+                        if self.enough():
+                            return
+
+    def enough(self) -> bool:
+        return self.most is not None and len(self.chunks) > self.most
 
     def append_whole(self, sep: str, markup: str, plain: str, units: int) -> None:
         if self.plain:
@@ -258,14 +264,21 @@ def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
     return text, seen, flavor.units(text, seen)
 
 
-def pack(blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True) -> list[Chunk]:
+def pack(
+    blocks: Iterable[Block], flavor: Flavor, *, whole: bool = True, most: int | None = None
+) -> list[Chunk]:
     """Messages within ``flavor.limit``: whole blocks where they fit, split blocks otherwise.
 
     ``whole=False`` renders every block from its tokens (the reference the C-speed
-    conversion of paragraphs and headings is tested against)."""
-    writer = _Writer(flavor)
+    conversion of paragraphs and headings is tested against). With ``most``, packing
+    stops once more than ``most`` messages are done: the first ones are those of the whole
+    reply, and the rest of its blocks are never converted (a reply that long is sent as
+    its first message and a file)."""
+    writer = _Writer(flavor, most)
     sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
+        if writer.enough():
+            return writer.chunks
         rendered: tuple[str, str, int] | None = None
         # a block whose HTML is much longer than a message will be split anyway: the
         # token walk (same output) without converting it whole first
