@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
@@ -62,6 +63,20 @@ class LineEditor:
             prompt_continuation="  ",
             erase_when_done=False,
         )
+
+    def when_drawn(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the next prompt is on the screen: from then on, keys
+        are read in raw mode (prompt_toolkit enters it, and attaches its input, before it
+        draws). ``evie chat`` starts its runtime only then, beside the prompt (adr/0015)."""
+        called = False
+
+        def after_render(_app: object) -> None:
+            nonlocal called
+            if not called:
+                called = True
+                callback()
+
+        self._session.app.after_render += after_render
 
     async def read(self) -> str | Key:
         """The next message (may contain newlines), or the key that ended the prompt."""
