@@ -128,7 +128,8 @@ def _free_port() -> int:
 
 
 async def startup(tmp: Path) -> None:
-    """evie run: launch → first getUpdates (CPU then), RSS; evie chat on a terminal → greeting."""
+    """evie run: launch → first getUpdates (CPU then), RSS; evie chat on a terminal → its first
+    prompt (CPU then), RSS once its session manager is up."""
     runs = count(5)
     rows: dict[str, dict[str, float]] = {}
     for label, with_http in (("telegram", False), ("telegram+http", True)):
@@ -166,8 +167,8 @@ async def startup(tmp: Path) -> None:
         f"evie run (Telegram) launch → first poll p50 {fmt_s(t['p50'])} wall, "
         f"{fmt_s(t['cpu_p50'])} CPU, {t['rss_mib']:.0f} MiB; "
         f"with [http] {fmt_s(rows['telegram+http']['p50'])}; "
-        f"evie chat on a terminal → greeting {fmt_s(c['p50'])} wall, {fmt_s(c['cpu_p50'])} CPU, "
-        f"{c['rss_mib']:.0f} MiB",
+        f"evie chat on a terminal → first prompt {fmt_s(c['p50'])} wall, "
+        f"{fmt_s(c['cpu_p50'])} CPU; {c['rss_mib']:.0f} MiB once up",
         title="Start-up: launch → first poll (fake Bot API in its own process), RSS",
     )
 
