@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
             anyio.run(lambda: run_daemon(config, terminal=args.terminal))
             return 0
-        from evie.repl import chat  # the first prompt first; the runtime beside it
+        from evie.repl import run_chat  # the first prompt first; the runtime beside it
 
-        anyio.run(chat, config)
+        run_chat(config)
         return 0
     except EvieError as exc:
         print(f"evie: {exc}", file=sys.stderr)

@@ -1,38 +1,53 @@
 """``evie chat`` and ``evie run --terminal``: the terminal chat wired to a runtime.
 
 ``evie chat`` draws its first prompt before anything a turn needs exists (adr/0015,
-start-up): the config, prompt_toolkit and the greeting are all that run first. Once the
-prompt is on the screen (keys are read in raw mode from then on) the runtime's modules
-are imported in a worker thread and the runtime is opened beside the prompt: the state,
-the sandbox probe, pi's warm spare. Lines entered meanwhile wait for it, in order; the
-session's line ("session: resumed, 8 turns") and its notices follow the greeting once the
-session manager knows them. ``evie run --terminal`` builds the chat over a runtime that
-is already open.
+start-up): the config, prompt_toolkit and the greeting are all that run first, on a bare
+asyncio loop (:func:`run_chat`). Once the prompt is on the screen (keys are read in raw
+mode from then on) anyio is imported beside it, then the runtime's modules, in worker
+threads, and the runtime is opened: the state, the sandbox probe, pi's warm spare. Lines
+entered meanwhile wait for it, in order; the session's line ("session: resumed, 8 turns")
+and its notices follow the greeting once the session manager knows them. ``evie run
+--terminal`` builds the chat over a runtime that is already open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.to_thread
 import attrs
 
 from evie.config import Config
-from evie.platforms.terminal import TerminalChat
 from evie.platforms.terminal_render import banner, describe_session
+from evie.platforms.terminal_repl import LineEditor
 
 if TYPE_CHECKING:
+    from anyio import Event
+
+    from evie.platforms.terminal import TerminalChat
     from evie.runtime import Runtime
 
 #: the terminal's session key
 KEY = "terminal"
 
+#: what the chat itself runs on: imported in a worker thread once the first prompt is drawn
+ANYIO = (
+    "anyio",
+    "anyio._backends._asyncio",
+    "anyio.abc",
+    "anyio.from_thread",
+    "anyio.lowlevel",
+    "anyio.streams.memory",
+    "anyio.to_thread",
+    "evie.platforms.terminal",
+)
+
 #: what opening the runtime, a turn and a command import: loaded in a worker thread
-#: once the first prompt is drawn (a test keeps them out of the path to it)
+#: once the chat runs (a test keeps these and :data:`ANYIO` out of the path to the prompt)
 BESIDE_THE_PROMPT = (
     "evie.runtime",
     "evie.agent.events",
@@ -54,22 +69,56 @@ def _model(config: Config) -> str:
     return f"{agent.provider or 'default'}/{agent.model or 'default'}"
 
 
-async def chat(config: Config) -> None:
+def run_chat(config: Config) -> None:
     """``evie chat``: one session from this terminal, in the directory it was started in.
 
     Returns once input has ended and the runtime is closed (pi stopped, state flushed);
-    an error opening the runtime ends the chat and is raised."""
+    an error opening the runtime ends the chat and is raised. Runs its own event loop,
+    like ``anyio.run``, but starts it without anyio (see the module docstring)."""
+    asyncio.run(_first_prompt_first(config))
+
+
+async def _first_prompt_first(config: Config) -> None:
     if config.agent.cwd is None:  # `evie chat` works where it was started
         config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
     assert config.agent.cwd is not None
     workdir = config.agent.cwd.resolve()  # the launcher's work dir when [agent] cwd is set
     # the line editor's history lives in the state dir, created here as the state store does
     config.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    greeting = banner(model=_model(config), workdir=str(workdir))
+    editor = None
+    try:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            editor = LineEditor(config.state.dir / "terminal_history")
+            sys.stdout.write(greeting + "\n")  # as TerminalChat would, before its prompt
+            sys.stdout.flush()
+            drawn = asyncio.Event()
+            editor.when_drawn(drawn.set)
+            waiting = asyncio.ensure_future(drawn.wait())
+            try:  # (or the prompt ended before it was drawn: its read says how)
+                await asyncio.wait((editor.begin(), waiting), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+        await asyncio.to_thread(_import, ANYIO)
+        await chat(config, workdir, greeting, editor)
+    finally:
+        if editor is not None:
+            editor.close()  # a first prompt never read (the chat failed to start)
+
+
+async def chat(config: Config, workdir: Path, greeting: str, editor: LineEditor | None) -> None:
+    """The chat (anyio from here on): the runtime opens beside it; with ``editor``, its
+    greeting is on the screen and its first prompt begun already."""
+    import anyio
+
+    from evie.platforms.terminal import TerminalChat
+
     terminal = TerminalChat(
         None,
-        banner=banner(model=_model(config), workdir=str(workdir)),
+        banner=greeting,
         workdir=workdir,
-        history_path=config.state.dir / "terminal_history",
+        editor=editor,
+        greeted=editor is not None,
         interrupts=True,
     )
     over = anyio.Event()
@@ -81,11 +130,11 @@ async def chat(config: Config) -> None:
             over.set()
 
 
-async def _open_beside_the_prompt(
-    config: Config, terminal: TerminalChat, over: anyio.Event
-) -> None:
+async def _open_beside_the_prompt(config: Config, terminal: TerminalChat, over: Event) -> None:
     """Once the prompt is drawn: import, open the runtime, connect the chat; close the
     runtime once the chat is over (its turns have finished by then)."""
+    import anyio.to_thread
+
     await terminal.wait_reading()
     if over.is_set():
         return
@@ -106,6 +155,8 @@ async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> Termin
 
     ``interrupts`` makes SIGINT the chat's to interpret; under ``evie run --terminal``
     it stays the daemon's graceful stop."""
+    from evie.platforms.terminal import TerminalChat
+
     workdir, session, notice = await _session(runtime)
     terminal = TerminalChat(
         None,
@@ -121,6 +172,8 @@ async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> Termin
 async def _session(runtime: Runtime) -> tuple[Path, str, str | None]:
     """The terminal session's work dir, its line for the screen, and its notice (a pending
     one from the state, and one when pi resumes the conversation in another directory)."""
+    import anyio.to_thread
+
     from evie.agent.session_file import read_summary
     from evie.runtime import build_launcher
 

@@ -74,10 +74,12 @@ class TerminalChat:
         editor: LineEditor | None = None,
         style: Style | None = None,
         interrupts: bool = False,
+        greeted: bool = False,
     ) -> None:
         """``editor`` forces the line-editor mode (tests drive one through a pipe input);
         otherwise it is used when stdin and stdout are both terminals. ``interrupts``
-        makes SIGINT evie's to interpret (see the module docstring). Without a ``manager``
+        makes SIGINT evie's to interpret (see the module docstring); ``greeted``: the banner
+        is on the screen already (``evie chat`` wrote it). Without a ``manager``
         the chat reads and queues input until :meth:`connect` gives it one."""
         self._notice = notice
         self._banner = banner
@@ -114,8 +116,9 @@ class TerminalChat:
         self._health = PlatformHealth("starting", name="terminal")
         # on the real terminal the greeting is written before the first prompt is drawn
         # (run()); anywhere else it is simply the first thing the writer writes
-        self._greet_directly = self._editor is not None and self._stdout is sys.stdout
-        if not self._greet_directly:
+        self._on_terminal = self._editor is not None and self._stdout is sys.stdout
+        self._greeted = greeted
+        if not greeted and not self._on_terminal:
             self.say(self._greeting())
 
     def connect(
@@ -152,11 +155,12 @@ class TerminalChat:
         return once the turns started here have finished (/quit, Ctrl-D in the editor and
         leaving by Ctrl-C cut them short)."""
         proxy = None
-        if self._greet_directly:
+        if self._on_terminal:
             from prompt_toolkit.patch_stdout import StdoutProxy
 
-            self._stdout.write(self._greeting())  # before the first prompt is drawn
-            self._stdout.flush()
+            if not self._greeted:
+                self._stdout.write(self._greeting())  # before the first prompt is drawn
+                self._stdout.flush()
             # printed above the prompt line, which is redrawn under it
             self._stdout = proxy = StdoutProxy(raw=True)
         try:

@@ -5,10 +5,16 @@ history persists in the state dir, a bracketed paste is one message however
 many lines it has, Alt-Enter inserts a newline, and Ctrl-C / Ctrl-D come back
 as :class:`Key` values so the chat decides what they mean (stop the reply,
 leave). The editor runs on evie's event loop: no thread, no raw stdin reads.
+
+``evie chat`` draws its first prompt before anyio and the runtime are loaded
+(adr/0015, start-up): :meth:`LineEditor.begin` starts that prompt on the bare
+asyncio loop, and the chat's first :meth:`LineEditor.read` returns what was
+entered in it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 from collections.abc import Callable
@@ -63,23 +69,53 @@ class LineEditor:
             prompt_continuation="  ",
             erase_when_done=False,
         )
+        self._drawn = False
+        self._on_drawn: list[Callable[[], None]] = []
+        self._session.app.after_render += self._after_render
+        self._first: asyncio.Task[str | Key] | None = None
+
+    def _after_render(self, _app: object) -> None:
+        if not self._drawn:
+            self._drawn = True
+            for callback in self._on_drawn:
+                callback()
+            self._on_drawn.clear()
 
     def when_drawn(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, when the next prompt is on the screen: from then on, keys
-        are read in raw mode (prompt_toolkit enters it, and attaches its input, before it
-        draws). ``evie chat`` starts its runtime only then, beside the prompt (adr/0015)."""
-        called = False
+        """Call ``callback`` once the first prompt is on the screen (at once if it is): from
+        then on keys are read in raw mode (prompt_toolkit enters it, and attaches its input,
+        before it draws). ``evie chat`` loads its runtime only then, beside the prompt."""
+        if self._drawn:
+            callback()
+        else:
+            self._on_drawn.append(callback)
 
-        def after_render(_app: object) -> None:
-            nonlocal called
-            if not called:
-                called = True
-                callback()
+    def begin(self) -> asyncio.Task[str | Key]:
+        """Draw the first prompt now, before the chat that reads it exists; its task, which
+        the next :meth:`read` awaits (or :meth:`close` cancels), is returned to be watched.
 
-        self._session.app.after_render += after_render
+        A bare asyncio task rather than one in an anyio task group: it runs while anyio
+        itself is still being imported beside it (``evie chat``, adr/0015). Its owner is
+        this editor; whoever calls ``begin`` must ``read`` or ``close``.
+        """
+        if self._first is None:
+            self._first = asyncio.ensure_future(self._prompt())
+        return self._first
+
+    def close(self) -> None:
+        """Cancel a prompt begun and never read."""
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
 
     async def read(self) -> str | Key:
         """The next message (may contain newlines), or the key that ended the prompt."""
+        first, self._first = self._first, None
+        if first is not None:  # cancelling this read cancels that prompt too
+            return await first
+        return await self._prompt()
+
+    async def _prompt(self) -> str | Key:
         try:
             return await self._session.prompt_async(
                 set_exception_handler=False,  # evie's loop keeps its own handler
