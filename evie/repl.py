@@ -13,6 +13,7 @@ and its notices follow the greeting once the session manager knows them. ``evie 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import sys
 from collections.abc import Iterable
@@ -87,11 +88,14 @@ async def _first_prompt_first(config: Config) -> None:
     config.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     greeting = banner(model=_model(config), workdir=str(workdir))
     editor = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         if sys.stdin.isatty() and sys.stdout.isatty():
             editor = LineEditor(config.state.dir / "terminal_history")
             sys.stdout.write(greeting + "\n")  # as TerminalChat would, before its prompt
             sys.stdout.flush()
+            stack.enter_context(editor.raw_mode())  # from the first prompt to the end
+            # (left before raw mode: a first prompt never read, if the chat failed to start)
+            stack.push_async_callback(editor.aclose)
             drawn = asyncio.Event()
             editor.when_drawn(drawn.set)
             waiting = asyncio.ensure_future(drawn.wait())
@@ -101,9 +105,6 @@ async def _first_prompt_first(config: Config) -> None:
                 waiting.cancel()
         await asyncio.to_thread(_import, ANYIO)
         await chat(config, workdir, greeting, editor)
-    finally:
-        if editor is not None:
-            editor.close()  # a first prompt never read (the chat failed to start)
 
 
 async def chat(config: Config, workdir: Path, greeting: str, editor: LineEditor | None) -> None:

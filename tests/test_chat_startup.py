@@ -90,3 +90,51 @@ async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: 
     modules = set(json.loads(snapshot.read_text()))
     assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config"} <= modules
     assert [m for m in NOT_BEFORE_THE_PROMPT if m in modules] == []
+
+
+#: a fresh `evie chat` that records, at exit, each terminal mode it set: canonical or not
+_MODES_PROBE = """
+import atexit, json, sys, termios
+
+modes = []
+set_attributes = termios.tcsetattr
+
+def spy(fd, when, attributes):
+    modes.append(bool(attributes[3] & termios.ICANON))
+    return set_attributes(fd, when, attributes)
+
+termios.tcsetattr = spy
+atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(modes)))
+from evie.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+async def test_the_terminal_stays_raw_while_a_reply_streams(tmp_path: Path) -> None:
+    """Keys typed while a reply is printed reach the editor, never the line discipline:
+    from the first prompt to the exit the terminal is never set canonical (cooked) again,
+    and Ctrl-D typed in the middle of a reply leaves."""
+    config = tmp_path / "config.toml"
+    fake = Path(__file__).with_name("fake_pi.py")
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
+        f'[sessions]\nwarm_spares = 0\n[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    config.chmod(0o600)
+    record = tmp_path / "modes.json"
+    argv = [sys.executable, "-c", _MODES_PROBE, str(record), "--config", str(config), "chat"]
+    term = Terminal(argv, _env(), pty=True)
+    steps = [{"text": "one block\n\n"}, {"sleep": 0.3}, {"text": "two block\n\n"}, {"sleep": 60}]
+    try:
+        await term.expect("session: new")
+        await term.expect("›")
+        term.type("script:" + json.dumps(steps) + "\r")
+        await term.expect("two block")  # printed above the prompt while the turn runs on
+        term.type("\x04")  # Ctrl-D, mid-reply
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
+    modes = json.loads(record.read_text())
+    assert modes, "the terminal was put in raw mode"
+    assert modes[-1] is True  # given back as it was found, at exit
+    assert True not in modes[:-1]  # and never cooked before that

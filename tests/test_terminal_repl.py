@@ -191,8 +191,6 @@ async def test_evie_chat_on_a_real_terminal_is_the_repl(tmp_path: Path) -> None:
         steps = [{"text": "**bold** and \x1b]0;pwned\x07 safe"}]
         term.type("script:" + json.dumps(steps) + ENTER)
         await term.expect(r"\x1b\[1mbold\x1b\[0m and  safe")  # rendered, escape removed
-        # type only at a prompt: between prompts the terminal is in cooked mode, where its
-        # line discipline takes Ctrl-D as end-of-file itself and prompt_toolkit never sees it
         await term.expect("›")
         term.type(PASTE_START + "one\ntwo" + PASTE_END + ENTER)
         await term.expect(r"echo: one\s+two")

@@ -25,6 +25,7 @@ first prompt.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -155,21 +156,24 @@ class TerminalChat:
         return once the turns started here have finished (/quit, Ctrl-D in the editor and
         leaving by Ctrl-C cut them short)."""
         proxy = None
-        if self._on_terminal:
-            from prompt_toolkit.patch_stdout import StdoutProxy
+        with contextlib.ExitStack() as stack:
+            if self._on_terminal:
+                from evie.platforms.terminal_repl import above_the_prompt
 
-            if not self._greeted:
-                self._stdout.write(self._greeting())  # before the first prompt is drawn
-                self._stdout.flush()
-            # printed above the prompt line, which is redrawn under it
-            self._stdout = proxy = StdoutProxy(raw=True)
-        try:
-            await self._run(task_status)
-        finally:
-            self._reading.set()  # over: nobody waits for a prompt any longer
-            if proxy is not None:  # its thread writes what is left, then ends
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(proxy.close)
+                assert self._editor is not None
+                if not self._greeted:
+                    self._stdout.write(self._greeting())  # before the first prompt is drawn
+                    self._stdout.flush()
+                stack.enter_context(self._editor.raw_mode())  # for the whole chat
+                # printed above the prompt line, which is redrawn under it
+                self._stdout = proxy = above_the_prompt()
+            try:
+                await self._run(task_status)
+            finally:
+                self._reading.set()  # over: nobody waits for a prompt any longer
+                if proxy is not None:  # its thread writes what is left, then ends
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(proxy.close)
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as writer_tg:
