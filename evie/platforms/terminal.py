@@ -228,7 +228,7 @@ class TerminalChat:
             return True
         self._last_interrupt = now
         # a reply runs only once the manager is there (see _send)
-        if self._running and self._manager and await self._manager.abort(self._key):
+        if self._running and self._manager is not None and await self._manager.abort(self._key):
             self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
         else:
             self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
