@@ -128,7 +128,8 @@ def _free_port() -> int:
 
 
 async def startup(tmp: Path) -> None:
-    """evie run: launch → first getUpdates (CPU then), RSS; evie chat on a terminal → greeting."""
+    """evie run: launch → first getUpdates (CPU then), RSS; evie chat on a terminal → its first
+    prompt (CPU then), RSS once its session manager is up."""
     runs = count(5)
     rows: dict[str, dict[str, float]] = {}
     for label, with_http in (("telegram", False), ("telegram+http", True)):
@@ -145,6 +146,8 @@ async def startup(tmp: Path) -> None:
                 times.append(polled - launched)
         rows[label] = {**summary(times), "rss_mib": max(rss), "cpu_p50": summary(cpu)["p50"]}
     chat_times, chat_rss, chat_cpu = [], [], []
+    # once unmeasured: a changed module compiles its bytecode (and peaks RSS) only once
+    await anyio.to_thread.run_sync(chat_on_a_terminal, write_config(tmp / "chat-warm", None))
     for i in range(runs):  # on a pseudo-terminal: what a person starting it sees
         config = write_config(tmp / f"chat{i}", None)
         greeted, chat_s, chat_mib = await anyio.to_thread.run_sync(chat_on_a_terminal, config)
@@ -166,8 +169,8 @@ async def startup(tmp: Path) -> None:
         f"evie run (Telegram) launch → first poll p50 {fmt_s(t['p50'])} wall, "
         f"{fmt_s(t['cpu_p50'])} CPU, {t['rss_mib']:.0f} MiB; "
         f"with [http] {fmt_s(rows['telegram+http']['p50'])}; "
-        f"evie chat on a terminal → greeting {fmt_s(c['p50'])} wall, {fmt_s(c['cpu_p50'])} CPU, "
-        f"{c['rss_mib']:.0f} MiB",
+        f"evie chat on a terminal → first prompt {fmt_s(c['p50'])} wall, "
+        f"{fmt_s(c['cpu_p50'])} CPU; {c['rss_mib']:.0f} MiB once up",
         title="Start-up: launch → first poll (fake Bot API in its own process), RSS",
     )
 

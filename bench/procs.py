@@ -176,8 +176,10 @@ async def evie_run(
 
 def chat_on_a_terminal(config: Path, *, timeout: float = 60) -> tuple[float, float, float]:
     """``evie chat`` on a pseudo-terminal, as a person runs it (line editor, Markdown):
-    seconds from launch until its greeting is on the screen, and its CPU seconds and
-    RSS (MiB) then. Blocking: run it in a thread. Leaves with Ctrl-D."""
+    seconds from launch until its first prompt is drawn after the greeting (keys are read in
+    raw mode from then on: the user can type), its CPU seconds then, and its RSS (MiB) once
+    the chat is up (its session manager has started the warm spare, a child process).
+    Blocking: run it in a thread. Leaves with Ctrl-D."""
     import pty
     import select
     import subprocess
@@ -192,13 +194,19 @@ def chat_on_a_terminal(config: Path, *, timeout: float = 60) -> tuple[float, flo
     seen = b""
     try:
         deadline = launched + timeout
-        while b"Ctrl-D leaves" not in seen:  # the greeting's last words
+        # the greeting's last words, then the prompt drawn under them
+        while "›".encode() not in seen.partition(b"Ctrl-D leaves")[2]:
             ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.perf_counter()))
             if not ready:
-                raise TimeoutError(f"evie chat did not greet within {timeout:g} s: {seen!r}")
+                raise TimeoutError(f"evie chat drew no prompt within {timeout:g} s: {seen!r}")
             seen += os.read(master, 65536)
         greeted = time.perf_counter() - launched
-        cpu, rss = cpu_seconds(chat.pid), rss_mib(chat.pid)
+        cpu = cpu_seconds(chat.pid)
+        children = Path(f"/proc/{chat.pid}/task/{chat.pid}/children")
+        while not children.read_text().split() and time.perf_counter() < deadline:
+            if select.select([master], [], [], 0.005)[0]:
+                seen += os.read(master, 65536)  # keep the terminal drained
+        rss = rss_mib(chat.pid)
         os.write(master, b"\x04")  # Ctrl-D
         end = time.perf_counter() + timeout
         while chat.poll() is None and time.perf_counter() < end:

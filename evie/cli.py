@@ -9,14 +9,12 @@ import sys
 from pathlib import Path
 
 import anyio
-import attrs
 
 from evie import __version__
 from evie.agent.sandbox import make_undumpable
 from evie.config import Config, example_config, load_config, split_listen
 from evie.errors import ConfigError, EvieError
 from evie.logs import RedactSecrets, setup_logging
-from evie.runtime import open_runtime
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -41,16 +39,6 @@ def _setup_logging(config: Config, *, quiet: bool) -> None:
     level = "warning" if quiet and config.log.level in ("debug", "info") else config.log.level
     secrets = (config.telegram.token or "", config.discord.token or "", config.http.token or "")
     setup_logging(level, config.log.format, secrets)
-
-
-async def _chat(config: Config) -> None:
-    from evie.daemon import terminal_chat
-
-    if config.agent.cwd is None:  # `evie chat` works where it was started
-        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
-    async with open_runtime(config) as runtime:
-        chat = await terminal_chat(runtime, interrupts=True)
-        await chat.run()
 
 
 def _status(config: Config) -> int:
@@ -168,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
             anyio.run(lambda: run_daemon(config, terminal=args.terminal))
             return 0
-        anyio.run(_chat, config)
+        from evie.repl import run_chat  # the first prompt first; the runtime beside it
+
+        run_chat(config)
         return 0
     except EvieError as exc:
         print(f"evie: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
 import anyio
 import anyio.abc
@@ -36,11 +36,8 @@ from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
 from evie.platforms.contract import Platform, PlatformHealth
-from evie.runtime import Runtime, build_launcher, open_runtime, pause_gc, settle_gc
+from evie.runtime import Runtime, open_runtime, pause_gc, settle_gc
 from evie.shutdown import Grace, shut_down
-
-if TYPE_CHECKING:
-    from evie.platforms.terminal import TerminalChat
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +91,8 @@ async def build_platforms(runtime: Runtime, *, terminal: bool = False) -> list[P
             )
         )
     if terminal:
+        from evie.repl import terminal_chat
+
         platforms.append(await terminal_chat(runtime))
     return platforms
 
@@ -307,47 +306,3 @@ async def _announce_notices(runtime: Runtime, platforms: Sequence[Platform]) -> 
     keys = list(runtime.store.pending_notices())
     for platform in platforms:
         await platform.announce(keys, runtime.store.take_notice)
-
-
-async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> TerminalChat:
-    """The terminal chat with its banner: model, working dir, and whether it resumes.
-
-    ``interrupts`` makes SIGINT the chat's to interpret (``evie chat``); under
-    ``evie run --terminal`` it stays the daemon's graceful stop."""
-    from evie.agent.session_file import read_summary
-    from evie.platforms.terminal import TerminalChat
-    from evie.platforms.terminal_render import banner, describe_session
-
-    config = runtime.config
-    key = "terminal"
-    session_id = runtime.manager.known_session(key)
-    launcher = build_launcher(config)
-    summary = None
-    if session_id is not None:
-        summary = await anyio.to_thread.run_sync(read_summary, launcher.session_file(session_id))
-        workdir = await anyio.to_thread.run_sync(launcher.work_dir, session_id)
-    else:
-        workdir = launcher.work_dir("<new session>")  # [agent] cwd, or a new session's own dir
-    agent = config.agent
-    model = f"{agent.provider or 'default'}/{agent.model or 'default'}"
-    if not agent.provider and not agent.model:
-        model = "pi's default (`evie doctor` shows it)"
-    notices = [runtime.store.take_notice(key)]
-    if summary is not None and summary.cwd is not None and summary.cwd != workdir.resolve():
-        notices.append(
-            f"this conversation was started in {summary.cwd} and pi resumes it there; "
-            f"/new starts one in {workdir}"
-        )
-    return TerminalChat(
-        runtime.manager,
-        key=key,
-        notice="\n".join(n for n in notices if n) or None,
-        banner=banner(
-            model=model,
-            workdir=str(workdir),
-            session=describe_session(session_id, summary.turns if summary else None),
-        ),
-        workdir=workdir,
-        history_path=config.state.dir / "terminal_history",
-        interrupts=interrupts,
-    )

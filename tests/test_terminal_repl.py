@@ -75,6 +75,7 @@ async def test_a_paste_is_one_message_and_alt_enter_a_newline(tmp_path: Path) ->
                 pipe.send_text(PASTE_START + "line one\nline two\r\nline three" + PASTE_END)
                 pipe.send_text(ENTER)
                 await screen.wait_for("echo: line one\nline two\nline three")
+                await _idle(manager)  # else the next message may steer this turn
                 pipe.send_text("first" + ALT_ENTER + "second" + ENTER)
                 await screen.wait_for("echo: first\nsecond")
                 pipe.send_text(CTRL_D)
@@ -109,6 +110,12 @@ async def test_ctrl_c_stops_the_reply_and_keeps_pi(tmp_path: Path) -> None:
                 pipe.send_text(CTRL_C + CTRL_C)  # twice in a row: leave
                 with anyio.fail_after(10):
                     await ended.wait()
+
+
+async def _idle(manager: SessionManager) -> None:
+    with anyio.fail_after(10):
+        while (status := manager.get_status("terminal")) is None or status.turn_elapsed:
+            await anyio.sleep(0.01)
 
 
 DOUBLE_INTERRUPT_PAUSE = 2.1  # so the next Ctrl-C in the test is a "first" one again
@@ -178,13 +185,12 @@ async def test_evie_chat_on_a_real_terminal_is_the_repl(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "evie.cli", "chat", "--config", str(config)]
     term = Terminal(argv, _env(), pty=True)
     try:
-        await term.expect(r"session: new\. /help for commands")
+        await term.expect("Ctrl-D leaves")  # the greeting, before the first prompt
+        await term.expect("session: new")  # once the session manager is up
         await term.expect("›")  # the prompt (drawn with cursor moves, not a space)
         steps = [{"text": "**bold** and \x1b]0;pwned\x07 safe"}]
         term.type("script:" + json.dumps(steps) + ENTER)
         await term.expect(r"\x1b\[1mbold\x1b\[0m and  safe")  # rendered, escape removed
-        # type only at a prompt: between prompts the terminal is in cooked mode, where its
-        # line discipline takes Ctrl-D as end-of-file itself and prompt_toolkit never sees it
         await term.expect("›")
         term.type(PASTE_START + "one\ntwo" + PASTE_END + ENTER)
         await term.expect(r"echo: one\s+two")

@@ -17,12 +17,9 @@ state and every other session, and ``/proc/<evie>/environ``. Two layers:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -36,9 +33,21 @@ SandboxMode = Literal["auto", "bwrap", "off"]
 
 
 def make_undumpable() -> bool:
-    """Make this process non-dumpable (its /proc files become root-only); True on success."""
+    """Make this process non-dumpable (its /proc files become root-only); True on success.
+
+    glibc's libc is opened by its soname, already loaded into the process: looking it up
+    with ``ctypes.util.find_library`` imports ~30 ms of modules and runs ``ldconfig -p``
+    at every start (adr/0015, start-up); it remains the way when that name is missing.
+    """
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:  # not glibc (musl…): ask the system where its libc is
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so", use_errno=True)
         return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
@@ -98,6 +107,8 @@ class SandboxChoice:
 
 def probe(path: str, timeout: float = 10.0) -> str | None:
     """Run ``true`` in a sandbox like pi's; None when it works, else why not."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="evie-probe-") as tmp:
         hidden = Path(tmp) / "hidden"
         hidden.mkdir()

@@ -36,3 +36,14 @@ def render_status(status: SlotStatus, *, retiring: int = 0) -> str:
         lines.append(f"Last turn: {status.last_outcome.value}{tail}")
     lines.append(f"Turns: {status.turns}; last activity {status.idle_for:.0f}s ago")
     return "\n".join(lines)
+
+
+def unanswered_line(count: int) -> str:
+    if not count:
+        return ""
+    if count == 1:
+        return "📥 Your queued message was not answered; pi sends it along with your next one."
+    return (
+        f"📥 Your {count} queued messages were not answered; "
+        "pi sends them along with your next one."
+    )

@@ -52,6 +52,7 @@ from evie.chat.contract import (
 )
 from evie.chat.render import Chunk, Flavor, render_off_loop, split_plain
 from evie.chat.reply_file import reply_files_off_loop
+from evie.chat.status import unanswered_line
 from evie.durable.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -141,17 +142,6 @@ def one_line(text: object, limit: int = 200) -> str:
     """The first line of an error, short enough for a chat line."""
     line = str(text).strip().split("\n", 1)[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def unanswered_line(count: int) -> str:
-    if not count:
-        return ""
-    if count == 1:
-        return "📥 Your queued message was not answered; pi sends it along with your next one."
-    return (
-        f"📥 Your {count} queued messages were not answered; "
-        "pi sends them along with your next one."
-    )
 
 
 class ReplyStreamer:

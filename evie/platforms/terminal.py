@@ -15,10 +15,17 @@ the running reply, and a second one within :data:`DOUBLE_INTERRUPT` seconds
 leaves (a SIGINT sent from outside counts the same). On a pipe, with
 ``interrupts=True`` (as in ``evie chat``), SIGINT stops the running turn like
 ``/stop``, and with nothing running it leaves.
+
+The chat can start before its session manager exists (``evie chat`` draws its
+first prompt first, adr/0015): lines entered until :meth:`connect` wait for it,
+in order. What only a turn or a command needs (the agent's events, the session
+manager, the commands) is imported when used, by then already loaded beside the
+first prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -26,7 +33,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import anyio.abc
@@ -36,26 +43,14 @@ import anyio.to_thread
 from anyio.lowlevel import EventLoopToken
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from evie.agent.events import (
-    AssistantMessage,
-    FollowUpStarted,
-    Notice,
-    Outcome,
-    Prompt,
-    RetryScheduled,
-    TextDelta,
-    ToolFinished,
-    ToolStarted,
-    TurnEvent,
-    TurnFinished,
-)
-from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
-from evie.chat.streaming import unanswered_line
 from evie.errors import EvieError
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
 from evie.platforms.terminal_repl import Key, LineEditor
-from evie.sessions.manager import Queued, SessionManager
+
+if TYPE_CHECKING:
+    from evie.agent.events import TurnEvent
+    from evie.sessions.manager import SessionManager
 
 #: a second Ctrl-C within this many seconds leaves
 DOUBLE_INTERRUPT = 2.0
@@ -68,7 +63,7 @@ class TerminalChat:
 
     def __init__(
         self,
-        manager: SessionManager,
+        manager: SessionManager | None,
         *,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
@@ -80,10 +75,13 @@ class TerminalChat:
         editor: LineEditor | None = None,
         style: Style | None = None,
         interrupts: bool = False,
+        greeted: bool = False,
     ) -> None:
         """``editor`` forces the line-editor mode (tests drive one through a pipe input);
         otherwise it is used when stdin and stdout are both terminals. ``interrupts``
-        makes SIGINT evie's to interpret (see the module docstring)."""
+        makes SIGINT evie's to interpret (see the module docstring); ``greeted``: the banner
+        is on the screen already (``evie chat`` wrote it). Without a ``manager``
+        the chat reads and queues input until :meth:`connect` gives it one."""
         self._notice = notice
         self._banner = banner
         self._workdir = workdir
@@ -98,9 +96,16 @@ class TerminalChat:
             style = RichStyle(_terminal_width()) if interactive else PlainStyle()
         self._style: Style = style
         self._running = 0  # replies in flight (for Ctrl-C)
-        self._greeted = False
         self._last_interrupt = -math.inf
         self._manager = manager
+        self._connected = anyio.Event()
+        self._waiting = 0  # lines entered before connect(), not handled yet
+        self._renderer_loading = False
+        if manager is not None:
+            self._connected.set()
+        self._reading = anyio.Event()  # input is being read: the prompt is on the screen
+        if self._editor is not None:
+            self._editor.when_drawn(self._reading.set)
         self._stdin = stdin or sys.stdin
         self._stdout = stdout or sys.stdout
         self._key = key
@@ -110,6 +115,30 @@ class TerminalChat:
         self._mid_line = False
         self._intake = anyio.CancelScope()
         self._health = PlatformHealth("starting", name="terminal")
+        # on the real terminal the greeting is written before the first prompt is drawn
+        # (run()); anywhere else it is simply the first thing the writer writes
+        self._on_terminal = self._editor is not None and self._stdout is sys.stdout
+        self._greeted = greeted
+        if not greeted and not self._on_terminal:
+            self.say(self._greeting())
+
+    def connect(
+        self, manager: SessionManager, *, session: str | None = None, notice: str | None = None
+    ) -> None:
+        """Give the chat its session manager (if it was built without one), and show the
+        session's line (e.g. "session: resumed, 8 turns") and a notice, above the prompt.
+        Lines entered before this are handled now, in their order."""
+        self._manager = manager
+        if session:
+            self._line(session)
+        if notice:
+            self._line(self._style.dim(f"[note] {notice}"))
+        self._connected.set()
+
+    async def wait_reading(self) -> None:
+        """Return once input is being read (on a terminal: the first prompt is drawn, keys
+        are read in raw mode), or once the chat is over."""
+        await self._reading.wait()
 
     def say(self, text: str) -> None:
         """Queue text for the terminal; never blocks."""
@@ -127,26 +156,28 @@ class TerminalChat:
         return once the turns started here have finished (/quit, Ctrl-D in the editor and
         leaving by Ctrl-C cut them short)."""
         proxy = None
-        if self._editor is not None and self._stdout is sys.stdout:
-            from prompt_toolkit.patch_stdout import StdoutProxy
+        with contextlib.ExitStack() as stack:
+            if self._on_terminal:
+                from evie.platforms.terminal_repl import above_the_prompt
 
-            self._stdout.write(self._greeting())  # before the first prompt is drawn
-            self._stdout.flush()
-            self._greeted = True
-            # printed above the prompt line, which is redrawn under it
-            self._stdout = proxy = StdoutProxy(raw=True)
-        try:
-            await self._run(task_status)
-        finally:
-            if proxy is not None:  # its thread writes what is left, then ends
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(proxy.close)
+                assert self._editor is not None
+                if not self._greeted:
+                    self._stdout.write(self._greeting())  # before the first prompt is drawn
+                    self._stdout.flush()
+                stack.enter_context(self._editor.raw_mode())  # for the whole chat
+                # printed above the prompt line, which is redrawn under it
+                self._stdout = proxy = above_the_prompt()
+            try:
+                await self._run(task_status)
+            finally:
+                self._reading.set()  # over: nobody waits for a prompt any longer
+                if proxy is not None:  # its thread writes what is left, then ends
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(proxy.close)
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as writer_tg:
             writer_tg.start_soon(self._writer)
-            if not self._greeted:
-                self.say(self._greeting())
             async with anyio.create_task_group() as tg:
                 with self._intake:
                     self._health = PlatformHealth(
@@ -196,7 +227,8 @@ class TerminalChat:
             tg.cancel_scope.cancel()
             return True
         self._last_interrupt = now
-        if self._running and await self._manager.abort(self._key):
+        # a reply runs only once the manager is there (see _send)
+        if self._running and self._manager is not None and await self._manager.abort(self._key):
             self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
         else:
             self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
@@ -211,14 +243,17 @@ class TerminalChat:
             name="evie-terminal-input",
             daemon=True,  # a read blocked on the keyboard must not keep evie from exiting
         ).start()
+        self._reading.set()
         watcher = anyio.CancelScope()  # owned here: ends when input does
         if self._interrupts:
             tg.start_soon(self._watch_sigint, watcher, lambda: self._on_interrupt(tg))
         try:
             async with lines:
                 async for line in lines:
-                    if not line:
-                        break  # EOF: let running turns finish, then leave
+                    if not line:  # EOF: let running turns finish, then leave
+                        # a script reads the session's line even when it sent nothing
+                        await self._connected.wait()
+                        break
                     if not await self._entered(line, tg):
                         break
         finally:
@@ -245,7 +280,7 @@ class TerminalChat:
 
     async def _on_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
         """SIGINT in line mode: stop the running turn; with none running, leave."""
-        if await self._manager.abort(self._key):
+        if self._manager is not None and await self._manager.abort(self._key):
             self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
             return False
         self._line("[bye]")
@@ -281,6 +316,25 @@ class TerminalChat:
                 return
 
     async def _handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
+        if self._manager is None or self._waiting:  # before the runtime was up: once it is
+            self._waiting += 1
+            tg.start_soon(self._handle_when_connected, text, tg)
+        else:
+            await self._handle_now(text, tg)
+
+    async def _handle_when_connected(self, text: str, tg: anyio.abc.TaskGroup) -> None:
+        """Tasks waiting on an event wake in the order they began to wait (and a wait on a
+        set event yields first): lines keep the order they were typed in."""
+        try:
+            await self._connected.wait()
+            await self._handle_now(text, tg)
+        finally:
+            self._waiting -= 1
+
+    async def _handle_now(self, text: str, tg: anyio.abc.TaskGroup) -> None:
+        from evie.chat.commands import TERMINAL_COMMANDS, parse_command, run_command
+
+        assert self._manager is not None  # see _handle
         command = parse_command(text) if " " not in text and "\n" not in text else None
         if command is not None:
             answer = await run_command(
@@ -292,9 +346,16 @@ class TerminalChat:
             )
             self._line(answer)
         else:
+            if not self._renderer_loading and isinstance(self._style, RichStyle):
+                self._renderer_loading = True  # rich, in a thread, while pi works on the reply
+                tg.start_soon(anyio.to_thread.run_sync, self._style.load)
             tg.start_soon(self._send, text)
 
     async def _send(self, text: str) -> None:
+        from evie.agent.events import Prompt
+        from evie.sessions.manager import Queued
+
+        assert self._manager is not None  # see _handle
         self._running += 1
         try:
             result = await self._manager.send(self._key, Prompt(text), self._render)
@@ -308,6 +369,19 @@ class TerminalChat:
             self._line(self._style.dim(f"[{how}: #{result.position}]"))
 
     async def _render(self, event: TurnEvent) -> None:
+        from evie.agent.events import (
+            AssistantMessage,
+            FollowUpStarted,
+            Notice,
+            Outcome,
+            RetryScheduled,
+            TextDelta,
+            ToolFinished,
+            ToolStarted,
+            TurnFinished,
+        )
+        from evie.chat.status import unanswered_line
+
         style = self._style
         match event:
             case TurnFinished(outcome=Outcome.DONE, unanswered=()):

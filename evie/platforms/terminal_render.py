@@ -140,6 +140,14 @@ class RichStyle:
     def plain(self, text: str) -> str:
         return sanitize(text)
 
+    def load(self) -> None:
+        """Import rich (~0.1 s of CPU, ~5 MiB). Blocking: the terminal calls it in a worker
+        thread when the first message is sent, so it loads while pi works on the reply
+        instead of on the event loop when the reply's first block is rendered; and a
+        chat that sends nothing never loads it."""
+        import rich.console
+        import rich.markdown  # noqa: F401
+
     def _render(self, block: str) -> str:
         from rich.console import Console
         from rich.markdown import Markdown
@@ -180,16 +188,19 @@ class PlainStyle:
 Style = RichStyle | PlainStyle
 
 
-def banner(*, model: str, workdir: str, session: str) -> str:
-    """The first lines of ``evie chat``: what answers, where it works, which conversation."""
+def banner(*, model: str, workdir: str) -> str:
+    """The first lines of ``evie chat``: what answers, where it works, which keys do what.
+
+    The conversation's own line (:func:`describe_session`) follows once the session
+    manager knows it: ``evie chat`` draws its prompt before that (adr/0015)."""
     return (
         f"evie · model {model} · working in {workdir}\n"
-        f"session: {session}. /help for commands; Alt-Enter for a new line; "
-        "Ctrl-C stops a reply; Ctrl-D leaves."
+        "/help for commands; Alt-Enter for a new line; Ctrl-C stops a reply; Ctrl-D leaves."
     )
 
 
 def describe_session(session_id: str | None, turns: int | None) -> str:
+    """The session's line: "session: new" or "session: resumed, 8 turns (<id>)"."""
     if session_id is None or not turns:
-        return "new"
-    return f"resumed, {turns} turn{'s' if turns != 1 else ''} ({session_id})"
+        return "session: new"
+    return f"session: resumed, {turns} turn{'s' if turns != 1 else ''} ({session_id})"

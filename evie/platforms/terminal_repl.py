@@ -5,19 +5,29 @@ history persists in the state dir, a bracketed paste is one message however
 many lines it has, Alt-Enter inserts a newline, and Ctrl-C / Ctrl-D come back
 as :class:`Key` values so the chat decides what they mean (stop the reply,
 leave). The editor runs on evie's event loop: no thread, no raw stdin reads.
+
+``evie chat`` draws its first prompt before anyio and the runtime are loaded
+(adr/0015, start-up): :meth:`LineEditor.begin` starts that prompt on the bare
+asyncio loop, and the chat's first :meth:`LineEditor.read` returns what was
+entered in it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import get_app_or_none
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
+from prompt_toolkit.patch_stdout import StdoutProxy
 
 
 class Key(enum.Enum):
@@ -62,9 +72,62 @@ class LineEditor:
             prompt_continuation="  ",
             erase_when_done=False,
         )
+        self._drawn = False
+        self._on_drawn: list[Callable[[], None]] = []
+        self._session.app.after_render += self._after_render
+        self._first: asyncio.Task[str | Key] | None = None
+
+    def _after_render(self, _app: object) -> None:
+        if not self._drawn:
+            self._drawn = True
+            for callback in self._on_drawn:
+                callback()
+            self._on_drawn.clear()
+
+    def when_drawn(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the first prompt is on the screen (at once if it is): from
+        then on keys are read in raw mode (prompt_toolkit enters it, and attaches its input,
+        before it draws). ``evie chat`` loads its runtime only then, beside the prompt."""
+        if self._drawn:
+            callback()
+        else:
+            self._on_drawn.append(callback)
+
+    def begin(self) -> asyncio.Task[str | Key]:
+        """Draw the first prompt now, before the chat that reads it exists; its task, which
+        the next :meth:`read` awaits (or :meth:`aclose` cancels), is returned to be watched.
+
+        A bare asyncio task rather than one in an anyio task group: it runs while anyio
+        itself is still being imported beside it (``evie chat``, adr/0015). Its owner is
+        this editor; whoever calls ``begin`` must ``read`` or ``aclose``.
+        """
+        if self._first is None:
+            self._first = asyncio.ensure_future(self._prompt())
+        return self._first
+
+    def raw_mode(self) -> AbstractContextManager[None]:
+        """Hold the terminal in raw mode for a whole chat, prompts and replies alike: held
+        outside them, each prompt's own raw mode restores raw when it ends, and keys typed
+        while no prompt is drawn wait in the terminal for the next one (Ctrl-D included),
+        instead of meeting the line discipline (echo, Ctrl-D as end of file)."""
+        return self._session.input.raw_mode()
+
+    async def aclose(self) -> None:
+        """Cancel a prompt begun and never read, and wait until it has left the screen and
+        restored the terminal's mode."""
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
 
     async def read(self) -> str | Key:
         """The next message (may contain newlines), or the key that ended the prompt."""
+        first, self._first = self._first, None
+        if first is not None:  # cancelling this read cancels that prompt too
+            return await first
+        return await self._prompt()
+
+    async def _prompt(self) -> str | Key:
         try:
             return await self._session.prompt_async(
                 set_exception_handler=False,  # evie's loop keeps its own handler
@@ -74,3 +137,42 @@ class LineEditor:
             return Key.INTERRUPT
         except EOFError:
             return Key.EOF
+
+
+def above_the_prompt() -> StdoutProxy:
+    """A stdout whose text is printed above the prompt, which is redrawn under it; the
+    terminal stays in raw mode meanwhile (see :class:`_AbovePrompt`)."""
+    return _AbovePrompt(raw=True)
+
+
+class _AbovePrompt(StdoutProxy):
+    """prompt_toolkit's ``StdoutProxy``, printing without leaving raw mode.
+
+    Its own printing goes through ``run_in_terminal``, which detaches the input and puts
+    the terminal in cooked mode for every write: keys typed while a reply streams met the
+    line discipline then (echoed into the reply; Ctrl-D taken as end of file, never seen
+    by the editor). Here each write erases the prompt, prints and redraws the prompt, in
+    the event loop like the original, and the input stays attached and raw. (Overrides
+    the one method that decides how; ``tests/test_chat_startup.py`` watches the modes.)
+    """
+
+    def _write_and_flush(self, loop: asyncio.AbstractEventLoop | None, text: str) -> None:
+        def write() -> None:
+            self._output.enable_autowrap()
+            self._output.write_raw(text)
+            self._output.flush()
+
+        def write_above() -> None:
+            app = get_app_or_none()
+            if app is None or not app.is_running:
+                write()
+                return
+            app.renderer.erase()  # the prompt, with the cursor back where it began
+            write()
+            app.renderer.request_absolute_cursor_position()
+            app.invalidate()  # the prompt, redrawn under the text
+
+        if loop is None:
+            write()
+        else:
+            loop.call_soon_threadsafe(write_above)

@@ -1,0 +1,197 @@
+"""``evie chat`` and ``evie run --terminal``: the terminal chat wired to a runtime.
+
+``evie chat`` draws its first prompt before anything a turn needs exists (adr/0015,
+start-up): the config, prompt_toolkit and the greeting are all that run first, on a bare
+asyncio loop (:func:`run_chat`). Once the prompt is on the screen (keys are read in raw
+mode from then on) anyio is imported beside it, then the runtime's modules, in worker
+threads, and the runtime is opened: the state, the sandbox probe, pi's warm spare. Lines
+entered meanwhile wait for it, in order; the session's line ("session: resumed, 8 turns")
+and its notices follow the greeting once the session manager knows them. ``evie run
+--terminal`` builds the chat over a runtime that is already open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from evie.config import Config
+from evie.platforms.terminal_render import banner, describe_session
+from evie.platforms.terminal_repl import LineEditor
+
+if TYPE_CHECKING:
+    from anyio import Event
+
+    from evie.platforms.terminal import TerminalChat
+    from evie.runtime import Runtime
+
+#: the terminal's session key
+KEY = "terminal"
+
+#: what the chat itself runs on: imported in a worker thread once the first prompt is drawn
+ANYIO = (
+    "anyio",
+    "anyio._backends._asyncio",
+    "anyio.abc",
+    "anyio.from_thread",
+    "anyio.lowlevel",
+    "anyio.streams.memory",
+    "anyio.to_thread",
+    "evie.platforms.terminal",
+)
+
+#: what opening the runtime, a turn and a command import: loaded in a worker thread
+#: once the chat runs (a test keeps these and :data:`ANYIO` out of the path to the prompt)
+BESIDE_THE_PROMPT = (
+    "evie.runtime",
+    "evie.agent.events",
+    "evie.agent.session_file",
+    "evie.chat.commands",
+    "evie.chat.status",
+)
+
+
+def _import(names: Iterable[str]) -> None:
+    for name in names:
+        importlib.import_module(name)
+
+
+def _model(config: Config) -> str:
+    agent = config.agent
+    if not agent.provider and not agent.model:
+        return "pi's default (`evie doctor` shows it)"
+    return f"{agent.provider or 'default'}/{agent.model or 'default'}"
+
+
+def run_chat(config: Config) -> None:
+    """``evie chat``: one session from this terminal, in the directory it was started in.
+
+    Returns once input has ended and the runtime is closed (pi stopped, state flushed);
+    an error opening the runtime ends the chat and is raised. Runs its own event loop,
+    like ``anyio.run``, but starts it without anyio (see the module docstring)."""
+    asyncio.run(_first_prompt_first(config))
+
+
+async def _first_prompt_first(config: Config) -> None:
+    if config.agent.cwd is None:  # `evie chat` works where it was started
+        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
+    assert config.agent.cwd is not None
+    workdir = config.agent.cwd.resolve()  # the launcher's work dir when [agent] cwd is set
+    # the line editor's history lives in the state dir, created here as the state store does
+    config.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    greeting = banner(model=_model(config), workdir=str(workdir))
+    editor = None
+    async with contextlib.AsyncExitStack() as stack:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            editor = LineEditor(config.state.dir / "terminal_history")
+            sys.stdout.write(greeting + "\n")  # as TerminalChat would, before its prompt
+            sys.stdout.flush()
+            stack.enter_context(editor.raw_mode())  # from the first prompt to the end
+            # (left before raw mode: a first prompt never read, if the chat failed to start)
+            stack.push_async_callback(editor.aclose)
+            drawn = asyncio.Event()
+            editor.when_drawn(drawn.set)
+            waiting = asyncio.ensure_future(drawn.wait())
+            try:  # (or the prompt ended before it was drawn: its read says how)
+                await asyncio.wait((editor.begin(), waiting), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+        await asyncio.to_thread(_import, ANYIO)
+        await chat(config, workdir, greeting, editor)
+
+
+async def chat(config: Config, workdir: Path, greeting: str, editor: LineEditor | None) -> None:
+    """The chat (anyio from here on): the runtime opens beside it; with ``editor``, its
+    greeting is on the screen and its first prompt begun already."""
+    import anyio
+
+    from evie.platforms.terminal import TerminalChat
+
+    terminal = TerminalChat(
+        None,
+        banner=greeting,
+        workdir=workdir,
+        editor=editor,
+        greeted=editor is not None,
+        interrupts=True,
+    )
+    over = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_open_beside_the_prompt, config, terminal, over)
+        try:
+            await terminal.run()
+        finally:
+            over.set()
+
+
+async def _open_beside_the_prompt(config: Config, terminal: TerminalChat, over: Event) -> None:
+    """Once the prompt is drawn: import, open the runtime, connect the chat; close the
+    runtime once the chat is over (its turns have finished by then)."""
+    import anyio.to_thread
+
+    await terminal.wait_reading()
+    if over.is_set():
+        return
+    await anyio.to_thread.run_sync(_import, BESIDE_THE_PROMPT)
+    from evie.runtime import open_runtime
+
+    if over.is_set():  # left while the modules loaded: nothing to start
+        return
+    async with open_runtime(config) as runtime:
+        _workdir, session, notice = await _session(runtime)
+        terminal.connect(runtime.manager, session=session, notice=notice)
+        await over.wait()
+
+
+async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> TerminalChat:
+    """The terminal chat over an open runtime, with its banner: model, working dir, and
+    whether it resumes (``evie run --terminal``).
+
+    ``interrupts`` makes SIGINT the chat's to interpret; under ``evie run --terminal``
+    it stays the daemon's graceful stop."""
+    from evie.platforms.terminal import TerminalChat
+
+    workdir, session, notice = await _session(runtime)
+    terminal = TerminalChat(
+        None,
+        banner=banner(model=_model(runtime.config), workdir=str(workdir)),
+        workdir=workdir,
+        history_path=runtime.config.state.dir / "terminal_history",
+        interrupts=interrupts,
+    )
+    terminal.connect(runtime.manager, session=session, notice=notice)
+    return terminal
+
+
+async def _session(runtime: Runtime) -> tuple[Path, str, str | None]:
+    """The terminal session's work dir, its line for the screen, and its notice (a pending
+    one from the state, and one when pi resumes the conversation in another directory)."""
+    import anyio.to_thread
+
+    from evie.agent.session_file import read_summary
+    from evie.runtime import build_launcher
+
+    config = runtime.config
+    session_id = runtime.manager.known_session(KEY)
+    launcher = build_launcher(config)
+    summary = None
+    if session_id is not None:
+        summary = await anyio.to_thread.run_sync(read_summary, launcher.session_file(session_id))
+        workdir = await anyio.to_thread.run_sync(launcher.work_dir, session_id)
+    else:
+        workdir = launcher.work_dir("<new session>")  # [agent] cwd, or a new session's own dir
+    notices = [runtime.store.take_notice(KEY)]
+    if summary is not None and summary.cwd is not None and summary.cwd != workdir.resolve():
+        notices.append(
+            f"this conversation was started in {summary.cwd} and pi resumes it there; "
+            f"/new starts one in {workdir}"
+        )
+    session = describe_session(session_id, summary.turns if summary else None)
+    return workdir, session, "\n".join(n for n in notices if n) or None

@@ -1,0 +1,140 @@
+"""`evie chat` start-up: the first prompt is drawn before anything only a turn needs is loaded.
+
+anyio's asyncio backend and the chat are imported once the prompt is drawn, then the
+runtime (state, sessions, pi's launcher and protocol, the sandbox probe) in a worker thread,
+and it is opened beside the prompt (adr/0015, start-up); the chat is still a real REPL: a
+message typed at the first prompt goes to pi and is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from evie.repl import ANYIO, BESIDE_THE_PROMPT
+from tests.test_setup import Terminal, _env
+
+pytestmark = pytest.mark.anyio
+
+#: a fresh `evie chat` writes the modules it has loaded at the moment its first prompt is
+#: drawn (a spy around the editor's own "drawn" hook, which then carries on as before)
+_PROBE = """
+import json, os, sys
+from evie.platforms.terminal_repl import LineEditor
+
+when_drawn = LineEditor.when_drawn
+
+def spy(self, callback):
+    def drawn():
+        if not os.path.exists(sys.argv[1]):  # the first call: the first prompt's drawing
+            with open(sys.argv[1], "w") as f:
+                json.dump(sorted(sys.modules), f)
+        callback()
+    when_drawn(self, drawn)
+
+LineEditor.when_drawn = spy
+from evie.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+#: loaded by nothing `evie chat` does before its first prompt
+NOT_BEFORE_THE_PROMPT = (
+    *(m for m in ANYIO if m != "anyio"),  # the chat's event loop starts without anyio's
+    *BESIDE_THE_PROMPT,
+    "evie.sessions.manager",
+    "evie.agent.launcher",
+    "evie.agent.process",
+    "evie.state",
+    "evie.durable.inbox",
+    "msgspec",
+    "evie.daemon",  # `evie run`'s wiring: courier, frontend, renderer
+    "evie.chat.streaming",
+    "evie.chat.render",
+    "md4c",
+    "multiprocessing",
+    "rich",  # loaded when the first message is sent
+    "ctypes.util",  # libc is opened by its soname
+    "aiogram",
+    "discord",
+    "aiohttp",
+    "pydantic",
+)
+
+
+async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    fake = Path(__file__).with_name("fake_pi.py")
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
+        f'[sessions]\nwarm_spares = 1\n[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    config.chmod(0o600)
+    snapshot = tmp_path / "modules.json"
+    argv = [sys.executable, "-c", _PROBE, str(snapshot), "--config", str(config), "chat"]
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect("Ctrl-D leaves")  # the greeting
+        await term.expect("›")  # the prompt, drawn under it
+        # typed at once: the message waits for the session manager, then goes to pi
+        term.type("hello there\r")
+        await term.expect("session: new")
+        await term.expect("echo: hello there")
+        await term.expect("›")
+        term.type("\x04")  # Ctrl-D
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
+    modules = set(json.loads(snapshot.read_text()))
+    assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config"} <= modules
+    assert [m for m in NOT_BEFORE_THE_PROMPT if m in modules] == []
+
+
+#: a fresh `evie chat` that records, at exit, each terminal mode it set: canonical or not
+_MODES_PROBE = """
+import atexit, json, sys, termios
+
+modes = []
+set_attributes = termios.tcsetattr
+
+def spy(fd, when, attributes):
+    modes.append(bool(attributes[3] & termios.ICANON))
+    return set_attributes(fd, when, attributes)
+
+termios.tcsetattr = spy
+atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(modes)))
+from evie.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+async def test_the_terminal_stays_raw_while_a_reply_streams(tmp_path: Path) -> None:
+    """Keys typed while a reply is printed reach the editor, never the line discipline:
+    from the first prompt to the exit the terminal is never set canonical (cooked) again,
+    and Ctrl-D typed in the middle of a reply leaves."""
+    config = tmp_path / "config.toml"
+    fake = Path(__file__).with_name("fake_pi.py")
+    config.write_text(
+        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
+        f'[sessions]\nwarm_spares = 0\n[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    config.chmod(0o600)
+    record = tmp_path / "modes.json"
+    argv = [sys.executable, "-c", _MODES_PROBE, str(record), "--config", str(config), "chat"]
+    term = Terminal(argv, _env(), pty=True)
+    steps = [{"text": "one block\n\n"}, {"sleep": 0.3}, {"text": "two block\n\n"}, {"sleep": 60}]
+    try:
+        await term.expect("session: new")
+        await term.expect("›")
+        term.type("script:" + json.dumps(steps) + "\r")
+        await term.expect("two block")  # printed above the prompt while the turn runs on
+        term.type("\x04")  # Ctrl-D, mid-reply
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
+    modes = json.loads(record.read_text())
+    assert modes, "the terminal was put in raw mode"
+    assert modes[-1] is True  # given back as it was found, at exit
+    assert True not in modes[:-1]  # and never cooked before that
