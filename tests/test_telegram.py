@@ -352,6 +352,62 @@ def test_aiogram_types_not_loaded_yet_are_loaded_when_a_model_needs_them() -> No
     assert out.stdout.split() == ["True", "False", "3", "[]", "True", "aiogram.types.voice", "x"]
 
 
+_STAND_IN_PROBE = """
+import sys, anyio
+import evie.platforms.telegram
+import aiogram.client.bot as bot_module
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand
+from tests.fake_telegram import TOKEN, running_fake_telegram
+
+methods = [m for m in sys.modules if m.startswith("aiogram.methods.")]
+print(len(methods) < 20, "aiogram.methods.get_my_commands" in sys.modules,
+      "aiogram.methods.send_dice" in sys.modules, "aiogram.types.passport_data" in sys.modules)
+print(type(bot_module.GetMyCommands).__name__, type(bot_module.SendDice).__name__)
+
+async def main():
+    async with running_fake_telegram() as fake:
+        session = AiohttpSession(api=TelegramAPIServer.from_base(fake.base_url))
+        bot = Bot(TOKEN, session=session)
+        try:
+            await bot.set_my_commands([BotCommand(command="new", description="a new chat")])
+            got = await bot.get_my_commands()  # its method's module is imported here
+            print([(c.command, c.description) for c in got])
+        finally:
+            await bot.session.close()
+    from aiogram.methods import GetMyCommands, SendDice
+    print(bot_module.GetMyCommands is GetMyCommands, type(got[0]) is BotCommand)
+    dice = bot_module.SendDice(chat_id=5)  # a stand-in called: the real class's instance
+    print(type(dice) is SendDice, isinstance(dice, bot_module.SendDice),
+          bot_module.SendDice is SendDice, dice.chat_id)
+
+anyio.run(main)
+"""
+
+
+def test_bots_methods_and_types_are_imported_when_first_used() -> None:
+    """aiogram's `Bot` names every method and ~150 types; evie's import loads only the few
+    it uses (adr/0016 §7); a `Bot` call of any other method still works, with its answer
+    validated, and the stand-in it went through is then the real class."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STAND_IN_PROBE],
+        capture_output=True, text=True, timeout=50, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "True False False False",
+        "_StandIn _StandIn",
+        "[('new', 'a new chat')]",
+        "True True",
+        "True True True 5",
+    ]
+
+
 # -- issue 12: replies of any size, entities in UTF-16, files ---------------------------
 
 

@@ -21,10 +21,20 @@ an aiogram model failing on an undefined name calls :func:`load_all_types` and
 is built again (the retry pydantic itself makes when a model is used later).
 Once everything is loaded the wrapper is removed.
 
-aiogram's ~170 API method classes are not deferred at all; during the import
-they are created with ``defer_build=True``. If aiogram's ``__init__`` does not
-look as expected (a future release), the types are imported as aiogram does it,
-with only the builds deferred.
+aiogram's ~190 API method classes are not deferred at all; they are created
+with ``defer_build=True``. ``aiogram.methods`` is made a package of the same
+kind as ``aiogram.types``: a method's module is imported when its name is first
+asked for. aiogram's ``Bot`` (``aiogram.client.bot``) names every method and
+~150 types in ``from`` imports, but uses them only when one of its methods is
+called (the types only in annotations, which are never evaluated): what that
+one module asks for while aiogram is imported is a stand-in (:class:`_StandIn`)
+that imports the real class the first time it is called or looked at and then
+puts it in the stand-in's place. Everything else (aiogram's dispatcher, evie,
+a type's shortcut method) gets the real class as before.
+
+If aiogram's ``__init__`` files do not look as expected (a future release), the
+types are imported as aiogram does it, with only the builds deferred, and the
+methods as aiogram does it, with their builds deferred.
 
 Import this module before anything from aiogram.
 """
@@ -37,6 +47,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel
@@ -45,6 +56,10 @@ from pydantic._internal._model_construction import ModelMetaclass
 from pydantic.errors import PydanticUndefinedAnnotation
 
 PACKAGE = "aiogram.types"
+METHODS = "aiogram.methods"
+#: the one module that gets stand-ins: it names every method and ~150 types, and uses
+#: them only when one of its methods is called
+BOT_MODULE = "aiogram.client.bot"
 #: ``from .module import A, B`` (or parenthesised over several lines) in aiogram/types/__init__.py
 _EXPORT = re.compile(r"^from \.(\w+) import \(?([\w\s,]+?)\)?$", re.MULTILINE)
 _ALL = re.compile(r"^__all__ = \(([^)]*)\)", re.MULTILINE)
@@ -58,10 +73,14 @@ class _Lazy:
     names: ClassVar[tuple[str, ...]] = ()  # aiogram.types.__all__
     complete: ClassVar[Callable[..., bool] | None] = None  # pydantic's, while wrapped
     loading: ClassVar[bool] = False
+    importing: ClassVar[bool] = False  # aiogram itself is being imported: stand-ins
 
 
-def _read_exports(init: Path) -> tuple[dict[str, str], tuple[str, ...]] | None:
-    """Which module each exported name comes from; None when the file is not as expected."""
+def _read_exports(
+    init: Path, *, rebuilt: bool = True
+) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """Which module each exported name comes from; None when the file is not as expected
+    (``rebuilt``: it must end with aiogram's ``model_rebuild`` loop, as the types' does)."""
     try:
         source = init.read_text(encoding="utf-8")
     except OSError:
@@ -72,7 +91,7 @@ def _read_exports(init: Path) -> tuple[dict[str, str], tuple[str, ...]] | None:
             if name:
                 exports[name] = found.group(1)
     listed = _ALL.search(source)
-    if listed is None or _REBUILD_LOOP not in source:
+    if listed is None or (rebuilt and _REBUILD_LOOP not in source):
         return None
     names = tuple(re.findall(r'"(\w+)"', listed.group(1)))
     if not names or not set(names) <= exports.keys():
@@ -80,35 +99,112 @@ def _read_exports(init: Path) -> tuple[dict[str, str], tuple[str, ...]] | None:
     return exports, names
 
 
-def _install_package() -> bool:
-    """``aiogram.types`` as a package that imports each name's module on first use."""
-    spec = importlib.util.find_spec("aiogram")  # finds it without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    folder = Path(next(iter(spec.submodule_search_locations))) / "types"
-    read = _read_exports(folder / "__init__.py")
-    if read is None:
-        return False
-    _Lazy.exports, _Lazy.names = read
-    package_spec = importlib.util.spec_from_file_location(
-        PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+def _install_package(name: str, exports: dict[str, str], names: tuple[str, ...],
+                     folder: Path, load: Callable[[str], Any]) -> None:  # fmt: skip
+    """``name`` as a package whose names are imported (``load``) when first asked for."""
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
-    if package_spec is None:
-        return False
-    package = importlib.util.module_from_spec(package_spec)
+    assert spec is not None  # a path with a .py suffix always has a spec
+    package = importlib.util.module_from_spec(spec)
 
-    def __getattr__(name: str) -> Any:  # PEP 562
-        module = _Lazy.exports.get(name)
+    def __getattr__(attr: str) -> Any:  # PEP 562
+        module = exports.get(attr)
         if module is None:
-            raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{PACKAGE}.{module}"), name)
-        setattr(package, name, value)
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+        if _Lazy.importing and _asked_by() == BOT_MODULE:
+            return _StandIn.of(name, attr)
+        value = load(f"{name}.{module}")
+        value = getattr(value, attr)
+        setattr(package, attr, value)
         return value
 
     package.__getattr__ = __getattr__  # type: ignore[method-assign]
-    package.__all__ = list(_Lazy.names)  # type: ignore[attr-defined]
-    sys.modules[PACKAGE] = package
+    package.__all__ = list(names)  # type: ignore[attr-defined]
+    sys.modules[name] = package
+
+
+def _asked_by() -> str:
+    """The module whose code looked a name up in a lazy package (past importlib's frames)."""
+    frame: FrameType | None = sys._getframe(2)  # past this and __getattr__: who looked it up
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib"):
+        frame = frame.f_back
+    return "" if frame is None else str(frame.f_globals.get("__name__", ""))
+
+
+class _StandIn:
+    """A method or type as ``aiogram.client.bot`` holds it until first used.
+
+    Calling it (``SendMessage(...)`` in a ``Bot`` method), looking at it, or an
+    ``isinstance`` against it imports the real class, which then replaces the
+    stand-in in that module, so later calls go straight to the class.
+    """
+
+    __slots__ = ("_name", "_package")
+    _made: ClassVar[dict[tuple[str, str], _StandIn]] = {}
+
+    def __init__(self, package: str, name: str) -> None:
+        self._package, self._name = package, name
+
+    @classmethod
+    def of(cls, package: str, name: str) -> _StandIn:
+        made = cls._made.get((package, name))
+        if made is None:
+            made = cls._made[package, name] = cls(package, name)
+        return made
+
+    def real(self) -> Any:
+        value = getattr(sys.modules[self._package], self._name)
+        bot = sys.modules.get(BOT_MODULE)
+        if bot is not None and vars(bot).get(self._name) is self:
+            setattr(bot, self._name, value)
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+    def __instancecheck__(self, instance: Any) -> bool:
+        return isinstance(instance, self.real())
+
+    def __subclasscheck__(self, subclass: type) -> bool:
+        return issubclass(subclass, self.real())
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (self.real(),)
+
+    def __repr__(self) -> str:
+        return f"<{self._package}.{self._name}, imported on first use>"
+
+
+def _install_types() -> bool:
+    """``aiogram.types`` as a package that imports each name's module on first use."""
+    folder = _aiogram_folder("types")
+    read = None if folder is None else _read_exports(folder / "__init__.py")
+    if folder is None or read is None:
+        return False
+    _Lazy.exports, _Lazy.names = read
+    _install_package(PACKAGE, *read, folder, importlib.import_module)
     return True
+
+
+def _install_methods() -> bool:
+    """``aiogram.methods`` the same way; each module imported with its builds deferred."""
+    folder = _aiogram_folder("methods")
+    read = None if folder is None else _read_exports(folder / "__init__.py", rebuilt=False)
+    if folder is None or read is None:
+        return False
+    _install_package(METHODS, *read, folder, _import_method_module)
+    return True
+
+
+def _aiogram_folder(package: str) -> Path | None:
+    spec = importlib.util.find_spec("aiogram")  # finds it without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / package
 
 
 def missing_types() -> list[str]:
@@ -180,35 +276,52 @@ def _is_aiogram(cls: type[Any]) -> bool:
     return str(getattr(cls, "__module__", "")).startswith("aiogram.")
 
 
+def _create_deferred(
+    mcs: type[ModelMetaclass],
+    cls_name: str,
+    bases: tuple[type[Any], ...],
+    namespace: dict[str, Any],
+    *args: Any,
+    **kwargs: Any,
+) -> type:
+    """pydantic's model metaclass, with ``defer_build`` for aiogram's method classes."""
+    if str(namespace.get("__module__", "")).startswith(METHODS + "."):
+        namespace["model_config"] = {
+            **(namespace.get("model_config") or {}),
+            "defer_build": True,
+        }
+    return _CREATE(mcs, cls_name, bases, namespace, *args, **kwargs)
+
+
+_CREATE = ModelMetaclass.__new__
+
+
+def _import_method_module(name: str) -> Any:
+    before = ModelMetaclass.__new__
+    ModelMetaclass.__new__ = _create_deferred  # type: ignore[method-assign]
+    try:
+        return importlib.import_module(name)
+    finally:
+        ModelMetaclass.__new__ = before  # type: ignore[method-assign]
+
+
 def _import_aiogram_types_lazily() -> None:
     if "aiogram" in sys.modules or PACKAGE in sys.modules:
         return
-    create = ModelMetaclass.__new__
-
-    def create_deferred(
-        mcs: type[ModelMetaclass],
-        cls_name: str,
-        bases: tuple[type[Any], ...],
-        namespace: dict[str, Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> type:
-        if str(namespace.get("__module__", "")).startswith("aiogram.methods."):
-            namespace["model_config"] = {
-                **(namespace.get("model_config") or {}),
-                "defer_build": True,
-            }
-        return create(mcs, cls_name, bases, namespace, *args, **kwargs)
-
-    ModelMetaclass.__new__ = create_deferred  # type: ignore[method-assign]
+    ModelMetaclass.__new__ = _create_deferred  # type: ignore[method-assign]
     try:
-        if _install_package():
+        if _install_types():
             _wrap_complete_model_class()
-            importlib.import_module("aiogram")
+            _install_methods()  # if it cannot, aiogram imports them (deferred, as here)
+            _Lazy.importing = True
+            try:
+                importlib.import_module("aiogram")
+            finally:
+                _Lazy.importing = False
         else:
             _import_with_builds_deferred()
     finally:
-        ModelMetaclass.__new__ = create  # type: ignore[method-assign]
+        ModelMetaclass.__new__ = _CREATE  # type: ignore[method-assign]
 
 
 def _import_with_builds_deferred() -> None:
