@@ -55,6 +55,8 @@ from pydantic._internal import _model_construction
 from pydantic._internal._model_construction import ModelMetaclass
 from pydantic.errors import PydanticUndefinedAnnotation
 
+from evie.platforms.deferred_tls import deferred_tls
+
 PACKAGE = "aiogram.types"
 METHODS = "aiogram.methods"
 #: the one module that gets stand-ins: it names every method and ~150 types, and uses
@@ -308,6 +310,8 @@ def _import_method_module(name: str) -> Any:
 def _import_aiogram_types_lazily() -> None:
     if "aiogram" in sys.modules or PACKAGE in sys.modules:
         return
+    with deferred_tls():  # aiohttp's two default TLS contexts: read on first use
+        importlib.import_module("aiohttp")
     ModelMetaclass.__new__ = _create_deferred  # type: ignore[method-assign]
     try:
         if _install_types():

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import re
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, TypeVar
@@ -31,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 
 # isort: off
 from evie.platforms import aiogram_lazy  # first: aiogram's types are loaded on first use
@@ -96,6 +98,7 @@ from evie.config import DeliveryConfig, TelegramConfig
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.platforms import deferred_tls
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
@@ -298,7 +301,22 @@ class _EditText(_TextMethod):
 
 
 class LeanSession(AiohttpSession):
-    """aiogram's aiohttp session; evie's own text methods bring their body (above)."""
+    """aiogram's aiohttp session; evie's own text methods bring their body (above).
+
+    Its TLS context reads ``certifi``'s certificates on first use, not when the
+    session is made (adr/0016 §7): :meth:`load_tls` reads them off the loop when
+    the Bot API is reached over https; over http they are never needed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        with deferred_tls.deferred_tls():
+            super().__init__(**kwargs)
+
+    def load_tls(self) -> None:
+        """Read the TLS context's certificates now (blocking: from a worker thread)."""
+        context = self._connector_init.get("ssl")
+        if isinstance(context, ssl.SSLContext):
+            deferred_tls.load(context)
 
     def build_form_data(self, bot: Bot, method: TelegramMethod[T]) -> FormData:
         if isinstance(method, _LeanMethod):
@@ -439,6 +457,8 @@ class TelegramInterface:
         try:
             frontend = self.frontend
             async with anyio.create_task_group() as delivery:
+                if urllib.parse.urlsplit(self._config.api_url).scheme == "https":  # for getMe
+                    delivery.start_soon(anyio.to_thread.run_sync, session.load_tls)
                 delivery.start_soon(frontend.courier.run)
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
