@@ -131,6 +131,11 @@ NOT_BEFORE_THE_FIRST_POLL = (
     "aiogram.methods.send_dice",
     "aiogram.methods.set_passport_data_errors",
     "aiogram.methods.add_sticker_to_set",
+    # aiogram's dispatcher, router, filters, FSM: evie polls on its own (adr/0007)
+    "aiogram.dispatcher.dispatcher",
+    "aiogram.dispatcher.router",
+    "aiogram.filters",
+    "aiogram.fsm",
 )
 
 

@@ -384,6 +384,11 @@ async def main():
           bot_module.SendDice is SendDice, dice.chat_id)
 
 anyio.run(main)
+import aiogram  # the rest of aiogram's own names, made or imported when first asked for
+print("aiogram.dispatcher.dispatcher" in sys.modules,
+      aiogram.__version__ == aiogram.__meta__.__version__, aiogram.Dispatcher.__module__,
+      type(aiogram.F).__name__, aiogram.html.bold("b"),
+      aiogram.types.Message is evie.platforms.telegram.Message)
 """
 
 
@@ -405,7 +410,25 @@ def test_bots_methods_and_types_are_imported_when_first_used() -> None:
         "[('new', 'a new chat')]",
         "True True",
         "True True True 5",
+        "False True aiogram.dispatcher.dispatcher MagicFilter <b>b</b> True",
     ]
+
+
+def test_aiograms_own_init_is_run_when_it_is_not_the_one_evie_knows(tmp_path: Path) -> None:
+    """The lazy ``aiogram`` package stands in only for the ``__init__`` it was written
+    against: any statement more, or another ``__all__``, and aiogram's own runs."""
+    from evie.platforms import aiogram_lazy
+
+    folder = aiogram_lazy._aiogram_folder(".")
+    assert folder is not None
+    source = (folder / "__init__.py").read_text()
+    init = tmp_path / "__init__.py"
+    init.write_text(source)
+    assert aiogram_lazy._top_as_expected(init)
+    init.write_text(source + "\nregister_something()\n")
+    assert not aiogram_lazy._top_as_expected(init)
+    init.write_text(source.replace('"Router",', '"Router",\n    "Scene",'))
+    assert not aiogram_lazy._top_as_expected(init)
 
 
 # -- issue 12: replies of any size, entities in UTF-16, files ---------------------------

@@ -32,6 +32,11 @@ that imports the real class the first time it is called or looked at and then
 puts it in the stand-in's place. Everything else (aiogram's dispatcher, evie,
 a type's shortcut method) gets the real class as before.
 
+``aiogram`` itself is such a package too: its ``__init__`` imports the
+dispatcher, router, filters and FSM, which evie does not use (it polls on its
+own, adr/0007); only ``aiogram.client.bot`` is imported now, and the rest of
+aiogram's names (``Dispatcher``, ``F``, ``html``...) when first asked for.
+
 If aiogram's ``__init__`` files do not look as expected (a future release), the
 types are imported as aiogram does it, with only the builds deferred, and the
 methods as aiogram does it, with their builds deferred.
@@ -41,6 +46,7 @@ Import this module before anything from aiogram.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import re
@@ -202,6 +208,105 @@ def _install_methods() -> bool:
     return True
 
 
+#: what ``aiogram/__init__.py`` binds: name -> (module, its attribute; None: the module)
+_TOP: dict[str, tuple[str, str | None]] = {
+    "Bot": ("aiogram.client.bot", "Bot"),
+    "Dispatcher": ("aiogram.dispatcher.dispatcher", "Dispatcher"),
+    "BaseMiddleware": ("aiogram.dispatcher.middlewares.base", "BaseMiddleware"),
+    "Router": ("aiogram.dispatcher.router", "Router"),
+    "html": ("aiogram.utils.text_decorations", "html_decoration"),
+    "md": ("aiogram.utils.text_decorations", "markdown_decoration"),
+    "enums": ("aiogram.enums", None),
+    "methods": (METHODS, None),
+    "types": (PACKAGE, None),
+    "session": ("aiogram.client.session", None),
+}
+#: and the two objects it makes: name -> (module, class called with no arguments)
+_MADE: dict[str, tuple[str, str]] = {
+    "F": ("aiogram.utils.magic_filter", "MagicFilter"),
+    "flags": ("aiogram.dispatcher.flags", "FlagGenerator"),
+}
+#: every statement of that ``__init__`` but ``__all__`` (as ``ast.unparse`` writes it)
+_TOP_STATEMENTS = frozenset((
+    "from aiogram.dispatcher.flags import FlagGenerator",
+    "from . import enums, methods, types",
+    "from .__meta__ import __api_version__, __version__",
+    "from .client import session",
+    "from .client.bot import Bot",
+    "from .dispatcher.dispatcher import Dispatcher",
+    "from .dispatcher.middlewares.base import BaseMiddleware",
+    "from .dispatcher.router import Router",
+    "from .utils.magic_filter import MagicFilter",
+    "from .utils.text_decorations import html_decoration as html",
+    "from .utils.text_decorations import markdown_decoration as md",
+    "F = MagicFilter()",
+    "flags = FlagGenerator()",
+))  # fmt: skip
+_TOP_ALL = frozenset((*_TOP, *_MADE, "__api_version__", "__version__"))
+
+
+def _top_as_expected(init: Path) -> bool:
+    """Does ``aiogram/__init__.py`` bind exactly :data:`_TOP` and :data:`_MADE`, and do
+    nothing else? (Any other release: aiogram's own ``__init__`` is run instead.)"""
+    try:
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for statement in tree.body:
+        if ast.unparse(statement) in _TOP_STATEMENTS:
+            continue
+        if not isinstance(statement, ast.Assign):
+            return False
+        if [ast.unparse(target) for target in statement.targets] != ["__all__"]:
+            return False
+        try:
+            names = ast.literal_eval(statement.value)
+        except ValueError:
+            return False
+        if set(names) != _TOP_ALL:
+            return False
+    return True
+
+
+def _install_aiogram() -> bool:
+    """``aiogram`` as a package whose names are imported (or made) when first asked for.
+
+    aiogram's ``__init__`` imports its dispatcher, router, filters and FSM, which
+    evie does not use (it runs its own polling loop, adr/0007); only the ``Bot`` is
+    imported now, by the caller.
+    """
+    folder = _aiogram_folder(".")
+    if folder is None or not _top_as_expected(folder / "__init__.py"):
+        return False
+    spec = importlib.util.spec_from_file_location(
+        "aiogram", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None  # a path with a .py suffix always has a spec
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["aiogram"] = package
+    meta = importlib.import_module("aiogram.__meta__")
+    package.__version__ = meta.__version__  # type: ignore[attr-defined]
+    package.__api_version__ = meta.__api_version__  # type: ignore[attr-defined]
+    package.__all__ = sorted(_TOP_ALL)  # type: ignore[attr-defined]
+
+    def __getattr__(attr: str) -> Any:  # PEP 562
+        if attr in _TOP:
+            module, name = _TOP[attr]
+            value = importlib.import_module(module)
+            if name is not None:
+                value = getattr(value, name)
+        elif attr in _MADE:
+            module, name = _MADE[attr]
+            value = getattr(importlib.import_module(module), name)()
+        else:
+            raise AttributeError(f"module 'aiogram' has no attribute {attr!r}")
+        setattr(package, attr, value)
+        return value
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return True
+
+
 def _aiogram_folder(package: str) -> Path | None:
     spec = importlib.util.find_spec("aiogram")  # finds it without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -319,7 +424,10 @@ def _import_aiogram_types_lazily() -> None:
             _install_methods()  # if it cannot, aiogram imports them (deferred, as here)
             _Lazy.importing = True
             try:
-                importlib.import_module("aiogram")
+                if _install_aiogram():
+                    importlib.import_module(BOT_MODULE)  # what evie uses: stand-ins in it
+                else:
+                    importlib.import_module("aiogram")
             finally:
                 _Lazy.importing = False
         else:
