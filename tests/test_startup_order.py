@@ -136,6 +136,8 @@ NOT_BEFORE_THE_FIRST_POLL = (
     "aiogram.dispatcher.router",
     "aiogram.filters",
     "aiogram.fsm",
+    "aiogram.enums.dice_emoji",  # and the enums no loaded type names
+    "aiogram.enums.currency",
 )
 
 

@@ -32,7 +32,7 @@ that imports the real class the first time it is called or looked at and then
 puts it in the stand-in's place. Everything else (aiogram's dispatcher, evie,
 a type's shortcut method) gets the real class as before.
 
-``aiogram`` itself is such a package too: its ``__init__`` imports the
+``aiogram.enums`` is one too, and ``aiogram`` itself: its ``__init__`` imports the
 dispatcher, router, filters and FSM, which evie does not use (it polls on its
 own, adr/0007); only ``aiogram.client.bot`` is imported now, and the rest of
 aiogram's names (``Dispatcher``, ``F``, ``html``...) when first asked for.
@@ -307,6 +307,16 @@ def _install_aiogram() -> bool:
     return True
 
 
+def _install_enums() -> bool:
+    """``aiogram.enums`` the same way (~40 enum modules; evie's path uses a few)."""
+    folder = _aiogram_folder("enums")
+    read = None if folder is None else _read_exports(folder / "__init__.py", rebuilt=False)
+    if folder is None or read is None:
+        return False
+    _install_package("aiogram.enums", *read, folder, importlib.import_module)
+    return True
+
+
 def _aiogram_folder(package: str) -> Path | None:
     spec = importlib.util.find_spec("aiogram")  # finds it without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -422,6 +432,7 @@ def _import_aiogram_types_lazily() -> None:
         if _install_types():
             _wrap_complete_model_class()
             _install_methods()  # if it cannot, aiogram imports them (deferred, as here)
+            _install_enums()
             _Lazy.importing = True
             try:
                 if _install_aiogram():
