@@ -1,4 +1,4 @@
-"""Import aiogram with its Telegram types loaded and built on first use (adr/0016).
+"""Import aiogram with its types, methods and enums loaded (and built) on first use (adr/0016).
 
 aiogram's ``aiogram/types/__init__.py`` imports all of its ~440 type modules
 and then calls ``model_rebuild`` on every type with a namespace holding all of
@@ -9,7 +9,7 @@ fields), for the handful of types evie ever sees.
 
 This module stands in for that ``__init__``: ``aiogram.types`` becomes a
 package whose names are imported from their own modules when first asked for
-(PEP 562 ``__getattr__``; aiogram's ``Bot`` and methods ask for ~160 of them).
+(PEP 562 ``__getattr__``; evie's path to its first poll asks for a few dozen).
 What the ``model_rebuild`` loop was for, the names a type's annotations refer
 to (aiogram imports them only for type checkers), :func:`load_all_types` does
 later: it imports the rest and adds those names to every type module, where
@@ -21,8 +21,8 @@ an aiogram model failing on an undefined name calls :func:`load_all_types` and
 is built again (the retry pydantic itself makes when a model is used later).
 Once everything is loaded the wrapper is removed.
 
-aiogram's ~190 API method classes are not deferred at all; they are created
-with ``defer_build=True``. ``aiogram.methods`` is made a package of the same
+aiogram does not defer its ~190 API method classes; here they are created with
+``defer_build=True``. ``aiogram.methods`` is made a package of the same
 kind as ``aiogram.types``: a method's module is imported when its name is first
 asked for. aiogram's ``Bot`` (``aiogram.client.bot``) names every method and
 ~150 types in ``from`` imports, but uses them only when one of its methods is
