@@ -15,6 +15,7 @@ UTF-16 code units of text *after entity parsing* (1024 for captions).
 from __future__ import annotations
 
 import html.parser
+import json
 import socket
 import struct
 import time
@@ -161,6 +162,7 @@ class FakeTelegram:
     down: bool = False  # an outage: every method answers 503 while set
     holds: dict[str, anyio.Event] = attrs.Factory(dict)  # method -> gate: answers wait for it
     reject_html: bool = False  # refuse every HTML message, as if our markup were broken
+    commands: list[dict[str, Any]] = attrs.Factory(list)  # the menu setMyCommands set
 
     @property
     def base_url(self) -> str:
@@ -330,7 +332,11 @@ class FakeTelegram:
         return True
 
     async def _m_setMyCommands(self, params: dict[str, str]) -> Any:
+        self.commands = json.loads(params.get("commands", "[]"))
         return True
+
+    async def _m_getMyCommands(self, params: dict[str, str]) -> Any:
+        return self.commands
 
     async def _m_sendChatAction(self, params: dict[str, str]) -> Any:
         return True

@@ -282,16 +282,17 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
 
     from evie.platforms.telegram import (
         RAW_UPDATES_RESPONSE,
-        RESPONSE_TYPES,
         TEXT_RESPONSES,
         _EditText,
         _RawGetUpdates,
         _SendText,
+        response_types,
     )
 
+    held = response_types()
     gc.collect()
     for method in (GetUpdates, SendMessage):
-        assert Response[method.__returning__] in RESPONSE_TYPES  # type: ignore[name-defined]
+        assert Response[method.__returning__] in held  # type: ignore[name-defined]
     # the poll evie makes for every message: the very class held, not a rebuilt one
     assert Response[_RawGetUpdates.__returning__] is RAW_UPDATES_RESPONSE
     # and the replies of every turn (evie's lean sendMessage / editMessageText)
@@ -350,6 +351,85 @@ def test_aiogram_types_not_loaded_yet_are_loaded_when_a_model_needs_them() -> No
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=50
     )
     assert out.stdout.split() == ["True", "False", "3", "[]", "True", "aiogram.types.voice", "x"]
+
+
+_STAND_IN_PROBE = """
+import sys, anyio
+import evie.platforms.telegram
+import aiogram.client.bot as bot_module
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand
+from tests.fake_telegram import TOKEN, running_fake_telegram
+
+methods = [m for m in sys.modules if m.startswith("aiogram.methods.")]
+print(len(methods) < 20, "aiogram.methods.get_my_commands" in sys.modules,
+      "aiogram.methods.send_dice" in sys.modules, "aiogram.types.passport_data" in sys.modules)
+print(type(bot_module.GetMyCommands).__name__, type(bot_module.SendDice).__name__)
+
+async def main():
+    async with running_fake_telegram() as fake:
+        session = AiohttpSession(api=TelegramAPIServer.from_base(fake.base_url))
+        bot = Bot(TOKEN, session=session)
+        try:
+            await bot.set_my_commands([BotCommand(command="new", description="a new chat")])
+            got = await bot.get_my_commands()  # its method's module is imported here
+            print([(c.command, c.description) for c in got])
+        finally:
+            await bot.session.close()
+    from aiogram.methods import GetMyCommands, SendDice
+    print(bot_module.GetMyCommands is GetMyCommands, type(got[0]) is BotCommand)
+    dice = bot_module.SendDice(chat_id=5)  # a stand-in called: the real class's instance
+    print(type(dice) is SendDice, isinstance(dice, bot_module.SendDice),
+          bot_module.SendDice is SendDice, dice.chat_id)
+
+anyio.run(main)
+import aiogram  # the rest of aiogram's own names, made or imported when first asked for
+print("aiogram.dispatcher.dispatcher" in sys.modules,
+      aiogram.__version__ == aiogram.__meta__.__version__, aiogram.Dispatcher.__module__,
+      type(aiogram.F).__name__, aiogram.html.bold("b"),
+      aiogram.types.Message.__module__)
+"""
+
+
+def test_bots_methods_and_types_are_imported_when_first_used() -> None:
+    """aiogram's `Bot` names every method and ~150 types; evie's import loads only the few
+    it uses (adr/0016 §7); a `Bot` call of any other method still works, with its answer
+    validated, and the stand-in it went through is then the real class."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STAND_IN_PROBE],
+        capture_output=True, text=True, timeout=50, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "True False False False",
+        "_StandIn _StandIn",
+        "[('new', 'a new chat')]",
+        "True True",
+        "True True True 5",
+        "False True aiogram.dispatcher.dispatcher MagicFilter <b>b</b> aiogram.types.message",
+    ]
+
+
+def test_aiograms_own_init_is_run_when_it_is_not_the_one_evie_knows(tmp_path: Path) -> None:
+    """The lazy ``aiogram`` package stands in only for the ``__init__`` it was written
+    against: any statement more, or another ``__all__``, and aiogram's own runs."""
+    from evie.platforms import aiogram_lazy
+
+    folder = aiogram_lazy._aiogram_folder(".")
+    assert folder is not None
+    source = (folder / "__init__.py").read_text()
+    init = tmp_path / "__init__.py"
+    init.write_text(source)
+    assert aiogram_lazy._top_as_expected(init)
+    init.write_text(source + "\nregister_something()\n")
+    assert not aiogram_lazy._top_as_expected(init)
+    init.write_text(source.replace('"Router",', '"Router",\n    "Scene",'))
+    assert not aiogram_lazy._top_as_expected(init)
 
 
 # -- issue 12: replies of any size, entities in UTF-16, files ---------------------------

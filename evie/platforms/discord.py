@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import discord
 import yarl
 from discord import app_commands
@@ -48,6 +49,7 @@ from evie.config import DeliveryConfig, DiscordConfig
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.platforms import deferred_tls
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
@@ -323,6 +325,9 @@ class DiscordInterface:
 
     async def _supervised(self) -> None:
         """Hold a gateway session; returns only when Discord gave up (a permanent error)."""
+        # aiohttp's default TLS contexts, if Telegram imported aiohttp with them deferred
+        # (adr/0016 §7): read off the loop before discord.py's first handshake needs them
+        await anyio.to_thread.run_sync(deferred_tls.load_all)
         await supervise(self.liveness, self._connect_once, self._backoff)
         self._accepting = False  # down for good: nothing more will arrive
         self._intake_send.close()  # _intake takes what was queued, then ends

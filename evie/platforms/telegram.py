@@ -24,13 +24,15 @@ import io
 import json
 import logging
 import re
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 
 # isort: off
 from evie.platforms import aiogram_lazy  # first: aiogram's types are loaded on first use
@@ -50,26 +52,9 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.methods import (
-    DeleteWebhook,
-    EditMessageText,
-    GetFile,
-    GetMe,
-    GetUpdates,
-    SendChatAction,
-    SendDocument,
-    SendMessage,
-    SetMyCommands,
-    TelegramMethod,
-)
+from aiogram.methods import TelegramMethod
 from aiogram.methods.base import Response
-from aiogram.types import (
-    BotCommand,
-    BufferedInputFile,
-    Message,
-    MessageEntity,
-    Update,
-)
+from aiogram.types import BotCommand, BufferedInputFile  # (loaded with aiogram's Bot)
 from aiohttp import FormData
 from aiohttp.payload import BytesPayload, Payload
 from pydantic import BaseModel, ValidationError
@@ -96,25 +81,57 @@ from evie.config import DeliveryConfig, TelegramConfig
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.platforms import deferred_tls
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
 from evie.sessions.manager import SessionManager
+
+if TYPE_CHECKING:  # imported beside the first poll (adr/0016 §7): see message_models
+    from aiogram.types import Message, MessageEntity, Update
 
 log = logging.getLogger(__name__)
 _DELIVERY = DeliveryConfig()  # [delivery] defaults, declared once in evie.config
 T = TypeVar("T")
 
-#: aiogram parses every answer as ``Response[<method's result type>]``; pydantic keeps
-#: those generic classes only in a weak cache, so each garbage collection dropped them
-#: and the next call rebuilt one (20-35 ms of CPU each under load). Holding them here
-#: builds each once (bench/results/aiogram_response.json).
-RESPONSE_TYPES = tuple(
-    Response[m.__returning__]  # type: ignore[name-defined]
-    for m in (
-        GetUpdates, SendMessage, EditMessageText, SendChatAction, GetMe, DeleteWebhook,
-        SetMyCommands, GetFile, SendDocument,
-    )
-)  # fmt: skip
+
+@functools.cache
+def response_types() -> tuple[type[BaseModel], ...]:
+    """The answer classes of aiogram's methods evie calls, held for good.
+
+    aiogram parses every answer as ``Response[<method's result type>]``; pydantic
+    keeps those generic classes only in a weak cache, so each garbage collection
+    dropped them and the next call rebuilt one (20-35 ms of CPU each under load).
+    Holding them builds each once (bench/results/aiogram_response.json). Made
+    beside the first poll: importing these methods and the types they name is
+    ~50 ms of CPU that the first poll does not need (adr/0016 §7).
+    """
+    from aiogram.methods import (
+        DeleteWebhook,
+        EditMessageText,
+        GetFile,
+        GetMe,
+        GetUpdates,
+        SendChatAction,
+        SendDocument,
+        SendMessage,
+        SetMyCommands,
+    )  # fmt: skip
+
+    return tuple(
+        Response[m.__returning__]  # type: ignore[name-defined]
+        for m in (
+            GetUpdates, SendMessage, EditMessageText, SendChatAction, GetMe, DeleteWebhook,
+            SetMyCommands, GetFile, SendDocument,
+        )
+    )  # fmt: skip
+
+
+@functools.cache
+def _update_model() -> type[Update]:
+    """aiogram's ``Update``, imported on first use (beside the first poll, or a message)."""
+    from aiogram.types import Update
+
+    return Update
 
 
 BAD_TOKEN = "Telegram rejected the bot token (401 Unauthorized): check [telegram] token"
@@ -241,13 +258,20 @@ class _RawGetUpdates(_LeanMethod):
 RAW_UPDATES_RESPONSE = Response[_RawGetUpdates.__returning__]
 #: aiogram types imported per loop step beside the first poll (~25 ms of CPU)
 TYPES_PER_STEP = 20
-#: what reading messages and answering them builds on first use, built beside the first
-#: poll instead; ``Message`` first, so that the others reuse its schema (0.22 s of CPU
-#: for all of them, against 0.44 s for ``Update`` and the answers' types built one by one)
-MESSAGE_MODELS: tuple[type[BaseModel], ...] = (
-    Message, Update, SendMessage, EditMessageText, SendChatAction, SendDocument, GetFile,
-    RAW_UPDATES_RESPONSE, *RESPONSE_TYPES,
-)  # fmt: skip
+
+
+def message_models() -> tuple[type[BaseModel], ...]:
+    """What reading messages and answering them builds on first use, built beside the
+    first poll instead; ``Message`` first, so that the others reuse its schema (0.22 s of
+    CPU for all of them, against 0.44 s for ``Update`` and the answers' types built one
+    by one)."""
+    from aiogram.methods import EditMessageText, GetFile, SendChatAction, SendDocument, SendMessage
+    from aiogram.types import Message
+
+    return (
+        Message, _update_model(), SendMessage, EditMessageText, SendChatAction, SendDocument,
+        GetFile, RAW_UPDATES_RESPONSE, *response_types(),
+    )  # fmt: skip
 
 
 class _SentId(BaseModel):
@@ -298,7 +322,22 @@ class _EditText(_TextMethod):
 
 
 class LeanSession(AiohttpSession):
-    """aiogram's aiohttp session; evie's own text methods bring their body (above)."""
+    """aiogram's aiohttp session; evie's own text methods bring their body (above).
+
+    Its TLS context reads ``certifi``'s certificates on first use, not when the
+    session is made (adr/0016 §7): :meth:`load_tls` reads them off the loop when
+    the Bot API is reached over https; over http they are never needed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        with deferred_tls.deferred_tls():
+            super().__init__(**kwargs)
+
+    def load_tls(self) -> None:
+        """Read the TLS context's certificates now (blocking: from a worker thread)."""
+        context = self._connector_init.get("ssl")
+        if isinstance(context, ssl.SSLContext):
+            deferred_tls.load(context)
 
     def build_form_data(self, bot: Bot, method: TelegramMethod[T]) -> FormData:
         if isinstance(method, _LeanMethod):
@@ -306,7 +345,7 @@ class LeanSession(AiohttpSession):
         return super().build_form_data(bot, method)
 
 
-#: held like RESPONSE_TYPES (rebuilt after every collection otherwise)
+#: held like response_types() (rebuilt after every collection otherwise)
 TEXT_RESPONSES = (Response[_SentId], Response[_SentId | bool])
 
 
@@ -439,6 +478,8 @@ class TelegramInterface:
         try:
             frontend = self.frontend
             async with anyio.create_task_group() as delivery:
+                if urllib.parse.urlsplit(self._config.api_url).scheme == "https":  # for getMe
+                    delivery.start_soon(anyio.to_thread.run_sync, session.load_tls)
                 delivery.start_soon(frontend.courier.run)
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -495,7 +536,8 @@ class TelegramInterface:
         await anyio.lowlevel.checkpoint()  # the first getUpdates goes out first
         while not aiogram_lazy.load_types(TYPES_PER_STEP):  # the rest of aiogram's types
             await anyio.lowlevel.checkpoint()
-        for model in MESSAGE_MODELS:
+        await anyio.lowlevel.checkpoint()
+        for model in message_models():  # (imports its methods and types: ~50 ms)
             await anyio.lowlevel.checkpoint()
             if model.__pydantic_complete__:
                 continue
@@ -552,7 +594,7 @@ class TelegramInterface:
     async def _feed(self, bot: Bot, item: dict[str, Any], update_id: object) -> None:
         """Validate and dispatch one update; one that cannot be read is logged and skipped."""
         try:
-            update = Update.model_validate(item, context={"bot": bot})
+            update = _update_model().model_validate(item, context={"bot": bot})
         except ValidationError as exc:
             self.liveness.skipped_updates += 1
             log.warning(
