@@ -402,20 +402,22 @@ class SessionManager(AsyncContextManagerMixin):
         """Start the turn's watchdog; the caller owns it through the returned scope."""
         assert process.turn is not None
         settings = self.settings
-        watchdog = slot.watchdog = TurnWatchdog(
-            process,
-            process.turn,
-            abort_grace=settings.abort_grace,
-            max_turn_seconds=settings.max_turn_seconds,
-            stall_timeout=settings.stall_timeout,
-        )
         scope = anyio.CancelScope()
 
         async def watch() -> None:
             with scope:
                 await watchdog.run()
 
-        self._tasks.start_soon(watch)
+        watchdog = slot.watchdog = TurnWatchdog(
+            process,
+            process.turn,
+            abort_grace=settings.abort_grace,
+            max_turn_seconds=settings.max_turn_seconds,
+            stall_timeout=settings.stall_timeout,
+            start=lambda: self._tasks.start_soon(watch),
+        )
+        if watchdog.has_deadline:
+            watchdog.arm()  # else its task starts with the first abort request (adr/0016 §10)
         return scope
 
     async def _start_process(self, slot: Slot) -> PiProcess | None:
