@@ -408,13 +408,16 @@ class SessionManager(AsyncContextManagerMixin):
             with scope:
                 await watchdog.run()
 
+        def start() -> None:
+            self._tasks.start_soon(watch)
+
         watchdog = slot.watchdog = TurnWatchdog(
             process,
             process.turn,
             abort_grace=settings.abort_grace,
             max_turn_seconds=settings.max_turn_seconds,
             stall_timeout=settings.stall_timeout,
-            start=lambda: self._tasks.start_soon(watch),
+            start=start,
         )
         if watchdog.has_deadline:
             watchdog.arm()  # else its task starts with the first abort request (adr/0016 §10)
