@@ -385,31 +385,39 @@ class SessionManager(AsyncContextManagerMixin):
         slot.turn = turn
         slot.state = SlotState.RUNNING
         self._notify(slot, Change.TURN_STARTED)
-        watch_scope = self._watch(slot, process)
+        stop_watching = self._watch(slot, process)
         try:
             async for event in turn:
                 slot.last_activity = time.monotonic()
                 await on_event(event)
         finally:
-            watch_scope.cancel()
+            stop_watching()
             slot.watchdog = None
             with anyio.CancelScope(shield=True):
                 await self._wind_down(slot, process)
         assert turn.finished is not None
         return turn.finished
 
-    def _watch(self, slot: Slot, process: PiProcess) -> anyio.CancelScope:
-        """Start the turn's watchdog; the caller owns it through the returned scope."""
+    def _watch(self, slot: Slot, process: PiProcess) -> Callable[[], None]:
+        """Set up the turn's watchdog; returns what stops it (the caller owns its task).
+
+        Its task and cancel scope are made only when it is armed (adr/0016 §10).
+        """
         assert process.turn is not None
         settings = self.settings
-        scope = anyio.CancelScope()
+        scopes: list[anyio.CancelScope] = []
 
-        async def watch() -> None:
+        async def watch(scope: anyio.CancelScope) -> None:
             with scope:
                 await watchdog.run()
 
         def start() -> None:
-            self._tasks.start_soon(watch)
+            scopes.append(anyio.CancelScope())
+            self._tasks.start_soon(watch, scopes[-1])
+
+        def stop() -> None:
+            for scope in scopes:
+                scope.cancel()
 
         watchdog = slot.watchdog = TurnWatchdog(
             process,
@@ -421,7 +429,7 @@ class SessionManager(AsyncContextManagerMixin):
         )
         if watchdog.has_deadline:
             watchdog.arm()  # else its task starts with the first abort request (adr/0016 §10)
-        return scope
+        return stop
 
     async def _start_process(self, slot: Slot) -> PiProcess | None:
         """Spawn under the slot's lock (the guard is not held)."""
