@@ -132,8 +132,8 @@ class ChatFrontend:
         follow-up handed to a running turn that is lost with the process is delivered
         again by the platform, whose offset has not moved (as a ``queued`` item would
         run again). So the batch's write waits (at most :data:`ADMIT_LINGER`) until each
-        message has begun its turn or found it must wait, and one fsync'd write records
-        the messages, the offset and the turns' start (adr/0016).
+        message has begun its turn (its start written) or found it must wait, and one
+        fsync'd write records the messages, the offset and the turns' start (adr/0016).
         """
         placed = []
         for accepted in batch:
@@ -209,11 +209,18 @@ class ChatFrontend:
                 self._settle(msg.chat.key, seq, finished)
 
     async def _started(self, seq: int, placed: anyio.Event | None = None) -> None:
-        """Record that this item's turn begins (before it does): it will never run twice."""
+        """Record that this item's turn begins (before it does): it will never run twice.
+
+        The write carries the batch's intake too (made before the turn began); ``placed``
+        is set once it is on disk, so that the intake waits once, for that very write,
+        instead of waking to queue for it (adr/0016 §10).
+        """
         self.inbox.mark(seq, STARTED)
-        if placed is not None:
-            placed.set()  # the batch's intake write may go now: it carries this mark
-        await self.inbox.commit()
+        try:
+            await self.inbox.commit()
+        finally:
+            if placed is not None:
+                placed.set()
 
     def _settle(self, key: str, seq: int, finished: bool) -> None:
         """Remove a handled item. One cut short before it started stays, to run again.

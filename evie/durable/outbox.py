@@ -320,6 +320,8 @@ class Outbox:
 
     async def flush(self) -> None:
         """Write every change made before this call (fresh entries being sent excepted)."""
+        if not self._ops and not self._write_lock.locked():
+            return  # nothing to write, and no write in flight that might hold a change
         async with self._write_lock:
             with self._lock:
                 ops, self._ops = self._ops, []
