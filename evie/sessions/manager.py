@@ -393,7 +393,11 @@ class SessionManager(AsyncContextManagerMixin):
         finally:
             stop_watching()
             slot.watchdog = None
-            with anyio.CancelScope(shield=True):
+            ended = turn.finished
+            if ended is None or ended.outcome is Outcome.CRASHED or not process.alive:
+                with anyio.CancelScope(shield=True):  # it waits for pi: nothing may cut it
+                    await self._wind_down(slot, process)
+            else:  # a turn that ended normally: the wind-down never waits (adr/0016 §10)
                 await self._wind_down(slot, process)
         assert turn.finished is not None
         return turn.finished
