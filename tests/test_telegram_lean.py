@@ -114,8 +114,9 @@ def test_lean_answers_read_as_aiogram_reads_them(answer: object) -> None:
             continue  # aiogram's check_response decides (errors, validation)
         method = kind.model_construct(**values)
         theirs = LEAN.check_response(bot, method, 200, json.dumps(answer)).result
-        if isinstance(theirs, bool) or isinstance(theirs, list):
-            assert ours == theirs and type(ours) is type(theirs)
+        if isinstance(theirs, (bool, list)):
+            assert ours == theirs
+            assert type(ours) is type(theirs)
         else:
             assert ours.message_id == theirs.message_id
             assert type(ours.message_id) is int

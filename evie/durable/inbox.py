@@ -192,9 +192,7 @@ class Inbox:
         # empty the log once the document on disk holds every removal in it, and only
         # once it has grown (a number in it is never reused: stale lines are harmless,
         # and an ftruncate per turn was a system call on the loop for nothing)
-        covered = (
-            removals >= DONE_LOG_LINES and self._removals == removals and not self._doc.dirty
-        )
+        covered = removals >= DONE_LOG_LINES and self._removals == removals and not self._doc.dirty
         if self._done_fd is not None and covered:
             os.ftruncate(self._done_fd, 0)
             self._removals = 0
