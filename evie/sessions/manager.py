@@ -387,9 +387,15 @@ class SessionManager(AsyncContextManagerMixin):
         self._notify(slot, Change.TURN_STARTED)
         stop_watching = self._watch(slot, process)
         try:
-            async for event in turn:
+            # the turn's queue read directly: as ``async for event in turn``, without an
+            # async generator (and its loop hooks) per turn (adr/0016 §10)
+            events = turn.events
+            while True:
+                event = await events.get()
                 slot.last_activity = time.monotonic()
                 await on_event(event)
+                if isinstance(event, TurnFinished):
+                    break
         finally:
             stop_watching()
             slot.watchdog = None
