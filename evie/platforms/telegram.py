@@ -195,10 +195,6 @@ def _urlencoded(fields: Iterable[tuple[str, str | None]]) -> bytes:
     return "&".join([f"{k}={_quote_plus(v)}" for k, v in fields if v]).encode()
 
 
-def _form(fields: Iterable[tuple[str, str | None]]) -> FormData:
-    return _Encoded(_urlencoded(fields))
-
-
 _FORM = "application/x-www-form-urlencoded"
 
 
@@ -440,14 +436,13 @@ class TelegramTransport:
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
         session = bot.session
-        self._lean = session if isinstance(session, LeanSession) else None
+        assert isinstance(session, LeanSession)  # the session evie's Bot is made with
+        self._lean = session
         self.flavor: Flavor = TelegramFlavor(self.max_length)
 
     async def _text_call(self, kind: type[_TextMethod], values: dict[str, Any]) -> Any:
         lean, bot = self._lean, self._bot
-        if lean is not None:
-            return await _mapped(lambda: lean.lean_call(bot, kind, values))
-        return await _mapped(lambda: bot(kind.model_construct(**values)))
+        return await _mapped(lambda: lean.lean_call(bot, kind, values))
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
         values = {
