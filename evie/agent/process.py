@@ -113,6 +113,7 @@ class PiProcess:
         self._stdin_open = True  # False once pi exited or its stdin failed: writes refused
         #: the asyncio writer under anyio's stdin stream, for writes that need no pump
         self._stdin_writer = _asyncio_writer(proc.stdin)
+        self._pump_sending = False  # the pump holds records it has not handed to asyncio yet
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._closing = False
         self._stderr_done = anyio.Event()
@@ -258,6 +259,7 @@ class PiProcess:
         if (
             writer is not None
             and not self._to_stdin  # nothing waits for the pump: this is next in order
+            and not self._pump_sending
             and not writer.is_closing()
             and not writer.transport.get_write_buffer_size()  # pi keeps up: no backlog
         ):
@@ -392,10 +394,13 @@ class PiProcess:
                     continue
                 data = pending.popleft() if len(pending) == 1 else b"".join(pending)
                 pending.clear()
+                self._pump_sending = True  # (send may yield before it writes: a cancellation)
                 try:
                     await stdin.send(data)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                     break
+                finally:
+                    self._pump_sending = False
         finally:
             self._stdin_open = False
             pending.clear()
