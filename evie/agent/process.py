@@ -4,13 +4,16 @@ Three tasks per process, owned by the caller's task group:
 
 * the stdout pump reads continuously and never awaits anything but the pipe,
   so a slow chat platform can never back pressure pi into ``ENOBUFS``;
-* the stdin pump is the only writer, so commands from several tasks never
-  interleave on the pipe and the reader can queue replies without blocking;
+* the stdin pump writes what is queued, so commands from several tasks never
+  interleave on the pipe and the reader can queue replies without blocking; a
+  record sent while nothing is queued and the pipe's buffer is empty is written
+  at once instead, without waking the pump (adr/0016 §10) — the order is the same;
 * the stderr pump keeps a tail for error messages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -69,6 +72,13 @@ class LaunchSpec:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
 
+def _asyncio_writer(stream: object) -> asyncio.StreamWriter | None:
+    """The ``asyncio.StreamWriter`` anyio's process stdin wraps (its asyncio backend,
+    the one evie runs on), or None: then every record goes through the pump."""
+    writer = getattr(stream, "_stream", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
 @attrs.define(eq=False)
 class _Waiter:
     event: anyio.Event = attrs.field(factory=anyio.Event)
@@ -103,6 +113,9 @@ class PiProcess:
         self._to_stdin: deque[bytes] = deque()
         self._stdin_wakeup = anyio.Event()
         self._stdin_open = True  # False once pi exited or its stdin failed: writes refused
+        #: the asyncio writer under anyio's stdin stream, for writes that need no pump
+        self._stdin_writer = _asyncio_writer(proc.stdin)
+        self._pump_sending = False  # the pump holds records it has not handed to asyncio yet
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._closing = False
         self._stderr_done = anyio.Event()
@@ -243,7 +256,18 @@ class PiProcess:
         """Hand one record to the stdin pump; False once the process is gone."""
         if not self._stdin_open:
             return False
-        self._to_stdin.append(p.encode_command(record))
+        data = p.encode_command(record)
+        writer = self._stdin_writer
+        if (
+            writer is not None
+            and not self._to_stdin  # nothing waits for the pump: this is next in order
+            and not self._pump_sending
+            and not writer.is_closing()
+            and not writer.transport.get_write_buffer_size()  # pi keeps up: no backlog
+        ):
+            writer.write(data)  # a non-blocking pipe: written now, or buffered by asyncio
+            return True
+        self._to_stdin.append(data)
         self._stdin_wakeup.set()
         return True
 
@@ -372,10 +396,13 @@ class PiProcess:
                     continue
                 data = pending.popleft() if len(pending) == 1 else b"".join(pending)
                 pending.clear()
+                self._pump_sending = True  # (send may yield before it writes: a cancellation)
                 try:
                     await stdin.send(data)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                     break
+                finally:
+                    self._pump_sending = False
         finally:
             self._stdin_open = False
             pending.clear()

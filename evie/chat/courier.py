@@ -74,23 +74,35 @@ class Courier:
         self.platform = platform
         self.settings = settings or CourierSettings()
         self._busy: set[str] = set()
+        self._tg: anyio.abc.TaskGroup | None = None  # run's, while it runs
         self.delivered = 0
         self.expired = 0
 
     async def run(self) -> None:
-        self.outbox.courier_running(self.platform, True)
+        """Deliver until cancelled: a worker per chat with entries, started when the
+        outbox is told of a new entry (its ``kick``, synchronous: no wake-up of a loop of
+        ours per message, adr/0016 §10) and for the entries there at the start."""
         try:
             async with anyio.create_task_group() as tg:
-                while True:
-                    for chat in self.outbox.chats(self.platform):
-                        if chat not in self._busy:
-                            self._busy.add(chat)
-                            tg.start_soon(self._drain, chat)
-                    await self.outbox.changed()
+                self._tg = tg
+                self.outbox.courier_running(self.platform, True, kick=self._kick)
+                for chat in self.outbox.chats(self.platform):
+                    self._kick(chat)
+                await anyio.sleep_forever()
         finally:
+            self._tg = None
             self.outbox.courier_running(self.platform, False)  # what is left goes to disk
             with anyio.CancelScope(shield=True):
                 await self.outbox.flush()
+
+    def _kick(self, chat: str) -> None:
+        """Start this chat's worker unless it runs (it takes every entry queued meanwhile)
+        or the courier is stopping (then the entry stays for the next start)."""
+        tg = self._tg
+        if tg is None or tg.cancel_scope.cancel_called or chat in self._busy:
+            return
+        self._busy.add(chat)
+        tg.start_soon(self._drain, chat)
 
     async def settle(self, seconds: float = 5.0) -> bool:
         """Wait (bounded) until this platform's outbox is empty, e.g. before stopping."""

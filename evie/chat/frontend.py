@@ -7,6 +7,7 @@ through the durable outbox, delivered by the :class:`Courier` (adr/0012).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -131,8 +132,8 @@ class ChatFrontend:
         follow-up handed to a running turn that is lost with the process is delivered
         again by the platform, whose offset has not moved (as a ``queued`` item would
         run again). So the batch's write waits (at most :data:`ADMIT_LINGER`) until each
-        message has begun its turn or found it must wait, and one fsync'd write records
-        the messages, the offset and the turns' start (adr/0016).
+        message has begun its turn (its start written) or found it must wait, and one
+        fsync'd write records the messages, the offset and the turns' start (adr/0016).
         """
         placed = []
         for accepted in batch:
@@ -208,11 +209,18 @@ class ChatFrontend:
                 self._settle(msg.chat.key, seq, finished)
 
     async def _started(self, seq: int, placed: anyio.Event | None = None) -> None:
-        """Record that this item's turn begins (before it does): it will never run twice."""
+        """Record that this item's turn begins (before it does): it will never run twice.
+
+        The write carries the batch's intake too (made before the turn began); ``placed``
+        is set once it is on disk, so that the intake waits once, for that very write,
+        instead of waking to queue for it (adr/0016 §10).
+        """
         self.inbox.mark(seq, STARTED)
-        if placed is not None:
-            placed.set()  # the batch's intake write may go now: it carries this mark
-        await self.inbox.commit()
+        try:
+            await self.inbox.commit()
+        finally:
+            if placed is not None:
+                placed.set()
 
     def _settle(self, key: str, seq: int, finished: bool) -> None:
         """Remove a handled item. One cut short before it started stays, to run again.
@@ -338,7 +346,7 @@ class ChatFrontend:
         result = None
         taken = True
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._beside_the_turn, msg.chat, streamer)
+            beside = self._beside_later(tg, msg.chat, streamer)
             try:
                 result = await self.manager.send(
                     key,
@@ -352,7 +360,9 @@ class ChatFrontend:
             except EvieError as exc:
                 await self.say(msg.chat, f"⚠️ {exc}")
             finally:
-                tg.cancel_scope.cancel()
+                beside.cancel()
+                if beside.started:
+                    tg.cancel_scope.cancel()
                 streamers = self._streamers.get(key, set())
                 streamers.discard(streamer)
                 if not streamers:
@@ -412,14 +422,22 @@ class ChatFrontend:
                 return item.seq
         return candidates[0].seq if candidates else None
 
-    async def _beside_the_turn(self, chat: ChatRef, streamer: ReplyStreamer) -> None:
-        """ "typing…" and the live edits, started only once the first of them is due:
-        a turn answered sooner (most) costs one task, not two (adr/0016 §9)."""
+    def _beside_later(
+        self, tg: anyio.abc.TaskGroup, chat: ChatRef, streamer: ReplyStreamer
+    ) -> _BesideTimer:
+        """ "typing…" and the live edits, started in ``tg`` only once the first of them is
+        due: a turn answered sooner (most) starts no task at all, only a timer of the event
+        loop (adr/0016 §9, §10). Cancel the timer when the turn ends."""
         waited = min(self.typing_delay, streamer.edit_interval)
-        await anyio.sleep(waited)
-        async with anyio.create_task_group() as tg:
+        timer = _BesideTimer()
+
+        def begin() -> None:
+            timer.started = True
             tg.start_soon(self._keep_typing, chat, self.typing_delay - waited)
             tg.start_soon(streamer.live_updates, waited)
+
+        timer.handle = asyncio.get_running_loop().call_later(waited, begin)
+        return timer
 
     async def _keep_typing(self, chat: ChatRef, delay: float) -> None:
         """ "typing…" while a turn runs; not for one answered within ``typing_delay``
@@ -431,6 +449,19 @@ class ChatFrontend:
             except Exception as exc:  # a nicety: whatever the answer, the turn goes on
                 log.debug("chat %s: typing indicator failed: %s", chat.key, exc)
             await anyio.sleep(self.typing_interval)
+
+
+@attrs.define
+class _BesideTimer:
+    """The loop timer that starts a turn's "typing…" and live edits (evie runs on asyncio:
+    aiogram and discord.py need it); ``started`` once it has fired."""
+
+    handle: asyncio.TimerHandle | None = None
+    started: bool = False
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 def sole_error(exc: BaseException) -> BaseException:

@@ -19,7 +19,7 @@ An item leaves at once: its sequence number is appended to ``<name>.done`` with 
 ``write`` (no fsync) on the event loop — it survives ``kill -9``, as the page cache
 outlives the process — so a message whose answer is already in the outbox is not
 reported as interrupted after a restart. The next document write covers it, and the
-log is emptied when no removal came in meanwhile.
+log is emptied when it has grown and no removal came in meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from evie.durable.store import DurableDoc
 
 INBOX_VERSION = 1
 SEEN_PER_CHAT = 128  # message ids remembered per chat for de-duplication
+DONE_LOG_LINES = 256  # the done log is emptied once it holds this many covered removals
 
 PENDING = "pending"
 QUEUED = "queued"
@@ -188,8 +189,10 @@ class Inbox:
         """Return once every change made so far is on disk."""
         removals = self._removals
         await self._doc.commit(self._snapshot)
-        # empty the log once the document on disk holds every removal in it
-        covered = removals and self._removals == removals and not self._doc.dirty
+        # empty the log once the document on disk holds every removal in it, and only
+        # once it has grown (a number in it is never reused: stale lines are harmless,
+        # and an ftruncate per turn was a system call on the loop for nothing)
+        covered = removals >= DONE_LOG_LINES and self._removals == removals and not self._doc.dirty
         if self._done_fd is not None and covered:
             os.ftruncate(self._done_fd, 0)
             self._removals = 0

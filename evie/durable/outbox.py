@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -69,6 +70,9 @@ class Outbox:
         #: sent before they are written; seq -> (chat, set once delivered or on disk)
         self._direct: dict[int, tuple[str, anyio.Event]] = {}
         self._couriers: set[str] = set()  # platforms whose courier runs
+        #: platform -> its courier's "deliver this chat" (sync), told of each new entry
+        #: at once instead of waking the courier's loop to look (adr/0016 §10)
+        self._kicks: dict[str, Callable[[str], None]] = {}
         self.direct_sent = 0
 
     def load(self) -> None:
@@ -129,7 +133,7 @@ class Outbox:
                 self._ops.append((entry.seq, entry))
             if len(queue) > self.max_per_chat:
                 self._drop_oldest(queue)
-        self._wake()
+        self._announce(chat)
         return entry
 
     def put_document(self, chat: str, filename: str, content: str, caption: str) -> OutboxEntry:
@@ -144,7 +148,7 @@ class Outbox:
             self._ops.append((entry.seq, entry))
             if len(queue) > self.max_per_chat:
                 self._drop_oldest(queue)
-        self._wake()
+        self._announce(chat)
         return entry
 
     def discard(self, chat: str, seqs: list[int]) -> list[int]:
@@ -250,14 +254,28 @@ class Outbox:
 
     # -- fresh entries sent before they are written (adr/0016) ----------------------------
 
-    def courier_running(self, platform: str, running: bool) -> None:
+    def courier_running(
+        self, platform: str, running: bool, kick: Callable[[str], None] | None = None
+    ) -> None:
         """A platform's courier starts or stops; at a stop its unsent fresh entries are
-        queued for writing (:meth:`flush` them)."""
+        queued for writing (:meth:`flush` them). ``kick(chat)``: called (synchronously)
+        for each new entry of this platform, in place of a wake-up of :meth:`changed`."""
         if running:
             self._couriers.add(platform)
+            if kick is not None:
+                self._kicks[platform] = kick
             return
         self._couriers.discard(platform)
+        self._kicks.pop(platform, None)
         self.persist_direct(platform)
+
+    def _announce(self, chat: str) -> None:
+        """A new entry for ``chat``: tell its platform's courier, else wake the waiters."""
+        kick = self._kicks.get(chat.split(":", 1)[0]) if self._kicks else None
+        if kick is None:
+            self._wake()
+        else:
+            kick(chat)
 
     def is_direct(self, entry: OutboxEntry) -> bool:
         with self._lock:
@@ -302,6 +320,8 @@ class Outbox:
 
     async def flush(self) -> None:
         """Write every change made before this call (fresh entries being sent excepted)."""
+        if not self._ops and not self._write_lock.locked():
+            return  # nothing to write, and no write in flight that might hold a change
         async with self._write_lock:
             with self._lock:
                 ops, self._ops = self._ops, []

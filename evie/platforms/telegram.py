@@ -38,6 +38,7 @@ import anyio.to_thread
 from evie.platforms import aiogram_lazy  # first: aiogram's types are loaded on first use
 
 # isort: on
+import msgspec
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -55,7 +56,7 @@ from aiogram.exceptions import (
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import Response
 from aiogram.types import BotCommand, BufferedInputFile  # (loaded with aiogram's Bot)
-from aiohttp import FormData
+from aiohttp import ClientError, ClientTimeout, FormData
 from aiohttp.payload import BytesPayload, Payload
 from pydantic import BaseModel, ValidationError
 
@@ -196,11 +197,20 @@ async def _intake(op: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-def _form(fields: Iterable[tuple[str, str | None]]) -> FormData:
+#: ``urllib.parse.quote_plus`` as a table of the 256 bytes: its per-byte Python loop was
+#: most of a reply's body encoding (a property test compares the bodies with aiogram's)
+_UNQUOTED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_QUOTED = [chr(b) if b in _UNQUOTED else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)]
+
+
+def _quote_plus(value: str) -> str:
+    return "".join(map(_QUOTED.__getitem__, value.encode("utf-8")))
+
+
+def _urlencoded(fields: Iterable[tuple[str, str | None]]) -> bytes:
     """A form body as aiogram's session builds it: fields in order, empty ones left out,
     urlencoded as aiohttp does (``urlencode``; the names are plain words, never quoted)."""
-    quote = urllib.parse.quote_plus
-    return _Encoded("&".join([f"{k}={quote(v)}" for k, v in fields if v]).encode())
+    return "&".join([f"{k}={_quote_plus(v)}" for k, v in fields if v]).encode()
 
 
 _FORM = "application/x-www-form-urlencoded"
@@ -231,7 +241,32 @@ class _LeanMethod(TelegramMethod[Any]):
     """
 
     def body(self) -> FormData:
+        return _Encoded(self.encode(self.__dict__))
+
+    @classmethod
+    def encode(cls, values: dict[str, Any]) -> bytes:
+        """The form body for these field values (every field given, as ``model_construct``
+        would fill them in)."""
         raise NotImplementedError
+
+    @classmethod
+    def read(cls, answer: Any) -> Any:
+        """The result of a decoded answer in the one shape aiogram reads it the same way,
+        else None: :meth:`LeanSession.lean_call` then leaves the answer to aiogram's
+        ``check_response`` (its errors, its validation). A property test checks that
+        whatever this accepts, aiogram returns equal."""
+        raise NotImplementedError
+
+
+def _ok_result(answer: Any) -> Any:
+    """An answer's ``result`` when it says ``"ok": true`` plainly, else None."""
+    if type(answer) is dict and answer.get("ok") is True:
+        return answer.get("result")
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
 
 
 class _RawGetUpdates(_LeanMethod):
@@ -244,13 +279,21 @@ class _RawGetUpdates(_LeanMethod):
     timeout: int | None = None
     allowed_updates: list[str] | None = None
 
-    def body(self) -> FormData:
-        allowed = self.allowed_updates
-        return _form((
-            ("offset", None if self.offset is None else str(self.offset)),
-            ("timeout", None if self.timeout is None else str(self.timeout)),
+    @classmethod
+    def encode(cls, values: dict[str, Any]) -> bytes:
+        offset, timeout, allowed = values["offset"], values["timeout"], values["allowed_updates"]
+        return _urlencoded((
+            ("offset", None if offset is None else str(offset)),
+            ("timeout", None if timeout is None else str(timeout)),
             ("allowed_updates", None if allowed is None else json.dumps(allowed)),
         ))  # fmt: skip
+
+    @classmethod
+    def read(cls, answer: Any) -> Any:
+        result = _ok_result(answer)
+        if type(result) is list and all(type(update) is dict for update in result):
+            return result
+        return None
 
 
 #: the answer class of the one call made for every message: without this, each garbage
@@ -295,18 +338,18 @@ class _TextMethod(_LeanMethod):
     #: the fields in the order of aiogram's method model (its body lists them so)
     _order: ClassVar[tuple[str, ...]]
 
-    def body(self) -> FormData:
-        values = {
-            "chat_id": str(self.chat_id),
-            "text": self.text,
-            "message_id": None if self.message_id is None else str(self.message_id),
-            "message_thread_id": (
-                None if self.message_thread_id is None else str(self.message_thread_id)
-            ),
-            "parse_mode": self.parse_mode,
+    @classmethod
+    def encode(cls, values: dict[str, Any]) -> bytes:
+        message_id, thread = values.get("message_id"), values.get("message_thread_id")
+        fields = {
+            "chat_id": str(values["chat_id"]),
+            "text": values["text"],
+            "message_id": None if message_id is None else str(message_id),
+            "message_thread_id": None if thread is None else str(thread),
+            "parse_mode": values.get("parse_mode"),
             "link_preview_options": _NO_PREVIEW_JSON,
         }
-        return _form((name, values[name]) for name in self._order)
+        return _urlencoded((name, fields[name]) for name in cls._order)
 
 
 class _SendText(_TextMethod):
@@ -314,11 +357,27 @@ class _SendText(_TextMethod):
     __api_method__ = "sendMessage"
     _order = ("chat_id", "text", "message_thread_id", "parse_mode", "link_preview_options")
 
+    @classmethod
+    def read(cls, answer: Any) -> Any:
+        result = _ok_result(answer)
+        if type(result) is dict and _is_int(result.get("message_id")):
+            return _SentId.model_construct(message_id=result["message_id"])
+        return None
+
 
 class _EditText(_TextMethod):
     __returning__ = _SentId | bool  # Telegram answers True for inline messages
     __api_method__ = "editMessageText"
     _order = ("text", "chat_id", "message_id", "parse_mode", "link_preview_options")
+
+    @classmethod
+    def read(cls, answer: Any) -> Any:
+        result = _ok_result(answer)
+        if result is True:
+            return True
+        if type(result) is dict and _is_int(result.get("message_id")):
+            return _SentId.model_construct(message_id=result["message_id"])
+        return None
 
 
 class LeanSession(AiohttpSession):
@@ -344,6 +403,55 @@ class LeanSession(AiohttpSession):
             return method.body()
         return super().build_form_data(bot, method)
 
+    async def lean_call(
+        self,
+        bot: Bot,
+        kind: type[_LeanMethod],
+        values: dict[str, Any],
+        request_timeout: float | None = None,
+    ) -> Any:
+        """``bot(kind.model_construct(**values))`` without what a small turn does not need
+        (adr/0016 §10): aiogram's ``make_request`` line by line, but the method model is
+        made only when an answer needs aiogram (an error, an unexpected shape), and an
+        answer of the expected shape is read without building ``Response[...]``. Every
+        other answer goes through aiogram's own ``check_response``, so errors map as
+        before. (aiogram's request middlewares are not run: evie registers none.)
+        """
+        session = await self.create_session()
+        url = self.api.api_url(token=bot.token, method=kind.__api_method__)
+        body = BytesPayload(kind.encode(values), content_type=_FORM)
+        try:
+            async with session.post(
+                url,
+                data=body,
+                timeout=ClientTimeout(
+                    total=self.timeout if request_timeout is None else request_timeout
+                ),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                result = None
+                if status == 200 and resp.charset in (None, "utf-8"):  # else as aiogram reads it
+                    try:
+                        result = kind.read(msgspec.json.decode(raw))
+                    except msgspec.DecodeError:
+                        result = None
+                content = await resp.text() if result is None else ""
+        except TimeoutError as e:
+            raise TelegramNetworkError(
+                method=kind.model_construct(**values), message="Request timeout error"
+            ) from e
+        except ClientError as e:
+            raise TelegramNetworkError(
+                method=kind.model_construct(**values), message=f"{type(e).__name__}: {e}"
+            ) from e
+        if result is not None:
+            return result
+        method = kind.model_construct(**values)
+        return self.check_response(
+            bot=bot, method=method, status_code=status, content=content
+        ).result
+
 
 #: held like response_types() (rebuilt after every collection otherwise)
 TEXT_RESPONSES = (Response[_SentId], Response[_SentId | bool])
@@ -367,28 +475,37 @@ class TelegramTransport:
 
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
+        session = bot.session
+        assert isinstance(session, LeanSession)  # the session evie's Bot is made with
+        self._lean = session
         self.flavor: Flavor = TelegramFlavor(self.max_length)
 
+    async def _text_call(self, kind: type[_TextMethod], values: dict[str, Any]) -> Any:
+        lean, bot = self._lean, self._bot
+        return await _mapped(lambda: lean.lean_call(bot, kind, values))
+
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
-        method = _SendText.model_construct(
-            chat_id=chat.chat_id,
-            text=text,
-            message_thread_id=chat.thread_id,
-            parse_mode="HTML" if formatted else None,
-        )
-        message = await _mapped(lambda: self._bot(method))
+        values = {
+            "chat_id": chat.chat_id,
+            "text": text,
+            "message_id": None,
+            "message_thread_id": chat.thread_id,
+            "parse_mode": "HTML" if formatted else None,
+        }
+        message = await self._text_call(_SendText, values)
         if message is None:  # cannot happen for sendMessage; be explicit anyway
             raise Permanent("Telegram returned no message")
         return Sent(message.message_id)
 
     async def edit(self, chat: ChatRef, message: Sent, text: str, *, formatted: bool) -> None:
-        method = _EditText.model_construct(
-            chat_id=chat.chat_id,
-            text=text,
-            message_id=message.message_id,
-            parse_mode="HTML" if formatted else None,
-        )
-        await _mapped(lambda: self._bot(method))
+        values = {
+            "chat_id": chat.chat_id,
+            "text": text,
+            "message_id": message.message_id,
+            "message_thread_id": None,
+            "parse_mode": "HTML" if formatted else None,
+        }
+        await self._text_call(_EditText, values)
 
     async def typing(self, chat: ChatRef) -> None:
         await _mapped(
@@ -568,17 +685,16 @@ class TelegramInterface:
         assert tg is not None
         if self._offset is None:
             self._offset = frontend.inbox.cursor("tg:offset")
+        session = bot.session
+        assert isinstance(session, LeanSession)
+        timeout = self._config.polling_timeout + self._config.request_grace
         while True:
-            method = _RawGetUpdates.model_construct(
-                offset=self._offset,
-                timeout=self._config.polling_timeout,
-                allowed_updates=["message"],
-            )
-            call = functools.partial(
-                bot,
-                method,
-                request_timeout=self._config.polling_timeout + self._config.request_grace,
-            )
+            values = {
+                "offset": self._offset,
+                "timeout": self._config.polling_timeout,
+                "allowed_updates": ["message"],
+            }
+            call = functools.partial(session.lean_call, bot, _RawGetUpdates, values, timeout)
             raw = await _intake(call)
             self.liveness.ok("polling")
             for item in raw:

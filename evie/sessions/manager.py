@@ -385,38 +385,61 @@ class SessionManager(AsyncContextManagerMixin):
         slot.turn = turn
         slot.state = SlotState.RUNNING
         self._notify(slot, Change.TURN_STARTED)
-        watch_scope = self._watch(slot, process)
+        stop_watching = self._watch(slot, process)
         try:
-            async for event in turn:
+            # the turn's queue read directly: as ``async for event in turn``, without an
+            # async generator (and its loop hooks) per turn (adr/0016 §10)
+            events = turn.events
+            while True:
+                event = await events.get()
                 slot.last_activity = time.monotonic()
                 await on_event(event)
+                if isinstance(event, TurnFinished):
+                    break
         finally:
-            watch_scope.cancel()
+            stop_watching()
             slot.watchdog = None
-            with anyio.CancelScope(shield=True):
+            ended = turn.finished
+            if ended is None or ended.outcome is Outcome.CRASHED or not process.alive:
+                with anyio.CancelScope(shield=True):  # it waits for pi: nothing may cut it
+                    await self._wind_down(slot, process)
+            else:  # a turn that ended normally: the wind-down never waits (adr/0016 §10)
                 await self._wind_down(slot, process)
         assert turn.finished is not None
         return turn.finished
 
-    def _watch(self, slot: Slot, process: PiProcess) -> anyio.CancelScope:
-        """Start the turn's watchdog; the caller owns it through the returned scope."""
+    def _watch(self, slot: Slot, process: PiProcess) -> Callable[[], None]:
+        """Set up the turn's watchdog; returns what stops it (the caller owns its task).
+
+        Its task and cancel scope are made only when it is armed (adr/0016 §10).
+        """
         assert process.turn is not None
         settings = self.settings
+        scopes: list[anyio.CancelScope] = []
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            with scope:
+                await watchdog.run()
+
+        def start() -> None:
+            scopes.append(anyio.CancelScope())
+            self._tasks.start_soon(watch, scopes[-1])
+
+        def stop() -> None:
+            for scope in scopes:
+                scope.cancel()
+
         watchdog = slot.watchdog = TurnWatchdog(
             process,
             process.turn,
             abort_grace=settings.abort_grace,
             max_turn_seconds=settings.max_turn_seconds,
             stall_timeout=settings.stall_timeout,
+            start=start,
         )
-        scope = anyio.CancelScope()
-
-        async def watch() -> None:
-            with scope:
-                await watchdog.run()
-
-        self._tasks.start_soon(watch)
-        return scope
+        if watchdog.has_deadline:
+            watchdog.arm()  # else its task starts with the first abort request (adr/0016 §10)
+        return stop
 
     async def _start_process(self, slot: Slot) -> PiProcess | None:
         """Spawn under the slot's lock (the guard is not held)."""

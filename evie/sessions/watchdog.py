@@ -10,7 +10,10 @@ The same escalation ends runaway turns: a turn older than ``max_turn_seconds``
 or one in which pi has been silent for ``stall_timeout`` is first asked to
 stop, then killed. Deadlines are computed, not polled; an abort request wakes
 the watchdog at once. The manager owns the watchdog's task and cancels it when
-the turn ends (see ``SessionManager._run_turn``).
+the turn ends (see ``SessionManager._run_turn``). A turn with no deadline (the
+default: no ``max_turn_seconds``, no ``stall_timeout``) has nothing to watch until
+an abort is requested, so its task is started only then (:meth:`TurnWatchdog.arm`):
+most turns never need one (adr/0016 §10).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import anyio
 
@@ -42,7 +46,9 @@ class TurnWatchdog:
         abort_grace: float,
         max_turn_seconds: float | None = None,
         stall_timeout: float | None = None,
+        start: Callable[[], None] | None = None,
     ) -> None:
+        """``start``: starts :meth:`run` in a task its caller owns (see :meth:`arm`)."""
         self.process = process
         self.turn = turn
         self.abort_grace = abort_grace
@@ -53,6 +59,19 @@ class TurnWatchdog:
         self.killed = False
         self.final = False  # evie is stopping: pi is not started again
         self._wake = anyio.Event()
+        self._start = start
+
+    @property
+    def has_deadline(self) -> bool:
+        """Whether the turn has a deadline of its own (else only an abort needs watching)."""
+        return bool(self.max_turn_seconds or self.stall_timeout)
+
+    def arm(self) -> None:
+        """Start the watching task, once: at the turn's start when it has a deadline,
+        else at the first abort request."""
+        start, self._start = self._start, None
+        if start is not None:
+            start()
 
     def request_abort(self, reason: str | None = None, *, final: bool = False) -> None:
         """Ask pi to stop; the grace period starts now (a repeat keeps the first).
@@ -69,6 +88,7 @@ class TurnWatchdog:
                 self.turn.abort_reason = reason
         self.process.abort()
         self._wake.set()
+        self.arm()  # the grace period needs a task counting it
 
     def _next(self, now: float) -> tuple[float, str]:
         """The earliest deadline and what happens at it."""
