@@ -64,14 +64,20 @@ NOT_BEFORE_THE_PROMPT = (
 )
 
 
-async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: Path) -> None:
+def _chat_config(tmp_path: Path, *, warm_spares: int) -> Path:
+    """A config running the fake pi, its state under ``tmp_path`` (0600, as evie wants)."""
     config = tmp_path / "config.toml"
     fake = Path(__file__).with_name("fake_pi.py")
     config.write_text(
         f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
-        f'[sessions]\nwarm_spares = 1\n[state]\ndir = "{tmp_path / "state"}"\n'
+        f'[sessions]\nwarm_spares = {warm_spares}\n[state]\ndir = "{tmp_path / "state"}"\n'
     )
     config.chmod(0o600)
+    return config
+
+
+async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: Path) -> None:
+    config = _chat_config(tmp_path, warm_spares=1)
     snapshot = tmp_path / "modules.json"
     argv = [sys.executable, "-c", _PROBE, str(snapshot), "--config", str(config), "chat"]
     term = Terminal(argv, _env(), pty=True)
@@ -114,13 +120,7 @@ async def test_the_terminal_stays_raw_while_a_reply_streams(tmp_path: Path) -> N
     """Keys typed while a reply is printed reach the editor, never the line discipline:
     from the first prompt to the exit the terminal is never set canonical (cooked) again,
     and Ctrl-D typed in the middle of a reply leaves."""
-    config = tmp_path / "config.toml"
-    fake = Path(__file__).with_name("fake_pi.py")
-    config.write_text(
-        f'[agent]\ncommand = ["{sys.executable}", "{fake}"]\n'
-        f'[sessions]\nwarm_spares = 0\n[state]\ndir = "{tmp_path / "state"}"\n'
-    )
-    config.chmod(0o600)
+    config = _chat_config(tmp_path, warm_spares=0)
     record = tmp_path / "modes.json"
     argv = [sys.executable, "-c", _MODES_PROBE, str(record), "--config", str(config), "chat"]
     term = Terminal(argv, _env(), pty=True)
