@@ -8,10 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-import anyio
-
 from evie import __version__
-from evie.agent.sandbox import make_undumpable
+from evie.agent.undumpable import make_undumpable
 from evie.config import Config, example_config, load_config, split_listen
 from evie.errors import ConfigError, EvieError
 from evie.logs import RedactSecrets, setup_logging
@@ -146,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         quiet = command in ("chat", "doctor", "check") or getattr(args, "terminal", False)
         _setup_logging(config, quiet=quiet)
         if command in ("doctor", "check"):
+            import anyio
+
             from evie.setup.doctor import run_doctor
 
             return anyio.run(lambda: run_doctor(config, turn=not args.no_turn))
         if command == "status":
             return _status(config)
         if command == "run":
+            import anyio
+
             from evie.daemon import run_daemon
 
             anyio.run(lambda: run_daemon(config, terminal=args.terminal))

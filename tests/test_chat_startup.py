@@ -42,7 +42,8 @@ sys.exit(main(sys.argv[2:]))
 
 #: loaded by nothing `evie chat` does before its first prompt
 NOT_BEFORE_THE_PROMPT = (
-    *(m for m in ANYIO if m != "anyio"),  # the chat's event loop starts without anyio's
+    *ANYIO,  # the chat's event loop starts without anyio (the CLI imports it only to run)
+    "evie.agent.sandbox",  # the bubblewrap probe runs with the runtime, beside the prompt
     *BESIDE_THE_PROMPT,
     "evie.sessions.manager",
     "evie.agent.launcher",

@@ -4,7 +4,7 @@ pi's tools run model-written shell commands as evie's user. Without a sandbox
 they can read whatever that user can: evie's config file (bot tokens), its
 state and every other session, and ``/proc/<evie>/environ``. Two layers:
 
-* :func:`make_undumpable` — ``prctl(PR_SET_DUMPABLE, 0)``, as ssh-agent does:
+* :func:`evie.agent.undumpable.make_undumpable` — ``prctl(PR_SET_DUMPABLE, 0)``, as ssh-agent does:
   same-user processes can no longer read evie's ``/proc/<pid>/environ`` or
   memory. Always on; it does nothing against root.
 * bubblewrap — pi runs in its own mount and PID namespace: the whole file
@@ -28,29 +28,7 @@ import attrs
 
 log = logging.getLogger(__name__)
 
-PR_SET_DUMPABLE = 4
 SandboxMode = Literal["auto", "bwrap", "off"]
-
-
-def make_undumpable() -> bool:
-    """Make this process non-dumpable (its /proc files become root-only); True on success.
-
-    glibc's libc is opened by its soname, already loaded into the process: looking it up
-    with ``ctypes.util.find_library`` imports ~30 ms of modules and runs ``ldconfig -p``
-    at every start (adr/0015, start-up); it remains the way when that name is missing.
-    """
-    import ctypes
-
-    try:
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        except OSError:  # not glibc (musl…): ask the system where its libc is
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so", use_errno=True)
-        return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 @attrs.frozen
