@@ -347,7 +347,7 @@ async def _render_rows() -> None:
     rows: dict[str, dict[str, dict[str, object]]] = {}
     worst_mb, worst_stall, worst_ratio, worst_noise = 0.0, 0.0, 0.0, 0.0
     worst_busy_stall = 0.0  # the longest stall during which the daemon itself was busy
-    streamer_cpu, streamer_stall = 0.0, 0.0  # 10 MB replies as the streamer renders them
+    streamer_mb, streamer_stall = 0.0, 0.0  # ≥ 1 MB replies as the streamer renders them
     most = DeliveryConfig().max_chunks
     loads = [os.getloadavg()[0]]
     for kind, make in KINDS.items():
@@ -382,11 +382,12 @@ async def _render_rows() -> None:
                     "idle_loop_stall_s_beside": noise,
                     "chunks": chunks,
                 }
-                if size >= 10_000_000:  # as a reply that long is delivered: first part + file
+                if size >= 1_000_000:  # as a reply that long is delivered: first part + file
                     cpu_b, stall_b, chunks_b, _ = await measure(text, FLAVORS[name], most)
                     row["streamer_cpu_s"], row["streamer_max_stall_s"] = cpu_b, stall_b
+                    row["streamer_cpu_ms_per_mb"] = cpu_b / mb * 1e3
                     row["streamer_chunks"] = chunks_b
-                    streamer_cpu = max(streamer_cpu, cpu_b)
+                    streamer_mb = max(streamer_mb, cpu_b / mb)
                     streamer_stall = max(streamer_stall, stall_b)
                 if floor:
                     row["parser_only_ms_per_mb"] = floor / mb * 1e3
@@ -415,8 +416,8 @@ async def _render_rows() -> None:
             "worst_cpu_over_parser_only": worst_ratio,
             "worst_stall_s": worst_stall,
             "worst_stall_daemon_busy_s": worst_busy_stall,
-            "streamer_10mb_worst_cpu_s": streamer_cpu,
-            "streamer_10mb_worst_stall_s": streamer_stall,
+            "streamer_worst_cpu_ms_per_mb": streamer_mb * 1e3,
+            "streamer_worst_stall_s": streamer_stall,
             "worst_idle_loop_stall_s_beside_rows": worst_noise,
             "baseline_idle_stall_s": idle,
             "baseline_busy_thread_stall_s": busy,
@@ -428,9 +429,10 @@ async def _render_rows() -> None:
         f"{fmt_s(worst_stall)} (the daemon busy for at most {fmt_s(worst_busy_stall)} of a"
         f" row's longest stall; a bare loop on this machine for as long: up to "
         f"{fmt_s(worst_noise)}; {fmt_s(busy)} beside a busy thread;"
-        f" load {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores); a 10 MB reply"
-        f" as the streamer renders it (first {most} + 1 messages, the rest sent as a file):"
-        f" at most {fmt_s(streamer_cpu)} CPU, stall {fmt_s(streamer_stall)}",
+        f" load {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores). As the daemon"
+        f" renders a reply of 1 MB or more (its first {most} + 1 messages; the rest is sent as"
+        f" a file): worst {streamer_mb * 1e3:.0f} ms CPU per MB, longest stall"
+        f" {fmt_s(streamer_stall)}",
     )
 
 
