@@ -187,25 +187,31 @@ class _StandIn:
         return f"<{self._package}.{self._name}, imported on first use>"
 
 
+def _install_lazy(
+    name: str, load: Callable[[str], Any], *, rebuilt: bool = False
+) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """aiogram's package ``name`` installed by :func:`_install_package`, from what its
+    ``__init__`` exports; None (nothing installed) when that file is not as expected."""
+    folder = _aiogram_folder(name.removeprefix("aiogram."))
+    read = None if folder is None else _read_exports(folder / "__init__.py", rebuilt=rebuilt)
+    if folder is None or read is None:
+        return None
+    _install_package(name, *read, folder, load)
+    return read
+
+
 def _install_types() -> bool:
     """``aiogram.types`` as a package that imports each name's module on first use."""
-    folder = _aiogram_folder("types")
-    read = None if folder is None else _read_exports(folder / "__init__.py")
-    if folder is None or read is None:
+    read = _install_lazy(PACKAGE, importlib.import_module, rebuilt=True)
+    if read is None:
         return False
     _Lazy.exports, _Lazy.names = read
-    _install_package(PACKAGE, *read, folder, importlib.import_module)
     return True
 
 
 def _install_methods() -> bool:
     """``aiogram.methods`` the same way; each module imported with its builds deferred."""
-    folder = _aiogram_folder("methods")
-    read = None if folder is None else _read_exports(folder / "__init__.py", rebuilt=False)
-    if folder is None or read is None:
-        return False
-    _install_package(METHODS, *read, folder, _import_method_module)
-    return True
+    return _install_lazy(METHODS, _import_method_module) is not None
 
 
 #: what ``aiogram/__init__.py`` binds: name -> (module, its attribute; None: the module)
@@ -309,12 +315,7 @@ def _install_aiogram() -> bool:
 
 def _install_enums() -> bool:
     """``aiogram.enums`` the same way (~40 enum modules; evie's path uses a few)."""
-    folder = _aiogram_folder("enums")
-    read = None if folder is None else _read_exports(folder / "__init__.py", rebuilt=False)
-    if folder is None or read is None:
-        return False
-    _install_package("aiogram.enums", *read, folder, importlib.import_module)
-    return True
+    return _install_lazy("aiogram.enums", importlib.import_module) is not None
 
 
 def _aiogram_folder(package: str) -> Path | None:
