@@ -130,9 +130,9 @@ class TerminalChat:
         Lines entered before this are handled now, in their order."""
         self._manager = manager
         if session:
-            self._line(session)
+            self.line(session)
         if notice:
-            self._line(self._style.dim(f"[note] {notice}"))
+            self.line(self._style.dim(f"[note] {notice}"))
         self._connected.set()
 
     async def wait_reading(self) -> None:
@@ -146,8 +146,14 @@ class TerminalChat:
             self._mid_line = not text.endswith("\n")
             self._out_send.send_nowait(text)
 
-    def _line(self, text: str) -> None:
+    def line(self, text: str) -> None:
+        """Queue a line of its own, below whatever was said last."""
         self.say(("\n" if self._mid_line else "") + text + "\n")
+
+    def end_line(self) -> None:
+        """End the current line, if something was said on it."""
+        if self._mid_line:
+            self.say("\n")
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -223,15 +229,15 @@ class TerminalChat:
         :data:`DOUBLE_INTERRUPT` seconds leaves (returns True)."""
         now = time.monotonic()
         if now - self._last_interrupt < DOUBLE_INTERRUPT:
-            self._line(self._style.dim("[bye]"))
+            self.line(self._style.dim("[bye]"))
             tg.cancel_scope.cancel()
             return True
         self._last_interrupt = now
         # a reply runs only once the manager is there (see _send)
         if self._running and self._manager is not None and await self._manager.abort(self._key):
-            self._line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
+            self.line(self._style.dim("[stopping the reply; Ctrl-C again to leave]"))
         else:
-            self._line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
+            self.line(self._style.dim("[Ctrl-C again to leave, or Ctrl-D]"))
         return False
 
     async def _line_loop(self, tg: anyio.abc.TaskGroup) -> None:
@@ -281,9 +287,9 @@ class TerminalChat:
     async def _on_interrupt(self, tg: anyio.abc.TaskGroup) -> bool:
         """SIGINT in line mode: stop the running turn; with none running, leave."""
         if self._manager is not None and await self._manager.abort(self._key):
-            self._line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
+            self.line("[stopping the turn; Ctrl-C again when it has stopped to leave]")
             return False
-        self._line("[bye]")
+        self.line("[bye]")
         tg.cancel_scope.cancel()
         return True
 
@@ -298,7 +304,7 @@ class TerminalChat:
         text = take(self._key)
         if text is None:
             return 0
-        self._line(self._style.dim(f"[note] {text}"))
+        self.line(self._style.dim(f"[note] {text}"))
         return 1
 
     def health(self) -> PlatformHealth:
@@ -344,7 +350,7 @@ class TerminalChat:
                 commands=TERMINAL_COMMANDS,
                 workdir=self._workdir,
             )
-            self._line(answer)
+            self.line(answer)
         else:
             if not self._renderer_loading and isinstance(self._style, RichStyle):
                 self._renderer_loading = True  # rich, in a thread, while pi works on the reply
@@ -353,67 +359,26 @@ class TerminalChat:
 
     async def _send(self, text: str) -> None:
         from evie.agent.events import Prompt
+        from evie.platforms.terminal_events import show
         from evie.sessions.manager import Queued
 
         assert self._manager is not None  # see _handle
+        style = self._style
+
+        async def render(event: TurnEvent) -> None:
+            show(event, style, self)
+
         self._running += 1
         try:
-            result = await self._manager.send(self._key, Prompt(text), self._render)
+            result = await self._manager.send(self._key, Prompt(text), render)
         except EvieError as exc:
-            self._line(f"[error] {self._style.plain(str(exc))}")
+            self.line(f"[error] {self._style.plain(str(exc))}")
             return
         finally:
             self._running -= 1
         if isinstance(result, Queued):
             how = "steering the running turn" if result.steer else "queued as a follow-up"
-            self._line(self._style.dim(f"[{how}: #{result.position}]"))
-
-    async def _render(self, event: TurnEvent) -> None:
-        from evie.agent.events import (
-            AssistantMessage,
-            FollowUpStarted,
-            Notice,
-            Outcome,
-            RetryScheduled,
-            TextDelta,
-            ToolFinished,
-            ToolStarted,
-            TurnFinished,
-        )
-        from evie.chat.status import unanswered_line
-
-        style = self._style
-        match event:
-            case TurnFinished(outcome=Outcome.DONE, unanswered=()):
-                self.say(style.flush())
-                if self._mid_line:
-                    self.say("\n")
-            case TurnFinished(outcome=outcome, error=error, unanswered=unanswered):
-                self.say(style.flush())
-                if outcome is not Outcome.DONE:
-                    self._line(style.plain(f"[{outcome.value}] {error or ''}".rstrip()))
-                if unanswered:
-                    self._line(style.dim(unanswered_line(len(unanswered))))
-            case AssistantMessage(text=text) if text:
-                # the text was already streamed as deltas; end the paragraph
-                self.say(style.flush())
-                self.say("\n" if self._mid_line else "")
-            case ToolStarted(tool_name=name, summary=summary):
-                self.say(style.flush())
-                self._line(style.dim(f"[{name}] {summary}".rstrip()))
-            case ToolFinished(is_error=True, tool_name=name):
-                self._line(style.dim(f"[{name} failed]"))
-            case FollowUpStarted(text=text):
-                self.say(style.flush())
-                self._line(style.dim(f"[now answering] {text}"))
-            case RetryScheduled(attempt=a, max_attempts=m, delay_ms=d, error=err):
-                self._line(style.dim(f"[retry {a}/{m} in {d / 1000:g}s] {err}"))
-            case TextDelta(text=text):
-                self.say(style.delta(text))
-            case Notice(text=text):
-                self._line(style.dim(f"[note] {text}"))
-            case _:
-                pass
+            self.line(self._style.dim(f"[{how}: #{result.position}]"))
 
     async def _writer(self) -> None:
         async with self._out_recv:
