@@ -276,12 +276,20 @@ class SparePool:
         first reply) would only repeat it. A directory removed since then is the same as
         one removed under a running session.
         """
+        spare = self._claimed_for(session_id)
+        return None if spare is None else self._hand_over(spare)
+
+    def _claimed_for(self, session_id: str) -> _Spare | None:
         for spare in self._spares:
             if spare.session_id == session_id and spare.process.alive:
-                self._spares.remove(spare)
-                self._taken(spare.process)
-                return spare.process
+                return spare
         return None
+
+    def _hand_over(self, spare: _Spare) -> PiProcess:
+        """``spare``'s process, no longer a spare (its lifetime is the session's now)."""
+        self._spares.remove(spare)
+        self._taken(spare.process)
+        return spare.process
 
     def _taken(self, process: PiProcess) -> None:
         self._metrics.spares_taken += 1
@@ -293,13 +301,9 @@ class SparePool:
 
         None when no spare fits: the caller starts pi cold.
         """
-        for spare in self._spares:
-            if spare.session_id == session_id and spare.process.alive:
-                if spare.process.spec != target:  # the launcher changed its mind
-                    break
-                self._spares.remove(spare)
-                self._taken(spare.process)
-                return spare.process
+        claimed = self._claimed_for(session_id)
+        if claimed is not None and claimed.process.spec == target:  # else: the launcher
+            return self._hand_over(claimed)  # changed its mind; another may still switch
         for spare in self._spares:
             if spare.claimed_at is not None or not spare.process.alive:
                 continue
