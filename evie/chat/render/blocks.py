@@ -585,8 +585,9 @@ def _table_text(rows: list[list[str]], widths: list[int]) -> str:
     return "\n".join(lines)
 
 
-def parse(markdown: str) -> Iterator[Block]:
-    """Parse once; every later step works on these blocks, as they come."""
+def parse(markdown: str, *, alone: bool = False) -> Iterator[Block]:
+    """Parse once; every later step works on these blocks, as they come. ``alone``: no
+    other thread of this process waits for the GIL (see :func:`to_html`)."""
     tilde = next((c for c in _PUA if c not in markdown), None)
     if tilde is None:  # the text uses all eight stand-ins: give up on keeping "~" lone
         tilde = _PUA[0]
@@ -595,7 +596,7 @@ def parse(markdown: str) -> Iterator[Block]:
     if "~" in markdown:  # a run of tildes never spans slices: each run is kept in one
         pieces = _tilde_safe_slices(markdown)
         pieces = [_LONE_TILDE.sub(tilde, piece) for piece in pieces]
-    return _Builder(tilde).feed(to_html(pieces))
+    return _Builder(tilde).feed(to_html(pieces, alone=alone))
 
 
 def _tilde_safe_slices(markdown: str) -> list[str]:
