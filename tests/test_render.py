@@ -214,6 +214,116 @@ def test_a_bounded_render_is_the_start_of_the_whole_one(
         assert bounded == whole
 
 
+#: what a table cell holds: characters to escape on either platform, markup md4c removes,
+#: wide characters (UTF-16 pairs for Telegram), a cell wider than a column may be (40)
+CELL = [
+    "<", ">", "&", "&amp;", '"', "'", "*", "**b**", "_", "_i_", "`c`", "`a<b`", "~", "~~s~~",
+    "\\|", "\\", "#", "- ", "1.", "[", "]", "[l](http://e/x)", "http://e.com/y", "🔥",
+    "👨‍👩‍👧", "日本", "é", " ", "x", "word", "\ue001", "z" * 45,
+]  # fmt: skip
+table_cell = st.lists(st.sampled_from(CELL), max_size=5).map("".join)
+
+
+@st.composite
+def long_tables(draw: st.DrawFn) -> str:
+    """A table of 100 to 250 rows (laid out lazily above blocks.LAZY_TABLE_ROWS), maybe with
+    text around it; every row is numbered so that a row lost or repeated shows, and at
+    least 15 characters long, so the table takes more than two messages."""
+    columns = draw(st.integers(min_value=1, max_value=4))
+    aligns = draw(st.lists(st.sampled_from(["---", ":--", ":-:", "--:"]), min_size=columns,
+                           max_size=columns))  # fmt: skip
+    head = "| " + " | ".join(f"h{i}" for i in range(columns)) + " |\n|" + "|".join(aligns) + "|\n"
+    rows = draw(st.integers(min_value=100, max_value=250))
+    cells = draw(st.lists(table_cell, min_size=columns, max_size=3 * columns))
+    lines = [
+        f"| row {r} of the table {cells[r % len(cells)]} | "
+        + " | ".join(cells[(r * 7 + c) % len(cells)] for c in range(1, columns))
+        + " |\n"
+        for r in range(rows)
+    ]
+    before = draw(st.sampled_from(["", "intro *text*\n\n", "# title\n\n"]))
+    after = draw(st.sampled_from(["", "\nafter the table\n", "\n| x |\n|---|\n| y |\n"]))
+    return before + head + "".join(lines) + after
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    markdown=long_tables(),
+    platform=st.sampled_from(["telegram", "discord"]),
+    limit=st.integers(min_value=100, max_value=600),
+    most=st.integers(min_value=0, max_value=8),
+)
+def test_a_table_far_longer_than_the_bound_renders_as_far_as_asked_exactly(
+    markdown: str, platform: str, limit: int, most: int
+) -> None:
+    """A long table is laid out, escaped and split only as far as the messages asked for
+    (issue 12: a huge reply is its first message and a file): its bounded render is the
+    start of its whole render, that whole render is the one the table laid out at once
+    gives (the token walk, ``whole=False``), and every message is valid and within the
+    limit with nothing lost (UTF-16 units for Telegram: the emoji count two)."""
+    from evie.chat.render.blocks import parse
+    from evie.chat.render.split import pack
+
+    flavor = TelegramFlavor(limit) if platform == "telegram" else DiscordFlavor(limit + 100)
+    assert any(block.table is not None for block in parse(markdown)), "not laid out lazily"
+    whole = check_chunks(markdown, platform, flavor.limit)
+    assert len(whole) > 2, "the table must take several messages"
+    assert whole == pack(parse(markdown), flavor, whole=False)
+    bounded = render(markdown, flavor, most=most)
+    assert bounded == whole[: len(bounded)]
+    assert (len(bounded) > most) == (len(whole) > most)
+    if len(whole) <= most:
+        assert bounded == whole
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# a batch ends exactly a message ahead of a cut, where a line end is to be cut at
+@example(cells=["ab"] * 40, columns=1, widths=[0, 0, 0], platform="telegram", limit=8, most=None)
+@given(
+    cells=st.lists(st.text(st.sampled_from("ab <&`*\\🔥é"), max_size=12), min_size=1, max_size=400),
+    columns=st.integers(min_value=1, max_value=3),
+    widths=st.lists(st.integers(min_value=0, max_value=12), min_size=3, max_size=3),
+    platform=st.sampled_from(["telegram", "discord"]),
+    limit=st.integers(min_value=8, max_value=80),
+    most=st.sampled_from([None, 0, 1, 5]),
+)
+def test_a_table_laid_out_in_pieces_is_cut_as_the_whole_text_is(
+    cells: list[str], columns: int, widths: list[int], platform: str, limit: int, most: int | None
+) -> None:
+    """Any table (any cells, any widths) laid out lazily, batch by batch, is cut into exactly
+    the messages its text laid out at once is cut into: the cuts read the batches only
+    as far as they can look (a message ahead), wherever a batch happens to end."""
+    from evie.chat.render.blocks import Block, Table
+    from evie.chat.render.split import pack
+
+    cells += [""] * (-len(cells) % columns)
+    flavor = TelegramFlavor(limit) if platform == "telegram" else DiscordFlavor(limit + 8)
+    lazy = pack([Block([], table=Table(cells, widths[:columns]))], flavor, most=most)
+    whole = pack([Block([], table=Table(cells, widths[:columns]))], flavor, whole=False)
+    assert lazy == (whole if most is None else whole[: len(lazy)])
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord"])
+def test_a_huge_table_renders_its_first_messages_as_its_whole_render_does(platform: str) -> None:
+    """3,000 rows with escapes and emoji, at the platforms' own limits, bounded as the
+    streamer bounds it (``max_chunks`` 8): the same first messages, and more after them."""
+    from evie.chat.render.blocks import parse
+    from evie.chat.render.split import pack
+
+    row = "| `k<{0}>` | {0} & 🔥 | **b** *i* ~~s~~ \\| _x_ 👨‍👩‍👧 [l](http://e/x) {1} |\n"
+    markdown = "| key | value | notes |\n|---|--:|:-:|\n" + "".join(
+        row.format(r, "日本" * (r % 30)) for r in range(3000)
+    )
+    flavor = TelegramFlavor() if platform == "telegram" else DiscordFlavor()
+    whole = render(markdown, flavor)
+    assert len(whole) > 20
+    assert whole == pack(parse(markdown), flavor, whole=False)
+    bounded = render(markdown, flavor, most=8)
+    assert bounded == whole[:9]
+    assert "🔥" in bounded[-1].plain
+    assert "k<" in bounded[-1].plain
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(markdown=markdown_text, limit=st.integers(min_value=200, max_value=2000))
 def test_discord_chunks_are_valid_within_limit_and_lose_nothing(markdown: str, limit: int) -> None:

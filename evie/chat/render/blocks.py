@@ -84,6 +84,49 @@ class Block:
     kind: str = "p"
     #: the stand-in for a lone "~" in ``html``
     tilde: str = ""
+    #: a long top-level table, laid out only as far as its messages are read (its tokens
+    #: are made only when needed)
+    table: Table | None = None
+
+
+#: a top-level table of more rows than this is laid out lazily (:class:`Table`); a short
+#: one costs less laid out at once
+LAZY_TABLE_ROWS: Final = 32
+_FIRST_ROWS = 32  # rows in the first lazily laid-out batch; each next batch doubles, up to
+_MOST_ROWS = 4096
+
+
+@attrs.frozen
+class Table:
+    """A table's cells (its text as shown, row after row) and its columns' widths.
+
+    The widths need every row, and are found with C-speed passes; laying the rows out
+    (format, trailing spaces, and later escaping and splitting) is what costs, and a huge
+    table is mostly sent as a file (issue 12): :meth:`pieces` lays out rows in growing
+    batches, only as far as the messages that are shown need them."""
+
+    cells: list[str]
+    widths: list[int]
+
+    def text(self) -> str:
+        """The whole text (:func:`_table_lines`), laid out at once."""
+        return _table_lines(self.cells, self.widths)
+
+    def pieces(self) -> Iterator[str]:
+        """:meth:`text` in pieces, each laid out when it is asked for: the header, the
+        rule under it, then batches of rows, each batch starting with its newline."""
+        columns, cells, widths = len(self.widths), self.cells, self.widths
+        rows = len(cells) // columns
+        line = " | ".join(f"{{:<{w}}}" for w in widths)
+        yield _TRAILING_SPACE.sub("", line.format(*cells[:columns]))
+        if rows > 1:
+            yield "\n" + "-+-".join("-" * w for w in widths)
+        start, batch = 1, _FIRST_ROWS
+        while start < rows:
+            stop = min(rows, start + batch)
+            lines = ("\n" + line) * (stop - start)
+            yield _TRAILING_SPACE.sub("", lines.format(*cells[start * columns : stop * columns]))
+            start, batch = stop, min(2 * batch, _MOST_ROWS)
 
 
 _WRAP: Final = {
@@ -134,7 +177,10 @@ def visible_text(html: str, tilde: str) -> str:
 
 
 def tokens_of(block: Block) -> list[Token]:
-    """The block's tokens, walked from its HTML when it was kept whole."""
+    """The block's tokens, walked from its HTML when it was kept whole, or laid out at
+    once from its table."""
+    if block.table is not None and not block.tokens:
+        block.tokens = [(OPEN, "pre", ""), (TEXT, block.table.text(), ""), (CLOSE, "pre", "")]
     if block.html is not None and not block.tokens:
         start, end = _WRAP[block.kind]
         walked = _Builder(block.tilde, whole=False).feed(start + block.html + end)
@@ -439,7 +485,11 @@ class _Builder:
             if body.strip("\x1f"):
                 self.after_bullet = False
             cells = body.split("\x1f")
-            widths = [min(40, max(map(len, cells[i::columns]))) for i in range(columns)]
+            lengths = list(map(len, cells))  # one pass over the cells, then over numbers
+            widths = [min(40, max(lengths[i::columns])) for i in range(columns)]
+            if self.depth == 0 and len(cells) > LAZY_TABLE_ROWS * columns:
+                self.blocks.append(Block([], self.sep, table=Table(cells, widths)))
+                return end + len("</table>") if end < len(html) else end
             text = _table_lines(cells, widths)
         self.tokens += [(OPEN, "pre", ""), (TEXT, text, ""), (CLOSE, "pre", "")]
         self.end_block()
@@ -535,8 +585,9 @@ def _table_text(rows: list[list[str]], widths: list[int]) -> str:
     return "\n".join(lines)
 
 
-def parse(markdown: str) -> Iterator[Block]:
-    """Parse once; every later step works on these blocks, as they come."""
+def parse(markdown: str, *, alone: bool = False) -> Iterator[Block]:
+    """Parse once; every later step works on these blocks, as they come. ``alone``: no
+    other thread of this process waits for the GIL (see :func:`to_html`)."""
     tilde = next((c for c in _PUA if c not in markdown), None)
     if tilde is None:  # the text uses all eight stand-ins: give up on keeping "~" lone
         tilde = _PUA[0]
@@ -545,7 +596,7 @@ def parse(markdown: str) -> Iterator[Block]:
     if "~" in markdown:  # a run of tildes never spans slices: each run is kept in one
         pieces = _tilde_safe_slices(markdown)
         pieces = [_LONE_TILDE.sub(tilde, piece) for piece in pieces]
-    return _Builder(tilde).feed(to_html(pieces))
+    return _Builder(tilde).feed(to_html(pieces, alone=alone))
 
 
 def _tilde_safe_slices(markdown: str) -> list[str]:

@@ -25,13 +25,18 @@ _SLICE = 1 << 18
 _renderer = md4c.HTMLRenderer(FLAGS)
 
 
-def to_html(markdown: list[str]) -> str:
+def to_html(markdown: list[str], *, alone: bool = False) -> str:
     """CommonMark + GFM tables/strikethrough/autolinks → HTML, in linear time.
 
-    Lone surrogates (from JSON) become "?": md4c reads UTF-8.
+    Lone surrogates (from JSON) become "?": md4c reads UTF-8. ``alone``: no other thread
+    of this process needs the GIL soon (the worker process), so the HTML is decoded in
+    one step, without the copy that joins the slices (10 MB of nested lists is 104 MB of
+    HTML: 100 ms instead of 200).
     """
     data = b"".join(piece.encode("utf-8", "replace") for piece in markdown)
     raw: bytes = _renderer.parse(data)
+    if alone:
+        return raw.decode("utf-8", "replace")
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     view = memoryview(raw)
     pieces = [decoder.decode(view[i : i + _SLICE]) for i in range(0, len(raw), _SLICE)]

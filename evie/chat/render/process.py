@@ -57,7 +57,7 @@ def _render_to_file(source: str, flavor: Flavor, most: int | None) -> tuple[str,
     fd, path = tempfile.mkstemp(prefix="evie-render-", suffix=".out")
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in pack(parse(markdown), flavor, most=most):
+            for chunk in pack(parse(markdown, alone=True), flavor, most=most):
                 for text in (chunk.markup, chunk.plain):
                     piece = text.encode("utf-8", "surrogatepass")
                     out.write(piece)

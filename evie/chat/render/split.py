@@ -11,7 +11,8 @@ can still fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -188,25 +189,44 @@ class _Writer:
                 self.push(value, arg)
             elif kind == CLOSE:
                 self.pop()
-            else:
-                pos, end = 0, len(value)
-                while pos < end:
-                    take = self.fit(value, pos, self.room())
-                    if take == 0:
-                        if not self.plain:  # nothing fits even in an empty message
-                            take = 1
-                        else:
-                            self.cut()
-                            continue
-                    piece = value[pos : pos + take]
-                    pos += take
-                    if pos < end and piece.endswith("\n") and len(piece) > 1:
-                        piece = piece[:-1]  # the cut itself ends the line
-                    self.write(piece)
-                    if pos < end:
-                        self.cut()
-                        if self.enough():
-                            return
+            elif not self.write_text((value,)):
+                return
+
+    def write_text(self, pieces: Iterable[str]) -> bool:
+        """One text, given in pieces, cut into messages; False once there are enough
+        (see :func:`pack`). Pieces are read only as far as the cuts need: more than a
+        message ahead of the cut, since a cut looks at most ``limit`` characters ahead
+        (every character costs a unit at least) — so a text laid out lazily (a huge
+        table) is laid out only as far as the messages made of it, and is cut exactly as
+        the whole text would be."""
+        rest = iter(pieces)
+        value, pos, more = "", 0, True
+        while True:
+            while more and len(value) - pos <= self.flavor.limit:
+                piece = next(rest, None)
+                if piece is None:
+                    more = False
+                else:
+                    value = value[pos:] + piece if pos < len(value) else piece
+                    pos = 0
+            if pos >= len(value):
+                return True
+            take = self.fit(value, pos, self.room())
+            if take == 0:
+                if not self.plain:  # nothing fits even in an empty message
+                    take = 1
+                else:
+                    self.cut()
+                    continue
+            piece = value[pos : pos + take]
+            pos += take
+            if pos < len(value) and piece.endswith("\n") and len(piece) > 1:
+                piece = piece[:-1]  # the cut itself ends the line
+            self.write(piece)
+            if pos < len(value):
+                self.cut()
+                if self.enough():
+                    return False
 
     def enough(self) -> bool:
         return self.most is not None and len(self.chunks) > self.most
@@ -279,6 +299,18 @@ def pack(
     for block in blocks:
         if writer.enough():
             return writer.chunks
+        if block.table is not None and whole and not block.tokens:
+            # a long table: laid out, escaped and split only as far as the messages need
+            # it; at most a message long, it goes on as any block, from its tokens
+            pieces = block.table.pieces()
+            head = _longer_than(pieces, flavor.limit)
+            if len(head) > flavor.limit:
+                writer.emit()
+                writer.push("pre", "")
+                if writer.write_text(itertools.chain((head,), pieces)):
+                    writer.pop()
+                continue
+            block.tokens = [(OPEN, "pre", ""), (TEXT, head, ""), (CLOSE, "pre", "")]
         rendered: tuple[str, str, int] | None = None
         # a block whose HTML is much longer than a message will be split anyway: the
         # token walk (same output) without converting it whole first
@@ -308,6 +340,18 @@ def pack(
             writer.write_split(tokens_of(block))
     writer.emit()
     return writer.chunks
+
+
+def _longer_than(pieces: Iterator[str], limit: int) -> str:
+    """The first pieces joined, as many as make more than ``limit`` characters (or all)."""
+    head: list[str] = []
+    size = 0
+    for piece in pieces:
+        head.append(piece)
+        size += len(piece)
+        if size > limit:
+            break
+    return "".join(head)
 
 
 class _Plain:
