@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from evie.config import Config
-from evie.platforms.terminal_render import banner, describe_session
+from evie.platforms.terminal_banner import banner, describe_session
 from evie.platforms.terminal_repl import LineEditor
 from evie.platforms.tls_later import attach_tls
 
