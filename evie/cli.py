@@ -133,6 +133,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_chat(argv: list[str]) -> argparse.Namespace | None:
+    """``evie``, ``evie chat``, each with one ``--config``: read as :func:`_parser` reads
+    them, without building it (ten parsers and ~60 options, a gettext look-up each: ~10 ms
+    of CPU before the chat's first prompt, adr/0015); None for any other command line,
+    which argparse reads (``tests/test_cli_args.py`` holds both to the same answers)."""
+    config: str | None = None
+    command: str | None = None
+    words = iter(argv)
+    for word in words:
+        if word == "chat" and command is None:
+            command = word
+            continue
+        if word == "--config" and config is None:
+            value = next(words, "")
+        elif word.startswith("--config=") and config is None:
+            value = word.removeprefix("--config=")
+        else:
+            return None
+        if not value or value.startswith("-"):
+            return None
+        config = value
+    return argparse.Namespace(config=config, command=command)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    plain = _plain_chat(argv)
+    return plain if plain is not None else _parser().parse_args(argv)
+
+
 def _pause_gc() -> bool:
     """No collections while ``evie chat`` starts (True if paused; ``EVIE_GC=default`` keeps
     CPython's policy): what it builds before its first prompt (the config's classes,
@@ -146,7 +176,7 @@ def _pause_gc() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
     make_undumpable()
     command = args.command or "chat"

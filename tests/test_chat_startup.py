@@ -91,6 +91,7 @@ NOT_BEFORE_THE_PROMPT = (
     "wcwidth._clip",  # wcwidth 0.3+ (a package of ~25 modules), where 0.2 is one module
     "evie.platforms.terminal_render",  # its regexes; the greeting has a module of its own
     "json",  # only JSON log lines need it
+    "evie.setup.options",  # a plain `evie chat` is read without building argparse's parser
 )
 
 
