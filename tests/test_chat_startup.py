@@ -55,7 +55,8 @@ class AfterImport:
         return spec
 
 def without_tls():
-    names = [n for n, m in list(sys.modules.items()) if getattr(m, "ssl", 0) is None]
+    names = [n for n, m in list(sys.modules.items())
+             if m is not None and getattr(m, "__dict__", {}).get("ssl", 0) is None]
     with open(sys.argv[1] + ".tls", "w") as f:
         f.write("\\n".join(names))
 
