@@ -33,7 +33,10 @@ def import_asyncio_without_tls() -> bool:
 
 def attach_tls() -> None:
     """Give asyncio the ``ssl`` module where it has ``None`` (blocking: a worker thread)."""
-    import ssl
+    try:
+        import ssl
+    except ImportError:  # a Python built without it: asyncio keeps None, as it would have
+        return
 
     for name in ASYNCIO_TLS_MODULES:
         module = sys.modules.get(name)
