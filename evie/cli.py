@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evie import __version__
 from evie.agent.undumpable import make_undumpable
-from evie.config import Config, example_config, load_config, split_listen
 from evie.errors import ConfigError, EvieError
 from evie.logs import RedactSecrets, setup_logging
+
+if TYPE_CHECKING:
+    from evie.config import Config
 
 DEFAULT_CONFIG = Path(os.path.expanduser("~/.config/evie/config.toml"))
 
@@ -27,6 +31,8 @@ def _config_path(arg: str | None) -> Path | None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from evie.config import load_config  # attrs and tomllib: after _pause_gc (see main)
+
     config = load_config(_config_path(args.config))
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -43,6 +49,8 @@ def _status(config: Config) -> int:
     import json
     import urllib.error
     import urllib.request
+
+    from evie.config import split_listen
 
     if not config.http.listen:
         raise ConfigError("`evie status` needs [http] listen in the config of the running evie")
@@ -74,6 +82,8 @@ def _status(config: Config) -> int:
 
 
 def _init(path: Path) -> int:
+    from evie.config import example_config
+
     if path.exists():
         print(f"{path} already exists; not overwriting it.", file=sys.stderr)
         return 1
@@ -123,11 +133,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_chat(argv: list[str]) -> argparse.Namespace | None:
+    """``evie``, ``evie chat``, each with one ``--config``: read as :func:`_parser` reads
+    them, without building it (ten parsers and ~60 options, a gettext look-up each: ~10 ms
+    of CPU before the chat's first prompt, adr/0015); None for any other command line,
+    which argparse reads (``tests/test_cli_args.py`` holds both to the same answers)."""
+    config: str | None = None
+    command: str | None = None
+    words = iter(argv)
+    for word in words:
+        if word == "chat" and command is None:
+            command = word
+            continue
+        if word == "--config" and config is None:
+            value = next(words, "")
+        elif word.startswith("--config=") and config is None:
+            value = word.removeprefix("--config=")
+        else:
+            return None
+        if not value or value.startswith("-"):
+            return None
+        config = value
+    return argparse.Namespace(config=config, command=command)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    plain = _plain_chat(argv)
+    return plain if plain is not None else _parser().parse_args(argv)
+
+
+def _pause_gc() -> bool:
+    """No collections while ``evie chat`` starts (True if paused; ``EVIE_GC=default`` keeps
+    CPython's policy): what it builds before its first prompt (the config's classes,
+    asyncio, prompt_toolkit) lives until exit, and the collector walked it ~70 times on
+    the way (~15 ms of CPU, adr/0015). The chat settles the collector once its runtime is
+    up, as ``evie run`` does (``evie.runtime.settle_gc``)."""
+    if os.environ.get("EVIE_GC", "tuned") == "default" or not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
     make_undumpable()
     command = args.command or "chat"
+    paused = command == "chat" and _pause_gc()
     try:
         if command == "init":
             target = args.path or args.config or os.environ.get("EVIE_CONFIG")
@@ -158,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
             anyio.run(lambda: run_daemon(config, terminal=args.terminal))
             return 0
+        from evie.platforms.tls_later import import_asyncio_without_tls
+
+        import_asyncio_without_tls()  # ssl is attached beside the first prompt
         from evie.repl import run_chat  # the first prompt first; the runtime beside it
 
         run_chat(config)
@@ -176,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         return _unexpected(exc)
+    finally:
+        if paused:
+            gc.enable()  # the chat ended before its runtime was up: never leave it off
 
 
 def _unexpected(exc: BaseException) -> int:

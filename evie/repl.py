@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import attrs
 
 from evie.config import Config
-from evie.platforms.terminal_render import banner, describe_session
+from evie.platforms.terminal_banner import banner, describe_session
 from evie.platforms.terminal_repl import LineEditor
+from evie.platforms.tls_later import attach_tls
 
 if TYPE_CHECKING:
     from anyio import Event
@@ -61,6 +62,11 @@ BESIDE_THE_PROMPT = (
 def _import(names: Iterable[str]) -> None:
     for name in names:
         importlib.import_module(name)
+
+
+def _beside_the_first_prompt() -> None:
+    attach_tls()  # `evie chat` loaded asyncio without ssl (evie.cli)
+    _import(ANYIO)
 
 
 def _model(config: Config) -> str:
@@ -103,7 +109,7 @@ async def _first_prompt_first(config: Config) -> None:
                 await asyncio.wait((editor.begin(), waiting), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
-        await asyncio.to_thread(_import, ANYIO)
+        await asyncio.to_thread(_beside_the_first_prompt)
         await chat(config, workdir, greeting, editor)
 
 
@@ -140,12 +146,13 @@ async def _open_beside_the_prompt(config: Config, terminal: TerminalChat, over: 
     if over.is_set():
         return
     await anyio.to_thread.run_sync(_import, BESIDE_THE_PROMPT)
-    from evie.runtime import open_runtime
+    from evie.runtime import open_runtime, settle_gc
 
     if over.is_set():  # left while the modules loaded: nothing to start
         return
     async with open_runtime(config) as runtime:
         _workdir, session, notice = await _session(runtime)
+        settle_gc()  # `evie chat` paused the collector while it started (evie.cli)
         terminal.connect(runtime.manager, session=session, notice=notice)
         await over.wait()
 
