@@ -232,7 +232,6 @@ class _Writer:
         return self.most is not None and len(self.chunks) > self.most
 
 
-
 def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
     """A whole block as (markup, visible text, units), rendered once; None when one of
     its texts alone is over the limit (it will be split: not worth escaping whole).
