@@ -158,9 +158,10 @@ class DiscordFlavor:
         # text's escaping depends only on itself: NUL is a line start to the escapes)
         out = _escape_texts(texts, tilde)
         code_close = link_close = ""
-        i = -1
-        for _ in range(marks.count(_DECIDE)):
+        i, left = -1, marks.count(_DECIDE)
+        while left:
             i = marks.index(_DECIDE, i + 1)
+            left -= 1
             tag = tags[i]
             if tag == "<code>":
                 code = unescape(texts[i + 1], tilde)
@@ -168,6 +169,8 @@ class DiscordFlavor:
                     code = _TICKS_IN_CODE.sub("`\u200b", code)
                 out[i + 1] = code
                 mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
+                if tags[i + 1] == "</code>":  # (always: a code span holds only text)
+                    marks[i + 1], left = code_close, left - 1
             elif tag == "</code>":
                 mark = code_close
             elif tag == "</a>":
@@ -184,6 +187,8 @@ class DiscordFlavor:
                 else:
                     mark = "["
                     link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
+                if label is not None:  # a label of text only: its end is the next tag
+                    marks[i + 1], left = link_close, left - 1
             marks[i] = mark
         parts[0::2] = out
         parts[1::2] = marks
