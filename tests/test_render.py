@@ -619,3 +619,28 @@ def test_bench_inputs_convert_whole_as_the_token_walk_does(platform: str) -> Non
     for make in KINDS.values():
         markdown = make(30_000)
         assert render(markdown, flavor) == pack(parse(markdown), flavor, whole=False)
+
+
+INLINE_HTML = [
+    "<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<code>", "</code>",
+    '<a href="u">', '<a href="u" title="t">', "</a>", "<br>\n", "x", "&lt;", "<abbr>", "</abbr>",
+]  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(INLINE_HTML), max_size=16).map("".join))
+def test_a_paragraph_converts_whole_only_when_its_inline_tags_are_balanced(html: str) -> None:
+    """``convertible`` takes a flat paragraph (each element closed right after its text) in
+    one regex; anything else by the stack of open tags. Either way: no empty element, and
+    every inline tag closed in order (md4c can leave one open, adr/0017)."""
+    from evie.chat.render.blocks import convertible
+
+    stack: list[str] = []
+    balanced = True
+    for closing, tag in re.findall(r"<(/?)(strong|em|del|code|a)\b", html):
+        if not closing:
+            stack.append(tag)
+        elif not stack or stack.pop() != tag:
+            balanced = False
+            break
+    assert convertible(html, "\ue000") == ("></" not in html and balanced and not stack)

@@ -10,6 +10,7 @@ an embed preview.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -47,6 +48,7 @@ _WHOLE_TAGS = {
     "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
     "<del>": "~~", "</del>": "~~", "<br>": "",
 }  # fmt: skip
+_DECIDE = "\x00"  # a tag whose mark is decided in Python (never a mark: no text has a NUL)
 
 
 def _escape_texts(texts: list[str], tilde: str) -> list[str]:
@@ -63,12 +65,17 @@ def escape(text: str) -> str:
     bullet = "-" in text or "+" in text
     number = "." in text or ")" in text
     if bullet or number:
-        text = "\n" + text
-        if bullet:
-            text = _BULLET.sub(r"\1\\\2", text)
-        if number:
-            text = _NUMBER.sub(r"\1\2\\\3", text)
-        text = text[1:]
+        # a search first: most texts have a "-" or "." but no marker to escape, and a sub
+        # with a template costs its template's preparation at every call (4.4 µs against
+        # 0.6 for one 200-character paragraph)
+        lined = "\n" + text
+        found = False
+        if bullet and _BULLET.search(lined):
+            lined, found = _BULLET.sub(r"\1\\\2", lined), True
+        if number and _NUMBER.search(lined):
+            lined, found = _NUMBER.sub(r"\1\2\\\3", lined), True
+        if found:
+            text = lined[1:]
     return text
 
 
@@ -142,43 +149,50 @@ class DiscordFlavor:
             return None
         if "<" not in html:
             return self._block(_escape_texts([html], tilde)[0], kind), plain
+        # texts and tags alternate; the fixed marks are looked up at C speed, and only the
+        # tags that need a decision (code spans, links) take a Python step
         parts = _PARTS.split(html)
         texts, tags = parts[0::2], parts[1::2]
-        raw: dict[int, str] = {}  # texts written as they are: code and bare URLs
-        marks: list[str] = []
+        marks = list(map(_WHOLE_TAGS.get, tags, itertools.repeat(_DECIDE)))
+        # every text escaped in one pass; code and bare URLs are then put back raw (each
+        # text's escaping depends only on itself: NUL is a line start to the escapes)
+        out = _escape_texts(texts, tilde)
         code_close = link_close = ""
-        for i, tag in enumerate(tags):
-            mark = _WHOLE_TAGS.get(tag)
-            if mark is None:
-                if tag == "<code>":
-                    code = unescape(texts[i + 1], tilde)
-                    if "``" in code:
-                        code = _TICKS_IN_CODE.sub("`\u200b", code)
-                    raw[i + 1] = code
-                    mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
-                elif tag == "</code>":
-                    mark = code_close
-                elif tag == "</a>":
-                    mark = link_close
-                else:  # <a href="…"> (an image, an empty address: not convertible)
-                    found = _HREF.search(tag)
-                    href = unescape(found.group(1), tilde) if found else ""
-                    label = unescape(texts[i + 1], tilde) if tags[i + 1] == "</a>" else None
-                    if is_bare_url(label, href):
-                        raw[i + 1] = label or ""
-                        mark, link_close = "<", ">"
-                    elif len(href) > self.limit // 4:
-                        mark = link_close = ""  # shown as its label
-                    else:
-                        mark = "["
-                        link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
-            marks.append(mark)
-        escaped = iter(_escape_texts([t for i, t in enumerate(texts) if i not in raw], tilde))
-        out = [raw[0] if 0 in raw else next(escaped)]
-        for i, mark in enumerate(marks, 1):
-            out.append(mark)
-            out.append(raw[i] if i in raw else next(escaped))
-        return self._block("".join(out), kind), plain
+        i, left = -1, marks.count(_DECIDE)
+        while left:
+            i = marks.index(_DECIDE, i + 1)
+            left -= 1
+            tag = tags[i]
+            if tag == "<code>":
+                code = unescape(texts[i + 1], tilde)
+                if "``" in code:
+                    code = _TICKS_IN_CODE.sub("`\u200b", code)
+                out[i + 1] = code
+                mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
+                if tags[i + 1] == "</code>":  # (always: a code span holds only text)
+                    marks[i + 1], left = code_close, left - 1
+            elif tag == "</code>":
+                mark = code_close
+            elif tag == "</a>":
+                mark = link_close
+            else:  # <a href="…"> (an image, an empty address: not convertible)
+                found = _HREF.search(tag)
+                href = unescape(found.group(1), tilde) if found else ""
+                label = unescape(texts[i + 1], tilde) if tags[i + 1] == "</a>" else None
+                if is_bare_url(label, href):
+                    out[i + 1] = label or ""
+                    mark, link_close = "<", ">"
+                elif len(href) > self.limit // 4:
+                    mark = link_close = ""  # shown as its label
+                else:
+                    mark = "["
+                    link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
+                if label is not None:  # a label of text only: its end is the next tag
+                    marks[i + 1], left = link_close, left - 1
+            marks[i] = mark
+        parts[0::2] = out
+        parts[1::2] = marks
+        return self._block("".join(parts), kind), plain
 
     @staticmethod
     def _block(markup: str, kind: str) -> str:

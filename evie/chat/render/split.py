@@ -231,15 +231,6 @@ class _Writer:
     def enough(self) -> bool:
         return self.most is not None and len(self.chunks) > self.most
 
-    def append_whole(self, sep: str, markup: str, plain: str, units: int) -> None:
-        if self.plain:
-            self.parts.append(sep)
-            self.plain.append(sep)
-            self.used += self.flavor.units(sep, sep)
-        self.parts.append(markup)
-        self.plain.append(plain)
-        self.used += units
-
 
 def render_block(block: Block, flavor: Flavor) -> tuple[str, str, int] | None:
     """A whole block as (markup, visible text, units), rendered once; None when one of
@@ -297,7 +288,7 @@ def pack(
     writer = _Writer(flavor, most)
     sep_units = {sep: flavor.units(sep, sep) for sep in ("\n", "\n\n")}
     for block in blocks:
-        if writer.enough():
+        if most is not None and len(writer.chunks) > most:  # writer.enough(), inline
             return writer.chunks
         if block.table is not None and whole and not block.tokens:
             # a long table: laid out, escaped and split only as far as the messages need
@@ -326,16 +317,20 @@ def pack(
             writer.write_split(tokens_of(block))
             continue
         markup, plain, units = rendered
-        if writer.plain:
+        if writer.plain:  # after another block: with its separator, if both fit
             sep = sep_units.get(block.sep)
             if sep is None:
                 sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
             if writer.used + sep + units <= flavor.limit:
-                writer.append_whole(block.sep, markup, plain, units)
+                writer.parts += (block.sep, markup)
+                writer.plain += (block.sep, plain)
+                writer.used += sep + units
                 continue
             writer.emit()
         if units <= flavor.limit:
-            writer.append_whole(block.sep, markup, plain, units)
+            writer.parts.append(markup)
+            writer.plain.append(plain)
+            writer.used += units
         else:
             writer.write_split(tokens_of(block))
     writer.emit()
