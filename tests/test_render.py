@@ -644,3 +644,21 @@ def test_a_paragraph_converts_whole_only_when_its_inline_tags_are_balanced(html:
             balanced = False
             break
     assert convertible(html, "\ue000") == ("></" not in html and balanced and not stack)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(markdown="- \n> **")  # an empty list item used to leave "after a bullet" set
+@example(markdown=RUN_EXAMPLE)
+@given(markdown=st.one_of(markdown_text, inline_text))
+def test_a_block_kept_whole_walks_to_the_tokens_the_whole_walk_gives_it(markdown: str) -> None:
+    """A block kept as HTML is walked on its own when it must be split (``tokens_of``): what
+    came before it in the reply must not change its tokens, so its tokens and separator
+    are those the walk over the whole reply gives it."""
+    from evie.chat.render.blocks import _PUA, _Builder, parse, tokens_of
+    from evie.chat.render.parser import to_html
+
+    if "~" in markdown or any(c in markdown for c in _PUA):
+        return  # parse swaps lone tildes before md4c sees the text; the rest is the same
+    blocks = list(parse(markdown))
+    walked = list(_Builder(_PUA[0], whole=False).feed(to_html([markdown])))
+    assert [(tokens_of(b), b.sep) for b in blocks] == [(b.tokens, b.sep) for b in walked]

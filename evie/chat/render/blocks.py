@@ -262,6 +262,7 @@ class _Builder:
         if self.depth == 0:
             self.end_block()
             self.sep = "\n\n"
+            self.after_bullet = False  # an empty last item does not reach past its list
         else:
             self.newline()
 
