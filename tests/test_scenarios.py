@@ -63,6 +63,11 @@ async def test_hello(driver: Driver, tmp_path: Path, monkeypatch: pytest.MonkeyP
     async with evie_in_process(driver, tmp_path, monkeypatch) as evie:
         await driver.send("hello there")
         await evie.shows("echo: hello there")
+        # the turn ends just after its reply is shown (pi's get_state barrier follows
+        # agent_end), so its outcome is recorded a moment later
+        with anyio.fail_after(10):
+            while (await evie.status())[driver.key()]["last_outcome"] is None:
+                await anyio.sleep(0.02)
         status = await evie.status()
         assert status[driver.key()]["last_outcome"] == "done"
 

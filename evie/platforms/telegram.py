@@ -85,6 +85,7 @@ from evie.errors import ConfigError
 from evie.platforms import deferred_tls
 from evie.platforms.contract import PlatformHealth
 from evie.platforms.supervisor import Liveness, one_line, supervise
+from evie.platforms.telegram_updates import PlainEntity, PlainMessage, read_plain
 from evie.sessions.manager import SessionManager
 
 if TYPE_CHECKING:  # imported beside the first poll (adr/0016 §7): see message_models
@@ -708,20 +709,26 @@ class TelegramInterface:
                 await frontend.admit(batch, tg)
 
     async def _feed(self, bot: Bot, item: dict[str, Any], update_id: object) -> None:
-        """Validate and dispatch one update; one that cannot be read is logged and skipped."""
+        """Validate and dispatch one update; one that cannot be read is logged and skipped.
+
+        The common shape (a text message) is read with msgspec; any other shape is
+        validated by aiogram, as before (:mod:`evie.platforms.telegram_updates`).
+        """
+        message: Message | PlainMessage | None = read_plain(item)
+        if message is None:
+            try:
+                message = _update_model().model_validate(item, context={"bot": bot}).message
+            except ValidationError as exc:
+                self.liveness.skipped_updates += 1
+                log.warning(
+                    "telegram: skipped update %s that aiogram cannot read (%s)",
+                    update_id,
+                    _validation_summary(exc),
+                )
+                return
         try:
-            update = _update_model().model_validate(item, context={"bot": bot})
-        except ValidationError as exc:
-            self.liveness.skipped_updates += 1
-            log.warning(
-                "telegram: skipped update %s that aiogram cannot read (%s)",
-                update_id,
-                _validation_summary(exc),
-            )
-            return
-        try:
-            if update.message is not None:  # (allowed_updates asks for messages only)
-                await self._on_message(update.message)
+            if message is not None:  # (allowed_updates asks for messages only)
+                await self._on_message(message)
         except Exception as exc:  # a shape our translation did not foresee: skip, keep polling
             self.liveness.skipped_updates += 1
             log.warning("telegram: skipped update %s (%s)", update_id, one_line(type(exc).__name__))
@@ -741,14 +748,14 @@ class TelegramInterface:
         frontend = self.frontend
         return 0 if frontend is None else await frontend.announce(keys, take)
 
-    async def _on_message(self, message: Message) -> None:
+    async def _on_message(self, message: Message | PlainMessage) -> None:
         incoming = self._translate(message)
         if incoming is not None and self.frontend is not None:
             accepted = self.frontend.accept(incoming)
             if accepted is not None:
                 self._batch.append(accepted)  # handled once the batch is on disk (_poll)
 
-    def _translate(self, message: Message) -> Incoming | None:
+    def _translate(self, message: Message | PlainMessage) -> Incoming | None:
         user = message.from_user
         if user is None or user.is_bot:
             return None
@@ -762,7 +769,11 @@ class TelegramInterface:
             named = not text.startswith("/") or "@" in text.split(maxsplit=1)[0]
             text = addressed
         thread = message.message_thread_id if message.is_topic_message else None
-        fetch = self._photo_fetcher(message) if message.photo else None
+        fetch = (
+            None
+            if isinstance(message, PlainMessage) or not message.photo  # (plain: never a photo)
+            else self._photo_fetcher(message)
+        )
         return Incoming(
             chat=ChatRef("tg", chat.id, thread),
             user_id=user.id,
@@ -773,7 +784,7 @@ class TelegramInterface:
             addressed=named,
         )
 
-    def _addressed_text(self, message: Message, text: str) -> str | None:
+    def _addressed_text(self, message: Message | PlainMessage, text: str) -> str | None:
         """In groups: commands, @mentions of the bot and replies to it; mention removed."""
         bot_username = self.frontend.bot_username if self.frontend else None
         if text.startswith("/"):
@@ -824,7 +835,7 @@ def utf16_slice(text: str, offset: int, length: int) -> str:
     return units[2 * offset : 2 * (offset + length)].decode("utf-16-le", "replace")
 
 
-def without_entity(text: str, entity: MessageEntity) -> str:
+def without_entity(text: str, entity: MessageEntity | PlainEntity) -> str:
     """``text`` with the entity cut out (by UTF-16 offsets) and the gap closed."""
     units = text.encode("utf-16-le")
     before = units[: 2 * entity.offset].decode("utf-16-le", "replace").rstrip()
