@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -202,3 +203,63 @@ async def test_stop_in_telegram_tells_the_user_pi_was_restarted(tg: TelegramHarn
         await tg.fake.wait_for(lambda: any(KILLED in t for t in tg.fake.chat_view(42)))
     tg.fake.push_message("/status")
     await tg.fake.wait_for(lambda: any("Last turn: aborted" in t for t in tg.fake.chat_view(42)))
+
+
+#: a launcher that starts pi in a session of its own with the same pipes, and exits once
+#: its first argument names a file that exists: bubblewrap's outer process dying while its
+#: inner one (and pi) live on, holding pi's output open and waiting on its input
+OUTER_DIES = """
+import os, subprocess, sys, time
+flag, argv = sys.argv[1], sys.argv[2:]
+subprocess.Popen(argv, start_new_session=True)
+while not os.path.exists(flag):
+    time.sleep(0.02)
+"""
+
+
+async def test_a_pi_whose_launcher_dies_first_is_given_up_and_its_orphan_ends(
+    tmp_path: Path,
+) -> None:
+    """pi's own process exits while what it started keeps pi's stdout open: the turn ends
+    as crashed within the drain bound (not never), the user is told, and closing pi's
+    stdin ends the orphan (the autouse fixture fails the test if it lives on)."""
+    import attrs
+
+    from evie.agent.process import EXIT_DRAIN_S
+    from tests.conftest import FAKE_PI
+
+    flag = tmp_path / "outer-dies"
+    base = fake_launcher(tmp_path)
+    launcher = attrs.evolve(
+        base,
+        base=attrs.evolve(
+            base.base,
+            command=(sys.executable, "-c", OUTER_DIES, str(flag), sys.executable, str(FAKE_PI)),
+        ),
+    )
+    async with SessionManager(launcher, SessionSettings()) as manager:
+        rec = Recorder()
+        results: list[object] = []
+
+        async def run() -> None:
+            results.append(
+                await manager.send("chat", script({"hang": True, "say": "working"}), rec)
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started(rec)
+            flag.touch()  # the launcher exits; pi, in its own session, goes on
+            with anyio.fail_after(EXIT_DRAIN_S + 5):
+                while not results:
+                    await anyio.sleep(0.02)
+        assert isinstance(results[0], TurnFinished)
+        assert results[0].outcome is Outcome.CRASHED
+        assert "pi stopped unexpectedly" in (results[0].error or "")
+        with anyio.fail_after(5):  # its stdin was closed: pi exits, as it does on EOF
+            while marked_processes(owner(tmp_path)):
+                await anyio.sleep(0.05)
+        flag.unlink()  # the next message starts pi again (and its launcher stays)
+        assert await manager.send("chat", script({"say": "back"}), rec) == TurnFinished(
+            Outcome.DONE
+        )

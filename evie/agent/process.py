@@ -89,6 +89,11 @@ class _Waiter:
         self.event.set()
 
 
+#: how long pi's output may go on after its process exited (its last lines are in the
+#: pipe already: this is for a pipe that something left behind holds open)
+EXIT_DRAIN_S = 2.0
+
+
 class PiProcess:
     """A live pi process. Create with :meth:`spawn`; always :meth:`close`."""
 
@@ -119,6 +124,10 @@ class PiProcess:
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._closing = False
         self._stderr_done = anyio.Event()
+        #: owned by the stdout pump; cancelled by :meth:`_watch_exit` when pi's process is
+        #: gone but its stdout never ends (something pi left behind still holds the pipe)
+        self._stdout_scope = anyio.CancelScope()
+        self._stderr_scope = anyio.CancelScope()  # the same, for stderr
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -157,6 +166,7 @@ class PiProcess:
         task_group.start_soon(self._pump_stdout)
         task_group.start_soon(self._pump_stdin)
         task_group.start_soon(self._pump_stderr)
+        task_group.start_soon(self._watch_exit)
         try:
             with anyio.fail_after(spec.startup_timeout):
                 response = await self.request({"type": "get_state"})
@@ -355,22 +365,23 @@ class PiProcess:
         assert stdout is not None
         splitter = p.LineSplitter(self.spec.max_line_bytes)
         try:
-            async for chunk in stdout:
-                self.last_output_at = time.monotonic()
-                lines = splitter.feed(chunk)
-                if splitter.dropped:
-                    self._count_dropped(splitter, "stdout")
-                    for head in splitter.dropped:
-                        stand_in = _STAND_INS.get(p.record_type(head) or "")
-                        if stand_in is not None:  # the turn must still learn it is over
-                            lines.append(stand_in)
-                    splitter.dropped.clear()
-                for line in lines:
-                    try:
-                        self._dispatch(line)
-                    except Exception:  # a bug in handling one line must not stop the drain
-                        self.protocol_errors += 1
-                        log.exception("pi[%s] line handling failed", self.pid)
+            with self._stdout_scope:
+                async for chunk in stdout:
+                    self.last_output_at = time.monotonic()
+                    lines = splitter.feed(chunk)
+                    if splitter.dropped:
+                        self._count_dropped(splitter, "stdout")
+                        for head in splitter.dropped:
+                            stand_in = _STAND_INS.get(p.record_type(head) or "")
+                            if stand_in is not None:  # the turn must still learn it is over
+                                lines.append(stand_in)
+                        splitter.dropped.clear()
+                    for line in lines:
+                        try:
+                            self._dispatch(line)
+                        except Exception:  # a bug in handling one line must not stop the drain
+                            self.protocol_errors += 1
+                            log.exception("pi[%s] line handling failed", self.pid)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
             log.debug("pi stdout closed: %r", exc)
         finally:
@@ -383,6 +394,27 @@ class PiProcess:
                 with anyio.move_on_after(0.2):
                     await self._stderr_done.wait()
                 self._on_exit()
+
+    async def _watch_exit(self) -> None:
+        """pi's process has exited: its stdout ends within :data:`EXIT_DRAIN_S`, or the
+        pump stops reading it. Whatever pi left behind (in the sandbox: pi itself, when
+        bubblewrap's outer process died first and its inner one lives on) can hold the
+        pipe open for ever; waiting for its end would keep the session, and
+        :meth:`close`, from ever finishing. Once the pump ends, pi's stdin is closed, and
+        pi exits when its stdin ends."""
+        await self._proc.wait()
+        for ended, scope in (
+            (self.exited, self._stdout_scope),
+            (self._stderr_done, self._stderr_scope),
+        ):
+            with anyio.move_on_after(EXIT_DRAIN_S):
+                await ended.wait()
+            if not ended.is_set():
+                log.warning(
+                    "pi pid %s exited but its output is still held open; not waiting for it",
+                    self.pid,
+                )
+                scope.cancel()
 
     async def _pump_stdin(self) -> None:
         stdin = self._proc.stdin
@@ -418,13 +450,14 @@ class PiProcess:
         assert stderr is not None
         splitter = p.LineSplitter(self.spec.max_line_bytes)
         try:
-            async for chunk in stderr:
-                lines = splitter.feed(chunk)
-                if splitter.dropped:
-                    self._count_dropped(splitter, "stderr")
-                    splitter.dropped.clear()
-                for line in lines:
-                    self._note_stderr(line)
+            with self._stderr_scope:
+                async for chunk in stderr:
+                    lines = splitter.feed(chunk)
+                    if splitter.dropped:
+                        self._count_dropped(splitter, "stderr")
+                        splitter.dropped.clear()
+                    for line in lines:
+                        self._note_stderr(line)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass
         finally:
