@@ -74,6 +74,7 @@ async def telegram_latency(tmp: Path) -> None:
             procs[label], _ = await stack.enter_async_context(evie_run(config, gc_policy=policy))
             samples[label] = []
             cpu[label] = 0.0
+        per_round: dict[str, list[float]] = {label: [] for label in apis}  # CPU s per turn
         for api in apis.values():
             await api.first_poll()
             await api.run(WARMUP)  # pi started, every code path warm
@@ -82,6 +83,7 @@ async def telegram_latency(tmp: Path) -> None:
                 before = cpu_seconds(procs[label].pid)
                 samples[label] += await api.run(n // rounds, prefix=f"r{r}")
                 cpu[label] += cpu_seconds(procs[label].pid) - before
+                per_round[label].append((cpu_seconds(procs[label].pid) - before) / (n // rounds))
         status = summary(await apis["evie"].run(count(1000), prefix="/status", expect=""))
     cpu = {label: seconds / len(samples[label]) for label, seconds in cpu.items()}
     latency = {label: _latency(values) for label, values in samples.items()}
@@ -101,6 +103,10 @@ async def telegram_latency(tmp: Path) -> None:
         {
             "latency": latency,
             "cpu_per_turn": cpu,
+            # the same per round of n/rounds turns: the machine's speed drifts between runs
+            # minutes apart (floor 0.78-0.96 ms), the rounds show it within one
+            "cpu_per_turn_per_round": per_round,
+            "cpu_over_floor": cpu["evie"] / cpu["floor"],
             "ratio_p50": ratio,
             "ratio_p99": el["p99"] / f["p99"],
             "rounds": rounds,
@@ -108,7 +114,8 @@ async def telegram_latency(tmp: Path) -> None:
         f"p50 {fmt_s(el['p50'])} = {ratio:.2f}x the raw aiohttp floor ({fmt_s(f['p50'])}); "
         f"p99 {fmt_s(el['p99'])} = {el['p99'] / f['p99']:.2f}x the floor's; "
         f"{el['over_25ms']:.0f}/{el['n']:.0f} over 25 ms; evie CPU {fmt_s(cpu['evie'])}/turn "
-        f"(the floor's {fmt_s(cpu['floor'])}). "
+        f"= {cpu['evie'] / cpu['floor']:.2f}x the floor's ({fmt_s(cpu['floor'])}; rounds of "
+        f"{n // rounds}: evie {fmt_s(min(per_round['evie']))}–{fmt_s(max(per_round['evie']))}). "
         f"Other gc policies ({others})",
         title="Telegram update → reply, fake pi answering at once (bot, fakes: own processes)",
     )
