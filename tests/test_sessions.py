@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -489,3 +490,28 @@ async def test_messages_queued_before_a_stop_are_reported_and_ride_along(
     await manager.send("chat", Prompt("next"), nxt)
     # as pi does, the message left in its queue is answered along with the next one
     assert [m.text for m in nxt.of(AssistantMessage)] == ["echo: next", "echo: and then?"]  # type: ignore[attr-defined]
+
+
+async def test_no_descriptor_is_left_open_once_pi_is_gone(tmp_path: Path) -> None:
+    """evie reads pi's stdout from a pipe of its own (adr/0016 §11): it is closed however
+    pi ends — stopped, crashed mid-turn, exited at start. Over months of sessions a
+    descriptor left per pi would run evie out of them."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _round in range(3):
+        async with SessionManager(fake_launcher(tmp_path)) as manager:
+            crash = script({"text": "partial "}, {"crash": 3, "message": "gone"})
+            crashed = await manager.send("chat", crash, Recorder())
+            assert crashed.outcome is Outcome.CRASHED  # type: ignore[union-attr]
+            answered = await manager.send("chat", Prompt("again"), Recorder())
+            assert answered == TurnFinished(Outcome.DONE)
+            await manager.new_session("chat")  # the old pi is stopped
+            assert await manager.send("chat", Prompt("new"), Recorder()) == answered
+        failing = fake_launcher(tmp_path, ("", ("--exit-at-start", "1")))
+        async with SessionManager(failing) as manager:
+            refused = await manager.send("chat", Prompt("hi"), Recorder())
+            assert refused.outcome is Outcome.FAILED  # type: ignore[union-attr]
+    assert open_fds() <= before

@@ -2,8 +2,9 @@
 
 Three tasks per process, owned by the caller's task group:
 
-* the stdout pump reads continuously and never awaits anything but the pipe,
-  so a slow chat platform can never back pressure pi into ``ENOBUFS``;
+* the stdout pump reads continuously (a reader callback of the event loop, which
+  dispatches each chunk at once and never awaits), so a slow chat platform can
+  never back pressure pi into ``ENOBUFS``;
 * the stdin pump writes what is queued, so commands from several tasks never
   interleave on the pipe and the reader can queue replies without blocking; a
   record sent while nothing is queued and the pipe's buffer is empty is written
@@ -56,6 +57,8 @@ PRIVATE_ENV_PREFIX = "EVIE_"  # EVIE_TELEGRAM_TOKEN, EVIE_DISCORD_TOKEN, EVIE_CO
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
 #: the pi extension evie ships (evie.agent.launcher loads it; adr/0016 part 8)
 WARMUP_FILE = "pi_warmup.mjs"
+#: one read of pi's stdout per readable event (asyncio's pipe transport reads as much)
+READ_BYTES = 256 * 1024
 #: records that must not be lost to the cap: a stand-in is dispatched instead
 _STAND_INS = {"agent_end": b'{"type":"agent_end"}'}
 
@@ -98,9 +101,15 @@ class PiProcess:
     """A live pi process. Create with :meth:`spawn`; always :meth:`close`."""
 
     def __init__(
-        self, proc: anyio.abc.Process, spec: LaunchSpec, metrics: Metrics | None = None
+        self,
+        proc: anyio.abc.Process,
+        spec: LaunchSpec,
+        metrics: Metrics | None = None,
+        *,
+        stdout_fd: int,
     ) -> None:
         self._proc = proc
+        self._stdout_fd = stdout_fd  # non-blocking; closed by the stdout pump
         self._metrics = metrics
         self.spec = spec
         self.pid = proc.pid
@@ -145,24 +154,32 @@ class PiProcess:
         # evie's own secrets (bot tokens) never reach pi, whose tools run model-written code
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)}
         env = {**inherited, **spec.env}
+        # pi's stdout is a pipe of our own, read by a reader callback (see _pump_stdout)
+        stdout_fd, child_stdout = os.pipe()
+        os.set_blocking(stdout_fd, False)
         try:
             # a spawn cut short by a cancellation would leave a process nobody owns
             with anyio.CancelScope(shield=True):
                 proc = await anyio.open_process(
                     list(spec.argv),
                     stdin=PIPE,
-                    stdout=PIPE,
+                    stdout=child_stdout,
                     stderr=PIPE,
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
                 )
-        except OSError as exc:
+        except BaseException as exc:
+            os.close(stdout_fd)
+            if not isinstance(exc, OSError):
+                raise
             raise AgentStartError(
                 f"could not start pi with {spec.argv[0]!r}: {exc.strerror or exc}. "
                 "Check [agent] command in the config (is pi installed? run `npm ci`)."
             ) from exc
-        self = cls(proc, spec, metrics)
+        finally:
+            os.close(child_stdout)  # pi has its copy: EOF comes when pi's side closes
+        self = cls(proc, spec, metrics, stdout_fd=stdout_fd)
         task_group.start_soon(self._pump_stdout)
         task_group.start_soon(self._pump_stdin)
         task_group.start_soon(self._pump_stderr)
@@ -361,30 +378,41 @@ class PiProcess:
     # -- pumps ----------------------------------------------------------------------
 
     async def _pump_stdout(self) -> None:
-        stdout = self._proc.stdout
-        assert stdout is not None
+        """Drain pi's stdout from a reader callback of the event loop: each chunk is split
+        and dispatched the moment the pipe is readable, so a turn's task is woken in that
+        same loop iteration. (Through asyncio's subprocess pipe and a stream reader each
+        chunk took two more iterations: a scheduled call to feed the reader, then this
+        task's wake-up; adr/0016 §11.) The task only waits for the end of the output."""
+        fd = self._stdout_fd
+        loop = asyncio.get_running_loop()
         splitter = p.LineSplitter(self.spec.max_line_bytes)
+        ended = asyncio.Event()
+
+        def readable() -> None:
+            try:
+                chunk = os.read(fd, READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("pi stdout closed: %r", exc)
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(fd)
+                ended.set()
+                return
+            try:
+                self._on_stdout(chunk, splitter)
+            except Exception:  # a bug in handling output must not stop the drain
+                self.protocol_errors += 1
+                log.exception("pi[%s] output handling failed", self.pid)
+
+        loop.add_reader(fd, readable)
         try:
-            with self._stdout_scope:
-                async for chunk in stdout:
-                    self.last_output_at = time.monotonic()
-                    lines = splitter.feed(chunk)
-                    if splitter.dropped:
-                        self._count_dropped(splitter, "stdout")
-                        for head in splitter.dropped:
-                            stand_in = _STAND_INS.get(p.record_type(head) or "")
-                            if stand_in is not None:  # the turn must still learn it is over
-                                lines.append(stand_in)
-                        splitter.dropped.clear()
-                    for line in lines:
-                        try:
-                            self._dispatch(line)
-                        except Exception:  # a bug in handling one line must not stop the drain
-                            self.protocol_errors += 1
-                            log.exception("pi[%s] line handling failed", self.pid)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
-            log.debug("pi stdout closed: %r", exc)
+            with self._stdout_scope:  # cancelled by _watch_exit: see there
+                await ended.wait()
         finally:
+            loop.remove_reader(fd)
+            os.close(fd)
             with anyio.CancelScope(shield=True):
                 rest = splitter.rest()
                 if rest.strip():
@@ -415,6 +443,23 @@ class PiProcess:
                     self.pid,
                 )
                 scope.cancel()
+
+    def _on_stdout(self, chunk: bytes, splitter: p.LineSplitter) -> None:
+        self.last_output_at = time.monotonic()
+        lines = splitter.feed(chunk)
+        if splitter.dropped:
+            self._count_dropped(splitter, "stdout")
+            for head in splitter.dropped:
+                stand_in = _STAND_INS.get(p.record_type(head) or "")
+                if stand_in is not None:  # the turn must still learn it is over
+                    lines.append(stand_in)
+            splitter.dropped.clear()
+        for line in lines:
+            try:
+                self._dispatch(line)
+            except Exception:  # a bug in handling one line must not stop the drain
+                self.protocol_errors += 1
+                log.exception("pi[%s] line handling failed", self.pid)
 
     async def _pump_stdin(self) -> None:
         stdin = self._proc.stdin
