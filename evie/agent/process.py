@@ -1,6 +1,6 @@
 """One ``pi --mode rpc`` process: spawn, drain, correlate, shut down.
 
-Three tasks per process, owned by the caller's task group:
+Four tasks per process, owned by the caller's task group:
 
 * the stdout pump reads continuously (a reader callback of the event loop, which
   dispatches each chunk at once and never awaits), so a slow chat platform can
@@ -9,7 +9,9 @@ Three tasks per process, owned by the caller's task group:
   interleave on the pipe and the reader can queue replies without blocking; a
   record sent while nothing is queued and the pipe's buffer is empty is written
   at once instead, without waking the pump (adr/0016 §10) — the order is the same;
-* the stderr pump keeps a tail for error messages.
+* the stderr pump keeps a tail for error messages;
+* the exit watcher stops both readers a bounded time after pi's process exited, when
+  something pi left behind still holds its output open (adr/0004).
 """
 
 from __future__ import annotations
