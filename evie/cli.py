@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from evie import __version__
 from evie.agent.undumpable import make_undumpable
 from evie.errors import ConfigError, EvieError
+from evie.gc_policy import pause_gc
 from evie.logs import RedactSecrets, setup_logging
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def _config_path(arg: str | None) -> Path | None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from evie.config import load_config  # attrs and tomllib: after _pause_gc (see main)
+    from evie.config import load_config  # attrs and tomllib: after pause_gc (see main)
 
     config = load_config(_config_path(args.config))
     for warning in config.warnings:
@@ -163,24 +164,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return plain if plain is not None else _parser().parse_args(argv)
 
 
-def _pause_gc() -> bool:
-    """No collections while ``evie chat`` starts (True if paused; ``EVIE_GC=default`` keeps
-    CPython's policy): what it builds before its first prompt (the config's classes,
-    asyncio, prompt_toolkit) lives until exit, and the collector walked it ~70 times on
-    the way (~15 ms of CPU, adr/0015). The chat settles the collector once its runtime is
-    up, as ``evie run`` does (``evie.runtime.settle_gc``)."""
-    if os.environ.get("EVIE_GC", "tuned") == "default" or not gc.isenabled():
-        return False
-    gc.disable()
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     # same-user processes (pi's tools, without the sandbox) cannot read our /proc environ
     make_undumpable()
     command = args.command or "chat"
-    paused = command == "chat" and _pause_gc()
+    paused = command == "chat" and pause_gc()  # settled once the chat's runtime is up
     try:
         if command == "init":
             target = args.path or args.config or os.environ.get("EVIE_CONFIG")

@@ -35,8 +35,9 @@ from evie.config import Config
 from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import ConfigError
+from evie.gc_policy import pause_gc, settle_gc
 from evie.platforms.contract import Platform, PlatformHealth
-from evie.runtime import Runtime, open_runtime, pause_gc, settle_gc
+from evie.runtime import Runtime, open_runtime
 from evie.shutdown import Grace, shut_down
 
 log = logging.getLogger(__name__)

@@ -146,7 +146,8 @@ async def _open_beside_the_prompt(config: Config, terminal: TerminalChat, over: 
     if over.is_set():
         return
     await anyio.to_thread.run_sync(_import, BESIDE_THE_PROMPT)
-    from evie.runtime import open_runtime, settle_gc
+    from evie.gc_policy import settle_gc
+    from evie.runtime import open_runtime
 
     if over.is_set():  # left while the modules loaded: nothing to start
         return
