@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 import os
 
-#: gen0 threshold once start-up is over (CPython's default is 700); bench/results/gc_policy.json
+#: gen0 threshold once start-up is over (CPython's default is 700); measured in adr/0016 §3
+#: and by `bench telegram_latency` (its `evie_default_gc` and `evie_freeze_only` rows)
 GEN0_THRESHOLD = 10_000
 
 

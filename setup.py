@@ -1,0 +1,54 @@
+"""evie's build: the renderer's hot modules compiled with mypyc (adr/0018).
+
+Everything else is in ``pyproject.toml``. The renderer walks every block of a reply
+in Python; compiled, the same source runs about twice as fast. Without a C compiler
+(or with ``EVIE_PURE=1``) evie installs as plain Python and works the same, slower.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+#: the modules compiled; ``evie.compiled.COMPILED`` names the same ones for the test
+#: that checks they are in use and current
+COMPILED = [
+    "evie/chat/render/blocks.py",
+    "evie/chat/render/split.py",
+    "evie/chat/render/telegram.py",
+    "evie/chat/render/discord.py",
+]
+
+
+class BuildOrFallBack(build_ext):
+    """Compiles the modules; a machine without a working compiler gets plain Python."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as error:  # any build failure falls back to plain Python
+            print(
+                f"evie: renderer not compiled ({error}); it runs as plain Python", file=sys.stderr
+            )
+            # an earlier build left in place would shadow the sources it was built from
+            for path in COMPILED:
+                for built in Path(path).parent.glob(Path(path).stem + ".*.so"):
+                    built.unlink()
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("EVIE_PURE"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("evie: mypyc missing; installing the renderer as plain Python", file=sys.stderr)
+        return []
+    return mypycify(COMPILED, opt_level="3", debug_level="0", group_name="evie_compiled")
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildOrFallBack})
