@@ -45,10 +45,12 @@ def extensions() -> list[Extension]:
         return []
     try:
         from mypyc.build import mypycify
-    except ImportError:
-        print("evie: mypyc missing; installing the renderer as plain Python", file=sys.stderr)
+
+        # the shared part beside the package (evie/compiled__mypyc.*.so), not at the top
+        return mypycify(COMPILED, opt_level="3", debug_level="0", group_name="evie.compiled")
+    except (Exception, SystemExit) as error:  # no mypy, or it refused the sources
+        print(f"evie: renderer not compiled ({error!r}); it runs as plain Python", file=sys.stderr)
         return []
-    return mypycify(COMPILED, opt_level="3", debug_level="0", group_name="evie_compiled")
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildOrFallBack})
