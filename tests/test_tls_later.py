@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from evie.platforms.tls_later import ASYNCIO_TLS_MODULES, VERIFIED_PYTHONS
 from tests.test_setup import _env
 
 #: hides ssl from asyncio, optionally gives it back, then opens a TLS connection to a loopback
@@ -69,3 +70,24 @@ def test_without_attaching_asyncio_has_no_tls() -> None:
     state = _run("hidden")
     assert state["tls_error"] is False, state
     assert state["raised"] == "RuntimeError"  # "stdlib ssl module not available"
+
+
+def test_the_modules_it_mends_are_all_that_hold_ssl_in_this_pythons_asyncio() -> None:
+    """On the Python running the tests, asyncio (loaded as usual) keeps ``ssl`` in exactly
+    the modules ``attach_tls`` mends: a Python that kept it elsewhere would fail here."""
+    program = (
+        "import asyncio, json, ssl, sys\n"
+        "import asyncio.sslproto, asyncio.unix_events\n"
+        "print(json.dumps(sorted(n for n, m in list(sys.modules.items())\n"
+        "    if n.startswith('asyncio') and getattr(m, 'ssl', None) is ssl)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert sys.version_info[:2] in VERIFIED_PYTHONS
+    assert json.loads(done.stdout) == sorted(ASYNCIO_TLS_MODULES)

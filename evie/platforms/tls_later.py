@@ -16,11 +16,18 @@ import sys
 #: asyncio's modules that hold the ``ssl`` module (``None`` when it could not be imported)
 ASYNCIO_TLS_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
+#: the Pythons whose asyncio is known to hold ``ssl`` only where :func:`attach_tls` sets it
+#: (read in their sources); any other loads asyncio as usual
+VERIFIED_PYTHONS = ((3, 11), (3, 12), (3, 13))
+
 
 def import_asyncio_without_tls() -> bool:
     """Import asyncio with ``ssl`` hidden (True if it was; not when either is loaded
-    already). Whoever calls it calls :func:`attach_tls` before anything may use TLS."""
+    already, nor on a Python not verified for it). Whoever calls it calls
+    :func:`attach_tls` before anything may use TLS."""
     if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return False
+    if sys.version_info[:2] not in VERIFIED_PYTHONS:
         return False
     sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` raises ImportError
     try:
