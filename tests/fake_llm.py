@@ -361,6 +361,7 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     app.router.add_post("/v1/messages", llm._handle_anthropic)
     app.router.add_post("/v1/responses", llm._handle_responses)
     app.router.add_post("/v1beta/models/{target}", llm._handle_gemini)
+    app.router.add_post("/v1/publishers/google/models/{target}", llm._handle_gemini)  # Vertex
     async with serve_on_loopback(app) as llm.port:
         yield llm
 
@@ -368,7 +369,9 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
 OPENAI = "openai-completions"
 ANTHROPIC = "anthropic-messages"
 RESPONSES = "openai-responses"
+AZURE = "azure-openai-responses"  # the responses API, through the OpenAI SDK's Azure client
 GEMINI = "google-generative-ai"
+VERTEX = "google-vertex"  # Gemini's stream, through the Google SDK's Vertex client (API key)
 
 
 def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str = OPENAI) -> None:
@@ -381,8 +384,10 @@ def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str
         provider["compat"] = {"supportsDeveloperRole": False, "supportsReasoningEffort": False}
     elif api == ANTHROPIC:
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}"  # the SDK adds /v1/messages
-    elif api == RESPONSES:
-        provider["baseUrl"] = llm.base_url  # the SDK adds /responses
+    elif api in (RESPONSES, AZURE):
+        provider["baseUrl"] = llm.base_url  # the SDK adds /responses (Azure: ?api-version=v1)
+    elif api == VERTEX:  # with an API key and no project: /publishers/google/models/<id>:…
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1"
     elif api == GEMINI:  # the SDK adds /models/<id>:streamGenerateContent?alt=sse
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1beta"
     else:

@@ -14,7 +14,7 @@ from evie.agent.model_error import HTML_NOTE
 from evie.chat.streaming import Delivery
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, Recorder, real_launcher
-from tests.fake_llm import GEMINI, RESPONSES, FakeLLM, Reply
+from tests.fake_llm import AZURE, GEMINI, RESPONSES, VERTEX, FakeLLM, Reply
 from tests.harness import OWNER, serving_telegram
 
 pytestmark = [
@@ -23,10 +23,11 @@ pytestmark = [
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
 
-APIS = [pytest.param(RESPONSES, id="openai-responses"), pytest.param(GEMINI, id="gemini")]
+APIS = [RESPONSES, GEMINI]  # what pi uses for OpenAI's own models, and for Gemini
+SAME_STREAMS = [AZURE, VERTEX]  # the same streams through another client of the same SDK
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", APIS + SAME_STREAMS)
 async def test_a_real_turn_with_a_tool_call(tmp_path: Path, llm: FakeLLM, api: str) -> None:
     """pi's provider for ``api`` streams that API's own events (output items, or whole
     candidates with a function-call part); evie sees the same turn and usage from it."""
