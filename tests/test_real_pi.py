@@ -327,6 +327,8 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
     env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
     if api == AZURE:  # wins over the model's baseUrl in pi-ai: the warm-up must not use it
         env += (("AZURE_OPENAI_BASE_URL", llm.base_url),)
+    if api == VERTEX:  # a Vertex user's usual setting: the warm-up's key must still win over it
+        env += (("GOOGLE_CLOUD_PROJECT", "evie-test"), ("GOOGLE_CLOUD_LOCATION", "us-central1"))
     launcher = attrs.evolve(real_launcher(tmp_path, llm, api), extra_env=env)
     async with anyio.create_task_group() as tg:
         process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
