@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -257,59 +258,97 @@ async def metrics_scale(tmp: Path, sessions: int = 10_000) -> None:
     )
 
 
+#: label, warm spares, the model's API, the warm-up extension loaded
+SPARE_ROWS = (
+    ("warm_spare", 1, "openai-completions", True),
+    ("cold", 0, "openai-completions", True),
+    ("warm_spare_anthropic", 1, "anthropic-messages", True),
+    ("warm_spare_responses", 1, "openai-responses", True),
+    ("no_warm_up_responses", 1, "openai-responses", False),
+    ("warm_spare_gemini", 1, "google-generative-ai", True),
+    ("no_warm_up_gemini", 1, "google-generative-ai", False),
+)
+#: the overhead figures: label of the row -> suffix of its ``spare_overhead`` key
+OVERHEADS = {
+    "warm_spare": "",
+    "warm_spare_anthropic": "_anthropic",
+    "warm_spare_responses": "_responses",
+    "no_warm_up_responses": "_responses_no_warm_up",
+    "warm_spare_gemini": "_gemini",
+    "no_warm_up_gemini": "_gemini_no_warm_up",
+}
+
+
 async def spare_first_reply(tmp: Path) -> None:
-    """First reply of a new session: warm spare vs cold start (real pi, fake LLM), and a
-    warm spare of a model on Anthropic's API (pi's most used provider; another SDK)."""
+    """First reply of a new session: warm spare vs cold start (real pi, fake LLM), on each
+    API pi users commonly hit: chat completions, Anthropic's messages, OpenAI's responses
+    (pi's API for OpenAI's own models) and Gemini; the last two also without the warm-up
+    extension, so that its gain shows.
+
+    Every configuration runs side by side, one session each in turn, and each reply is
+    timed only once every spare is booted: the machine's drift and other load fall on all
+    of them alike, and no refill's boot falls inside another's measurement."""
     if not REAL_PI.exists():
         print("  real pi not installed (npm ci); skipped")
         return
+    import attrs
+
     from tests.conftest import real_launcher
-    from tests.fake_llm import ANTHROPIC, OPENAI, running_fake_llm
+    from tests.fake_llm import running_fake_llm
 
     runs = count(5)
-    rows: dict[str, dict[str, float]] = {}
-    async with running_fake_llm() as llm:
-        for label, spares, api in (
-            ("warm_spare", 1, OPENAI),
-            ("cold", 0, OPENAI),
-            ("warm_spare_anthropic", 1, ANTHROPIC),
-        ):
-            launcher = real_launcher(tmp / label, llm, api)
+    firsts: dict[str, list[float]] = {label: [] for label, *_ in SPARE_ROWS}
+    again: dict[str, list[float]] = {label: [] for label, *_ in SPARE_ROWS}
+    async with running_fake_llm() as llm, AsyncExitStack() as stack:
+        managers: dict[str, SessionManager] = {}
+        for label, spares, api, warm_up in SPARE_ROWS:
+            launcher = attrs.evolve(real_launcher(tmp / label, llm, api), warm_up=warm_up)
             settings = SessionSettings(warm_spares=spares, max_processes=runs + 2)
-            firsts, again = [], []
-            async with SessionManager(launcher, settings) as manager:
-                for i in range(runs):
-                    pool = manager.spares
-                    while pool is not None and not pool.ready:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
-                    started = time.perf_counter()
-                    await manager.send(f"s{i}", Prompt("hi"), _sink)
-                    firsts.append(time.perf_counter() - started)
-                    while pool is not None and not pool.ready:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)  # (the refill boots after the first turn)
-                    started = time.perf_counter()
-                    await manager.send(f"s{i}", Prompt("again"), _sink)
-                    again.append(time.perf_counter() - started)
-            rows[label] = {
-                "first": summary(firsts)["p50"],
-                "warm_session_reply": summary(again)["p50"],
-                "spares_taken": manager.metrics.spares_taken,  # the spare was really used
-                "spares_missed": manager.metrics.spares_missed,
-            }
-    w, c, a = rows["warm_spare"], rows["cold"], rows["warm_spare_anthropic"]
-    overhead = w["first"] - w["warm_session_reply"]
-    overhead_a = a["first"] - a["warm_session_reply"]
-    print(f"  first reply: warm spare {fmt_s(w['first'])}, cold {fmt_s(c['first'])}; "
-          f"an established session's reply {fmt_s(w['warm_session_reply'])}; Anthropic's API: "
-          f"warm spare {fmt_s(a['first'])}, established "
-          f"{fmt_s(a['warm_session_reply'])}")  # fmt: skip
+            managers[label] = await stack.enter_async_context(SessionManager(launcher, settings))
+
+        async def settled() -> None:  # every spare booted (a refill boots after a first turn)
+            for manager in managers.values():
+                while manager.spares is not None and not manager.spares.ready:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+
+        for i in range(runs):
+            for label, manager in managers.items():
+                await settled()
+                started = time.perf_counter()
+                await manager.send(f"s{i}", Prompt("hi"), _sink)
+                firsts[label].append(time.perf_counter() - started)
+                await settled()
+                started = time.perf_counter()
+                await manager.send(f"s{i}", Prompt("again"), _sink)
+                again[label].append(time.perf_counter() - started)
+    rows: dict[str, Any] = {
+        label: {
+            "first": summary(firsts[label])["p50"],
+            "warm_session_reply": summary(again[label])["p50"],
+            "spares_taken": manager.metrics.spares_taken,  # the spare was really used
+            "spares_missed": manager.metrics.spares_missed,
+        }
+        for label, manager in managers.items()
+    }
+    above = {label: rows[label]["first"] - rows[label]["warm_session_reply"] for label in OVERHEADS}
+    for label, row in rows.items():
+        print(f"  {label:<22} first {fmt_s(row['first'])}  established "
+              f"{fmt_s(row['warm_session_reply'])}  above {fmt_s(above.get(label, 0.0))}  "
+              f"spares taken {row['spares_taken']}")  # fmt: skip
+    w, c = rows["warm_spare"], rows["cold"]
     save(
         "spare_first_reply",
-        {**rows, "spare_overhead": overhead, "spare_overhead_anthropic": overhead_a},
+        {
+            **rows,
+            **{f"spare_overhead{suffix}": above[label] for label, suffix in OVERHEADS.items()},
+        },
         f"new session's first reply {fmt_s(w['first'])} with a warm spare vs {fmt_s(c['first'])}"
-        f" cold; {fmt_s(overhead)} above an established session's reply "
-        f"({fmt_s(w['warm_session_reply'])}, the model's own time + evie); on Anthropic's API "
-        f"{fmt_s(a['first'])}, {fmt_s(overhead_a)} above ({fmt_s(a['warm_session_reply'])})",
+        f" cold; {fmt_s(above['warm_spare'])} above an established session's reply "
+        f"({fmt_s(w['warm_session_reply'])}, the model's own time + evie). Above an established "
+        f"reply on Anthropic's API {fmt_s(above['warm_spare_anthropic'])}, OpenAI's responses "
+        f"{fmt_s(above['warm_spare_responses'])} (without the warm-up "
+        f"{fmt_s(above['no_warm_up_responses'])}), Gemini {fmt_s(above['warm_spare_gemini'])} "
+        f"(without {fmt_s(above['no_warm_up_gemini'])})",
         title="First reply of a new session (real pi, fake LLM)",
     )
 

@@ -1,10 +1,14 @@
 """A fake streaming LLM on 127.0.0.1, so the real pi runs real turns.
 
-It speaks two of pi's provider APIs: OpenAI's ``POST /v1/chat/completions`` and
-Anthropic's ``POST /v1/messages``, both with ``stream: true`` as server-sent events.
+It speaks four of pi's provider APIs, each streamed as server-sent events the way
+pi-ai's provider reads it: OpenAI's chat completions (``POST /v1/chat/completions``)
+and responses (``POST /v1/responses``), Anthropic's messages (``POST /v1/messages``)
+and Gemini's ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``.
 It records every request body and answers from one script of :class:`Reply`
-objects (falling back to ``echo: <last user text>``), whichever API asks. Faults:
-HTTP errors (500, 401, 429 …), a dropped connection mid-stream, slow chunks.
+objects (falling back to ``echo: <last user text>``), whichever API asks. Faults, on
+every API: HTTP errors (500, 401, 429 …) with that API's JSON error body or a
+proxy's HTML page, a dropped connection mid-stream, slow chunks, a request never
+answered.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class Reply:
     error: str = "fake failure"
     drop_after: int | None = None  # close the connection after this many chunks
     tool: tuple[str, dict[str, Any]] | None = None  # (name, arguments): a tool call
+    html: bool = False  # an error status answered with a proxy's HTML page, not JSON
+    hang: bool = False  # read the request, then never answer it
     # The OpenAI SDK inside pi retries 5xx twice on its own; by default the fake tells it
     # not to (x-should-retry: false) so that tests see pi's own, reported retries.
     sdk_retry: bool = False
@@ -53,15 +59,43 @@ class FakeLLM:
         self.script.extend(replies)
 
     def user_texts(self, request: dict[str, Any]) -> list[str]:
+        """The user's texts in a request of any of the four APIs, oldest first (a user
+        message that only carries tool results is not one)."""
         out = []
-        for message in request.get("messages", []):
+        messages = request.get("messages") or request.get("input") or []
+        for content in request.get("contents", []):  # Gemini: parts in place of content
+            parts = [
+                {"type": "text", "text": p["text"]} if "text" in p else p for p in content["parts"]
+            ]
+            messages.append({"role": content.get("role"), "content": parts})
+        for message in messages:
             if message.get("role") != "user":
                 continue
             content = message.get("content")
             if isinstance(content, str):
                 out.append(content)
             elif isinstance(content, list):
-                out.append("".join(p.get("text", "") for p in content if p.get("type") == "text"))
+                texts = [p["text"] for p in content if p.get("type") in ("text", "input_text")]
+                if texts or not content:
+                    out.append("".join(texts))
+        return out
+
+    def tool_results(self, request: dict[str, Any]) -> list[str]:
+        """The tool results a request hands back to the model, in each API's own shape."""
+        out = []
+        for item in request.get("messages", []):
+            if item.get("role") == "tool":  # chat completions
+                out.append(json.dumps(item.get("content")))
+            elif isinstance(item.get("content"), list):  # messages: tool_result blocks
+                blocks = [b for b in item["content"] if b.get("type") == "tool_result"]
+                out += [json.dumps(b.get("content")) for b in blocks]
+        for item in request.get("input", []):  # responses: function_call_output items
+            if item.get("type") == "function_call_output":
+                out.append(json.dumps(item.get("output")))
+        for content in request.get("contents", []):  # Gemini: functionResponse parts
+            for part in content.get("parts", []):
+                if "functionResponse" in part:
+                    out.append(json.dumps(part["functionResponse"].get("response")))
         return out
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
@@ -71,17 +105,31 @@ class FakeLLM:
         users = self.user_texts(body)
         return Reply(text=f"echo: {users[-1] if users else ''}")
 
+    async def _failure(self, reply: Reply, error: dict[str, Any]) -> web.StreamResponse | None:
+        """The scripted fault, if any: ``error`` is the API's own JSON error body."""
+        if reply.hang:
+            await anyio.sleep_forever()
+        if reply.status == 200:
+            return None
+        headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
+        if reply.html:  # what a proxy or load balancer in front of the API answers
+            page = (
+                f"<html>\r\n<head><title>{reply.status} {reply.error}</title></head>\r\n<body>\r\n"
+                f"<center><h1>{reply.status} {reply.error}</h1></center>\r\n"
+                "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+            )
+            return web.Response(
+                text=page, status=reply.status, content_type="text/html", headers=headers
+            )
+        return web.json_response(error, status=reply.status, headers=headers)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's chat completions, streamed."""
         body = await request.json()
         reply = self._next_reply(body)
-        if reply.status != 200:
-            headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
-            return web.json_response(
-                {"error": {"message": reply.error, "type": "fake", "code": reply.status}},
-                status=reply.status,
-                headers=headers,
-            )
+        error = {"error": {"message": reply.error, "type": "fake", "code": reply.status}}
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -120,10 +168,9 @@ class FakeLLM:
         """Anthropic's messages API, streamed: its named events, one content block each."""
         body = await request.json()
         reply = self._next_reply(body)
-        if reply.status != 200:
-            headers = {} if reply.sdk_retry else {"x-should-retry": "false"}
-            error = {"type": "error", "error": {"type": "api_error", "message": reply.error}}
-            return web.json_response(error, status=reply.status, headers=headers)
+        error = {"type": "error", "error": {"type": "api_error", "message": reply.error}}
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -169,6 +216,122 @@ class FakeLLM:
         await resp.write_eof()
         return resp
 
+    async def _handle_responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's responses API, streamed: typed events around output items (a message
+        with an output_text part, a function_call), usage in ``response.completed``."""
+        body = await request.json()
+        reply = self._next_reply(body)
+        error = {"error": {"message": reply.error, "type": "fake", "code": str(reply.status)}}
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n = len(self.requests)
+        sequence = iter(range(10**9))
+
+        def event(kind: str, **fields: Any) -> bytes:
+            data = {"type": kind, "sequence_number": next(sequence), **fields}
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+        response: dict[str, Any] = {
+            "id": f"resp_fake_{n}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "model": body.get("model", "fake-1"),
+            "output": [],
+            "usage": None,
+        }
+        await resp.write(event("response.created", response=response))
+        await resp.write(event("response.in_progress", response=response))
+        output: list[dict[str, Any]] = []
+        if reply.text or reply.tool is None:
+            msg_id = f"msg_fake_{n}"
+            item: dict[str, Any] = {
+                "id": msg_id,
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+            }
+            await resp.write(
+                event("response.output_item.added", output_index=0, item=item | {"content": []})
+            )
+            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
+            where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+            await resp.write(event("response.content_part.added", **where, part=part))
+
+            def text(delta: str) -> bytes:
+                return event("response.output_text.delta", **where, delta=delta, logprobs=[])
+
+            if not await self._stream_text(request, resp, reply, text):
+                return resp
+            part = part | {"text": reply.text}
+            await resp.write(event("response.output_text.done", **where, text=reply.text))
+            await resp.write(event("response.content_part.done", **where, part=part))
+            item = item | {"status": "completed", "content": [part]}
+            await resp.write(event("response.output_item.done", output_index=0, item=item))
+            output.append(item)
+        if reply.tool is not None:
+            name, args = reply.tool
+            index, arguments = len(output), json.dumps(args)
+            call = {"id": f"fc_fake_{n}", "type": "function_call", "status": "in_progress",
+                    "call_id": f"call_{n}", "name": name, "arguments": ""}  # fmt: skip
+            await resp.write(event("response.output_item.added", output_index=index, item=call))
+            where = {"item_id": call["id"], "output_index": index}
+            await resp.write(
+                event("response.function_call_arguments.delta", **where, delta=arguments)
+            )
+            await resp.write(
+                event("response.function_call_arguments.done", **where, arguments=arguments)
+            )
+            call = call | {"status": "completed", "arguments": arguments}
+            await resp.write(event("response.output_item.done", output_index=index, item=call))
+            output.append(call)
+        usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": 15}  # fmt: skip
+        done = response | {"status": "completed", "output": output, "usage": usage}
+        await resp.write(event("response.completed", response=done))
+        await resp.write_eof()
+        return resp
+
+    async def _handle_gemini(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's streamGenerateContent with ``alt=sse``: each event a whole
+        GenerateContentResponse (``candidates[0].content.parts``); the last one carries
+        the finish reason and ``usageMetadata``. A function call is a part of its own."""
+        target = request.match_info["target"]
+        if not target.endswith(":streamGenerateContent") or request.query.get("alt") != "sse":
+            raise web.HTTPNotFound(text=f"the fake LLM does not serve {target}")
+        body = await request.json()
+        body["model"] = target.removesuffix(":streamGenerateContent")
+        reply = self._next_reply(body)
+        statuses = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                    429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}  # fmt: skip
+        status = statuses.get(reply.status, "INTERNAL")
+        error = {"error": {"code": reply.status, "message": reply.error, "status": status}}
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n = len(self.requests)
+
+        def event(parts: list[dict[str, Any]], **last: Any) -> bytes:
+            candidate = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            chunk = {"candidates": [candidate | last.pop("candidate", {})], **last,
+                     "modelVersion": body["model"], "responseId": f"fake-{n}"}  # fmt: skip
+            return f"data: {json.dumps(chunk)}\r\n\r\n".encode()  # Google's delimiter
+
+        if not await self._stream_text(request, resp, reply, lambda t: event([{"text": t}])):
+            return resp
+        parts = []
+        if reply.tool is not None:
+            name, args = reply.tool
+            parts.append({"functionCall": {"name": name, "args": args}})
+        usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+        await resp.write(event(parts, candidate={"finishReason": "STOP"}, usageMetadata=usage))
+        await resp.write_eof()
+        return resp
+
     async def _stream_text(
         self,
         request: web.Request,
@@ -196,12 +359,19 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", llm._handle)
     app.router.add_post("/v1/messages", llm._handle_anthropic)
+    app.router.add_post("/v1/responses", llm._handle_responses)
+    app.router.add_post("/v1beta/models/{target}", llm._handle_gemini)
+    app.router.add_post("/v1/publishers/google/models/{target}", llm._handle_gemini)  # Vertex
     async with serve_on_loopback(app) as llm.port:
         yield llm
 
 
 OPENAI = "openai-completions"
 ANTHROPIC = "anthropic-messages"
+RESPONSES = "openai-responses"
+AZURE = "azure-openai-responses"  # the responses API, through the OpenAI SDK's Azure client
+GEMINI = "google-generative-ai"
+VERTEX = "google-vertex"  # Gemini's stream, through the Google SDK's Vertex client (API key)
 
 
 def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str = OPENAI) -> None:
@@ -214,6 +384,12 @@ def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str
         provider["compat"] = {"supportsDeveloperRole": False, "supportsReasoningEffort": False}
     elif api == ANTHROPIC:
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}"  # the SDK adds /v1/messages
+    elif api in (RESPONSES, AZURE):
+        provider["baseUrl"] = llm.base_url  # the SDK adds /responses (Azure: ?api-version=v1)
+    elif api == VERTEX:  # with an API key and no project: /publishers/google/models/<id>:…
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1"
+    elif api == GEMINI:  # the SDK adds /models/<id>:streamGenerateContent?alt=sse
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1beta"
     else:
         raise ValueError(f"the fake LLM does not speak {api}")
     (agent_dir / "models.json").write_text(json.dumps({"providers": {"fake": provider}}))

@@ -28,7 +28,17 @@ from evie.runtime import open_runtime
 from evie.sessions.manager import Queued, SessionManager, SessionSettings
 from evie.sessions.slot import SlotStatus
 from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
-from tests.fake_llm import ANTHROPIC, OPENAI, FakeLLM, Reply, write_agent_dir
+from tests.fake_llm import (
+    ANTHROPIC,
+    AZURE,
+    GEMINI,
+    OPENAI,
+    RESPONSES,
+    VERTEX,
+    FakeLLM,
+    Reply,
+    write_agent_dir,
+)
 
 pytestmark = [
     pytest.mark.anyio,
@@ -297,7 +307,15 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
 
 @pytest.mark.parametrize(
     ("api", "proxy"),
-    [(OPENAI, None), (OPENAI, "http://127.0.0.1:9"), (ANTHROPIC, None)],
+    [
+        (OPENAI, None),
+        (OPENAI, "http://127.0.0.1:9"),
+        (ANTHROPIC, None),
+        (RESPONSES, None),
+        (AZURE, None),
+        (GEMINI, None),
+        (VERTEX, None),
+    ],
 )
 async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
     tmp_path: Path, llm: FakeLLM, api: str, proxy: str | None
@@ -307,6 +325,10 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
     With a proxy configured the stream is skipped (pi would send even that request to the
     proxy). The model is never asked; the conversation that follows works."""
     env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
+    if api == AZURE:  # wins over the model's baseUrl in pi-ai: the warm-up must not use it
+        env += (("AZURE_OPENAI_BASE_URL", llm.base_url),)
+    if api == VERTEX:  # a Vertex user's usual setting: the warm-up's key must still win over it
+        env += (("GOOGLE_CLOUD_PROJECT", "evie-test"), ("GOOGLE_CLOUD_LOCATION", "us-central1"))
     launcher = attrs.evolve(real_launcher(tmp_path, llm, api), extra_env=env)
     async with anyio.create_task_group() as tg:
         process = await PiProcess.spawn(launcher.spec_for("s1"), tg)

@@ -16,9 +16,11 @@
 // - It must never stop pi from starting: every failure is swallowed, and the
 //   warm-up is bounded in time. It writes one line to stderr saying what it did
 //   (evie keeps pi's stderr tail; tests read it).
-// - For the APIs in LOOPBACK it also streams one reply through pi-ai from its own
-//   127.0.0.1 server in that API's format: the SDK's client, its stream parser and
-//   Node's HTTP client run once before the user's first prompt.
+// - For the APIs in LOOPBACK (chat completions, Anthropic's messages, OpenAI's responses
+//   and its Azure client, Gemini and Vertex) it also streams one reply through pi-ai from
+//   its own 127.0.0.1 server in that API's format: the SDK's client, its stream parser
+//   and Node's HTTP client run once before the user's first prompt. The server answers
+//   whatever path it is asked with that reply; the URL given to the SDK never leaves it.
 
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { createServer } from "node:http";
@@ -99,15 +101,52 @@ function anthropicReply() {
 	return events.map((event) => sse(event.type, event)).join("");
 }
 
-// a model's `api` -> the base URL path its SDK is given, and the reply it reads
+function responsesReply() {
+	const response = { id: "evie-warmup", object: "response", model: "warmup", output: [] };
+	const text = { type: "output_text", text: "ok", annotations: [] };
+	const item = { id: "msg_evie_warmup", type: "message", role: "assistant" };
+	const usage = { input_tokens: 1, output_tokens: 1, total_tokens: 2 };
+	const done = { ...item, status: "completed", content: [text] };
+	const events = [
+		{ type: "response.created", response: { ...response, status: "in_progress" } },
+		{ type: "response.output_item.added", output_index: 0, item: { ...item, content: [] } },
+		{ type: "response.content_part.added", output_index: 0, content_index: 0, part: { ...text, text: "" } },
+		{ type: "response.output_text.delta", output_index: 0, content_index: 0, delta: "ok" },
+		{ type: "response.output_item.done", output_index: 0, item: done },
+		{ type: "response.completed", response: { ...response, status: "completed", output: [done], usage } },
+	];
+	return events.map((event) => sse(event.type, event)).join("");
+}
+
+function geminiReply() {
+	const chunk = {
+		candidates: [{ content: { role: "model", parts: [{ text: "ok" }] }, finishReason: "STOP", index: 0 }],
+		usageMetadata: { promptTokenCount: 1, candidatesTokenCount: 1, totalTokenCount: 2 },
+		responseId: "evie-warmup",
+	};
+	return `data: ${JSON.stringify(chunk)}\r\n\r\n`;
+}
+
+// a model's `api` -> the base URL path its SDK is given, and the reply it reads. Each
+// provider takes the URL from the model (`own` below), except Azure's, where
+// AZURE_OPENAI_BASE_URL / _RESOURCE_NAME win over it: there the URL also goes in the
+// options, which only pi-ai's `stream` (not `streamSimple`) passes on.
 const LOOPBACK = {
 	"openai-completions": { path: "/v1", reply: openaiReply },
 	"anthropic-messages": { path: "", reply: anthropicReply },
+	"openai-responses": { path: "/v1", reply: responsesReply },
+	"azure-openai-responses": {
+		path: "/openai/v1",
+		reply: responsesReply,
+		options: (url) => ({ azureBaseUrl: url, azureApiVersion: "v1" }),
+	},
+	"google-generative-ai": { path: "/v1beta", reply: geminiReply },
+	"google-vertex": { path: "/v1", reply: geminiReply },
 };
 
 // One streamed reply through pi-ai, from our own server on 127.0.0.1 speaking `api`.
 async function loopbackStream(ai, model) {
-	const { path, reply: format } = LOOPBACK[model.api];
+	const { path, reply: format, options } = LOOPBACK[model.api];
 	const body = format();
 	const server = createServer((request, response) => {
 		request.resume();
@@ -121,14 +160,14 @@ async function loopbackStream(ai, model) {
 		server.listen(0, "127.0.0.1", resolve);
 	});
 	try {
-		const own = {
-			...model,
-			provider: "evie-warmup",
-			baseUrl: `http://127.0.0.1:${server.address().port}${path}`,
-			headers: {},
-		};
+		const baseUrl = `http://127.0.0.1:${server.address().port}${path}`;
+		const own = { ...model, provider: "evie-warmup", baseUrl, headers: {} };
 		const context = { messages: [{ role: "user", content: "hi", timestamp: Date.now() }] };
-		const reply = await ai.streamSimple(own, context, { apiKey: "evie-warmup" }).result();
+		const key = { apiKey: "evie-warmup" };
+		const call = options
+			? ai.stream(own, context, { ...key, ...options(baseUrl) })
+			: ai.streamSimple(own, context, key);
+		const reply = await call.result();
 		return reply.stopReason === "stop" ? "loopback stream" : `loopback stream ${reply.stopReason}`;
 	} finally {
 		server.close();

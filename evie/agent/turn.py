@@ -31,6 +31,7 @@ from evie.agent.events import (
     TurnEvent,
     TurnFinished,
 )
+from evie.agent.model_error import error_line
 from evie.errors import AgentProtocolError
 
 Barrier = Callable[[Callable[[p.Response | None], None]], None]
@@ -156,7 +157,7 @@ class Turn:
             case p.AutoRetryStart():
                 self._retry_after_end = True
                 self.retry = RetryScheduled(
-                    msg.attempt, msg.maxAttempts, msg.delayMs, msg.errorMessage
+                    msg.attempt, msg.maxAttempts, msg.delayMs, error_line(msg.errorMessage)
                 )
                 self.events.put(self.retry)
             case p.AutoRetryEnd(success=False):
@@ -217,7 +218,7 @@ class Turn:
             self._finish(Outcome.ABORTED, self.abort_reason)
         elif self._last_stop == "error":
             error = self._final_error or self._last_error or "the model returned an error"
-            self._finish(Outcome.FAILED, error)
+            self._finish(Outcome.FAILED, error_line(error))
         else:
             self._finish(Outcome.DONE, None)
 

@@ -1,0 +1,60 @@
+"""A model's error as one line a person can read.
+
+pi reports a failed request with whatever its provider's SDK made of the answer: for
+most APIs the status and the body's message, but a proxy or load balancer in front of
+the API answers with an HTML page (``502 <html>\\r\\n<head><title>502 Bad Gateway…``),
+and pi's Gemini provider hands on the whole JSON error body, the HTML page inside it
+(docs/pi-rpc.md). evie shows that text to the user after "The agent reported an
+error:", so it is cut down here to one line: a JSON error body to its code, status
+and message, an HTML page to its title, whitespace collapsed, the length bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+LIMIT = 300
+_TITLE_MOST = 150  # of an HTML page's title or text, so that the note after it is seen
+_READ = 20_000  # an error longer than this is cut before it is looked at (linear, bounded)
+_HTML = re.compile(r"<(?:!doctype|html|head|body|title)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
+_H1 = re.compile(r"<h1[^>]*>([^<]*)</h1>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+_STATUS = re.compile(r"\d{3}")
+HTML_NOTE = "(an HTML error page: the provider or a proxy in front of it is failing)"
+
+
+def _from_json(text: str) -> str | None:
+    """``{"error": {"code": 429, "status": "…", "message": "…"}}`` → ``429 …: …``."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    page = _from_html(f"{error.get('code', '')} {error['message']}")  # the page says the rest
+    if page is not None:
+        return page
+    head = " ".join(str(error[key]) for key in ("code", "status") if error.get(key))
+    return f"{head}: {error['message']}" if head else str(error["message"])
+
+
+def _from_html(text: str) -> str | None:
+    if not _HTML.search(text):
+        return None
+    found = _TITLE.search(text) or _H1.search(text)
+    title = " ".join((found.group(1) if found else _TAG.sub(" ", text)).split())[:_TITLE_MOST]
+    before = text[: text.index("<")].strip()  # pi's "502 " ahead of the page, if any
+    if _STATUS.fullmatch(before) and not title.startswith(before):
+        title = f"{before} {title}"
+    return f"{title} {HTML_NOTE}"
+
+
+def error_line(text: str, limit: int = LIMIT) -> str:
+    """``text`` (a model error as pi reports it) as one line of at most ``limit`` characters."""
+    text = text[:_READ].strip()
+    line = (text.startswith("{") and _from_json(text)) or _from_html(text) or text
+    line = " ".join(line.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
