@@ -69,24 +69,39 @@ def _img_alt(m: re.Match[str]) -> str:
     return (alt.group(1) if alt else "") or "image"
 
 
-@attrs.define
 class Block:
-    """One unit of chunking: kept whole in a message when it fits."""
+    """One unit of chunking: kept whole in a message when it fits.
 
-    tokens: list[Token]
-    #: what separates it from the block before in the same message
-    sep: str = "\n\n"
-    #: a top-level paragraph, heading, code block or one-paragraph quote is kept as md4c's
-    #: HTML of its inside, which the flavours convert whole at C speed (``whole``); its
-    #: tokens are made only when needed
-    html: str | None = None
-    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
-    kind: str = "p"
-    #: the stand-in for a lone "~" in ``html``
-    tilde: str = ""
-    #: a long top-level table, laid out only as far as its messages are read (its tokens
-    #: are made only when needed)
-    table: Table | None = None
+    A plain class, not attrs: compiled with mypyc (adr/0017, fourth follow-up) it is a
+    native class whose constructor and attributes cost a C access each; attrs' generated
+    ``__init__`` stays interpreted Python, and one is made per block (11,500 per MB of
+    ordinary text)."""
+
+    __slots__ = ("html", "kind", "sep", "table", "tilde", "tokens")
+
+    def __init__(
+        self,
+        tokens: list[Token],
+        sep: str = "\n\n",
+        html: str | None = None,
+        kind: str = "p",
+        tilde: str = "",
+        table: Table | None = None,
+    ) -> None:
+        self.tokens = tokens
+        #: what separates it from the block before in the same message
+        self.sep = sep
+        #: a top-level paragraph, heading, code block or one-paragraph quote is kept as
+        #: md4c's HTML of its inside, which the flavours convert whole at C speed
+        #: (``whole``); its tokens are made only when needed
+        self.html = html
+        #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
+        self.kind = kind
+        #: the stand-in for a lone "~" in ``html``
+        self.tilde = tilde
+        #: a long top-level table, laid out only as far as its messages are read (its
+        #: tokens are made only when needed)
+        self.table = table
 
 
 #: a top-level table of more rows than this is laid out lazily (:class:`Table`); a short
