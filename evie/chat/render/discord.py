@@ -19,7 +19,6 @@ from evie.chat.render.blocks import (
     convertible,
     is_bare_url,
     unescape,
-    visible_text,
 )
 
 DISCORD_LIMIT = 2000
@@ -51,17 +50,55 @@ _WHOLE_TAGS = {
 _DECIDE = "\x00"  # a tag whose mark is decided in Python (never a mark: no text has a NUL)
 
 
-def _escape_texts(texts: list[str], tilde: str) -> list[str]:
-    """:func:`escape` of each text (unescaped from HTML), in one pass over them all."""
-    return escape(unescape("\x00".join(texts), tilde)).split("\x00")
+def _escape_joined(joined: str, texts: list[str]) -> list[str]:
+    """:func:`escape` of each text, given the texts (as in md4c's HTML) and ``joined``,
+    them unescaped and joined by NUL: one pass over them all."""
+    text = _escape_specials(joined)
+    marked = "\n" in joined
+    for each in texts:  # (a compiled loop: a native call per text)
+        if marked:
+            break
+        marked = _starts_like_marker(each)
+    if marked:
+        text = _escape_markers(text)
+    return text.split("\x00")
 
 
 def escape(text: str) -> str:
+    text = _escape_specials(text)
+    if "\n" in text or "\x00" in text or _starts_like_marker(text):
+        text = _escape_markers(text)
+    return text
+
+
+def _starts_like_marker(text: str) -> bool:
+    """Whether ``text`` starts, after spaces and tabs, with what could begin a list marker
+    (``-``, ``+``, a digit; also as an entity of md4c's HTML: none of these is escaped):
+    a check of its first characters that spares the line-start regexes, which cost a
+    paragraph 2 µs (they try each NUL and newline) where this costs a few comparisons."""
+    if not text:
+        return False
+    first = text[0]
+    if first == " " or first == "\t":
+        text = text.lstrip(" \t")
+        if not text:
+            return False
+        first = text[0]
+    return first == "-" or first == "+" or first.isdecimal()
+
+
+def _escape_specials(text: str) -> str:
     if "\\" in text:
         text = text.replace("\\", "\\\\")
     for c in _ESCAPED:
         if c in text:
             text = text.replace(c, "\\" + c)
+    return text
+
+
+def _escape_markers(text: str) -> str:
+    """The list markers at the start of ``text`` and of its lines and NUL-separated texts
+    escaped (``escape`` calls this only when there may be one)."""
     bullet = "-" in text or "+" in text
     number = "." in text or ")" in text
     if bullet or number:
@@ -144,19 +181,23 @@ class DiscordFlavor:
             return f"```{lang}\n" + self.text(text, ("pre",)) + "\n```", text
         if not convertible(html, tilde):
             return None
-        plain = visible_text(html, tilde)
-        if not plain:
-            return None
         if "<" not in html:
-            return self._block(_escape_texts([html], tilde)[0], kind), plain
+            plain = unescape(html, tilde)
+            return (self._block(escape(plain), kind), plain) if plain else None
         # texts and tags alternate; the fixed marks are looked up at C speed, and only the
         # tags that need a decision (code spans, links) take a Python step
         parts = _PARTS.split(html)
         texts, tags = parts[0::2], parts[1::2]
+        # the visible text is the texts unescaped (md4c's entities never span a tag), here
+        # joined by NUL for the one escaping pass (NUL is a line start to the escapes)
+        joined = unescape("\x00".join(texts), tilde)
+        plain = joined.replace("\x00", "")
+        if not plain:
+            return None
         marks = list(map(_WHOLE_TAGS.get, tags, itertools.repeat(_DECIDE)))
         # every text escaped in one pass; code and bare URLs are then put back raw (each
         # text's escaping depends only on itself: NUL is a line start to the escapes)
-        out = _escape_texts(texts, tilde)
+        out = _escape_joined(joined, texts)
         code_close = link_close = ""
         i, left = -1, marks.count(_DECIDE)
         while left:
