@@ -61,6 +61,9 @@ _INLINE_TAGS: Final = (
 _IMG = re.compile(r"<img [^>]*>")
 _IMG_ALT = re.compile(r' alt="([^"]*)"')
 _ANY_TAG = re.compile(r"<[^>]*>")
+#: a paragraph's HTML in pieces: text, tag, text, tag, …, text (the texts are what
+#: :func:`visible_text` keeps)
+TAG_SPLIT = re.compile(r"(<[^>]*>)")
 
 
 def _img_alt(m: re.Match[str]) -> str:

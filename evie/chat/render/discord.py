@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 
 from evie.chat.render.blocks import (
+    TAG_SPLIT,
     code_block,
     convertible,
     is_bare_url,
@@ -40,8 +41,6 @@ _FENCE_IN_CODE = re.compile(r"``(?=`)")
 _TICKS_IN_CODE = re.compile(r"`(?=`)")
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
-#: a paragraph's HTML in pieces: text, tag, text, tag, …, text
-_PARTS = re.compile(r"(<[^>]*>)")
 _HREF = re.compile(r'href="([^"]*)"')
 _WHOLE_TAGS = {
     "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
@@ -189,7 +188,7 @@ class DiscordFlavor:
             return (self._block(escape(plain), kind), plain) if plain else None
         # texts and tags alternate; the fixed marks are looked up at C speed, and only the
         # tags that need a decision (code spans, links) take a Python step
-        parts = _PARTS.split(html)
+        parts = TAG_SPLIT.split(html)
         texts, tags = parts[0::2], parts[1::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
         # joined by NUL for the one escaping pass (NUL is a line start to the escapes)
