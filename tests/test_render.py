@@ -662,3 +662,15 @@ def test_a_block_kept_whole_walks_to_the_tokens_the_whole_walk_gives_it(markdown
     blocks = list(parse(markdown))
     walked = list(_Builder(_PUA[0], whole=False).feed(to_html([markdown])))
     assert [(tokens_of(b), b.sep) for b in blocks] == [(b.tokens, b.sep) for b in walked]
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.sampled_from('<>/ap1Z ="-\n&'), max_size=30), st.integers(0, 30))
+def test_the_walk_finds_each_tag_as_its_regex_does(html: str, pos: int) -> None:
+    """The walk reads md4c's tags with ``str.find`` and a loop over the name (adr/0017,
+    fourth follow-up) instead of ``_TAG.search``: the same tags, anywhere in any text."""
+    from evie.chat.render.blocks import _TAG, _next_tag
+
+    found = _TAG.search(html, pos)
+    expected = (found.start(), found.end(), *found.groups()) if found else (-1, -1, "", "", "")
+    assert _next_tag(html, pos) == expected
