@@ -103,19 +103,30 @@ def _escape_markers(text: str) -> str:
     escaped (``escape`` calls this only when there may be one)."""
     bullet = "-" in text or "+" in text
     number = "." in text or ")" in text
-    if bullet or number:
-        # a search first: most texts have a "-" or "." but no marker to escape, and a sub
-        # with a template costs its template's preparation at every call (4.4 µs against
-        # 0.6 for one 200-character paragraph)
-        lined = "\n" + text
-        found = False
-        if bullet and _BULLET.search(lined):
-            lined, found = _BULLET.sub(r"\1\\\2", lined), True
-        if number and _NUMBER.search(lined):
-            lined, found = _NUMBER.sub(r"\1\2\\\3", lined), True
-        if found:
-            text = lined[1:]
-    return text
+    if not (bullet or number):
+        return text
+    lined = "\n" + text
+    if bullet:
+        lined = _backslash_before(_BULLET, 2, lined)
+    if number:
+        lined = _backslash_before(_NUMBER, 3, lined)
+    return lined[1:]
+
+
+def _backslash_before(pattern: re.Pattern[str], group: int, text: str) -> str:
+    """``text`` with a backslash before ``group`` of each match: what ``pattern.sub`` with
+    a template would do, without the template (Python 3.11 expands a template in Python
+    code at every call: a list item's "1. " cost ~11,000 instructions, now ~2,500)."""
+    pieces: list[str] = []
+    last = 0
+    for found in pattern.finditer(text):
+        at = found.start(group)
+        pieces.append(text[last:at])
+        last = at
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "\\".join(pieces)
 
 
 class DiscordFlavor:
