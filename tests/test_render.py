@@ -674,3 +674,31 @@ def test_the_walk_finds_each_tag_as_its_regex_does(html: str, pos: int) -> None:
     found = _TAG.search(html, pos)
     expected = (found.start(), found.end(), *found.groups()) if found else (-1, -1, "", "", "")
     assert _next_tag(html, pos) == expected
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda columns: st.tuples(
+            st.lists(
+                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=8 * columns
+            ).map(lambda cells: cells[: len(cells) // columns * columns]),
+            st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
+        )
+    )
+)
+def test_a_small_table_is_laid_out_as_the_format_string_does(
+    table: tuple[list[str], list[int]],
+) -> None:
+    """A table of few rows is laid out by a compiled loop (``ljust``, ``rstrip``) instead of
+    one format string and a regex: the same text, trailing whitespace of any kind too."""
+    from evie.chat.render.blocks import _few_table_lines
+
+    cells, widths = table
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    assert _few_table_lines(cells, widths) == text

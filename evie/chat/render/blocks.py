@@ -623,12 +623,32 @@ def _table_lines(cells: list[str], widths: list[int]) -> str:
     """:func:`_table_text` of rows of ``len(widths)`` cells, in one ``str.format`` call
     and one regex (the trailing spaces of each line) instead of a step per row."""
     rows = len(cells) // len(widths)
+    if rows <= _FEW_ROWS:
+        return _few_table_lines(cells, widths)
     line = " | ".join(f"{{:<{w}}}" for w in widths)
     text = _TRAILING_SPACE.sub("", "\n".join([line] * rows).format(*cells))
     if rows > 1:
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
     return text
+
+
+#: a table of at most this many rows is laid out row by row in a compiled loop: the
+#: format string, its parsing and the regex cost a small table more than they save
+_FEW_ROWS: Final = 8
+
+
+def _few_table_lines(cells: list[str], widths: list[int]) -> str:
+    """:func:`_table_lines` row by row: ``ljust`` is what ``{:<w}`` does to a text, and a
+    line's ``rstrip`` what ``_TRAILING_SPACE`` takes of it (the cells hold no newline)."""
+    columns = len(widths)
+    lines: list[str] = []
+    for start in range(0, len(cells), columns):
+        padded = [cells[start + i].ljust(widths[i]) for i in range(columns)]
+        lines.append(" | ".join(padded).rstrip())
+    if len(lines) > 1:
+        lines.insert(1, "-+-".join(["-" * width for width in widths]))
+    return "\n".join(lines)
 
 
 def _table_text(rows: list[list[str]], widths: list[int]) -> str:
