@@ -662,3 +662,43 @@ def test_a_block_kept_whole_walks_to_the_tokens_the_whole_walk_gives_it(markdown
     blocks = list(parse(markdown))
     walked = list(_Builder(_PUA[0], whole=False).feed(to_html([markdown])))
     assert [(tokens_of(b), b.sep) for b in blocks] == [(b.tokens, b.sep) for b in walked]
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.sampled_from('<>/ap1Z ="-\n&'), max_size=30), st.integers(0, 30))
+def test_the_walk_finds_each_tag_as_its_regex_does(html: str, pos: int) -> None:
+    """The walk reads md4c's tags with ``str.find`` and a loop over the name (adr/0017,
+    fourth follow-up) instead of ``_TAG.search``: the same tags, anywhere in any text."""
+    from evie.chat.render.blocks import _TAG, _next_tag
+
+    found = _TAG.search(html, pos)
+    expected = (found.start(), found.end(), *found.groups()) if found else (-1, -1, "", "", "")
+    assert _next_tag(html, pos) == expected
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda columns: st.tuples(
+            st.lists(
+                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=8 * columns
+            ).map(lambda cells: cells[: len(cells) // columns * columns]),
+            st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
+        )
+    )
+)
+def test_a_small_table_is_laid_out_as_the_format_string_does(
+    table: tuple[list[str], list[int]],
+) -> None:
+    """A table of few rows is laid out by a compiled loop (``ljust``, ``rstrip``) instead of
+    one format string and a regex: the same text, trailing whitespace of any kind too."""
+    from evie.chat.render.blocks import _few_table_lines
+
+    cells, widths = table
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    assert _few_table_lines(cells, widths) == text

@@ -61,6 +61,9 @@ _INLINE_TAGS: Final = (
 _IMG = re.compile(r"<img [^>]*>")
 _IMG_ALT = re.compile(r' alt="([^"]*)"')
 _ANY_TAG = re.compile(r"<[^>]*>")
+#: a paragraph's HTML in pieces: text, tag, text, tag, …, text (the texts are what
+#: :func:`visible_text` keeps)
+TAG_SPLIT = re.compile(r"(<[^>]*>)")
 
 
 def _img_alt(m: re.Match[str]) -> str:
@@ -69,24 +72,39 @@ def _img_alt(m: re.Match[str]) -> str:
     return (alt.group(1) if alt else "") or "image"
 
 
-@attrs.define
 class Block:
-    """One unit of chunking: kept whole in a message when it fits."""
+    """One unit of chunking: kept whole in a message when it fits.
 
-    tokens: list[Token]
-    #: what separates it from the block before in the same message
-    sep: str = "\n\n"
-    #: a top-level paragraph, heading, code block or one-paragraph quote is kept as md4c's
-    #: HTML of its inside, which the flavours convert whole at C speed (``whole``); its
-    #: tokens are made only when needed
-    html: str | None = None
-    #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
-    kind: str = "p"
-    #: the stand-in for a lone "~" in ``html``
-    tilde: str = ""
-    #: a long top-level table, laid out only as far as its messages are read (its tokens
-    #: are made only when needed)
-    table: Table | None = None
+    A plain class, not attrs: compiled with mypyc (adr/0017, fourth follow-up) it is a
+    native class whose constructor and attributes cost a C access each; attrs' generated
+    ``__init__`` stays interpreted Python, and one is made per block (11,500 per MB of
+    ordinary text)."""
+
+    __slots__ = ("html", "kind", "sep", "table", "tilde", "tokens")
+
+    def __init__(
+        self,
+        tokens: list[Token],
+        sep: str = "\n\n",
+        html: str | None = None,
+        kind: str = "p",
+        tilde: str = "",
+        table: Table | None = None,
+    ) -> None:
+        self.tokens = tokens
+        #: what separates it from the block before in the same message
+        self.sep = sep
+        #: a top-level paragraph, heading, code block or one-paragraph quote is kept as
+        #: md4c's HTML of its inside, which the flavours convert whole at C speed
+        #: (``whole``); its tokens are made only when needed
+        self.html = html
+        #: "p", "h", "pre" or "quote" (a quote's html is its paragraph's inside)
+        self.kind = kind
+        #: the stand-in for a lone "~" in ``html``
+        self.tilde = tilde
+        #: a long top-level table, laid out only as far as its messages are read (its
+        #: tokens are made only when needed)
+        self.table = table
 
 
 #: a top-level table of more rows than this is laid out lazily (:class:`Table`); a short
@@ -283,17 +301,13 @@ class _Builder:
         text after the last tag is trimmed as if a block tag followed it."""
         pos = 0
         after_block = True
-        search = _TAG.search
         tilde = self.tilde
         inline = self.inline
         while True:
-            m = search(html, pos)
-            if m is None:  # the end: what is left is text before no tag at all
-                closing, tag, raw = "", "", ""
+            start, end, closing, tag, raw = _next_tag(html, pos)
+            if start < 0:  # the end: what is left is text before no tag at all
                 start, is_block = len(html), True
             else:
-                closing, tag, raw = m.groups()
-                start = m.start()
                 is_block = tag in _BLOCK_TAGS
             if start > pos:
                 text = html[pos:start]
@@ -307,10 +321,10 @@ class _Builder:
                     if "&" in text or tilde in text:
                         text = unescape(text, tilde)
                     self.tokens.append((TEXT, text, ""))
-            if m is None:
+            if end < 0:
                 break
             after_block = is_block
-            pos = m.end()
+            pos = end
             if not self.in_pre and tag in _INLINE_OPEN:
                 if not closing:
                     self.tokens.append(_INLINE_OPEN[tag])
@@ -559,6 +573,40 @@ class _Builder:
             self.end_block()
 
 
+def _next_tag(html: str, pos: int) -> tuple[int, int, str, str, str]:
+    """The first tag at or after ``pos`` as ``_TAG`` finds it: (start, end, "/" or "", name,
+    attributes); start and end -1 when there is none. md4c's tags (every "<" of its HTML
+    starts one) are read with two ``str.find`` and a native loop over the name, without
+    a match object and the method calls to read it (a third of the walk's time per tag
+    once compiled); anything else is left to the regex."""
+    start = html.find("<", pos)
+    if start < 0:
+        return -1, -1, "", "", ""
+    size = len(html)
+    at = start + 1
+    closing = ""
+    if at < size and ord(html[at]) == 47:  # "/"
+        closing = "/"
+        at += 1
+    stop = at
+    while stop < size:
+        code = ord(html[stop])
+        if 97 <= code <= 122 or 48 <= code <= 57:  # [a-z0-9]
+            stop += 1
+        else:
+            break
+    if stop > at:  # then _TAG matches here if a ">" follows: [^>]* takes all up to it
+        end = html.find(">", stop)
+        if end < 0:
+            return -1, -1, "", "", ""  # no ">" after this "<", nor after any later one
+        return start, end + 1, closing, html[at:stop], html[stop:end]
+    found = _TAG.search(html, start + 1)  # no tag starts at this "<"
+    if found is None:
+        return -1, -1, "", "", ""
+    slash, name, attributes = found.groups()
+    return found.start(), found.end(), slash, name, attributes
+
+
 def _repeats(text: str, pos: int, unit: str) -> int:
     """How many times ``unit`` repeats from ``pos``: a few C comparisons, not a step each."""
     count, step = 0, 1
@@ -575,12 +623,32 @@ def _table_lines(cells: list[str], widths: list[int]) -> str:
     """:func:`_table_text` of rows of ``len(widths)`` cells, in one ``str.format`` call
     and one regex (the trailing spaces of each line) instead of a step per row."""
     rows = len(cells) // len(widths)
+    if rows <= _FEW_ROWS:
+        return _few_table_lines(cells, widths)
     line = " | ".join(f"{{:<{w}}}" for w in widths)
     text = _TRAILING_SPACE.sub("", "\n".join([line] * rows).format(*cells))
     if rows > 1:
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
     return text
+
+
+#: a table of at most this many rows is laid out row by row in a compiled loop: the
+#: format string, its parsing and the regex cost a small table more than they save
+_FEW_ROWS: Final = 8
+
+
+def _few_table_lines(cells: list[str], widths: list[int]) -> str:
+    """:func:`_table_lines` row by row: ``ljust`` is what ``{:<w}`` does to a text, and a
+    line's ``rstrip`` what ``_TRAILING_SPACE`` takes of it (the cells hold no newline)."""
+    columns = len(widths)
+    lines: list[str] = []
+    for start in range(0, len(cells), columns):
+        padded = [cells[start + i].ljust(widths[i]) for i in range(columns)]
+        lines.append(" | ".join(padded).rstrip())
+    if len(lines) > 1:
+        lines.insert(1, "-+-".join(["-" * width for width in widths]))
+    return "\n".join(lines)
 
 
 def _table_text(rows: list[list[str]], widths: list[int]) -> str:
