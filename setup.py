@@ -30,6 +30,12 @@ class BuildOrFallBack(build_ext):
     def run(self) -> None:
         try:
             super().run()
+            # built from the sources as they are now, even when mypyc's C came out the
+            # same and nothing was relinked: the test of a current build reads this time
+            for extension in self.extensions:
+                built = Path(self.get_ext_fullpath(extension.name))
+                if built.exists():
+                    os.utime(built)
         except Exception as error:  # any build failure falls back to plain Python
             print(
                 f"evie: renderer not compiled ({error}); it runs as plain Python", file=sys.stderr
