@@ -491,7 +491,9 @@ class _BesideTimer:
 
     async def stop(self) -> None:
         """Cancel the timer, or the started task, and wait until that task is over (as a
-        task group of the turn's own would at its end)."""
+        task group of the turn's own would at its end). ``ended`` is always set: anyio
+        delivers a cancellation to a task only once it has started, i.e. inside the
+        ``try`` whose ``finally`` sets it."""
         if self.handle is not None:
             self.handle.cancel()
         if self.scope is not None and self.ended is not None:
