@@ -18,7 +18,10 @@ from evie.agent.events import TextDelta, TurnEvent
 class EventQueue:
     def __init__(self) -> None:
         self._items: deque[TurnEvent | list[str]] = deque()
-        self._wakeup = anyio.Event()
+        #: made by a consumer that finds the queue empty, set and dropped by the next
+        #: ``put``: most events arrive while the consumer is busy, and need no wake-up
+        #: (adr/0016 §12)
+        self._wakeup: anyio.Event | None = None
 
     def put(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
@@ -30,12 +33,16 @@ class EventQueue:
                 self._items.append([event.text])
         else:
             self._items.append(event)
-        self._wakeup.set()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     async def get(self) -> TurnEvent:
         while not self._items:
+            if self._wakeup is None:
+                self._wakeup = anyio.Event()
             await self._wakeup.wait()
-            self._wakeup = anyio.Event()
         item = self._items.popleft()
         if isinstance(item, list):
             return TextDelta("".join(item))

@@ -12,7 +12,7 @@ already been read.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -94,12 +94,8 @@ class Turn:
 
     # -- consumer side ------------------------------------------------------
 
-    async def __aiter__(self) -> AsyncIterator[TurnEvent]:
-        while True:
-            event = await self.events.get()
-            yield event
-            if isinstance(event, TurnFinished):
-                return
+    def __aiter__(self) -> TurnEvents:
+        return TurnEvents(self.events)
 
     # -- producer side (called synchronously by the reader) ------------------
 
@@ -230,3 +226,24 @@ class Turn:
         self.current_tool = None
         self.retry = None
         self.events.put(self.finished)
+
+
+class TurnEvents:
+    """``async for event in turn``: the turn's events up to and including
+    :class:`TurnFinished`. A class, not an async generator: mypyc compiles it, and it
+    needs no loop hooks (adr/0016 §12)."""
+
+    def __init__(self, events: EventQueue) -> None:
+        self._events = events
+        self._done = False
+
+    def __aiter__(self) -> TurnEvents:
+        return self
+
+    async def __anext__(self) -> TurnEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._events.get()
+        if isinstance(event, TurnFinished):
+            self._done = True
+        return event

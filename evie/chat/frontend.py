@@ -139,7 +139,7 @@ class ChatFrontend:
         for accepted in batch:
             event = anyio.Event()
             placed.append(event)
-            tg.start_soon(self.process, accepted, event)
+            tg.start_soon(self.process, accepted, event, tg)
         with anyio.move_on_after(ADMIT_LINGER):
             for event in placed:
                 await event.wait()
@@ -149,7 +149,7 @@ class ChatFrontend:
         """Handle, in order, this platform's inbox items left from before a restart."""
         items = self.inbox.pending(self.platform)
         for item in items:
-            tg.start_soon(self.process, Accepted(self._incoming(item), item.seq))
+            tg.start_soon(self.process, Accepted(self._incoming(item), item.seq), None, tg)
         if items:
             log.info("%s: resuming %d message(s) received before the restart", self.platform,
                      len(items))  # fmt: skip
@@ -167,11 +167,18 @@ class ChatFrontend:
         if accepted is None:
             return
         await self.inbox.commit()
-        await self.process(accepted)
+        async with anyio.create_task_group() as tg:
+            await self.process(accepted, tg=tg)
 
-    async def process(self, accepted: Accepted, placed: anyio.Event | None = None) -> None:
+    async def process(
+        self,
+        accepted: Accepted,
+        placed: anyio.Event | None = None,
+        tg: anyio.abc.TaskGroup | None = None,
+    ) -> None:
         """Handle one message; ``placed`` is set once its turn records its start or
-        it is clear that no turn starts now (see :meth:`admit`)."""
+        it is clear that no turn starts now (see :meth:`admit`). ``tg`` (the task group
+        this runs in) owns the turn's "typing…" and live edits, should they start."""
         msg, seq = accepted.msg, accepted.seq
         chat_var.set(msg.chat.key)
         finished = False
@@ -186,7 +193,7 @@ class ChatFrontend:
                 await self._command(command, msg.chat)
                 finished = True
             else:
-                finished = await self._converse(msg, seq, placed)
+                finished = await self._converse(msg, seq, placed, tg)
         except Exception as exc:  # one chat's bug must not take the interface (and every chat) down
             finished = True
             error = sole_error(exc)  # a task group wraps what its body raised
@@ -316,7 +323,13 @@ class ChatFrontend:
     def allows(self, user_id: int) -> bool:
         return user_id in self.allowed
 
-    async def _converse(self, msg: Incoming, seq: int, placed: anyio.Event | None = None) -> bool:
+    async def _converse(
+        self,
+        msg: Incoming,
+        seq: int,
+        placed: anyio.Event | None = None,
+        tg: anyio.abc.TaskGroup | None = None,
+    ) -> bool:
         """Run or queue the message; False when evie is stopping and it never reached pi
         (it stays in the inbox and runs after the restart)."""
         images = msg.images
@@ -345,34 +358,31 @@ class ChatFrontend:
         inflight.append(seq)  # from here pi may take it as a follow-up of a running turn
         result = None
         taken = True
-        async with anyio.create_task_group() as tg:
-            beside = self._beside_later(tg, msg.chat, streamer)
-            try:
-                result = await self.manager.send(
-                    key,
-                    prompt,
-                    self._tracking(key, seq, streamer),
-                    on_start=lambda: self._started(seq, placed),
-                )
-            except ShuttingDown:
-                taken = False
-                await self.say(msg.chat, STOPPING_NOTICE)
-            except EvieError as exc:
-                await self.say(msg.chat, f"⚠️ {exc}")
-            finally:
-                beside.cancel()
-                if beside.started:
-                    tg.cancel_scope.cancel()
-                streamers = self._streamers.get(key, set())
-                streamers.discard(streamer)
-                if not streamers:
-                    self._streamers.pop(key, None)
-                self._delivering[key] = streamer  # its reply may still be in the outbox: /stop
-                self._delivering.move_to_end(key)
-                while len(self._delivering) > 64:
-                    self._delivering.popitem(last=False)
-                if not isinstance(result, Queued) and seq in inflight:
-                    inflight.remove(seq)
+        beside = self._beside_later(tg, msg.chat, streamer)
+        try:
+            result = await self.manager.send(
+                key,
+                prompt,
+                self._tracking(key, seq, streamer),
+                on_start=lambda: self._started(seq, placed),
+            )
+        except ShuttingDown:
+            taken = False
+            await self.say(msg.chat, STOPPING_NOTICE)
+        except EvieError as exc:
+            await self.say(msg.chat, f"⚠️ {exc}")
+        finally:
+            await beside.stop()  # "typing…" and live edits end with the turn, before its reply
+            streamers = self._streamers.get(key, set())
+            streamers.discard(streamer)
+            if not streamers:
+                self._streamers.pop(key, None)
+            self._delivering[key] = streamer  # its reply may still be in the outbox: /stop
+            self._delivering.move_to_end(key)
+            while len(self._delivering) > 64:
+                self._delivering.popitem(last=False)
+            if not isinstance(result, Queued) and seq in inflight:
+                inflight.remove(seq)
         if isinstance(result, Queued):
             item = self.inbox.get(seq)
             if item is not None and item.state != STARTED:
@@ -423,18 +433,35 @@ class ChatFrontend:
         return candidates[0].seq if candidates else None
 
     def _beside_later(
-        self, tg: anyio.abc.TaskGroup, chat: ChatRef, streamer: ReplyStreamer
+        self, tg: anyio.abc.TaskGroup | None, chat: ChatRef, streamer: ReplyStreamer
     ) -> _BesideTimer:
         """ "typing…" and the live edits, started in ``tg`` only once the first of them is
         due: a turn answered sooner (most) starts no task at all, only a timer of the event
-        loop (adr/0016 §9, §10). Cancel the timer when the turn ends."""
+        loop (adr/0016 §9, §10) — and makes no task group of its own (§12): the task is
+        ``tg``'s, under a cancel scope the turn cancels, and the turn waits for its end
+        (:meth:`_BesideTimer.stop`). Without ``tg`` nothing starts."""
         waited = min(self.typing_delay, streamer.edit_interval)
         timer = _BesideTimer()
+        if tg is None:
+            return timer
+
+        async def beside(scope: anyio.CancelScope, ended: anyio.Event) -> None:
+            try:
+                with scope:
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(self._keep_typing, chat, self.typing_delay - waited)
+                        inner.start_soon(streamer.live_updates, waited)
+            except Exception as exc:  # a nicety: whatever went wrong, the turn goes on
+                log.warning("chat %s: typing or live updates failed: %s", chat.key,
+                            one_line(sole_error(exc), 200))  # fmt: skip
+                log.debug("chat %s: beside the turn", chat.key, exc_info=True)
+            finally:
+                ended.set()
 
         def begin() -> None:
             timer.started = True
-            tg.start_soon(self._keep_typing, chat, self.typing_delay - waited)
-            tg.start_soon(streamer.live_updates, waited)
+            timer.scope, timer.ended = anyio.CancelScope(), anyio.Event()
+            tg.start_soon(beside, timer.scope, timer.ended)
 
         timer.handle = asyncio.get_running_loop().call_later(waited, begin)
         return timer
@@ -454,14 +481,25 @@ class ChatFrontend:
 @attrs.define
 class _BesideTimer:
     """The loop timer that starts a turn's "typing…" and live edits (evie runs on asyncio:
-    aiogram and discord.py need it); ``started`` once it has fired."""
+    aiogram and discord.py need it); ``started`` once it has fired, then ``scope`` is the
+    started task's and ``ended`` is set when that task is over."""
 
     handle: asyncio.TimerHandle | None = None
     started: bool = False
+    scope: anyio.CancelScope | None = None
+    ended: anyio.Event | None = None
 
-    def cancel(self) -> None:
+    async def stop(self) -> None:
+        """Cancel the timer, or the started task, and wait until that task is over (as a
+        task group of the turn's own would at its end). ``ended`` is always set: anyio
+        delivers a cancellation to a task only once it has started, i.e. inside the
+        ``try`` whose ``finally`` sets it."""
         if self.handle is not None:
             self.handle.cancel()
+        if self.scope is not None and self.ended is not None:
+            self.scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.ended.wait()
 
 
 def sole_error(exc: BaseException) -> BaseException:

@@ -63,7 +63,9 @@ class Outbox:
         self.max_per_chat = max(4, max_per_chat)
         self._chats: dict[str, list[OutboxEntry]] = {}
         self._next_seq = 1
-        self._changed = anyio.Event()
+        #: made by the first waiter of :meth:`changed` (settle, at a stop): a removal per
+        #: reply would otherwise make a new event each time for nobody (adr/0016 §12)
+        self._changed: anyio.Event | None = None
         self.uncertain = 0  # entries that may already have been delivered before a restart
         self.dropped = 0
         #: fresh entries that head their chat's queue while its platform's courier runs:
@@ -296,11 +298,14 @@ class Outbox:
 
     async def changed(self) -> None:
         """Wait for the next put or removal."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     async def commit(self) -> None:
         """Return once every change made before this call is on disk, or — for a fresh

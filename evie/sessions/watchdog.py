@@ -58,7 +58,9 @@ class TurnWatchdog:
         self.reason: str | None = None  # why evie (not the user) stopped the turn
         self.killed = False
         self.final = False  # evie is stopping: pi is not started again
-        self._wake = anyio.Event()
+        #: made by :meth:`run` before each wait: a turn with no deadline and no abort
+        #: (most) never runs it, so never needs one (adr/0016 §12)
+        self._wake: anyio.Event | None = None
         self._start = start
 
     @property
@@ -87,7 +89,8 @@ class TurnWatchdog:
             if reason is not None:
                 self.turn.abort_reason = reason
         self.process.abort()
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
         self.arm()  # the grace period needs a task counting it
 
     def _next(self, now: float) -> tuple[float, str]:
@@ -110,9 +113,9 @@ class TurnWatchdog:
             if deadline <= now:
                 await self._act(action)
                 continue
+            wake = self._wake = anyio.Event()  # (deadlines read above: nothing in between)
             with anyio.move_on_after(deadline - now):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+                await wake.wait()
 
     async def _act(self, action: str) -> None:
         if action == "max_turn":
