@@ -191,7 +191,7 @@ class Screen:
         with self._lock:
             return "".join(self._parts)
 
-    async def wait_for(self, needle: str, seconds: float = 10) -> None:
+    async def wait_for(self, needle: str, seconds: float = 30) -> None:
         with anyio.fail_after(seconds):
             while needle not in self.text:
                 await anyio.sleep(0.01)

@@ -31,21 +31,25 @@ async def test_status_and_stop_work_while_a_turn_streams(tmp_path: Path) -> None
             chat = TerminalChat(manager, stdin=stdin, stdout=screen)  # type: ignore[arg-type]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(chat.run)
-                keyboard.write(held + "\n")
-                await screen.wait_for("thinking hard")
-                keyboard.write("/status\n")
-                await screen.wait_for("Turn running for")
-                keyboard.write("and one more thing\n")
-                await screen.wait_for("[queued as a follow-up: #1]")
-                release.touch()
-                await screen.wait_for("echo: and one more thing")
-                keyboard.write("/stop\n")
-                await screen.wait_for("Nothing is running.")
-                keyboard.write("/new\n")
-                await screen.wait_for("Started a new session")
-                keyboard.write("/bogus\n")
-                await screen.wait_for("Unknown command /bogus")
-                keyboard.close()  # EOF: the chat ends by itself
+                try:
+                    keyboard.write(held + "\n")
+                    await screen.wait_for("thinking hard")
+                    keyboard.write("/status\n")
+                    await screen.wait_for("Turn running for")
+                    keyboard.write("and one more thing\n")
+                    await screen.wait_for("[queued as a follow-up: #1]")
+                    release.touch()
+                    await screen.wait_for("echo: and one more thing")
+                    keyboard.write("/stop\n")
+                    await screen.wait_for("Nothing is running.")
+                    keyboard.write("/new\n")
+                    await screen.wait_for("Started a new session")
+                    keyboard.write("/bogus\n")
+                    await screen.wait_for("Unknown command /bogus")
+                finally:
+                    # EOF ends the chat by itself; on a failed wait it also frees the thread
+                    # reading the keyboard, which no cancellation reaches
+                    keyboard.close()
     text = screen.text
     assert text.index("Turn running for") < text.index("echo: and one more thing")
     assert "[failed]" not in text
