@@ -68,9 +68,9 @@ def test_each_listed_module_runs_compiled_from_its_current_source(source: str) -
     assert built >= written, f"{shared.__file__} is older than {source}: run ./dev to rebuild"
 
 
-#: renders the documents read from stdin with the listed modules loaded from their
-#: ``.py`` source, whatever is compiled beside them
-_PURE = """
+#: loads the modules named in its arguments from their ``.py`` source, whatever is
+#: compiled beside them (a program's start, followed by what it does)
+_FROM_SOURCE = """
 import importlib.abc, importlib.util, json, os, sys
 names = set(sys.argv[1:])
 class Source(importlib.abc.MetaPathFinder):
@@ -83,6 +83,10 @@ class Source(importlib.abc.MetaPathFinder):
                 return importlib.util.spec_from_file_location(name, file)
         return None
 sys.meta_path.insert(0, Source())
+"""
+
+#: renders the documents read from stdin
+_RENDER = """
 from evie.chat.render import render
 from evie.chat.render.discord import DiscordFlavor
 from evie.chat.render.telegram import TelegramFlavor
@@ -95,21 +99,33 @@ for text, platform, limit, most in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 """
 
-Case = tuple[str, str, int, int | None]
+#: prints what ``evie doctor`` says of the renderer
+_DOCTOR = """
+from evie.setup.doctor import renderer
+print(json.dumps(renderer()))
+"""
 
 
-def rendered_as_source(cases: list[Case]) -> list[list[list[str]]]:
+def from_source(program: str, stdin: str = "") -> str:
+    """What ``program`` prints, run with the compiled modules loaded from their source."""
     names = [module_name(path) for path in compiled_sources()]
     done = subprocess.run(
-        [sys.executable, "-c", _PURE, *names],
-        input=json.dumps(cases),
+        [sys.executable, "-c", _FROM_SOURCE + program, *names],
+        input=stdin,
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
         check=True,
     )
-    result: list[list[list[str]]] = json.loads(done.stdout)
+    return done.stdout
+
+
+Case = tuple[str, str, int, int | None]
+
+
+def rendered_as_source(cases: list[Case]) -> list[list[list[str]]]:
+    result: list[list[list[str]]] = json.loads(from_source(_RENDER, json.dumps(cases)))
     return result
 
 
@@ -155,3 +171,10 @@ def test_compiled_and_source_render_every_bench_input_alike() -> None:
         for platform, limit in (("telegram", 4096), ("discord", 2000), ("telegram", 300))
     ]
     assert_alike(cases)
+
+
+def test_the_doctor_tells_a_plain_python_renderer_apart_with_its_fix() -> None:
+    mark, text = json.loads(from_source(_DOCTOR))
+    assert mark == "!"
+    assert "plain Python" in text
+    assert "C compiler" in text

@@ -65,6 +65,7 @@ async def test_a_healthy_setup_is_all_ticks(
     # the sandbox [agent] sandbox = "auto" gives here, as `evie run` would choose it
     in_force = "✓ sandbox: bwrap" if choose("auto").bwrap is not None else "! sandbox: off"
     assert in_force in text
+    assert "✓ renderer: compiled (mypyc)" in text  # built by ./dev (tests/test_compiled.py)
     assert lines[-1] == "All good."
 
 

@@ -74,6 +74,7 @@ async def diagnose(
     await _platforms(config, add)
     add(*await anyio.to_thread.run_sync(_sandbox, config))
     add(*await anyio.to_thread.run_sync(_http, config))
+    add(*renderer())
     return out
 
 
@@ -237,6 +238,19 @@ def _sandbox(config: Config) -> tuple[str, str]:
             "evie's config included (see README, Security)"
         )
     return OK, f"sandbox: {choice.note}"
+
+
+def renderer() -> tuple[str, str]:
+    """Whether the reply renderer runs compiled (adr/0018); as plain Python it works, slower."""
+    from evie.chat.render import blocks, discord, split, telegram
+
+    modules = (blocks, split, telegram, discord)
+    if any((module.__file__ or "").endswith(".py") for module in modules):
+        return WARN, (
+            "renderer: plain Python (long replies take about twice the CPU): install a C "
+            "compiler (e.g. gcc) and run ./dev again to compile it"
+        )
+    return OK, "renderer: compiled (mypyc)"
 
 
 def _http(config: Config) -> tuple[str, str]:
