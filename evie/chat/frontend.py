@@ -459,7 +459,6 @@ class ChatFrontend:
                 ended.set()
 
         def begin() -> None:
-            timer.started = True
             timer.scope, timer.ended = anyio.CancelScope(), anyio.Event()
             tg.start_soon(beside, timer.scope, timer.ended)
 
@@ -481,11 +480,10 @@ class ChatFrontend:
 @attrs.define
 class _BesideTimer:
     """The loop timer that starts a turn's "typing…" and live edits (evie runs on asyncio:
-    aiogram and discord.py need it); ``started`` once it has fired, then ``scope`` is the
-    started task's and ``ended`` is set when that task is over."""
+    aiogram and discord.py need it); once it has fired, ``scope`` is the started task's
+    and ``ended`` is set when that task is over."""
 
     handle: asyncio.TimerHandle | None = None
-    started: bool = False
     scope: anyio.CancelScope | None = None
     ended: anyio.Event | None = None
 
