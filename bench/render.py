@@ -126,13 +126,14 @@ def parser_floor(text: str) -> float:
 
 async def measure(
     text: str, flavor: Flavor, most: int | None = None
-) -> tuple[float, float, int, float]:
+) -> tuple[float, float, int, float, int]:
     """(CPU seconds, longest loop stall in seconds, chunks, CPU seconds this process used
-    during that stall) for one render beside /status. ``most``: as the streamer renders a
-    reply, which stops after ``[delivery] max_chunks`` + 1 messages (the rest goes as a
-    file); without it, the whole reply (the renderer's own cost per MB).
+    during that stall, /status asks answered meanwhile) for one render beside /status.
+    ``most``: as the streamer renders a reply, which stops after ``[delivery] max_chunks``
+    + 1 messages (the rest goes as a file); without it, the whole reply (the renderer's own
+    cost per MB).
 
-    The last figure says who stalled the loop: near the stall itself, a thread of the
+    The fourth figure says who stalled the loop: near the stall itself, a thread of the
     daemon held the GIL (the render's share); near zero, no thread of the daemon ran and
     the loop thread was waiting for a core (the machine's share: other processes)."""
     stalls: list[tuple[float, float]] = []
@@ -149,12 +150,29 @@ async def measure(
     async with anyio.create_task_group() as tg:
         tg.start_soon(status_loop)
         await anyio.sleep(0.01)
+        stalls.clear()
         cpu = time.process_time() + _children_cpu()
         chunks = len(await render_off_loop(text, flavor, most=most))
         cpu = time.process_time() + _children_cpu() - cpu
+        asks = len(stalls)
         done.set()
     stall, busy = max(stalls, default=(0.0, 0.0))
-    return cpu, stall, chunks, busy
+    return cpu, stall, chunks, busy, asks
+
+
+async def ask_cost(seconds: float = 1.0) -> float:
+    """CPU seconds one /status ask of :func:`measure`'s poller costs this process, with
+    nothing else running: a row's asks times this is the poller's share of its CPU (the
+    other chat's cost, not the render's)."""
+    stalls: list[tuple[float, float]] = []
+    end = time.perf_counter() + seconds
+    cpu = time.process_time()
+    while time.perf_counter() < end:  # the poller's own steps, one for one
+        started, ask_cpu = time.perf_counter(), time.process_time()
+        await anyio.sleep(0.001)
+        _status()
+        stalls.append((time.perf_counter() - started - 0.001, time.process_time() - ask_cpu))
+    return (time.process_time() - cpu) / max(len(stalls), 1)
 
 
 async def idle_stall(seconds: float) -> float:

@@ -335,6 +335,7 @@ async def _render_rows() -> None:
         KINDS,
         SAMPLES,
         SIZES,
+        ask_cost,
         baseline_stalls,
         idle_stall,
         measure,
@@ -344,10 +345,12 @@ async def _render_rows() -> None:
 
     idle, busy = await baseline_stalls()
     print(f"  machine baseline: idle loop stall {fmt_s(idle)}, beside a busy thread {fmt_s(busy)}")
+    asks: list[float] = []
     rows: dict[str, dict[str, dict[str, object]]] = {}
     worst_mb, worst_stall, worst_ratio, worst_noise = 0.0, 0.0, 0.0, 0.0
     worst_busy_stall = 0.0  # the longest stall during which the daemon itself was busy
     streamer_mb, streamer_stall = 0.0, 0.0  # ≥ 1 MB replies as the streamer renders them
+    poller: dict[str, float] = {}  # the /status poller's CPU in a row, per platform
     most = DeliveryConfig().max_chunks
     cpu_per_mb: dict[tuple[str, str, str, str], float] = {}  # (kind, size, flavor, mode) → s
     loads = [os.getloadavg()[0]]
@@ -359,14 +362,27 @@ async def _render_rows() -> None:
             floor = min(parser_floor(text) for _ in range(SAMPLES)) if size >= 1_000_000 else 0.0
             measured: dict[str, list[tuple[float, float, int, float]]] = {}
             started = time.perf_counter()
+            # what one /status ask costs alone, beside each row (the machine's speed drifts):
+            # the poller's share of a row's CPU is the other chat's, not the render's
+            ask = await ask_cost()
+            asks.append(ask)
+
+            def net(
+                sample: tuple[float, float, int, float, int], ask: float = ask
+            ) -> tuple[float, float, int, float]:
+                return sample[0] - sample[4] * ask, sample[1], sample[2], sample[3]
+
             for name, flavor in FLAVORS.items():
-                measured[name] = [await measure(text, flavor) for _ in range(SAMPLES)]
+                raw = [await measure(text, flavor) for _ in range(SAMPLES)]
+                measured[name] = [net(s) for s in raw]
+                poller[name] = statistics.median(s[4] * ask for s in raw)
             # the machine's own stalls, for as long as these renders ran: a max over 15 s
             # of a shared machine is compared with a max over 15 s, not over 1 s
             noise = await idle_stall(max(1.0, time.perf_counter() - started))
             worst_noise = max(worst_noise, noise)
             for name, samples in measured.items():
                 cpu = statistics.median(s[0] for s in samples)
+                poller_cpu = poller[name]
                 stall, busy = max((s[1], s[3]) for s in samples)
                 chunks = samples[0][2]
                 per_mb = cpu / mb
@@ -375,6 +391,10 @@ async def _render_rows() -> None:
                     "cpu_s": cpu,
                     "cpu_s_samples": [s[0] for s in samples],
                     "cpu_ms_per_mb": per_mb * 1e3,
+                    # the /status poller's own CPU during the render (asks × the cost of one
+                    # ask measured alone), left out of cpu_s; with it, all processes' CPU
+                    "poller_cpu_s": poller_cpu,
+                    "cpu_ms_per_mb_with_poller": (cpu + poller_cpu) / mb * 1e3,
                     "max_stall_s": stall,
                     "max_stall_s_samples": [s[1] for s in samples],
                     # CPU the daemon used during its longest stall: ~0 means no thread of
@@ -384,7 +404,9 @@ async def _render_rows() -> None:
                     "chunks": chunks,
                 }
                 if chunks > most:  # as a reply that long is delivered: first part + file
-                    bounded = [await measure(text, FLAVORS[name], most) for _ in range(SAMPLES)]
+                    bounded = [
+                        net(await measure(text, FLAVORS[name], most)) for _ in range(SAMPLES)
+                    ]
                     cpu_b = statistics.median(b[0] for b in bounded)
                     stall_b = max(b[1] for b in bounded)
                     row["streamer_cpu_s"], row["streamer_max_stall_s"] = cpu_b, stall_b
@@ -439,10 +461,13 @@ async def _render_rows() -> None:
             "baseline_busy_thread_stall_s": busy,
             "load_average": os.getloadavg(),
             "load_average_1min_range": [min(loads), max(loads)],
+            "status_ask_cpu_s_range": [min(asks), max(asks)],
         },
         f"As the daemon renders a reply of 100 KB or more (its first {most} + 1 messages; the"
-        f" rest is sent as a file): worst {streamer_mb * 1e3:.0f} ms CPU per MB, all processes,"
-        f" median of {SAMPLES}; longest loop stall {fmt_s(streamer_stall)}. The whole reply"
+        f" rest is sent as a file): worst {streamer_mb * 1e3:.0f} ms CPU per MB (all processes,"
+        f" less the other chat's /status asks, {min(asks) * 1e6:.0f}–{max(asks) * 1e6:.0f} µs"
+        f" each measured alone beside each row), median of {SAMPLES}; longest loop stall"
+        f" {fmt_s(streamer_stall)}. The whole reply"
         f" (what a reply of at most {most} messages gets; measured at ≥ 1 MB): worst"
         f" {worst_mb * 1e3:.0f} ms CPU per MB (≤ {worst_ratio:.1f}× md4c's parse alone),"
         f" longest loop stall {fmt_s(worst_stall)} (the daemon busy for at most"

@@ -457,12 +457,13 @@ async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_en
 
 
 @pytest.mark.anyio
-async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancelled(
+async def test_a_render_nobody_waits_for_ends_its_worker_and_the_next_one_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Text and chunks cross to and from the worker through temporary files: after a render,
-    and after a caller cancelled while the worker was still rendering, none is left. The
-    worker runs at a lower priority than the daemon (its loop is scheduled first)."""
+    """A caller cancelled mid-render (``/stop``) kills the busy worker, so its CPU is free
+    at once, and the next big reply renders in a new one, the same as in-process. Text and
+    chunks go over a socket: no temporary file, ever. The worker runs at a lower priority
+    than the daemon (its loop is scheduled first)."""
     import multiprocessing
     import os
     import tempfile
@@ -475,22 +476,67 @@ async def test_the_worker_process_leaves_no_files_even_when_its_caller_is_cancel
     unit = "para **b** `c` 🔥\n\n- item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
     text = unit * (1_000_000 // len(unit))  # long enough to be cancelled mid-render
     flavor = DiscordFlavor()
-    async with render_process():
-        (worker,) = multiprocessing.active_children()
-        assert worker.pid is not None
+    async with render_process() as worker:
+        first = worker.pid
+        assert first is not None
         own = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, own + WORKER_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, first) == min(19, own + WORKER_NICE)
         assert await render_off_loop(text, flavor) == render(text, flavor)
-        assert list(tmp_path.iterdir()) == []
+        assert worker.pid == first  # one worker for every render while it lives
         with anyio.move_on_after(0.05) as scope:
             await render_off_loop(text, flavor)
         assert scope.cancelled_caught
-        small = unit * (PROCESS_MIN // len(unit) + 1)  # runs after the abandoned one
-        assert await render_off_loop(small, flavor) == render(small, flavor)
+        assert worker.pid is None
         with anyio.fail_after(10):
-            while list(tmp_path.iterdir()):  # the abandoned result's callback has run
-                await anyio.sleep(0.01)
-    assert list(tmp_path.iterdir()) == []
+            while any(p.pid == first for p in multiprocessing.active_children()):
+                await anyio.sleep(0.01)  # killed, not left rendering what nobody reads
+        small = unit * (PROCESS_MIN // len(unit) + 1)
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        assert worker.pid not in (None, first)
+        assert worker.starts == 2
+        assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.anyio
+async def test_a_killed_worker_is_replaced_and_no_reply_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The OOM killer or a stray ``kill -9`` may end the worker, idle or mid-render: the
+    render in progress falls back to a thread (the same chunks), and the next big reply
+    has a new worker — a daemon that runs for months keeps its stall-free renders."""
+    import os
+    import signal
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+
+    unit = (
+        "## T 🔥\n\nsome **bold** & `c` [l](http://e/?a=1&b=2)\n\n| a | b |\n|---|---|\n| é |\n\n"
+    )
+    small = unit * (PROCESS_MIN // len(unit) + 1)
+    big = unit * (2_000_000 // len(unit))
+    flavor = TelegramFlavor()
+    async with render_process() as worker:
+        idle = worker.pid
+        assert idle is not None
+        os.kill(idle, signal.SIGKILL)  # killed while idle
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        busy = worker.pid
+        assert busy not in (None, idle)
+
+        async def kill_soon() -> None:
+            await anyio.sleep(0.05)
+            assert busy is not None
+            os.kill(busy, signal.SIGKILL)
+
+        caplog.clear()
+        async with anyio.create_task_group() as tg:  # killed while rendering (~0.5 s)
+            tg.start_soon(kill_soon)
+            assert await render_off_loop(big, flavor) == render(big, flavor)
+        assert "render worker died" in caplog.text  # mid-render: retried in a new worker
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        assert worker.pid not in (None, idle, busy)
+        assert worker.starts == 3
 
 
 def test_the_worker_process_leaves_when_its_daemon_is_killed(tmp_path: Path) -> None:
