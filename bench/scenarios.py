@@ -320,8 +320,10 @@ async def render(_tmp: Path) -> None:
     import sys
 
     from evie.chat.render import SWITCH_INTERVAL, render_process
+    from evie.gc_policy import settle_gc
 
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the daemon runs
+    settle_gc()  # as the daemon runs once it polls: start-up frozen, young objects less often
     async with render_process():  # as the daemon runs: very big replies in a worker process
         await _render_rows()
 

@@ -539,6 +539,32 @@ async def test_a_killed_worker_is_replaced_and_no_reply_is_lost(
         assert worker.starts == 3
 
 
+@pytest.mark.anyio
+async def test_without_a_worker_big_replies_render_in_a_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that cannot start (here its interpreter exits at once) costs one warning,
+    not a reply: big replies render in a thread, and no start is tried again for a while
+    (not one failed spawn per reply)."""
+    import multiprocessing.spawn
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+
+    text = "some **bold** words 🔥\n\n" * (PROCESS_MIN // 20)
+    flavor = TelegramFlavor()
+    executable = multiprocessing.spawn.get_executable()
+    multiprocessing.spawn.set_executable("/bin/false")
+    try:
+        async with render_process() as worker:
+            assert worker.pid is None
+            assert await render_off_loop(text, flavor) == render(text, flavor)
+            assert await render_off_loop(text, flavor, most=2) == render(text, flavor, most=2)
+            assert worker.starts == 0
+    finally:
+        multiprocessing.spawn.set_executable(executable)
+    assert caplog.text.count("render worker did not start") == 1
+
+
 def test_the_worker_process_leaves_when_its_daemon_is_killed(tmp_path: Path) -> None:
     """A daemon killed outright cannot shut its pool down: its idle render worker notices
     it was orphaned and exits instead of living on."""

@@ -10,7 +10,8 @@ The loop speaks to the worker itself, over a socket pair, in slices of at most
 temporary file and no executor, which together cost the daemon 2-3 ms of CPU
 per render (adr/0017, fifth follow-up). One render at a time. The worker is
 replaced when it dies (a kill, the OOM killer) and when a caller stops waiting
-for a render in progress (it is killed: ``/stop`` frees its CPU at once); when
+for a render in progress (a cancelled turn, shutdown: it is killed, so no CPU
+goes on a render nobody reads and the next reply does not queue behind it); when
 none can start, big replies render in a thread. The worker leaves when the
 daemon's end of the socket closes, however the daemon ended.
 """
@@ -127,14 +128,19 @@ def _serve(sock: socket.socket) -> None:
 
 
 async def _send(sock: socket.socket, data: bytes | memoryview) -> None:
+    """All of ``data``, yielding to the loop after every slice (a socket with room takes
+    slice after slice without ever making the loop wait)."""
     view, sent = memoryview(data), 0
     while sent < len(view):
         try:
             sent += sock.send(view[sent : sent + _SLICE])
         except BlockingIOError:
             await anyio.wait_writable(sock)
+            continue
         except OSError as exc:
             raise _Gone(str(exc)) from exc
+        if sent < len(view):
+            await anyio.lowlevel.checkpoint()
 
 
 async def _receive_some(sock: socket.socket, most: int) -> bytes:
@@ -343,6 +349,8 @@ async def _receive_texts(sock: socket.socket, ends: array.array[int]) -> list[Ch
             pending = pending[pos:]
         if got >= total:
             break
+        if got:  # the worker refills the socket as fast as it is read: yield meanwhile
+            await anyio.lowlevel.checkpoint()
         data = await _receive_some(sock, min(_SLICE, total - got))
         got += len(data)
         pending = pending + data if pending else data
