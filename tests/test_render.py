@@ -519,6 +519,9 @@ async def test_a_killed_worker_is_replaced_and_no_reply_is_lost(
     async with render_process() as worker:
         idle = worker.pid
         assert idle is not None
+        os.kill(idle, signal.SIGINT)  # Ctrl-C in the daemon's terminal: the daemon's to handle
+        assert await render_off_loop(small, flavor) == render(small, flavor)
+        assert worker.pid == idle
         os.kill(idle, signal.SIGKILL)  # killed while idle
         assert await render_off_loop(small, flavor) == render(small, flavor)
         busy = worker.pid

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import struct
 import time
@@ -101,6 +102,9 @@ def _serve(sock: socket.socket) -> None:
     end closes (an idle worker of a killed daemon) or is gone (a busy one's answer)."""
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+    # Ctrl-C in the daemon's terminal reaches the whole process group: the daemon stops
+    # in order and closes its end, and that ends the worker (no traceback from it)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError), sock:
         sock.sendall(_READY)
         while True:
