@@ -13,6 +13,7 @@ so texts are compared without whitespace.
 
 from __future__ import annotations
 
+import contextlib
 import html.parser
 import re
 from pathlib import Path
@@ -540,6 +541,56 @@ async def test_a_killed_worker_is_replaced_and_no_reply_is_lost(
         assert await render_off_loop(small, flavor) == render(small, flavor)
         assert worker.pid not in (None, idle, busy)
         assert worker.starts == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_chaos_every_render_is_whole_whatever_happens_to_the_worker() -> None:
+    """A randomized loop: big renders of random sizes while the worker is killed at random
+    moments (idle, mid-send, mid-render, mid-answer) and callers give up at random. Every
+    render that is waited for returns exactly the in-process chunks, and a worker is
+    running after each kill (no render falls to a thread for good)."""
+    import os
+    import random
+    import signal
+
+    from evie.chat.render import PROCESS_MIN, render_off_loop, render_process
+
+    rng = random.Random(20261126)
+    units = (
+        "## T 🔥\n\nsome **bold** & `c` [l](http://e/?a=1&b=2) \ud800\n\n",
+        "- item *x*\n  - nested `y`\n\n| a | b |\n|---|---|\n| 1 | é |\n\n",
+        "```py\nx = a < b\n```\n\n> quote **q**\n\n",
+    )
+    async with render_process() as worker:
+        for round_ in range(14):
+            unit = rng.choice(units)
+            text = unit * (rng.randint(PROCESS_MIN, 6 * PROCESS_MIN) // len(unit))
+            flavor = rng.choice((TelegramFlavor(), DiscordFlavor()))
+            most = rng.choice((None, 8))
+            expected = render(text, flavor, most=most)
+            fate = rng.choice(("none", "kill", "kill", "give up"))
+            delay = rng.uniform(0, 0.06)
+            pid = worker.pid
+
+            async def kill_later(pid: int | None = pid, delay: float = delay) -> None:
+                await anyio.sleep(delay)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+            if fate == "give up":
+                with anyio.move_on_after(delay):
+                    chunks = await render_off_loop(text, flavor, most=most)
+                    assert chunks == expected, round_
+                continue
+            async with anyio.create_task_group() as tg:
+                if fate == "kill":
+                    tg.start_soon(kill_later)
+                assert await render_off_loop(text, flavor, most=most) == expected, round_
+        small = units[0] * (PROCESS_MIN // len(units[0]) + 1)
+        assert await render_off_loop(small, TelegramFlavor()) == render(small, TelegramFlavor())
+        assert worker.pid is not None
 
 
 @pytest.mark.anyio
