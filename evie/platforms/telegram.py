@@ -494,6 +494,9 @@ class TelegramTransport:
         self._lean = session
         self.flavor: Flavor = TelegramFlavor(self.max_length)
 
+    def upload_limit(self, chat: ChatRef) -> int:
+        return self.max_file_bytes  # the server's, the same in every chat
+
     async def _text_call(self, kind: type[_TextMethod], values: dict[str, Any]) -> Any:
         lean, bot = self._lean, self._bot
         return await _mapped(lambda: lean.lean_call(bot, kind, values))
