@@ -8,20 +8,18 @@ in Python; compiled, the same source runs about twice as fast. Without a C compi
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-#: the modules compiled; ``evie.compiled.COMPILED`` names the same ones for the test
-#: that checks they are in use and current
-COMPILED = [
-    "evie/chat/render/blocks.py",
-    "evie/chat/render/split.py",
-    "evie/chat/render/telegram.py",
-    "evie/chat/render/discord.py",
-]
+#: the modules compiled and their group, named once in the package (``evie doctor`` and
+#: the tests read them there too); run alone, as evie's dependencies may not be installed
+_LIST = runpy.run_path(str(Path(__file__).parent / "evie/chat/render/compiled.py"))
+COMPILED: list[str] = [_LIST["source_path"](module) for module in _LIST["COMPILED"]]
+GROUP: str = _LIST["GROUP"]
 
 
 class BuildOrFallBack(build_ext):
@@ -53,7 +51,7 @@ def extensions() -> list[Extension]:
         from mypyc.build import mypycify
 
         # the shared part beside the package (evie/compiled__mypyc.*.so), not at the top
-        return mypycify(COMPILED, opt_level="3", debug_level="0", group_name="evie.compiled")
+        return mypycify(COMPILED, opt_level="3", debug_level="0", group_name=GROUP)
     except (Exception, SystemExit) as error:  # no mypy, or it refused the sources
         print(f"evie: renderer not compiled ({error!r}); it runs as plain Python", file=sys.stderr)
         return []

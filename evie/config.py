@@ -62,6 +62,15 @@ def _count(v: Any) -> int:
     return v
 
 
+def _upload_mb(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2000:
+        raise _Bad(
+            "expected a whole number of MB from 1 to 2000 (50 for api.telegram.org, "
+            "up to 2000 with a local Bot API server in api_url)"
+        )
+    return v
+
+
 def _path(v: Any) -> Path:
     return Path(os.path.expanduser(_str(v)))
 
@@ -204,6 +213,9 @@ class StateConfig:
 class TelegramConfig:
     token: str | None = setting(None, _opt_str, "bot token (or EVIE_TELEGRAM_TOKEN)")
     api_url: str = setting("https://api.telegram.org", _url, "Bot API server")
+    max_upload_mb: int = setting(
+        50, _upload_mb, "largest file sent, in MB (a local Bot API server takes up to 2000)"
+    )
     allowed_user_ids: frozenset[int] = setting(frozenset(), _user_ids, "who may use the bot")
     edit_interval: float = setting(1.0, _pos_float, "seconds between edits of a streaming reply")
     polling_timeout: int = setting(25, _pos_int, "seconds a getUpdates long poll waits")

@@ -44,11 +44,16 @@ CHANNEL_ID = 600
 THREAD_ID = 601
 
 
-def _guild() -> dict[str, Any]:
+#: a bot's upload limit in a server by its boost level (discord.py's _PREMIUM_GUILD_LIMITS)
+GUILD_UPLOAD = {0: 10 * 1024 * 1024, 1: 10 * 1024 * 1024, 2: 50 * 1024 * 1024, 3: 100 * 1024 * 1024}
+
+
+def _guild(premium_tier: int = 0) -> dict[str, Any]:
     """One guild with a text channel and a thread in it."""
     return {
         "id": str(GUILD_ID),
         "name": "Test guild",
+        "premium_tier": premium_tier,
         "owner_id": "42",
         "unavailable": False,
         "large": False,
@@ -145,6 +150,7 @@ class FakeDiscord:
     #: like Discord, refuse ("Unknown interaction") a first answer later than this
     interaction_deadline: float = 3.0
     max_upload: int = 10 * 1024 * 1024  # a bot's limit in a DM: bigger attachments are refused
+    premium_tier: int = 0  # the guild's boost level (set before evie connects), its upload limit
     _interactions_at: dict[int, float] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
@@ -318,7 +324,7 @@ class FakeDiscord:
                 if shard:
                     ready["shard"] = shard
                 await self._dispatch("READY", ready, record=False)
-                await self._dispatch("GUILD_CREATE", _guild(), record=False)
+                await self._dispatch("GUILD_CREATE", _guild(self.premium_tier), record=False)
             elif op == 6 and self.forget_sessions:
                 await ws.send_str(json.dumps({"op": 9, "d": False}))  # start a new session
             elif op == 6:
@@ -415,7 +421,9 @@ class FakeDiscord:
                 content = body.get("content") or ""
                 if len(content) > 2000:
                     return _json({"message": "Invalid Form Body", "code": 50035}, 400)
-                if sum(len(data) for _name, data in files) > self.max_upload:
+                in_guild = channel_id in (CHANNEL_ID, THREAD_ID)
+                limit = GUILD_UPLOAD[self.premium_tier] if in_guild else self.max_upload
+                if sum(len(data) for _name, data in files) > limit:
                     return _json({"message": "Request entity too large", "code": 40005}, 413)
                 if request.method == "POST":
                     m = PostedMessage(self._snowflake(), channel_id, content, attachments=files)
@@ -464,7 +472,7 @@ class FakeDiscord:
 @asynccontextmanager
 async def running_fake_discord(port: int = 0) -> AsyncIterator[FakeDiscord]:
     fake = FakeDiscord()
-    app = web.Application()
+    app = web.Application(client_max_size=GUILD_UPLOAD[3] + 1_000_000)  # the fake says 413
     app.router.add_get("/gateway", fake._gateway)
     app.router.add_get("/attachments/{name}", fake._attachment)
     app.router.add_route("*", "/api/v10/{path:.*}", fake._rest)

@@ -468,7 +468,8 @@ class FakeTelegram:
 @asynccontextmanager
 async def running_fake_telegram(port: int = 0) -> AsyncIterator[FakeTelegram]:
     fake = FakeTelegram()
-    app = web.Application()
+    # the body limit is the fake's max_upload (413, as the Bot API answers), not aiohttp's 1 MiB
+    app = web.Application(client_max_size=fake.max_upload + 1_000_000)
     app.router.add_route("*", "/bot{token}/{method}", fake._api)
     app.router.add_get("/file/bot{token}/{path:.*}", fake._file)
     async with serve_on_loopback(app, port) as fake.port:

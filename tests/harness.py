@@ -39,13 +39,16 @@ def fast_delivery() -> Delivery:
     return Delivery(base_backoff=0.01)
 
 
-def telegram_config(fake: FakeTelegram, *, edit_interval: float = 0.05) -> TelegramConfig:
+def telegram_config(
+    fake: FakeTelegram, *, edit_interval: float = 0.05, max_upload_mb: int = 50
+) -> TelegramConfig:
     return TelegramConfig(
         token=TELEGRAM_TOKEN,
         api_url=fake.base_url,
         allowed_user_ids=frozenset({OWNER}),
         edit_interval=edit_interval,
         polling_timeout=1,
+        max_upload_mb=max_upload_mb,
     )
 
 
@@ -94,10 +97,11 @@ async def serving_telegram(
     inbox: Inbox | None = None,
     outbox: Outbox | None = None,
     courier: CourierSettings | None = None,
+    max_upload_mb: int = 50,
 ) -> AsyncIterator[TelegramHarness]:
     """A fake Bot API and the real aiogram polling it for evie, until the block ends."""
     async with running_fake_telegram() as fake:
-        config = telegram_config(fake, edit_interval=edit_interval)
+        config = telegram_config(fake, edit_interval=edit_interval, max_upload_mb=max_upload_mb)
         async with SessionManager(launcher, settings or SessionSettings()) as manager:
             interface = TelegramInterface(
                 manager,

@@ -1,14 +1,14 @@
 """The renderer runs compiled (adr/0018), from its current source, and as its source does.
 
-mypyc compiles the modules ``setup.py`` lists; a compiled module shadows its ``.py``, so
-a stale build would test and run old code (``./dev`` rebuilds when a source changes).
+mypyc compiles the modules ``evie.chat.render.compiled`` lists (setup.py reads them
+there); a compiled module shadows its ``.py``, so a stale build would test and run old
+code (``./dev`` rebuilds when a source changes).
 The compiled code must also render exactly what the plain Python source renders: a
 machine without a compiler runs that source.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import os
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from bench.render import KINDS
 from evie.chat.render import render
+from evie.chat.render.compiled import COMPILED, GROUP, source_path
 from evie.chat.render.discord import DiscordFlavor
 from evie.chat.render.split import Flavor
 from evie.chat.render.telegram import TelegramFlavor
@@ -29,32 +30,15 @@ from tests.test_render import markdown_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: the extension that holds the compiled code (setup.py's ``group_name`` + "__mypyc")
-SHARED = "evie.compiled__mypyc"
-
-
-def compiled_sources() -> list[str]:
-    """The ``COMPILED`` list of ``setup.py``, read without running it."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in targets):
-                assert node.value is not None
-                value = ast.literal_eval(node.value)
-                assert isinstance(value, list)
-                return [str(path) for path in value]
-    raise AssertionError("setup.py names no COMPILED modules")
-
-
-def module_name(path: str) -> str:
-    return path.removesuffix(".py").replace("/", ".")
+#: the extension that holds the compiled code (mypyc's ``group_name`` + "__mypyc")
+SHARED = GROUP + "__mypyc"
 
 
 @pytest.mark.skipif(bool(os.environ.get("EVIE_PURE")), reason="EVIE_PURE: installed uncompiled")
-@pytest.mark.parametrize("source", compiled_sources())
-def test_each_listed_module_runs_compiled_from_its_current_source(source: str) -> None:
-    module = importlib.import_module(module_name(source))
+@pytest.mark.parametrize("name", COMPILED)
+def test_each_listed_module_runs_compiled_from_its_current_source(name: str) -> None:
+    source = source_path(name)
+    module = importlib.import_module(name)
     assert module.__file__ is not None
     assert not module.__file__.endswith(".py"), (
         f"{source} runs uncompiled: ./dev builds it (with a C compiler; EVIE_PURE=1 skips this)"
@@ -108,9 +92,8 @@ print(json.dumps(renderer()))
 
 def from_source(program: str, stdin: str = "") -> str:
     """What ``program`` prints, run with the compiled modules loaded from their source."""
-    names = [module_name(path) for path in compiled_sources()]
     done = subprocess.run(
-        [sys.executable, "-c", _FROM_SOURCE + program, *names],
+        [sys.executable, "-c", _FROM_SOURCE + program, *COMPILED],
         input=stdin,
         capture_output=True,
         text=True,

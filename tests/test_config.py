@@ -70,6 +70,18 @@ def test_the_http_endpoint_must_be_on_loopback() -> None:
         assert parse_config({"http": {"listen": ok}}, environ={}).http.listen == ok
 
 
+def test_the_upload_limit_is_1_to_2000_mb_and_a_wrong_one_says_the_fix() -> None:
+    assert parse_config({}, environ={}).telegram.max_upload_mb == 50
+    for ok in (1, 50, 2000):
+        config = parse_config({"telegram": {"max_upload_mb": ok}}, environ={})
+        assert config.telegram.max_upload_mb == ok
+    for bad in (0, 2001, -5, 1.5, "50", True):
+        [line] = errors_of({"telegram": {"max_upload_mb": bad}})
+        assert line.strip().startswith("telegram.max_upload_mb: expected a whole number"), line
+        assert "from 1 to 2000" in line
+        assert "local Bot API server" in line
+
+
 def test_tokens_can_come_from_the_environment() -> None:
     config = parse_config({}, environ={"EVIE_TELEGRAM_TOKEN": "1:abc", "EVIE_DISCORD_TOKEN": "d"})
     assert config.telegram.token == "1:abc"

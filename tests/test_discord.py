@@ -18,7 +18,7 @@ from evie.durable.inbox import Inbox
 from evie.durable.outbox import Outbox
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
-from tests.fake_discord import Fault, running_fake_discord
+from tests.fake_discord import CHANNEL_ID, THREAD_ID, Fault, running_fake_discord
 from tests.harness import (
     DiscordHarness,
     discord_config,
@@ -319,6 +319,35 @@ async def test_long_replies_go_as_first_part_plus_an_attachment(dc: DiscordHarne
     shown = [t for t in dc.fake.channel_view(DM) if "Paragraph" in t]
     assert len(shown) == 1
     assert all(len(t) <= 2000 for t in dc.fake.channel_view(DM))
+
+
+async def test_a_boosted_server_takes_bigger_files_than_a_dm(tmp_path: Path) -> None:
+    # at boost level 2 a bot may upload 50 MiB in the server's channels; a DM stays at
+    # 10 MiB: the same reply goes whole in one and as two parts in the other
+    size = 12_000_000
+    unit = "0123456789abcdef" * 4 + "\n"  # what fake pi's "big" step streams
+    reply = (unit * (size // len(unit) + 1))[:size].encode()
+    script = "script:" + json.dumps([{"big": size, "chunk": 4_000_000}])  # few big events
+
+    def files(channel: int) -> list[tuple[str, bytes]]:
+        return [a for m in fake.messages.values() if m.channel_id == channel for a in m.attachments]
+
+    async with running_fake_discord() as fake:
+        fake.premium_tier = 2  # what GUILD_CREATE says, and the limit the fake holds to
+        async with serving_discord(fake_launcher(tmp_path), fake):
+            for channel in (CHANNEL_ID, THREAD_ID):  # the server's channel, a thread in it
+                await fake.push_message(script, channel_id=channel, guild_id=1, mention_bot=True)
+                await fake.wait_for(lambda: files(channel), seconds=40)  # noqa: B023
+            await fake.push_message(script, channel_id=DM)
+            await fake.wait_for(lambda: len(files(DM)) >= 2, seconds=40)
+            await anyio.sleep(0.3)  # nothing more follows
+    assert files(CHANNEL_ID) == files(THREAD_ID) == [("reply.md", reply)]
+    in_dm = files(DM)
+    assert [name for name, _ in in_dm] == ["reply-1-of-2.md", "reply-2-of-2.md"]
+    assert all(len(data) <= 10 * 1024 * 1024 for _, data in in_dm)
+    assert b"".join(data for _, data in in_dm) == reply
+    for channel in (CHANNEL_ID, THREAD_ID, DM):
+        assert not any("Could not send" in t for t in fake.channel_view(channel))
 
 
 async def test_last_sends_the_last_reply_as_an_attachment(dc: DiscordHarness) -> None:

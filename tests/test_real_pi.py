@@ -65,26 +65,6 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         assert (stats.tokens.input, stats.tokens.output) == (10, 5)  # the fake LLM's usage
 
 
-async def test_a_real_turn_through_anthropics_messages_api(tmp_path: Path, llm: FakeLLM) -> None:
-    """pi's Anthropic provider streams another format (named events, content blocks, a
-    tool call as a block of its own); evie must see the same events and usage from it."""
-    llm.queue(
-        Reply(text="let me look", tool=("bash", {"command": "echo from-the-tool"})),
-        Reply(text="It said **from-the-tool**.", chunk=4),
-    )
-    async with SessionManager(real_launcher(tmp_path, llm, ANTHROPIC)) as manager:
-        rec = Recorder()
-        assert await manager.send("chat", Prompt("run it"), rec) == TurnFinished(Outcome.DONE)
-        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
-        texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
-        assert texts[-1] == "It said **from-the-tool**."
-        assert [llm.user_texts(r)[0] for r in llm.requests] == ["run it", "run it"]
-        assert "from-the-tool" in json.dumps(llm.requests[-1]["messages"][-1])  # the tool result
-        stats = await manager.session_stats("chat")
-        assert stats is not None
-        assert stats.tokens.output == 10  # 5 per request, from message_delta
-
-
 async def test_history_survives_kill_9_of_pi(tmp_path: Path, llm: FakeLLM) -> None:
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
         await manager.send("chat", Prompt("remember the word kiwi"), Recorder())

@@ -1,6 +1,7 @@
-"""The real pi on the APIs of OpenAI's own models (responses) and Gemini, against the fake
-LLM speaking each: a turn with a tool call and usage, and the model's faults as a user
-sees them through Telegram. (Chat completions and Anthropic's messages: test_real_pi.py.)
+"""The real pi on Anthropic's messages API, OpenAI's own models' (responses) and Gemini's,
+against the fake LLM speaking each: a turn with a tool call and usage, and the model's
+faults as a user sees them through Telegram. (Chat completions, the fake model's default
+API: test_real_pi.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from evie.agent.model_error import HTML_NOTE
 from evie.chat.streaming import Delivery
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, Recorder, real_launcher
-from tests.fake_llm import GEMINI, RESPONSES, FakeLLM, Reply
+from tests.fake_llm import ANTHROPIC, GEMINI, RESPONSES, FakeLLM, Reply
 from tests.harness import OWNER, serving_telegram
 
 pytestmark = [
@@ -23,15 +24,16 @@ pytestmark = [
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
 
-# what pi uses for OpenAI's own models, and for Gemini. (Azure's and Vertex's clients read
-# the same streams: test_real_pi.py's warm-up test runs a real turn on each.)
-APIS = [RESPONSES, GEMINI]
+# what pi uses for Claude, for OpenAI's own models, and for Gemini. (Azure's and Vertex's
+# clients read the same streams: test_real_pi.py's warm-up test runs a real turn on each.)
+APIS = [ANTHROPIC, RESPONSES, GEMINI]
 
 
 @pytest.mark.parametrize("api", APIS)
 async def test_a_real_turn_with_a_tool_call(tmp_path: Path, llm: FakeLLM, api: str) -> None:
-    """pi's provider for ``api`` streams that API's own events (output items, or whole
-    candidates with a function-call part); evie sees the same turn and usage from it."""
+    """pi's provider for ``api`` streams that API's own events (named events with content
+    blocks and the usage in message_delta, output items, or whole candidates with a
+    function-call part); evie sees the same turn and usage from it."""
     llm.queue(
         Reply(text="let me look", tool=("bash", {"command": "echo from-the-tool"})),
         Reply(text="It said **from-the-tool**.", chunk=4),

@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from evie.chat.streaming import Delivery
+from evie.config import parse_config
 from evie.platforms.telegram import TelegramInterface
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher, real_launcher
@@ -503,6 +504,44 @@ async def test_a_reply_over_the_upload_limit_goes_as_numbered_files(tg: Harness)
     assert b"".join(d.data for d in tg.fake.documents) == text.encode()
     assert "(part 1 of" in tg.fake.documents[0].caption
     assert not any("Could not send" in t for t in tg.fake.chat_view(OWNER))
+
+
+async def test_the_configured_upload_limit_sets_the_size_of_the_parts(tmp_path: Path) -> None:
+    # [telegram] max_upload_mb, as a local Bot API server allows (there up to 2000 MB)
+    limit = parse_config({"telegram": {"max_upload_mb": 1}}, environ={}).telegram.max_upload_mb
+    size = 2_500_000  # 65-byte lines: three parts of at most 1 MB
+    unit = "0123456789abcdef" * 4 + "\n"  # what fake pi's "big" step streams
+    reply = (unit * (size // len(unit) + 1))[:size].encode()
+    async with serving_telegram(fake_launcher(tmp_path), max_upload_mb=limit) as tg:
+        tg.fake.max_upload = limit * 1_000_000  # the server refuses a bigger file
+        tg.fake.push_message("script:" + json.dumps([{"big": size}]))
+        await tg.fake.wait_for(lambda: len(tg.fake.documents) >= 3, seconds=40)
+        await anyio.sleep(0.3)  # no fourth part follows
+        documents = list(tg.fake.documents)
+    n = -(-size // 1_000_000)
+    assert n == -(-size // (1_000_000 - len(unit)))  # cut at line ends, still three
+    assert [d.filename for d in documents] == [f"reply-{i}-of-{n}.md" for i in range(1, n + 1)]
+    assert all(len(d.data) <= 1_000_000 for d in documents)
+    assert b"".join(d.data for d in documents) == reply
+    assert all(d.caption.endswith(f"(part {i} of {n})") for i, d in enumerate(documents, 1))
+    assert not any("Could not send" in t for t in tg.fake.chat_view(OWNER))
+
+
+async def test_a_file_the_server_finds_too_large_is_not_retried_and_says_the_fix(
+    tg: Harness,
+) -> None:
+    # max_upload_mb above what the server takes (say 2000 against api.telegram.org): the
+    # 413 cannot pass by waiting, so each part is tried once and the chat told the fix
+    tg.fake.max_upload = 10_000
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(40))
+    tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 50_000}]))
+    await tg.shows(OWNER, "max_upload_mb")
+    await anyio.sleep(0.5)
+    assert len(tg.fake.method_calls("sendDocument")) == 1  # one reply.md, no retries
+    assert not tg.fake.documents
+    [told] = [t for t in tg.fake.chat_view(OWNER) if "Could not send" in t]
+    assert "\n" not in told
+    assert "too large" in told
 
 
 async def test_last_sends_the_last_reply_as_a_file(tg: Harness) -> None:

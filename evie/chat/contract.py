@@ -108,8 +108,10 @@ class Transport(Protocol):
     #: how Markdown is written and measured on this platform (evie.chat.render)
     flavor: Flavor
 
-    #: the biggest file a bot may upload here; a longer reply goes as several files
-    max_file_bytes: int
+    def upload_limit(self, chat: ChatRef) -> int:
+        """The biggest file a bot may upload in ``chat``, in bytes; a longer reply goes
+        as several files. Answered from what the platform already told (no request)."""
+        ...
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent: ...
 

@@ -358,7 +358,7 @@ class ReplyStreamer:
             queued.append(entry.seq)
         if as_file:
             caption = AS_FILE_CAPTION.format(characters=len(markdown))
-            limit = self._transport.max_file_bytes
+            limit = self._transport.upload_limit(self._chat)
             for file in await reply_files_off_loop(markdown, limit, caption):
                 queued.append(outbox.put_document(key, file.name, file.text, file.caption).seq)
         self._queued, self._queued_total = queued, total
@@ -367,7 +367,8 @@ class ReplyStreamer:
     async def send_file(self, markdown: str, caption: str) -> None:
         """The reply as a file, or as numbered parts when it is over the upload limit."""
         chat, transport = self._chat, self._transport
-        for file in await reply_files_off_loop(markdown, transport.max_file_bytes, caption):
+        limit = transport.upload_limit(chat)
+        for file in await reply_files_off_loop(markdown, limit, caption):
             try:
                 send = partial(transport.send_document, chat, file.name, file.data, file.caption)
                 await self._delivery.run(send)

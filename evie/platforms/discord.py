@@ -147,9 +147,8 @@ logging.getLogger("discord.client").addFilter(_QuietReconnect())
 
 class DiscordTransport:
     max_length = 2000  # characters of content, markup included
-    #: a bot's upload limit in a DM or an unboosted server is 10 MiB (discord.py's
-    #: DEFAULT_FILE_SIZE_LIMIT_BYTES); the caption and the form's framing need some room
-    max_file_bytes = 10_000_000
+    #: room left under Discord's limit for the caption and the form's framing
+    upload_margin = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES - 10_000_000
 
     def __init__(self, client: Callable[[], discord.Client | None]) -> None:
         self._current = client  # the supervisor replaces the client between attempts
@@ -161,6 +160,18 @@ class DiscordTransport:
         if client is None or client.is_closed() or client.user is None:
             raise Transient("Discord is not connected yet")
         return client
+
+    def upload_limit(self, chat: ChatRef) -> int:
+        """10 MiB in a DM or an unboosted server (discord.py's DEFAULT_FILE_SIZE_LIMIT_BYTES);
+        a boosted server's own (50 MiB at level 2, 100 at 3) for its channels and threads,
+        from the guild the gateway sent (GUILD_CREATE, GUILD_UPDATE)."""
+        client = self._current()
+        channel = client.get_channel(chat.chat_id) if client is not None else None
+        guild = getattr(channel, "guild", None)
+        limit = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        if isinstance(guild, discord.Guild):
+            limit = max(limit, guild.filesize_limit)
+        return limit - self.upload_margin
 
     async def send(self, chat: ChatRef, text: str, *, formatted: bool) -> Sent:
         channel = self._client.get_partial_messageable(chat.chat_id)

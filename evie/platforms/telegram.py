@@ -47,6 +47,7 @@ from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
     TelegramConflictError,
+    TelegramEntityTooLarge,
     TelegramNetworkError,
     TelegramNotFound,
     TelegramRetryAfter,
@@ -139,6 +140,10 @@ def _update_model() -> type[Update]:
 BAD_TOKEN = "Telegram rejected the bot token (401 Unauthorized): check [telegram] token"
 NOT_JSON = "Telegram answered with something that is not its JSON (an outage or proxy page?)"
 NOT_FOUND = "Telegram answered 404 Not Found: check [telegram] token and api_url"
+TOO_LARGE = (
+    "Telegram refused the file as too large (413): lower [telegram] max_upload_mb "
+    "(api.telegram.org takes 50)"
+)
 CONFLICT = (
     "Telegram reports another getUpdates or a webhook for this bot (409 Conflict): "
     "is a second evie running with this token?"
@@ -156,6 +161,8 @@ async def _mapped(op: Callable[[], Awaitable[T]]) -> T | None:
         return await op()
     except TelegramRetryAfter as exc:
         raise RetryLater(float(exc.retry_after)) from None
+    except TelegramEntityTooLarge:  # a network error to aiogram; no retry makes it fit
+        raise Permanent(TOO_LARGE) from None
     except (TelegramServerError, TelegramNetworkError) as exc:
         raise Transient(one_line(exc)) from None
     except ClientDecodeError:
@@ -468,18 +475,27 @@ def _validation_summary(exc: ValidationError) -> str:
     return shown + more
 
 
+#: a megabyte as Telegram's limits count it (10^6 bytes: if they meant 2^20, this errs small)
+MB = 1_000_000
+
+
 class TelegramTransport:
     max_length = 4096  # UTF-16 code units after entity parsing (sendMessage "text")
-    #: sendDocument: "Bots can currently send files of any type of up to 50 MB in size"
-    max_file_bytes = 50_000_000
     caption_length = 1024  # the same, for a document's caption
 
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, *, max_file_bytes: int = 50 * MB) -> None:
+        #: ``[telegram] max_upload_mb``. sendDocument on api.telegram.org: "Bots can
+        #: currently send files of any type of up to 50 MB in size"; a local Bot API
+        #: server: "Upload files up to 2000 MB" (MB taken as 10^6 bytes, the smaller)
+        self.max_file_bytes = max_file_bytes
         self._bot = bot
         session = bot.session
         assert isinstance(session, LeanSession)  # the session evie's Bot is made with
         self._lean = session
         self.flavor: Flavor = TelegramFlavor(self.max_length)
+
+    def upload_limit(self, chat: ChatRef) -> int:
+        return self.max_file_bytes  # the server's, the same in every chat
 
     async def _text_call(self, kind: type[_TextMethod], values: dict[str, Any]) -> Any:
         lean, bot = self._lean, self._bot
@@ -583,7 +599,7 @@ class TelegramInterface:
         bot = Bot(self._config.token, session=session)
         self.frontend = ChatFrontend(
             self._manager,
-            TelegramTransport(bot),
+            TelegramTransport(bot, max_file_bytes=self._config.max_upload_mb * MB),
             allowed_user_ids=self._config.allowed_user_ids,
             delivery=self._delivery,
             edit_interval=self._config.edit_interval,

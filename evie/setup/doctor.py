@@ -8,6 +8,7 @@ than at the config alone. Any ✗ makes the exit status 1.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import socket
@@ -242,9 +243,9 @@ def _sandbox(config: Config) -> tuple[str, str]:
 
 def renderer() -> tuple[str, str]:
     """Whether the reply renderer runs compiled (adr/0018); as plain Python it works, slower."""
-    from evie.chat.render import blocks, discord, split, telegram
+    from evie.chat.render.compiled import COMPILED
 
-    modules = (blocks, split, telegram, discord)
+    modules = [importlib.import_module(name) for name in COMPILED]
     if any((module.__file__ or "").endswith(".py") for module in modules):
         return WARN, (
             "renderer: plain Python (long replies take about twice the CPU): install a C "
