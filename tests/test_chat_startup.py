@@ -93,6 +93,9 @@ NOT_BEFORE_THE_PROMPT = (
     "evie.platforms.terminal_render",  # its regexes; the greeting has a module of its own
     "json",  # only JSON log lines need it
     "evie.setup.options",  # a plain `evie chat` is read without building argparse's parser
+    "evie.config",  # validated beside the prompt; evie.config_file reads what comes before it
+    "attrs",
+    "attr",
 )
 
 
@@ -126,7 +129,7 @@ async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: 
     finally:
         term.close()
     modules = set(snapshot.read_text().split())
-    assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config"} <= modules
+    assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config_file"} <= modules
     assert {"asyncio.base_events", "asyncio.sslproto", "wcwidth"} <= modules
     assert [m for m in NOT_BEFORE_THE_PROMPT if m in modules] == []
     # asyncio has ssl again once the chat runs: no module is left without it
