@@ -176,3 +176,33 @@ async def test_the_terminal_stays_raw_while_a_reply_streams(tmp_path: Path) -> N
     assert modes, "the terminal was put in raw mode"
     assert modes[-1] is True  # given back as it was found, at exit
     assert True not in modes[:-1]  # and never cooked before that
+
+
+async def test_a_config_error_found_beside_the_prompt_ends_the_chat_in_its_lines(
+    tmp_path: Path,
+) -> None:
+    """The whole config is validated beside the first prompt: an error there (a key the
+    first look does not read) ends the chat with the config's own lines and no traceback,
+    the terminal given back; one the first look reads is reported before any greeting."""
+    config = _chat_config(tmp_path, warm_spares=0)
+    config.write_text(config.read_text() + "[log]\nlevel = 'loud'\n")
+    argv = [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"]
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect("Ctrl-D leaves")  # greeted: the first look had what it needs
+        await term.expect(r"evie: invalid configuration in .*\n.*log\.level: expected one of")
+        assert await term.exit_code() == 2
+    finally:
+        term.close()
+    assert "Traceback" not in term.screen
+
+    config.write_text(config.read_text().replace("[agent]\n", "[agent]\nmodel = 5\n"))
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect(r"evie: invalid configuration in .*")
+        assert await term.exit_code() == 2
+    finally:
+        term.close()
+    assert "agent.model: expected a string" in term.screen
+    assert "log.level: expected one of" in term.screen  # every problem, at once
+    assert "Ctrl-D leaves" not in term.screen  # before the greeting
