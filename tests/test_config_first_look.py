@@ -35,7 +35,8 @@ OTHER = st.dictionaries(
 
 
 def _table(keys: list[str]) -> st.SearchStrategy[Any]:
-    table = st.fixed_dictionaries({}, optional={k: VALUES for k in keys})
+    looked_at = st.fixed_dictionaries({}, optional={k: VALUES for k in keys})
+    table = st.builds(lambda ours, other: {**other, **ours}, looked_at, OTHER)
     return st.one_of(table, VALUES)  # sometimes not a table at all
 
 
