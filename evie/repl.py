@@ -149,7 +149,7 @@ async def _open_beside_the_prompt(
     await terminal.wait_reading()
     if over.is_set():
         return
-    config = await anyio.to_thread.run_sync(load)  # its error ends the chat, in one line
+    config = await anyio.to_thread.run_sync(load)  # its error ends the chat (its own lines)
     await anyio.to_thread.run_sync(_import, BESIDE_THE_PROMPT)
     import attrs
 
