@@ -10,32 +10,26 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import attrs
 
+from evie.config_file import (  # the checks `evie chat` applies before its prompt
+    _Bad,
+    _opt_path,
+    _opt_str,
+    _path,
+    _str,
+    default_state_dir,
+    file_warnings,
+    read_config_file,
+)
 from evie.errors import ConfigError
 
 T = TypeVar("T")
 Check = Callable[[Any], Any]  # returns the converted value or raises _Bad
-
-
-class _Bad(Exception):
-    """A value of the wrong shape; the message says what was expected."""
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise _Bad("expected a string")
-    return v
-
-
-def _opt_str(v: Any) -> str | None:
-    return None if v == "" else _str(v)
 
 
 def _bool(v: Any) -> bool:
@@ -69,14 +63,6 @@ def _upload_mb(v: Any) -> int:
             "up to 2000 with a local Bot API server in api_url)"
         )
     return v
-
-
-def _path(v: Any) -> Path:
-    return Path(os.path.expanduser(_str(v)))
-
-
-def _opt_path(v: Any) -> Path | None:
-    return None if v == "" else _path(v)
 
 
 def _command(v: Any) -> tuple[str, ...]:
@@ -144,11 +130,6 @@ def _opt(check: Check) -> Check:
 
 def setting(default: Any, check: Check, doc: str) -> Any:
     return attrs.field(default=default, metadata={"check": check, "doc": doc})
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "evie"
 
 
 def default_work_root() -> Path:
@@ -359,31 +340,16 @@ def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) 
     """Read ``path`` (or return the built-in defaults when it is None)."""
     if path is None:
         return parse_config({}, environ=environ)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist; create one with `evie init`"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_file(read_config_file(path), path, environ=environ)
+
+
+def config_from_file(
+    data: dict[str, Any], path: Path, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """A config file's TOML document validated, with the file's warnings (``evie chat``
+    reads the file before its first prompt and validates it beside it, adr/0015)."""
     config = parse_config(data, source=path, environ=environ)
-    warnings: list[str] = []
-    has_token = any(
-        isinstance(data.get(s), dict) and data[s].get("token")
-        for s in ("telegram", "discord", "http")
-    )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if has_token and mode & 0o077:
-        warnings.append(
-            f"{path} holds bot tokens but is readable by other users "
-            f"(mode {mode:o}); run: chmod 600 {path}"
-        )
-    return attrs.evolve(config, warnings=tuple(warnings))
+    return attrs.evolve(config, warnings=file_warnings(path, data))
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"

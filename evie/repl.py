@@ -1,10 +1,11 @@
 """``evie chat`` and ``evie run --terminal``: the terminal chat wired to a runtime.
 
 ``evie chat`` draws its first prompt before anything a turn needs exists (adr/0015,
-start-up): the config, prompt_toolkit and the greeting are all that run first, on a bare
-asyncio loop (:func:`run_chat`). Once the prompt is on the screen (keys are read in raw
-mode from then on) anyio is imported beside it, then the runtime's modules, in worker
-threads, and the runtime is opened: the state, the sandbox probe, pi's warm spare. Lines
+start-up): the config file's first look (:mod:`evie.config_file`), prompt_toolkit and the
+greeting are all that run first, on a bare asyncio loop (:func:`run_chat`). Once the prompt
+is on the screen (keys are read in raw mode from then on) anyio is imported beside it, then
+the config is validated whole and the runtime's modules loaded, in worker threads, and the
+runtime is opened: the state, the sandbox probe, pi's warm spare. Lines
 entered meanwhile wait for it, in order; the session's line ("session: resumed, 8 turns")
 and its notices follow the greeting once the session manager knows them. ``evie run
 --terminal`` builds the chat over a runtime that is already open.
@@ -16,13 +17,11 @@ import asyncio
 import contextlib
 import importlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import attrs
-
-from evie.config import Config
+from evie.config_file import FirstLook
 from evie.platforms.terminal_banner import banner, describe_session
 from evie.platforms.terminal_repl import LineEditor
 from evie.platforms.tls_later import attach_tls
@@ -30,6 +29,7 @@ from evie.platforms.tls_later import attach_tls
 if TYPE_CHECKING:
     from anyio import Event
 
+    from evie.config import Config
     from evie.platforms.terminal import TerminalChat
     from evie.runtime import Runtime
 
@@ -69,34 +69,34 @@ def _beside_the_first_prompt() -> None:
     _import(ANYIO)
 
 
-def _model(config: Config) -> str:
-    agent = config.agent
-    if not agent.provider and not agent.model:
+def _model(provider: str | None, model: str | None) -> str:
+    if not provider and not model:
         return "pi's default (`evie doctor` shows it)"
-    return f"{agent.provider or 'default'}/{agent.model or 'default'}"
+    return f"{provider or 'default'}/{model or 'default'}"
 
 
-def run_chat(config: Config) -> None:
+def run_chat(first: FirstLook, load: Callable[[], Config]) -> None:
     """``evie chat``: one session from this terminal, in the directory it was started in.
 
-    Returns once input has ended and the runtime is closed (pi stopped, state flushed);
-    an error opening the runtime ends the chat and is raised. Runs its own event loop,
-    like ``anyio.run``, but starts it without anyio (see the module docstring)."""
-    asyncio.run(_first_prompt_first(config))
+    ``first`` is what the greeting and the line editor need, read from the config file;
+    ``load`` validates the whole config (blocking: run beside the first prompt, in a worker
+    thread) and is what the runtime is opened with. Returns once input has ended and the
+    runtime is closed (pi stopped, state flushed); an error validating the config or opening
+    the runtime ends the chat and is raised. Runs its own event loop, like ``anyio.run``,
+    but starts it without anyio (see the module docstring)."""
+    asyncio.run(_first_prompt_first(first, load))
 
 
-async def _first_prompt_first(config: Config) -> None:
-    if config.agent.cwd is None:  # `evie chat` works where it was started
-        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
-    assert config.agent.cwd is not None
-    workdir = config.agent.cwd.resolve()  # the launcher's work dir when [agent] cwd is set
+async def _first_prompt_first(first: FirstLook, load: Callable[[], Config]) -> None:
+    # `evie chat` works where it was started, or in [agent] cwd (the launcher's work dir)
+    workdir = (first.cwd or Path.cwd()).resolve()
     # the line editor's history lives in the state dir, created here as the state store does
-    config.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    greeting = banner(model=_model(config), workdir=str(workdir))
+    first.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    greeting = banner(model=_model(first.provider, first.model), workdir=str(workdir))
     editor = None
     async with contextlib.AsyncExitStack() as stack:
         if sys.stdin.isatty() and sys.stdout.isatty():
-            editor = LineEditor(config.state.dir / "terminal_history")
+            editor = LineEditor(first.state_dir / "terminal_history")
             sys.stdout.write(greeting + "\n")  # as TerminalChat would, before its prompt
             sys.stdout.flush()
             stack.enter_context(editor.raw_mode())  # from the first prompt to the end
@@ -110,12 +110,14 @@ async def _first_prompt_first(config: Config) -> None:
             finally:
                 waiting.cancel()
         await asyncio.to_thread(_beside_the_first_prompt)
-        await chat(config, workdir, greeting, editor)
+        await chat(load, workdir, greeting, editor)
 
 
-async def chat(config: Config, workdir: Path, greeting: str, editor: LineEditor | None) -> None:
-    """The chat (anyio from here on): the runtime opens beside it; with ``editor``, its
-    greeting is on the screen and its first prompt begun already."""
+async def chat(
+    load: Callable[[], Config], workdir: Path, greeting: str, editor: LineEditor | None
+) -> None:
+    """The chat (anyio from here on): the config is validated and the runtime opened beside
+    it; with ``editor``, its greeting is on the screen and its first prompt begun already."""
     import anyio
 
     from evie.platforms.terminal import TerminalChat
@@ -130,27 +132,34 @@ async def chat(config: Config, workdir: Path, greeting: str, editor: LineEditor 
     )
     over = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_open_beside_the_prompt, config, terminal, over)
+        tg.start_soon(_open_beside_the_prompt, load, terminal, over)
         try:
             await terminal.run()
         finally:
             over.set()
 
 
-async def _open_beside_the_prompt(config: Config, terminal: TerminalChat, over: Event) -> None:
-    """Once the prompt is drawn: import, open the runtime, connect the chat; close the
-    runtime once the chat is over (its turns have finished by then)."""
+async def _open_beside_the_prompt(
+    load: Callable[[], Config], terminal: TerminalChat, over: Event
+) -> None:
+    """Once the prompt is drawn: validate the config, import, open the runtime, connect the
+    chat; close the runtime once the chat is over (its turns have finished by then)."""
     import anyio.to_thread
 
     await terminal.wait_reading()
     if over.is_set():
         return
+    config = await anyio.to_thread.run_sync(load)  # its error ends the chat (its own lines)
     await anyio.to_thread.run_sync(_import, BESIDE_THE_PROMPT)
+    import attrs
+
     from evie.gc_policy import settle_gc
     from evie.runtime import open_runtime
 
     if over.is_set():  # left while the modules loaded: nothing to start
         return
+    if config.agent.cwd is None:  # `evie chat` works where it was started
+        config = attrs.evolve(config, agent=attrs.evolve(config.agent, cwd=Path.cwd()))
     async with open_runtime(config) as runtime:
         _workdir, session, notice = await _session(runtime)
         settle_gc()  # `evie chat` paused the collector while it started (evie.cli)
@@ -167,9 +176,10 @@ async def terminal_chat(runtime: Runtime, *, interrupts: bool = False) -> Termin
     from evie.platforms.terminal import TerminalChat
 
     workdir, session, notice = await _session(runtime)
+    agent = runtime.config.agent
     terminal = TerminalChat(
         None,
-        banner=banner(model=_model(runtime.config), workdir=str(workdir)),
+        banner=banner(model=_model(agent.provider, agent.model), workdir=str(workdir)),
         workdir=workdir,
         history_path=runtime.config.state.dir / "terminal_history",
         interrupts=interrupts,

@@ -93,6 +93,9 @@ NOT_BEFORE_THE_PROMPT = (
     "evie.platforms.terminal_render",  # its regexes; the greeting has a module of its own
     "json",  # only JSON log lines need it
     "evie.setup.options",  # a plain `evie chat` is read without building argparse's parser
+    "evie.config",  # validated beside the prompt; evie.config_file reads what comes before it
+    "attrs",
+    "attr",
 )
 
 
@@ -126,7 +129,7 @@ async def test_the_first_prompt_is_drawn_before_the_runtime_is_loaded(tmp_path: 
     finally:
         term.close()
     modules = set(snapshot.read_text().split())
-    assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config"} <= modules
+    assert {"prompt_toolkit", "evie.platforms.terminal_repl", "evie.config_file"} <= modules
     assert {"asyncio.base_events", "asyncio.sslproto", "wcwidth"} <= modules
     assert [m for m in NOT_BEFORE_THE_PROMPT if m in modules] == []
     # asyncio has ssl again once the chat runs: no module is left without it
@@ -173,3 +176,33 @@ async def test_the_terminal_stays_raw_while_a_reply_streams(tmp_path: Path) -> N
     assert modes, "the terminal was put in raw mode"
     assert modes[-1] is True  # given back as it was found, at exit
     assert True not in modes[:-1]  # and never cooked before that
+
+
+async def test_a_config_error_found_beside_the_prompt_ends_the_chat_in_its_lines(
+    tmp_path: Path,
+) -> None:
+    """The whole config is validated beside the first prompt: an error there (a key the
+    first look does not read) ends the chat with the config's own lines and no traceback,
+    the terminal given back; one the first look reads is reported before any greeting."""
+    config = _chat_config(tmp_path, warm_spares=0)
+    config.write_text(config.read_text() + "[log]\nlevel = 'loud'\n")
+    argv = [sys.executable, "-m", "evie.cli", "--config", str(config), "chat"]
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect("Ctrl-D leaves")  # greeted: the first look had what it needs
+        await term.expect(r"evie: invalid configuration in .*\n.*log\.level: expected one of")
+        assert await term.exit_code() == 2
+    finally:
+        term.close()
+    assert "Traceback" not in term.screen
+
+    config.write_text(config.read_text().replace("[agent]\n", "[agent]\nmodel = 5\n"))
+    term = Terminal(argv, _env(), pty=True)
+    try:
+        await term.expect(r"evie: invalid configuration in .*")
+        assert await term.exit_code() == 2
+    finally:
+        term.close()
+    assert "agent.model: expected a string" in term.screen
+    assert "log.level: expected one of" in term.screen  # every problem, at once
+    assert "Ctrl-D leaves" not in term.screen  # before the greeting
