@@ -594,6 +594,33 @@ async def test_chaos_every_render_is_whole_whatever_happens_to_the_worker() -> N
 
 
 @pytest.mark.anyio
+async def test_a_render_under_way_at_shutdown_finishes_in_a_thread_and_no_worker_is_left() -> None:
+    """The daemon stops its worker while a reply still renders there: that reply is rendered
+    in a thread (whole), no new worker is started for it, and none is left running."""
+    import multiprocessing
+
+    from evie.chat.render import render_off_loop, render_process
+
+    unit = "para **b** `c` 🔥\n\n- item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    text = unit * (1_500_000 // len(unit))
+    flavor = DiscordFlavor()
+    expected = render(text, flavor)
+    results: list[list[Chunk]] = []
+    async with anyio.create_task_group() as tg:
+        async with render_process() as worker:
+
+            async def one() -> None:
+                results.append(await render_off_loop(text, flavor))
+
+            tg.start_soon(one)
+            await anyio.sleep(0.1)  # sent, and rendering
+        assert worker.pid is None
+    assert results == [expected]
+    assert worker.starts == 1
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.anyio
 async def test_without_a_worker_big_replies_render_in_a_thread(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -139,7 +139,10 @@ async def _send(sock: socket.socket, data: bytes | memoryview) -> None:
         try:
             sent += sock.send(view[sent : sent + _SLICE])
         except BlockingIOError:
-            await anyio.wait_writable(sock)
+            try:
+                await anyio.wait_writable(sock)
+            except anyio.ClosedResourceError:
+                raise _Gone("the render worker was stopped") from None
             continue
         except OSError as exc:
             raise _Gone(str(exc)) from exc
@@ -153,7 +156,10 @@ async def _receive_some(sock: socket.socket, most: int) -> bytes:
         try:
             data = sock.recv(most)
         except BlockingIOError:
-            await anyio.wait_readable(sock)
+            try:
+                await anyio.wait_readable(sock)
+            except anyio.ClosedResourceError:
+                raise _Gone("the render worker was stopped") from None
             continue
         except OSError as exc:
             raise _Gone(str(exc)) from exc
@@ -179,9 +185,16 @@ class _Worker:
         self.process = process
         self.sock = sock
 
+    def close(self) -> None:
+        """Close the daemon's end (the worker leaves when it sees it); a task waiting on
+        the socket is woken (it raises :class:`_Gone`) instead of waiting for ever."""
+        if self.sock.fileno() >= 0:
+            anyio.notify_closing(self.sock)
+            self.sock.close()
+
     def kill(self) -> None:
         """End it now (a render nobody will read, or shutdown); reaped by :meth:`reap`."""
-        self.sock.close()
+        self.close()
         with contextlib.suppress(OSError, ValueError):
             self.process.kill()
 
@@ -218,6 +231,7 @@ class RenderWorker:
         self._worker: _Worker | None = None
         self._dead: list[_Worker] = []
         self._retry_at = 0.0
+        self._closed = False  # after close(): no worker is started again
         self.starts = 0
 
     @property
@@ -232,7 +246,7 @@ class RenderWorker:
             return worker
         if worker is not None:
             self._drop(worker)
-        if time.monotonic() < self._retry_at:
+        if self._closed or time.monotonic() < self._retry_at:
             return None
         try:
             process, sock = await anyio.to_thread.run_sync(_spawn)
@@ -255,6 +269,10 @@ class RenderWorker:
             worker.kill()
             self._dead.append(worker)
             raise
+        if self._closed:  # closed while this one started
+            worker.kill()
+            await anyio.to_thread.run_sync(worker.reap, 2.0)
+            return None
         self._worker = worker
         self.starts += 1
         return worker
@@ -297,10 +315,11 @@ class RenderWorker:
 
     async def close(self) -> None:
         """Let the worker leave (its socket closes) and wait for it; kill a busy one."""
+        self._closed = True  # a render still under way falls back to a thread
         workers = self._dead + ([self._worker] if self._worker is not None else [])
         self._worker, self._dead = None, []
         for worker in workers:
-            worker.sock.close()
+            worker.close()
         with anyio.CancelScope(shield=True):
             for worker in workers:
                 await anyio.to_thread.run_sync(worker.reap, 2.0)
