@@ -1,9 +1,11 @@
 """A fake streaming LLM on 127.0.0.1, so the real pi runs real turns.
 
-It speaks four of pi's provider APIs, each streamed as server-sent events the way
+It speaks five of pi's provider APIs, each streamed as server-sent events the way
 pi-ai's provider reads it: OpenAI's chat completions (``POST /v1/chat/completions``)
-and responses (``POST /v1/responses``), Anthropic's messages (``POST /v1/messages``)
-and Gemini's ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``.
+and responses (``POST /v1/responses``), Anthropic's messages (``POST /v1/messages``),
+Gemini's ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` and Mistral's
+chat completions (``POST /mistral/v1/chat/completions``: the same path as OpenAI's on
+Mistral's own host, so the fake serves it under a prefix of its own).
 It records every request body and answers from one script of :class:`Reply`
 objects (falling back to ``echo: <last user text>``), whichever API asks. Faults, on
 every API: HTTP errors (500, 401, 429 …) with that API's JSON error body or a
@@ -59,7 +61,7 @@ class FakeLLM:
         self.script.extend(replies)
 
     def user_texts(self, request: dict[str, Any]) -> list[str]:
-        """The user's texts in a request of any of the four APIs, oldest first (a user
+        """The user's texts in a request of any of the APIs, oldest first (a user
         message that only carries tool results is not one)."""
         out = []
         messages = request.get("messages") or request.get("input") or []
@@ -332,6 +334,48 @@ class FakeLLM:
         await resp.write_eof()
         return resp
 
+    async def _handle_mistral(self, request: web.Request) -> web.StreamResponse:
+        """Mistral's chat completions, streamed (its SDK's ``chat.stream``): chunks shaped
+        like OpenAI's, but a tool call arrives whole in one delta (arguments a JSON string,
+        a 9-character id) together with the finish reason, usage rides on that last chunk,
+        and an error body is ``{"object": "error", "message": …, "type": …, "code": …}``."""
+        body = await request.json()
+        reply = self._next_reply(body)
+        kinds = {401: "unauthorized", 422: "invalid_request_error", 429: "rate_limited"}
+        error = {"object": "error", "message": reply.error, "param": None,
+                 "type": kinds.get(reply.status, "internal_error"), "code": "1000"}  # fmt: skip
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n = len(self.requests)
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            chunk = {
+                "id": f"cmpl-fake{n}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-1"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        await resp.write(event({"role": "assistant", "content": ""}))
+        if not await self._stream_text(request, resp, reply, lambda t: event({"content": t})):
+            return resp
+        usage = {"prompt_tokens": 10, "total_tokens": 15, "completion_tokens": 5}
+        if reply.tool is not None:
+            name, args = reply.tool
+            call = {"id": f"Call{n:05d}", "function": {"name": name, "arguments": json.dumps(args)},
+                    "index": 0}  # fmt: skip
+            await resp.write(event({"tool_calls": [call]}, "tool_calls", usage=usage))
+        else:
+            await resp.write(event({"content": ""}, "stop", usage=usage))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     async def _stream_text(
         self,
         request: web.Request,
@@ -362,6 +406,7 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     app.router.add_post("/v1/responses", llm._handle_responses)
     app.router.add_post("/v1beta/models/{target}", llm._handle_gemini)
     app.router.add_post("/v1/publishers/google/models/{target}", llm._handle_gemini)  # Vertex
+    app.router.add_post("/mistral/v1/chat/completions", llm._handle_mistral)
     async with serve_on_loopback(app) as llm.port:
         yield llm
 
@@ -372,6 +417,7 @@ RESPONSES = "openai-responses"
 AZURE = "azure-openai-responses"  # the responses API, through the OpenAI SDK's Azure client
 GEMINI = "google-generative-ai"
 VERTEX = "google-vertex"  # Gemini's stream, through the Google SDK's Vertex client (API key)
+MISTRAL = "mistral-conversations"  # Mistral's chat completions, through its own SDK
 
 
 def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str = OPENAI) -> None:
@@ -390,6 +436,8 @@ def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1"
     elif api == GEMINI:  # the SDK adds /models/<id>:streamGenerateContent?alt=sse
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1beta"
+    elif api == MISTRAL:  # the SDK adds /v1/chat/completions to the path it is given
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/mistral"
     else:
         raise ValueError(f"the fake LLM does not speak {api}")
     (agent_dir / "models.json").write_text(json.dumps({"providers": {"fake": provider}}))

@@ -38,6 +38,17 @@ def test_geminis_json_error_body_is_told_by_code_status_and_message() -> None:
     assert error_line(json.dumps(page)) == f"502 Bad Gateway {HTML_NOTE}"
 
 
+def test_mistrals_body_after_its_prefix_is_told_by_its_message() -> None:
+    # pi's Mistral provider: "Mistral API error (<status>): <body>"
+    body = {"object": "error", "message": "Rate limit", "type": "rate_limited", "code": "1300"}
+    prefix = "Mistral API error (429): "
+    assert error_line(prefix + json.dumps(body)) == f"{prefix}Rate limit"
+    assert error_line(f"{prefix}{{not json") == f"{prefix}{{not json"
+    assert error_line(f"Mistral API error (502): {NGINX}") == f"502 Bad Gateway {HTML_NOTE}"
+    page = {"message": NGINX}
+    assert error_line(prefix + json.dumps(page)) == f"{prefix}502 Bad Gateway {HTML_NOTE}"
+
+
 def test_an_ordinary_error_is_left_as_it_is() -> None:
     message = '429 {"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
     assert error_line(message) == message

@@ -32,6 +32,7 @@ from tests.fake_llm import (
     ANTHROPIC,
     AZURE,
     GEMINI,
+    MISTRAL,
     OPENAI,
     RESPONSES,
     VERTEX,
@@ -315,6 +316,7 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
         (AZURE, None),
         (GEMINI, None),
         (VERTEX, None),
+        (MISTRAL, None),
     ],
 )
 async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(

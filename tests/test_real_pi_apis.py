@@ -1,4 +1,4 @@
-"""The real pi on the APIs of OpenAI's own models (responses) and Gemini, against the fake
+"""The real pi on the APIs of OpenAI's own models (responses), Gemini and Mistral, against the fake
 LLM speaking each: a turn with a tool call and usage, and the model's faults as a user
 sees them through Telegram. (Chat completions and Anthropic's messages: test_real_pi.py.)
 """
@@ -14,7 +14,7 @@ from evie.agent.model_error import HTML_NOTE
 from evie.chat.streaming import Delivery
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, Recorder, real_launcher
-from tests.fake_llm import GEMINI, RESPONSES, FakeLLM, Reply
+from tests.fake_llm import GEMINI, MISTRAL, RESPONSES, FakeLLM, Reply
 from tests.harness import OWNER, serving_telegram
 
 pytestmark = [
@@ -23,9 +23,9 @@ pytestmark = [
     pytest.mark.skipif(not PI.exists(), reason="pi is not installed (run npm ci)"),
 ]
 
-# what pi uses for OpenAI's own models, and for Gemini. (Azure's and Vertex's clients read
-# the same streams: test_real_pi.py's warm-up test runs a real turn on each.)
-APIS = [RESPONSES, GEMINI]
+# what pi uses for OpenAI's own models, for Gemini and for Mistral's. (Azure's and Vertex's
+# clients read the same streams: test_real_pi.py's warm-up test runs a real turn on each.)
+APIS = [RESPONSES, GEMINI, MISTRAL]
 
 
 @pytest.mark.parametrize("api", APIS)

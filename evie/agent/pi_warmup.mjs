@@ -17,7 +17,7 @@
 //   warm-up is bounded in time. It writes one line to stderr saying what it did
 //   (evie keeps pi's stderr tail; tests read it).
 // - For the APIs in LOOPBACK (chat completions, Anthropic's messages, OpenAI's responses
-//   and its Azure client, Gemini and Vertex) it also streams one reply through pi-ai from
+//   and its Azure client, Gemini and Vertex, Mistral's) it also streams one reply through pi-ai from
 //   its own 127.0.0.1 server in that API's format: the SDK's client, its stream parser
 //   and Node's HTTP client run once before the user's first prompt. The server answers
 //   whatever path it is asked with that reply; the URL given to the SDK never leaves it.
@@ -127,6 +127,24 @@ function geminiReply() {
 	return `data: ${JSON.stringify(chunk)}\r\n\r\n`;
 }
 
+function mistralReply() {
+	// Mistral's SDK validates each chunk (id, model, choices[].index/delta/finish_reason)
+	const chunk = (delta, finish, extra) => ({
+		id: "evie-warmup",
+		object: "chat.completion.chunk",
+		model: "warmup",
+		choices: [{ index: 0, delta, finish_reason: finish }],
+		...extra,
+	});
+	const usage = { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 };
+	return [
+		sse("", chunk({ role: "assistant", content: "" }, null)),
+		sse("", chunk({ content: "ok" }, null)),
+		sse("", chunk({ content: "" }, "stop", { usage })),
+		"data: [DONE]\n\n",
+	].join("");
+}
+
 // a model's `api` -> the base URL path its SDK is given, and the reply it reads. Each
 // provider takes the URL from the model (`own` below), except Azure's, where
 // AZURE_OPENAI_BASE_URL / _RESOURCE_NAME win over it: there the URL also goes in the
@@ -142,6 +160,7 @@ const LOOPBACK = {
 	},
 	"google-generative-ai": { path: "/v1beta", reply: geminiReply },
 	"google-vertex": { path: "/v1", reply: geminiReply },
+	"mistral-conversations": { path: "", reply: mistralReply },
 };
 
 // One streamed reply through pi-ai, from our own server on 127.0.0.1 speaking `api`.
