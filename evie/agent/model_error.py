@@ -5,7 +5,9 @@ most APIs the status and the body's message, but a proxy or load balancer in fro
 the API answers with an HTML page (``502 <html>\r\n<head><title>502 Bad Gateway…``),
 pi's Gemini provider hands on the whole JSON error body, the HTML page inside it, and
 its Mistral provider the body after a prefix (``Mistral API error (429): {"object":
-"error", "message": …}``; docs/pi-rpc.md). evie shows that text to the user after "The
+"error", "message": …}``); the AWS SDK (Bedrock) reads a page as JSON and reports only
+that it could not (``Unexpected token '<', "<html>…"... is not valid JSON\n
+Deserialization error: …``; docs/pi-rpc.md). evie shows that text to the user after "The
 agent reported an error:", so it is cut down here to one line: a JSON error body (alone
 or after a short prefix) to its code, status and message, an HTML page to its title,
 whitespace collapsed, the length bounded.
@@ -26,6 +28,9 @@ _TAG = re.compile(r"<[^>]*>")
 _STATUS = re.compile(r"\d{3}")
 _PREFIX = re.compile(r"[^{\n]{1,80}?: (?=\{)")  # "Mistral API error (429): " ahead of a body
 HTML_NOTE = "(an HTML error page: the provider or a proxy in front of it is failing)"
+_UNREADABLE = "Deserialization error:"  # the AWS SDK's, after the parser's own message
+# Node's word for a response cut mid-body, all the AWS SDK (Bedrock over HTTP/1.1) says of it
+CUT = "The connection to the model was cut mid-reply (aborted): send the message again"
 
 
 def _from_json(text: str) -> str | None:
@@ -53,6 +58,15 @@ def _after_prefix(text: str) -> str | None:
     return f"{prefix.group(0)}{found}" if prefix and found else None
 
 
+def _unreadable(text: str) -> str | None:
+    """The AWS SDK's answer that was not JSON: an HTML page if it began with ``<``."""
+    if _UNREADABLE not in text:
+        return None
+    if "token '<'" in text:
+        return f"An unreadable answer {HTML_NOTE}"
+    return f"An unreadable answer from the model's API: {text[: text.index(_UNREADABLE)]}"
+
+
 def _from_html(text: str) -> str | None:
     if not _HTML.search(text):
         return None
@@ -67,11 +81,9 @@ def _from_html(text: str) -> str | None:
 def error_line(text: str, limit: int = LIMIT) -> str:
     """``text`` (a model error as pi reports it) as one line of at most ``limit`` characters."""
     text = text[:_READ].strip()
-    line = (
-        (text.startswith("{") and _from_json(text))
-        or _after_prefix(text)
-        or _from_html(text)
-        or text
-    )
+    whole = text.startswith("{") and _from_json(text)
+    if text == "aborted":
+        return CUT
+    line = whole or _after_prefix(text) or _unreadable(text) or _from_html(text) or text
     line = " ".join(line.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
