@@ -31,6 +31,7 @@ from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
 from tests.fake_llm import (
     ANTHROPIC,
     AZURE,
+    BEDROCK,
     GEMINI,
     MISTRAL,
     OPENAI,
@@ -38,6 +39,7 @@ from tests.fake_llm import (
     VERTEX,
     FakeLLM,
     Reply,
+    bedrock_env,
     write_agent_dir,
 )
 
@@ -317,6 +319,7 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
         (GEMINI, None),
         (VERTEX, None),
         (MISTRAL, None),
+        (BEDROCK, None),
     ],
 )
 async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
@@ -331,6 +334,8 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
         env += (("AZURE_OPENAI_BASE_URL", llm.base_url),)
     if api == VERTEX:  # a Vertex user's usual setting: the warm-up's key must still win over it
         env += (("GOOGLE_CLOUD_PROJECT", "evie-test"), ("GOOGLE_CLOUD_LOCATION", "us-central1"))
+    if api == BEDROCK:  # (the warm-up gives the SDK every setting: it reads none of these)
+        env += bedrock_env(tmp_path)
     launcher = attrs.evolve(real_launcher(tmp_path, llm, api), extra_env=env)
     async with anyio.create_task_group() as tg:
         process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
