@@ -23,7 +23,8 @@
 //   whatever path it is asked with that reply; the URL given to the SDK never leaves it.
 // - Bedrock's reply goes through the AWS SDK's client itself, not pi-ai: pi-ai lets the
 //   SDK look up settings and credentials in the user's AWS config, and the warm-up must
-//   not read it. Every setting that the SDK would look up is given (dummy credentials).
+//   not read it. Every setting that the SDK would look up is given (dummy credentials),
+//   and it speaks the HTTP version pi-ai will (2 unless AWS_BEDROCK_FORCE_HTTP1=1).
 
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { createServer } from "node:http";
@@ -199,12 +200,18 @@ function bedrockReply() {
 	]);
 }
 
+// pi-ai's switch to the SDK's HTTP/1.1 handler (some endpoints need it)
+const bedrockHttp1 = () => process.env.AWS_BEDROCK_FORCE_HTTP1 === "1";
+
 // One reply through the AWS SDK's Bedrock client (the one pi-ai imports), with every
-// setting it would otherwise read from ~/.aws given here, over its default HTTP/2.
+// setting it would otherwise read from ~/.aws given here, over the HTTP version pi-ai uses.
 async function bedrockCall(model, baseUrl, dir) {
 	const require = createRequire(join(dir, "package.json"));
-	const sdk = await import(pathToFileURL(require.resolve("@aws-sdk/client-bedrock-runtime")).href);
+	const load = (name) => import(pathToFileURL(require.resolve(name)).href);
+	const sdk = await load("@aws-sdk/client-bedrock-runtime");
+	const handler = bedrockHttp1() && new (await load("@smithy/node-http-handler")).NodeHttpHandler();
 	const client = new sdk.BedrockRuntimeClient({
+		...(handler && { requestHandler: handler }),
 		endpoint: baseUrl,
 		region: "us-east-1",
 		credentials: { accessKeyId: "evie-warmup", secretAccessKey: "evie-warmup" },
@@ -250,7 +257,7 @@ const LOOPBACK = {
 		path: "",
 		reply: bedrockReply,
 		type: "application/vnd.amazon.eventstream",
-		http2: true, // the AWS SDK's default handler speaks HTTP/2 (cleartext to 127.0.0.1)
+		http2: () => !bedrockHttp1(), // the AWS SDK's default handler: HTTP/2 (cleartext here)
 		call: bedrockCall,
 	},
 };
@@ -259,7 +266,7 @@ const LOOPBACK = {
 async function loopbackStream(ai, model, dir) {
 	const { path, reply: format, options, type, http2, call: direct } = LOOPBACK[model.api];
 	const body = format();
-	const server = (http2 ? createHttp2Server : createServer)((request, response) => {
+	const server = (http2?.() ? createHttp2Server : createServer)((request, response) => {
 		request.resume();
 		request.on("end", () => {
 			response.writeHead(200, { "content-type": type ?? "text/event-stream" });
