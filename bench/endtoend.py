@@ -267,6 +267,10 @@ SPARE_ROWS = (
     ("no_warm_up_responses", 1, "openai-responses", False),
     ("warm_spare_gemini", 1, "google-generative-ai", True),
     ("no_warm_up_gemini", 1, "google-generative-ai", False),
+    ("warm_spare_mistral", 1, "mistral-conversations", True),
+    ("no_warm_up_mistral", 1, "mistral-conversations", False),
+    ("warm_spare_bedrock", 1, "bedrock-converse-stream", True),
+    ("no_warm_up_bedrock", 1, "bedrock-converse-stream", False),
 )
 #: the overhead figures: label of the row -> suffix of its ``spare_overhead`` key
 OVERHEADS = {
@@ -276,14 +280,20 @@ OVERHEADS = {
     "no_warm_up_responses": "_responses_no_warm_up",
     "warm_spare_gemini": "_gemini",
     "no_warm_up_gemini": "_gemini_no_warm_up",
+    "warm_spare_mistral": "_mistral",
+    "no_warm_up_mistral": "_mistral_no_warm_up",
+    "warm_spare_bedrock": "_bedrock",
+    "no_warm_up_bedrock": "_bedrock_no_warm_up",
 }
 
 
 async def spare_first_reply(tmp: Path) -> None:
     """First reply of a new session: warm spare vs cold start (real pi, fake LLM), on each
     API pi users commonly hit: chat completions, Anthropic's messages, OpenAI's responses
-    (pi's API for OpenAI's own models) and Gemini; the last two also without the warm-up
-    extension, so that its gain shows.
+    (pi's API for OpenAI's own models), Gemini, Mistral's and Bedrock's (over HTTP/1.1: the
+    fake speaks no HTTP/2; the warm-up's own reply runs the SDK's HTTP/2); the last four also
+    without the warm-up extension, so that its gain shows. ``EVIE_BENCH_SPARE_ROWS`` (labels,
+    comma-separated) runs only those rows, printed and not saved.
 
     Every configuration runs side by side, one session each in turn, and each reply is
     timed only once every spare is booted: the machine's drift and other load fall on all
@@ -294,15 +304,19 @@ async def spare_first_reply(tmp: Path) -> None:
     import attrs
 
     from tests.conftest import real_launcher
-    from tests.fake_llm import running_fake_llm
+    from tests.fake_llm import BEDROCK, bedrock_env, running_fake_llm
 
     runs = count(5)
-    firsts: dict[str, list[float]] = {label: [] for label, *_ in SPARE_ROWS}
-    again: dict[str, list[float]] = {label: [] for label, *_ in SPARE_ROWS}
+    chosen = [r for r in os.environ.get("EVIE_BENCH_SPARE_ROWS", "").split(",") if r]
+    table = [row for row in SPARE_ROWS if not chosen or row[0] in chosen]
+    firsts: dict[str, list[float]] = {label: [] for label, *_ in table}
+    again: dict[str, list[float]] = {label: [] for label, *_ in table}
     async with running_fake_llm() as llm, AsyncExitStack() as stack:
         managers: dict[str, SessionManager] = {}
-        for label, spares, api, warm_up in SPARE_ROWS:
-            launcher = attrs.evolve(real_launcher(tmp / label, llm, api), warm_up=warm_up)
+        for label, spares, api, warm_up in table:
+            env = bedrock_env(tmp / label) if api == BEDROCK else ()
+            launcher = real_launcher(tmp / label, llm, api)
+            launcher = attrs.evolve(launcher, warm_up=warm_up, extra_env=env)
             settings = SessionSettings(warm_spares=spares, max_processes=runs + 2)
             managers[label] = await stack.enter_async_context(SessionManager(launcher, settings))
 
@@ -330,11 +344,13 @@ async def spare_first_reply(tmp: Path) -> None:
         }
         for label, manager in managers.items()
     }
-    above = {label: rows[label]["first"] - rows[label]["warm_session_reply"] for label in OVERHEADS}
+    above = {label: row["first"] - row["warm_session_reply"] for label, row in rows.items()}
     for label, row in rows.items():
         print(f"  {label:<22} first {fmt_s(row['first'])}  established "
-              f"{fmt_s(row['warm_session_reply'])}  above {fmt_s(above.get(label, 0.0))}  "
+              f"{fmt_s(row['warm_session_reply'])}  above {fmt_s(above[label])}  "
               f"spares taken {row['spares_taken']}")  # fmt: skip
+    if chosen:
+        return
     w, c = rows["warm_spare"], rows["cold"]
     save(
         "spare_first_reply",
@@ -348,7 +364,10 @@ async def spare_first_reply(tmp: Path) -> None:
         f"reply on Anthropic's API {fmt_s(above['warm_spare_anthropic'])}, OpenAI's responses "
         f"{fmt_s(above['warm_spare_responses'])} (without the warm-up "
         f"{fmt_s(above['no_warm_up_responses'])}), Gemini {fmt_s(above['warm_spare_gemini'])} "
-        f"(without {fmt_s(above['no_warm_up_gemini'])})",
+        f"(without {fmt_s(above['no_warm_up_gemini'])}), Mistral's "
+        f"{fmt_s(above['warm_spare_mistral'])} (without {fmt_s(above['no_warm_up_mistral'])}), "
+        f"Bedrock's {fmt_s(above['warm_spare_bedrock'])} (without "
+        f"{fmt_s(above['no_warm_up_bedrock'])})",
         title="First reply of a new session (real pi, fake LLM)",
     )
 

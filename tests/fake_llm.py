@@ -1,9 +1,12 @@
 """A fake streaming LLM on 127.0.0.1, so the real pi runs real turns.
 
-It speaks four of pi's provider APIs, each streamed as server-sent events the way
+It speaks five of pi's provider APIs, each streamed as server-sent events the way
 pi-ai's provider reads it: OpenAI's chat completions (``POST /v1/chat/completions``)
-and responses (``POST /v1/responses``), Anthropic's messages (``POST /v1/messages``)
-and Gemini's ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``.
+and responses (``POST /v1/responses``), Anthropic's messages (``POST /v1/messages``),
+Gemini's ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` and Mistral's
+chat completions (``POST /mistral/v1/chat/completions``: the same path as OpenAI's on
+Mistral's own host, so the fake serves it under a prefix of its own), and Bedrock's
+``POST /model/{model}/converse-stream`` in AWS's binary event-stream framing.
 It records every request body and answers from one script of :class:`Reply`
 objects (falling back to ``echo: <last user text>``), whichever API asks. Faults, on
 every API: HTTP errors (500, 401, 429 …) with that API's JSON error body or a
@@ -14,7 +17,9 @@ answered.
 from __future__ import annotations
 
 import json
+import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -59,7 +64,7 @@ class FakeLLM:
         self.script.extend(replies)
 
     def user_texts(self, request: dict[str, Any]) -> list[str]:
-        """The user's texts in a request of any of the four APIs, oldest first (a user
+        """The user's texts in a request of any of the APIs, oldest first (a user
         message that only carries tool results is not one)."""
         out = []
         messages = request.get("messages") or request.get("input") or []
@@ -75,7 +80,8 @@ class FakeLLM:
             if isinstance(content, str):
                 out.append(content)
             elif isinstance(content, list):
-                texts = [p["text"] for p in content if p.get("type") in ("text", "input_text")]
+                kinds = ("text", "input_text", None)  # None: Bedrock's {"text": …} blocks
+                texts = [p["text"] for p in content if "text" in p and p.get("type") in kinds]
                 if texts or not content:
                     out.append("".join(texts))
         return out
@@ -88,6 +94,7 @@ class FakeLLM:
                 out.append(json.dumps(item.get("content")))
             elif isinstance(item.get("content"), list):  # messages: tool_result blocks
                 blocks = [b for b in item["content"] if b.get("type") == "tool_result"]
+                blocks += [b["toolResult"] for b in item["content"] if "toolResult" in b]  # Bedrock
                 out += [json.dumps(b.get("content")) for b in blocks]
         for item in request.get("input", []):  # responses: function_call_output items
             if item.get("type") == "function_call_output":
@@ -332,6 +339,93 @@ class FakeLLM:
         await resp.write_eof()
         return resp
 
+    async def _handle_mistral(self, request: web.Request) -> web.StreamResponse:
+        """Mistral's chat completions, streamed (its SDK's ``chat.stream``): chunks shaped
+        like OpenAI's, but a tool call arrives whole in one delta (arguments a JSON string,
+        a 9-character id) together with the finish reason, usage rides on that last chunk,
+        and an error body is ``{"object": "error", "message": …, "type": …, "code": …}``."""
+        body = await request.json()
+        reply = self._next_reply(body)
+        kinds = {401: "unauthorized", 422: "invalid_request_error", 429: "rate_limited"}
+        error = {"object": "error", "message": reply.error, "param": None,
+                 "type": kinds.get(reply.status, "internal_error"), "code": "1000"}  # fmt: skip
+        if (failure := await self._failure(reply, error)) is not None:
+            return failure
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n = len(self.requests)
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            chunk = {
+                "id": f"cmpl-fake{n}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-1"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        await resp.write(event({"role": "assistant", "content": ""}))
+        if not await self._stream_text(request, resp, reply, lambda t: event({"content": t})):
+            return resp
+        usage = {"prompt_tokens": 10, "total_tokens": 15, "completion_tokens": 5}
+        if reply.tool is not None:
+            name, args = reply.tool
+            call = {"id": f"Call{n:05d}", "function": {"name": name, "arguments": json.dumps(args)},
+                    "index": 0}  # fmt: skip
+            await resp.write(event({"tool_calls": [call]}, "tool_calls", usage=usage))
+        else:
+            await resp.write(event({"content": ""}, "stop", usage=usage))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _handle_bedrock(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ConverseStream: AWS event-stream messages (binary frames, each a JSON
+        event named by its ``:event-type`` header): messageStart, contentBlockDelta (text),
+        contentBlockStart/Delta/Stop (a toolUse), messageStop, metadata (usage). An error is
+        an HTTP status with ``x-amzn-errortype`` and ``{"message": …}``."""
+        body = await request.json()
+        body["model"] = request.match_info["model"]
+        reply = self._next_reply(body)
+        types = {400: "ValidationException", 403: "AccessDeniedException",
+                 429: "ThrottlingException", 503: "ServiceUnavailableException"}  # fmt: skip
+        kind = types.get(reply.status, "InternalServerException")
+        failure = await self._failure(reply, {"message": reply.error})
+        if failure is not None:
+            if not reply.html:
+                failure.headers["x-amzn-errortype"] = f"{kind}:http://internal.amazon.com/coral/"
+            return failure
+        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
+        await resp.prepare(request)
+
+        def event(name: str, **payload: Any) -> bytes:
+            return event_stream_message(name, json.dumps(payload).encode())
+
+        await resp.write(event("messageStart", role="assistant"))
+
+        def text(part: str) -> bytes:
+            return event("contentBlockDelta", contentBlockIndex=0, delta={"text": part})
+
+        if not await self._stream_text(request, resp, reply, text):
+            return resp
+        await resp.write(event("contentBlockStop", contentBlockIndex=0))
+        stop = "end_turn"
+        if reply.tool is not None:
+            name, args = reply.tool
+            use = {"toolUse": {"toolUseId": f"tooluse_fake{len(self.requests)}", "name": name}}
+            await resp.write(event("contentBlockStart", contentBlockIndex=1, start=use))
+            delta = {"toolUse": {"input": json.dumps(args)}}
+            await resp.write(event("contentBlockDelta", contentBlockIndex=1, delta=delta))
+            await resp.write(event("contentBlockStop", contentBlockIndex=1))
+            stop = "tool_use"
+        await resp.write(event("messageStop", stopReason=stop))
+        usage = {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}
+        await resp.write(event("metadata", usage=usage, metrics={"latencyMs": 1}))
+        await resp.write_eof()
+        return resp
+
     async def _stream_text(
         self,
         request: web.Request,
@@ -353,6 +447,20 @@ class FakeLLM:
         return True
 
 
+def event_stream_message(event_type: str, payload: bytes) -> bytes:
+    """One AWS event-stream message: a prelude (total and headers length, its CRC32),
+    string headers (name length, name, type 7, value length, value), the payload and the
+    CRC32 of everything before it."""
+    headers = b""
+    for name, value in ((":event-type", event_type), (":content-type", "application/json"),
+                        (":message-type", "event")):  # fmt: skip
+        raw = value.encode()
+        headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(raw)) + raw
+    prelude = struct.pack(">II", 12 + len(headers) + len(payload) + 4, len(headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
 @asynccontextmanager
 async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     llm = FakeLLM()
@@ -362,6 +470,8 @@ async def running_fake_llm() -> AsyncIterator[FakeLLM]:
     app.router.add_post("/v1/responses", llm._handle_responses)
     app.router.add_post("/v1beta/models/{target}", llm._handle_gemini)
     app.router.add_post("/v1/publishers/google/models/{target}", llm._handle_gemini)  # Vertex
+    app.router.add_post("/mistral/v1/chat/completions", llm._handle_mistral)
+    app.router.add_post("/model/{model}/converse-stream", llm._handle_bedrock)
     async with serve_on_loopback(app) as llm.port:
         yield llm
 
@@ -372,6 +482,22 @@ RESPONSES = "openai-responses"
 AZURE = "azure-openai-responses"  # the responses API, through the OpenAI SDK's Azure client
 GEMINI = "google-generative-ai"
 VERTEX = "google-vertex"  # Gemini's stream, through the Google SDK's Vertex client (API key)
+MISTRAL = "mistral-conversations"  # Mistral's chat completions, through its own SDK
+BEDROCK = "bedrock-converse-stream"  # AWS's SDK: needs bedrock_env() in pi's environment
+
+
+def bedrock_env(tmp: Path) -> tuple[tuple[str, str], ...]:
+    """pi's environment for the fake's Bedrock: HTTP/1.1 (the SDK's default is HTTP/2, which
+    the fake does not speak), pi-ai's dummy credentials, no SDK retries (pi's own are the
+    ones tested), and AWS config files of the test's own, never the machine's."""
+    return (
+        ("AWS_BEDROCK_FORCE_HTTP1", "1"),
+        ("AWS_BEDROCK_SKIP_AUTH", "1"),
+        ("AWS_MAX_ATTEMPTS", "1"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", str(tmp / "aws-config")),
+        ("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "aws-credentials")),
+    )
 
 
 def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str = OPENAI) -> None:
@@ -390,6 +516,10 @@ def write_agent_dir(agent_dir: Path, llm: FakeLLM, *, retries: int = 2, api: str
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1"
     elif api == GEMINI:  # the SDK adds /models/<id>:streamGenerateContent?alt=sse
         provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/v1beta"
+    elif api == BEDROCK:  # the SDK adds /model/<id>/converse-stream
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}"
+    elif api == MISTRAL:  # the SDK adds /v1/chat/completions to the path it is given
+        provider["baseUrl"] = f"http://127.0.0.1:{llm.port}/mistral"
     else:
         raise ValueError(f"the fake LLM does not speak {api}")
     (agent_dir / "models.json").write_text(json.dumps({"providers": {"fake": provider}}))

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evie.agent.model_error import HTML_NOTE, LIMIT, error_line
+from evie.agent.model_error import CUT, HTML_NOTE, LIMIT, error_line
 
 NGINX = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -36,6 +36,34 @@ def test_geminis_json_error_body_is_told_by_code_status_and_message() -> None:
     # the SDK wraps a non-JSON answer in the same shape, the page as its message
     page = {"error": {"message": NGINX, "code": 502, "status": "Bad Gateway"}}
     assert error_line(json.dumps(page)) == f"502 Bad Gateway {HTML_NOTE}"
+
+
+def test_mistrals_body_after_its_prefix_is_told_by_its_message() -> None:
+    # pi's Mistral provider: "Mistral API error (<status>): <body>"
+    body = {"object": "error", "message": "Rate limit", "type": "rate_limited", "code": "1300"}
+    prefix = "Mistral API error (429): "
+    assert error_line(prefix + json.dumps(body)) == f"{prefix}Rate limit"
+    assert error_line(f"{prefix}{{not json") == f"{prefix}{{not json"
+    assert error_line(f"Mistral API error (502): {NGINX}") == f"502 Bad Gateway {HTML_NOTE}"
+    page = {"message": NGINX}
+    assert error_line(prefix + json.dumps(page)) == f"{prefix}502 Bad Gateway {HTML_NOTE}"
+
+
+def test_the_aws_sdks_unreadable_answer_is_told_as_such() -> None:
+    # Bedrock's SDK parses a proxy's page as JSON; pi-ai hands on what the parser said
+    said = "\n  Deserialization error: to see the raw response, inspect the hidden field"
+    page = f"Unexpected token '<', \"<html>\r\n<h\"... is not valid JSON{said}"
+    assert error_line(page) == f"An unreadable answer {HTML_NOTE}"
+    other = f"Unexpected end of JSON input{said}"
+    assert (
+        error_line(other)
+        == "An unreadable answer from the model's API: Unexpected end of JSON input"
+    )
+
+
+def test_a_reply_cut_mid_body_says_so() -> None:
+    assert error_line("aborted") == CUT
+    assert error_line("Request was aborted") == "Request was aborted"
 
 
 def test_an_ordinary_error_is_left_as_it_is() -> None:

@@ -31,12 +31,15 @@ from tests.conftest import PI, Recorder, pid_alive, real_launcher, start_turn
 from tests.fake_llm import (
     ANTHROPIC,
     AZURE,
+    BEDROCK,
     GEMINI,
+    MISTRAL,
     OPENAI,
     RESPONSES,
     VERTEX,
     FakeLLM,
     Reply,
+    bedrock_env,
     write_agent_dir,
 )
 
@@ -295,6 +298,8 @@ async def test_a_warm_spare_has_loaded_the_model_provider_before_its_first_promp
         (AZURE, None),
         (GEMINI, None),
         (VERTEX, None),
+        (MISTRAL, None),
+        (BEDROCK, None),
     ],
 )
 async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
@@ -309,6 +314,8 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
         env += (("AZURE_OPENAI_BASE_URL", llm.base_url),)
     if api == VERTEX:  # a Vertex user's usual setting: the warm-up's key must still win over it
         env += (("GOOGLE_CLOUD_PROJECT", "evie-test"), ("GOOGLE_CLOUD_LOCATION", "us-central1"))
+    if api == BEDROCK:  # (the warm-up gives the SDK every setting: it reads none of these)
+        env += bedrock_env(tmp_path)
     launcher = attrs.evolve(real_launcher(tmp_path, llm, api), extra_env=env)
     async with anyio.create_task_group() as tg:
         process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
@@ -324,5 +331,26 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
                 events = [e async for e in process.start_turn("hello")]
                 assert events[-1] == TurnFinished(Outcome.DONE)
                 assert [llm.user_texts(r) for r in llm.requests] == [["hello"]]
+        finally:
+            await process.close()
+
+
+async def test_bedrocks_warm_up_speaks_http2_unless_pi_ai_is_told_http1(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    """The AWS SDK's default handler is HTTP/2; the test above runs pi-ai's HTTP/1.1 switch
+    (the fake speaks no HTTP/2). Without it the warm-up's own server and client speak
+    HTTP/2, and still nothing reaches the model."""
+    env = tuple((k, v) for k, v in bedrock_env(tmp_path) if k != "AWS_BEDROCK_FORCE_HTTP1")
+    launcher = attrs.evolve(real_launcher(tmp_path, llm, BEDROCK), extra_env=env)
+    async with anyio.create_task_group() as tg:
+        process = await PiProcess.spawn(launcher.spec_for("s1"), tg)
+        try:
+            with anyio.fail_after(10):
+                while "evie-warmup:" not in process.stderr_tail:
+                    await anyio.sleep(0.02)
+            report = process.stderr_tail.split("evie-warmup: ", 1)[1].splitlines()[0]
+            assert report.startswith(f"provider {BEDROCK}, fetch, loopback stream ready")
+            assert llm.requests == []
         finally:
             await process.close()

@@ -17,13 +17,18 @@
 //   warm-up is bounded in time. It writes one line to stderr saying what it did
 //   (evie keeps pi's stderr tail; tests read it).
 // - For the APIs in LOOPBACK (chat completions, Anthropic's messages, OpenAI's responses
-//   and its Azure client, Gemini and Vertex) it also streams one reply through pi-ai from
+//   and its Azure client, Gemini and Vertex, Mistral's) it also streams one reply through pi-ai from
 //   its own 127.0.0.1 server in that API's format: the SDK's client, its stream parser
 //   and Node's HTTP client run once before the user's first prompt. The server answers
 //   whatever path it is asked with that reply; the URL given to the SDK never leaves it.
+// - Bedrock's reply goes through the AWS SDK's client itself, not pi-ai: pi-ai lets the
+//   SDK look up settings and credentials in the user's AWS config, and the warm-up must
+//   not read it. Every setting that the SDK would look up is given (dummy credentials),
+//   and it speaks the HTTP version pi-ai will (2 unless AWS_BEDROCK_FORCE_HTTP1=1).
 
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createHttp2Server } from "node:http2";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -38,6 +43,7 @@ const PROVIDER_EXPORTS = {
 	"google-generative-ai": "./google",
 	"google-vertex": "./google-vertex",
 	"mistral-conversations": "./mistral",
+	"bedrock-converse-stream": "./bedrock-provider",
 };
 const LIMIT_MS = 10_000;
 const warmed = new Map(); // api -> Promise (one warm-up per api and process; survives switch_session)
@@ -127,6 +133,110 @@ function geminiReply() {
 	return `data: ${JSON.stringify(chunk)}\r\n\r\n`;
 }
 
+function mistralReply() {
+	// Mistral's SDK validates each chunk (id, model, choices[].index/delta/finish_reason)
+	const chunk = (delta, finish, extra) => ({
+		id: "evie-warmup",
+		object: "chat.completion.chunk",
+		model: "warmup",
+		choices: [{ index: 0, delta, finish_reason: finish }],
+		...extra,
+	});
+	const usage = { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 };
+	return [
+		sse("", chunk({ role: "assistant", content: "" }, null)),
+		sse("", chunk({ content: "ok" }, null)),
+		sse("", chunk({ content: "" }, "stop", { usage })),
+		"data: [DONE]\n\n",
+	].join("");
+}
+
+// AWS's event-stream framing (Bedrock): prelude (total length, headers length, its
+// CRC32), string headers, the JSON payload, the CRC32 of all before it.
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+	let c = n;
+	for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+	return c >>> 0;
+});
+
+function crc32(bytes) {
+	let c = 0xffffffff;
+	for (const byte of bytes) c = CRC_TABLE[(c ^ byte) & 0xff] ^ (c >>> 8);
+	return (c ^ 0xffffffff) >>> 0;
+}
+
+function eventMessage(type, payload) {
+	const headers = [
+		[":event-type", type],
+		[":content-type", "application/json"],
+		[":message-type", "event"],
+	].map(([name, value]) => {
+		const [n, v] = [Buffer.from(name), Buffer.from(value)];
+		const head = Buffer.alloc(n.length + 4);
+		head[0] = n.length;
+		n.copy(head, 1);
+		head[n.length + 1] = 7; // a string
+		head.writeUInt16BE(v.length, n.length + 2);
+		return Buffer.concat([head, v]);
+	});
+	const [head, body] = [Buffer.concat(headers), Buffer.from(JSON.stringify(payload))];
+	const prelude = Buffer.alloc(12);
+	prelude.writeUInt32BE(16 + head.length + body.length, 0);
+	prelude.writeUInt32BE(head.length, 4);
+	prelude.writeUInt32BE(crc32(prelude.subarray(0, 8)), 8);
+	const message = Buffer.concat([prelude, head, body]);
+	const crc = Buffer.alloc(4);
+	crc.writeUInt32BE(crc32(message), 0);
+	return Buffer.concat([message, crc]);
+}
+
+function bedrockReply() {
+	return Buffer.concat([
+		eventMessage("messageStart", { role: "assistant" }),
+		eventMessage("contentBlockDelta", { contentBlockIndex: 0, delta: { text: "ok" } }),
+		eventMessage("contentBlockStop", { contentBlockIndex: 0 }),
+		eventMessage("messageStop", { stopReason: "end_turn" }),
+		eventMessage("metadata", { usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 }, metrics: { latencyMs: 1 } }),
+	]);
+}
+
+// pi-ai's switch to the SDK's HTTP/1.1 handler (some endpoints need it)
+const bedrockHttp1 = () => process.env.AWS_BEDROCK_FORCE_HTTP1 === "1";
+
+// One reply through the AWS SDK's Bedrock client (the one pi-ai imports), with every
+// setting it would otherwise read from ~/.aws given here, over the HTTP version pi-ai uses.
+async function bedrockCall(model, baseUrl, dir) {
+	const require = createRequire(join(dir, "package.json"));
+	const load = (name) => import(pathToFileURL(require.resolve(name)).href);
+	const sdk = await load("@aws-sdk/client-bedrock-runtime");
+	const handler = bedrockHttp1() && new (await load("@smithy/node-http-handler")).NodeHttpHandler();
+	const client = new sdk.BedrockRuntimeClient({
+		...(handler && { requestHandler: handler }),
+		endpoint: baseUrl,
+		region: "us-east-1",
+		credentials: { accessKeyId: "evie-warmup", secretAccessKey: "evie-warmup" },
+		maxAttempts: 1,
+		retryMode: "standard",
+		defaultsMode: "standard",
+		useDualstackEndpoint: false,
+		useFipsEndpoint: false,
+		disableClockSkewCorrection: false,
+		authSchemePreference: ["sigv4"],
+		requestChecksumCalculation: "WHEN_REQUIRED",
+		responseChecksumValidation: "WHEN_REQUIRED",
+		userAgentAppId: "",
+	});
+	try {
+		const messages = [{ role: "user", content: [{ text: "hi" }] }];
+		const response = await client.send(new sdk.ConverseStreamCommand({ modelId: model.id, messages }));
+		let stop;
+		for await (const item of response.stream) stop = item.messageStop?.stopReason ?? stop;
+		return stop === "end_turn" ? "stop" : String(stop);
+	} finally {
+		client.destroy();
+	}
+}
+
 // a model's `api` -> the base URL path its SDK is given, and the reply it reads. Each
 // provider takes the URL from the model (`own` below), except Azure's, where
 // AZURE_OPENAI_BASE_URL / _RESOURCE_NAME win over it: there the URL also goes in the
@@ -142,16 +252,24 @@ const LOOPBACK = {
 	},
 	"google-generative-ai": { path: "/v1beta", reply: geminiReply },
 	"google-vertex": { path: "/v1", reply: geminiReply },
+	"mistral-conversations": { path: "", reply: mistralReply },
+	"bedrock-converse-stream": {
+		path: "",
+		reply: bedrockReply,
+		type: "application/vnd.amazon.eventstream",
+		http2: () => !bedrockHttp1(), // the AWS SDK's default handler: HTTP/2 (cleartext here)
+		call: bedrockCall,
+	},
 };
 
 // One streamed reply through pi-ai, from our own server on 127.0.0.1 speaking `api`.
-async function loopbackStream(ai, model) {
-	const { path, reply: format, options } = LOOPBACK[model.api];
+async function loopbackStream(ai, model, dir) {
+	const { path, reply: format, options, type, http2, call: direct } = LOOPBACK[model.api];
 	const body = format();
-	const server = createServer((request, response) => {
+	const server = (http2?.() ? createHttp2Server : createServer)((request, response) => {
 		request.resume();
 		request.on("end", () => {
-			response.writeHead(200, { "content-type": "text/event-stream" });
+			response.writeHead(200, { "content-type": type ?? "text/event-stream" });
 			response.end(body);
 		});
 	});
@@ -161,6 +279,10 @@ async function loopbackStream(ai, model) {
 	});
 	try {
 		const baseUrl = `http://127.0.0.1:${server.address().port}${path}`;
+		if (direct) {
+			const stop = await direct(model, baseUrl, dir);
+			return stop === "stop" ? "loopback stream" : `loopback stream ${stop}`;
+		}
 		const own = { ...model, provider: "evie-warmup", baseUrl, headers: {} };
 		const context = { messages: [{ role: "user", content: "hi", timestamp: Date.now() }] };
 		const key = { apiKey: "evie-warmup" };
@@ -171,7 +293,7 @@ async function loopbackStream(ai, model) {
 		return reply.stopReason === "stop" ? "loopback stream" : `loopback stream ${reply.stopReason}`;
 	} finally {
 		server.close();
-		server.closeAllConnections();
+		server.closeAllConnections?.(); // (an HTTP/2 server has none: close() ends its sessions)
 	}
 }
 
@@ -198,7 +320,7 @@ async function warmUp(model) {
 	parts.push("fetch");
 	const main = dir && exportUrl(dir, ".");
 	if (LOOPBACK[api] && main && !proxyConfigured()) {
-		parts.push(await loopbackStream(await import(main), model));
+		parts.push(await loopbackStream(await import(main), model, dir));
 	}
 	return `${parts.join(", ")} ready in ${(performance.now() - started).toFixed(0)} ms`;
 }
