@@ -10,7 +10,6 @@ an embed preview.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -47,7 +46,6 @@ _WHOLE_TAGS = {
     "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
     "<del>": "~~", "</del>": "~~", "<br>": "",
 }  # fmt: skip
-_DECIDE = "\x00"  # a tag whose mark is decided in Python (never a mark: no text has a NUL)
 
 
 def _escape_joined(joined: str, texts: list[str]) -> list[str]:
@@ -222,55 +220,59 @@ class DiscordFlavor:
         if "<" not in html:
             plain = unescape(html, tilde)
             return (self._block(escape(plain), kind), plain) if plain else None
-        # texts and tags alternate; the fixed marks are looked up at C speed, and only the
-        # tags that need a decision (code spans, links) take a Python step
+        # texts and tags alternate; the tags are replaced by their marks in place, by one
+        # compiled loop: the fixed marks looked up, code spans and links decided (slices
+        # into lists of texts and tags, a map and slice assignments cost more)
         parts = TAG_SPLIT.split(html)
-        texts, tags = parts[0::2], parts[1::2]
+        texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
         # joined by NUL for the one escaping pass (NUL is a line start to the escapes)
         joined = unescape("\x00".join(texts), tilde)
         plain = joined.replace("\x00", "")
         if not plain:
             return None
-        marks = list(map(_WHOLE_TAGS.get, tags, itertools.repeat(_DECIDE)))
         # every text escaped in one pass; code and bare URLs are then put back raw (each
         # text's escaping depends only on itself: NUL is a line start to the escapes)
         out = _escape_joined(joined, texts)
         code_close = link_close = ""
-        i, left = -1, marks.count(_DECIDE)
-        while left:
-            i = marks.index(_DECIDE, i + 1)
-            left -= 1
-            tag = tags[i]
-            if tag == "<code>":
-                code = unescape(texts[i + 1], tilde)
-                if "``" in code:
-                    code = _TICKS_IN_CODE.sub("`\u200b", code)
-                out[i + 1] = code
-                mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
-                if tags[i + 1] == "</code>":  # (always: a code span holds only text)
-                    marks[i + 1], left = code_close, left - 1
-            elif tag == "</code>":
-                mark = code_close
-            elif tag == "</a>":
-                mark = link_close
-            else:  # <a href="…"> (an image, an empty address: not convertible)
-                found = _HREF.search(tag)
-                href = unescape(found.group(1), tilde) if found else ""
-                label = unescape(texts[i + 1], tilde) if tags[i + 1] == "</a>" else None
-                if is_bare_url(label, href):
-                    out[i + 1] = label or ""
-                    mark, link_close = "<", ">"
-                elif len(href) > self.limit // 4:
-                    mark = link_close = ""  # shown as its label
-                else:
-                    mark = "["
-                    link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
-                if label is not None:  # a label of text only: its end is the next tag
-                    marks[i + 1], left = link_close, left - 1
-            marks[i] = mark
-        parts[0::2] = out
-        parts[1::2] = marks
+        i, size = 1, len(parts)
+        while i < size:
+            tag = parts[i]
+            mark = _WHOLE_TAGS.get(tag)
+            step = 2
+            if mark is None:
+                after = (i + 1) // 2  # the text after this tag (parts[i + 1]) in texts
+                if tag == "<code>":
+                    code = unescape(texts[after], tilde)
+                    if "``" in code:
+                        code = _TICKS_IN_CODE.sub("`\u200b", code)
+                    out[after] = code
+                    mark, code_close = ("`` ", " ``") if "`" in texts[after] else ("`", "`")
+                    if i + 2 < size and parts[i + 2] == "</code>":  # (always: only text)
+                        parts[i + 2], step = code_close, 4
+                elif tag == "</code>":
+                    mark = code_close
+                elif tag == "</a>":
+                    mark = link_close
+                else:  # <a href="…"> (an image, an empty address: not convertible)
+                    found = _HREF.search(tag)
+                    href = unescape(found.group(1), tilde) if found else ""
+                    ended = i + 2 < size and parts[i + 2] == "</a>"
+                    label = unescape(texts[after], tilde) if ended else None
+                    if is_bare_url(label, href):
+                        out[after] = label or ""
+                        mark, link_close = "<", ">"
+                    elif len(href) > self.limit // 4:
+                        mark = link_close = ""  # shown as its label
+                    else:
+                        mark = "["
+                        link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
+                    if ended:  # a label of text only: its end is the next tag
+                        parts[i + 2], step = link_close, 4
+            parts[i] = mark
+            i += step
+        for at in range(len(out)):
+            parts[2 * at] = out[at]
         return self._block("".join(parts), kind), plain
 
     @staticmethod
