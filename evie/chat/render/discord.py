@@ -21,6 +21,7 @@ from evie.chat.render.blocks import (
     is_bare_url,
     unescape,
 )
+from evie.chat.render.split import Flavor
 
 DISCORD_LIMIT = 2000
 
@@ -152,7 +153,7 @@ def _backslash_before(pattern: re.Pattern[str], group: int, text: str) -> str:
     return "\\".join(pieces)
 
 
-class DiscordFlavor:
+class DiscordFlavor(Flavor):
     def __init__(self, limit: int = DISCORD_LIMIT) -> None:
         self.limit = limit
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 from evie.chat.render.blocks import TAG_SPLIT, code_block, convertible, unescape
+from evie.chat.render.split import Flavor
 
 TELEGRAM_LIMIT = 4096
 
@@ -44,7 +45,7 @@ def escape(text: str) -> str:
     return text.replace(">", "&gt;") if ">" in text else text
 
 
-class TelegramFlavor:
+class TelegramFlavor(Flavor):
     def __init__(self, limit: int = TELEGRAM_LIMIT) -> None:
         self.limit = limit
 
