@@ -751,6 +751,26 @@ def test_the_walk_finds_each_tag_as_its_regex_does(html: str, pos: int) -> None:
     assert _next_tag(html, pos) == expected
 
 
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.sampled_from(
+            [
+                *("<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<br>"),
+                *("<code>", "</code>", "</a>", "<a>", "<br/>", "<em >", "<EM>", "</stron>"),
+            ]
+        ),
+        st.text(alphabet=st.sampled_from("<>/emstrongdlb "), max_size=10),
+    )
+)
+def test_fixed_tags_are_told_apart_as_a_lookup_does(tag: str) -> None:
+    """The flavours map md4c's fixed inline tags by ``fixed_tag`` (lengths and compares,
+    adr/0017, sixth follow-up) instead of a dict lookup: the same answer for any text."""
+    from evie.chat.render.blocks import FIXED_TAGS, fixed_tag
+
+    assert fixed_tag(tag) == (FIXED_TAGS.index(tag) if tag in FIXED_TAGS else -1)
+
+
 @settings(max_examples=300)
 @given(
     st.integers(1, 4).flatmap(

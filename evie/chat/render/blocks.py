@@ -66,6 +66,29 @@ _ANY_TAG = re.compile(r"<[^>]*>")
 TAG_SPLIT = re.compile(r"(<[^>]*>)")
 
 
+#: md4c's inline tags whose markup is fixed on every platform, in the order of the
+#: flavours' tuples of marks (``fixed_tag`` gives the index)
+FIXED_TAGS: Final = ("<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<br>")
+
+
+def fixed_tag(tag: str) -> int:
+    """The index of ``tag`` in :data:`FIXED_TAGS`, -1 when it is not there: by its length
+    and one or two compares, where a dict lookup first hashes the fresh tag string (a
+    paragraph's tags are new strings every time)."""
+    size = len(tag)
+    if size == 4:
+        return 2 if tag == "<em>" else 6 if tag == "<br>" else -1
+    if size == 5:
+        return 3 if tag == "</em>" else 4 if tag == "<del>" else -1
+    if size == 6:
+        return 5 if tag == "</del>" else -1
+    if size == 8:
+        return 0 if tag == "<strong>" else -1
+    if size == 9:
+        return 1 if tag == "</strong>" else -1
+    return -1
+
+
 def _img_alt(m: re.Match[str]) -> str:
     """Inside a table cell only text shows: an image leaves its alt text."""
     alt = _IMG_ALT.search(m.group(0))

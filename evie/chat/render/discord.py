@@ -18,6 +18,7 @@ from evie.chat.render.blocks import (
     TAG_SPLIT,
     code_block,
     convertible,
+    fixed_tag,
     is_bare_url,
     unescape,
 )
@@ -43,10 +44,8 @@ _TICKS_IN_CODE = re.compile(r"`(?=`)")
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
 _HREF = re.compile(r'href="([^"]*)"')
-_WHOLE_TAGS = {
-    "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
-    "<del>": "~~", "</del>": "~~", "<br>": "",
-}  # fmt: skip
+#: md4c's fixed inline tags (``FIXED_TAGS``) → Discord's marks
+_FIXED_MARKS: Final = ("**", "**", "*", "*", "~~", "~~", "")
 
 
 def _escape_joined(joined: str, texts: list[str]) -> list[str]:
@@ -239,9 +238,11 @@ class DiscordFlavor(Flavor):
         i, size = 1, len(parts)
         while i < size:
             tag = parts[i]
-            mark = _WHOLE_TAGS.get(tag)
+            fixed = fixed_tag(tag)
             step = 2
-            if mark is None:
+            if fixed >= 0:
+                mark = _FIXED_MARKS[fixed]
+            else:
                 after = (i + 1) // 2  # the text after this tag (parts[i + 1]) in texts
                 if tag == "<code>":
                     code = unescape(texts[after], tilde)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Sequence
+from typing import Final
 
-from evie.chat.render.blocks import TAG_SPLIT, code_block, convertible, unescape
+from evie.chat.render.blocks import TAG_SPLIT, code_block, convertible, fixed_tag, unescape
 from evie.chat.render.split import Flavor
 
 TELEGRAM_LIMIT = 4096
 
 _OPEN = {"b": "<b>", "i": "<i>", "s": "<s>", "code": "<code>", "quote": "<blockquote>"}
-#: md4c's inline tags → Telegram's (code and a are the same; <br> is followed by "\n")
-_WHOLE_TAGS = {
-    "<strong>": "<b>", "</strong>": "</b>", "<em>": "<i>", "</em>": "</i>",
-    "<del>": "<s>", "</del>": "</s>", "<br>": "",
-}  # fmt: skip
+#: md4c's fixed inline tags (``FIXED_TAGS``) → Telegram's (code and a are the same; <br> is
+#: followed by "\n")
+_FIXED_MARKS: Final = ("<b>", "</b>", "<i>", "</i>", "<s>", "</s>", "")
 _TITLE = re.compile(r' title="[^"]*"')
 _CLOSE = {"b": "</b>", "i": "</i>", "s": "</s>", "code": "</code>", "quote": "</blockquote>"}
 
@@ -99,9 +98,9 @@ class TelegramFlavor(Flavor):
             titled = False
             for i in range(1, len(parts), 2):  # (compiled: no slices, no map, no list)
                 tag = parts[i]
-                renamed = _WHOLE_TAGS.get(tag)
-                if renamed is not None:
-                    parts[i] = renamed
+                fixed = fixed_tag(tag)
+                if fixed >= 0:
+                    parts[i] = _FIXED_MARKS[fixed]
                 elif not titled and ' title="' in tag:  # only a link's tag has attributes
                     titled = True
             markup = "".join(parts)
