@@ -30,6 +30,8 @@ DISCORD_LIMIT = 2000
 #: present, ~7× faster than str.translate with multi-character results (a dict lookup per
 #: character); the backslash goes first so the inserted ones are not escaped again
 _ESCAPED = "*_~`|<>#[]"
+#: each with its escaped form, made once (not a concatenation per character present)
+_ESCAPES: Final = tuple((c, "\\" + c) for c in _ESCAPED)
 #: a "- " or "1." at a line's start would start a list: escaped. A NUL also counts as a
 #: line start, so texts joined by NUL are escaped in one pass as each would be alone (md4c
 #: turns U+0000 into U+FFFD: no text holds a NUL of its own)
@@ -93,9 +95,9 @@ def _escape_specials(text: str) -> str:
         return text  # (most texts of list items, headings and table cells)
     if "\\" in text:
         text = text.replace("\\", "\\\\")
-    for c in _ESCAPED:
+    for c, escaped in _ESCAPES:
         if c in text:
-            text = text.replace(c, "\\" + c)
+            text = text.replace(c, escaped)
     return text
 
 
@@ -223,7 +225,7 @@ class DiscordFlavor(Flavor):
         # texts and tags alternate; the tags are replaced by their marks in place, by one
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
-        parts = TAG_SPLIT.split(html)
+        parts: list[str] = TAG_SPLIT.split(html)  # (typed: its items compare as str)
         texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
         # joined by NUL for the one escaping pass (NUL is a line start to the escapes)
