@@ -308,28 +308,33 @@ def pack(
                     writer.pop()
                 continue
             block.tokens = [(OPEN, "pre", ""), (TEXT, head, ""), (CLOSE, "pre", "")]
-        rendered: tuple[str, str, int] | None = None
+        markup = plain = ""
+        units = -1  # not rendered yet (no tuple made per block for the three)
         # a block whose HTML is much longer than a message will be split anyway: the
         # token walk (same output) without converting it whole first
         if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
             converted = flavor.whole(block.html, block.kind, block.tilde)
             if converted is not None:
                 markup, plain = converted
-                rendered = markup, plain, flavor.units(markup, plain)
-        if rendered is None:
+                units = flavor.units(markup, plain)
+        if units < 0:
             rendered = render_block(block, flavor)
-        if rendered is None or len(rendered[1]) > flavor.limit:
+            if rendered is not None:
+                markup, plain, units = rendered
+        if units < 0 or len(plain) > flavor.limit:
             writer.emit()  # too big for any message (a unit per character at least)
             writer.write_split(tokens_of(block))
             continue
-        markup, plain, units = rendered
-        if writer.plain:  # after another block: with its separator, if both fit
+        parts, plains = writer.parts, writer.plain
+        if plains:  # after another block: with its separator, if both fit
             sep = sep_units.get(block.sep)
             if sep is None:
                 sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
             if writer.used + sep + units <= flavor.limit:
-                writer.parts += (block.sep, markup)
-                writer.plain += (block.sep, plain)
+                parts.append(block.sep)
+                parts.append(markup)
+                plains.append(block.sep)
+                plains.append(plain)
                 writer.used += sep + units
                 continue
             writer.emit()
