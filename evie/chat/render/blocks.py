@@ -47,6 +47,7 @@ _BLOCK_TAGS: Final = frozenset(
 #: does (cmark-gfm stopped near 100), and 5,000 levels indented in full would be quadratic
 MAX_INDENT: Final = 10
 _WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
+_WHOLE_CLOSE: Final = {tag: f"</{tag}>" for tag in _WHOLE}
 #: a code block's inside in md4c's HTML
 PRE_CODE = re.compile(r'<code(?: class="language-([^"]*)")?>(.*)</code>\n?', re.S)
 _LANG = re.compile(r"[\w+#.-]{1,40}")
@@ -447,7 +448,7 @@ class _Builder:
     def whole_at(self, tag: str, html: str, pos: int) -> int:
         """A top-level paragraph or heading in one step, as its HTML (no block tag can
         be inside it); where its end tag ends."""
-        close = f"</{tag}>"
+        close = _WHOLE_CLOSE[tag]  # (its hash is known: not a new string per block)
         end = html.find(close, pos)
         end = len(html) if end < 0 else end
         self.start_block()
