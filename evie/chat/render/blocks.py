@@ -47,6 +47,7 @@ _BLOCK_TAGS: Final = frozenset(
 #: does (cmark-gfm stopped near 100), and 5,000 levels indented in full would be quadratic
 MAX_INDENT: Final = 10
 _WHOLE: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
+_WHOLE_CLOSE: Final = {tag: f"</{tag}>" for tag in _WHOLE}
 #: a code block's inside in md4c's HTML
 PRE_CODE = re.compile(r'<code(?: class="language-([^"]*)")?>(.*)</code>\n?', re.S)
 _LANG = re.compile(r"[\w+#.-]{1,40}")
@@ -64,6 +65,29 @@ _ANY_TAG = re.compile(r"<[^>]*>")
 #: a paragraph's HTML in pieces: text, tag, text, tag, …, text (the texts are what
 #: :func:`visible_text` keeps)
 TAG_SPLIT = re.compile(r"(<[^>]*>)")
+
+
+#: md4c's inline tags whose markup is fixed on every platform, in the order of the
+#: flavours' tuples of marks (``fixed_tag`` gives the index)
+FIXED_TAGS: Final = ("<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<br>")
+
+
+def fixed_tag(tag: str) -> int:
+    """The index of ``tag`` in :data:`FIXED_TAGS`, -1 when it is not there: by its length
+    and one or two compares, where a dict lookup first hashes the fresh tag string (a
+    paragraph's tags are new strings every time)."""
+    size = len(tag)
+    if size == 4:
+        return 2 if tag == "<em>" else 6 if tag == "<br>" else -1
+    if size == 5:
+        return 3 if tag == "</em>" else 4 if tag == "<del>" else -1
+    if size == 6:
+        return 5 if tag == "</del>" else -1
+    if size == 8:
+        return 0 if tag == "<strong>" else -1
+    if size == 9:
+        return 1 if tag == "</strong>" else -1
+    return -1
 
 
 def _img_alt(m: re.Match[str]) -> str:
@@ -424,7 +448,7 @@ class _Builder:
     def whole_at(self, tag: str, html: str, pos: int) -> int:
         """A top-level paragraph or heading in one step, as its HTML (no block tag can
         be inside it); where its end tag ends."""
-        close = f"</{tag}>"
+        close = _WHOLE_CLOSE[tag]  # (its hash is known: not a new string per block)
         end = html.find(close, pos)
         end = len(html) if end < 0 else end
         self.start_block()

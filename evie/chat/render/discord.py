@@ -10,7 +10,6 @@ an embed preview.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -19,9 +18,11 @@ from evie.chat.render.blocks import (
     TAG_SPLIT,
     code_block,
     convertible,
+    fixed_tag,
     is_bare_url,
     unescape,
 )
+from evie.chat.render.split import Flavor
 
 DISCORD_LIMIT = 2000
 
@@ -29,6 +30,8 @@ DISCORD_LIMIT = 2000
 #: present, ~7× faster than str.translate with multi-character results (a dict lookup per
 #: character); the backslash goes first so the inserted ones are not escaped again
 _ESCAPED = "*_~`|<>#[]"
+#: each with its escaped form, made once (not a concatenation per character present)
+_ESCAPES: Final = tuple((c, "\\" + c) for c in _ESCAPED)
 #: a "- " or "1." at a line's start would start a list: escaped. A NUL also counts as a
 #: line start, so texts joined by NUL are escaped in one pass as each would be alone (md4c
 #: turns U+0000 into U+FFFD: no text holds a NUL of its own)
@@ -42,12 +45,8 @@ _FENCE_IN_CODE = re.compile(r"``(?=`)")
 _TICKS_IN_CODE = re.compile(r"`(?=`)")
 _SIMPLE = {"b": ("**", "**"), "i": ("*", "*"), "s": ("~~", "~~")}
 
-_HREF = re.compile(r'href="([^"]*)"')
-_WHOLE_TAGS = {
-    "<strong>": "**", "</strong>": "**", "<em>": "*", "</em>": "*",
-    "<del>": "~~", "</del>": "~~", "<br>": "",
-}  # fmt: skip
-_DECIDE = "\x00"  # a tag whose mark is decided in Python (never a mark: no text has a NUL)
+#: md4c's fixed inline tags (``FIXED_TAGS``) → Discord's marks
+_FIXED_MARKS: Final = ("**", "**", "*", "*", "~~", "~~", "")
 
 
 def _escape_joined(joined: str, texts: list[str]) -> list[str]:
@@ -95,9 +94,9 @@ def _escape_specials(text: str) -> str:
         return text  # (most texts of list items, headings and table cells)
     if "\\" in text:
         text = text.replace("\\", "\\\\")
-    for c in _ESCAPED:
+    for c, escaped in _ESCAPES:
         if c in text:
-            text = text.replace(c, "\\" + c)
+            text = text.replace(c, escaped)
     return text
 
 
@@ -154,7 +153,7 @@ def _backslash_before(pattern: re.Pattern[str], group: int, text: str) -> str:
     return "\\".join(pieces)
 
 
-class DiscordFlavor:
+class DiscordFlavor(Flavor):
     def __init__(self, limit: int = DISCORD_LIMIT) -> None:
         self.limit = limit
 
@@ -222,55 +221,63 @@ class DiscordFlavor:
         if "<" not in html:
             plain = unescape(html, tilde)
             return (self._block(escape(plain), kind), plain) if plain else None
-        # texts and tags alternate; the fixed marks are looked up at C speed, and only the
-        # tags that need a decision (code spans, links) take a Python step
-        parts = TAG_SPLIT.split(html)
-        texts, tags = parts[0::2], parts[1::2]
+        # texts and tags alternate; the tags are replaced by their marks in place, by one
+        # compiled loop: the fixed marks looked up, code spans and links decided (slices
+        # into lists of texts and tags, a map and slice assignments cost more)
+        parts: list[str] = TAG_SPLIT.split(html)  # (typed: its items compare as str)
+        texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
         # joined by NUL for the one escaping pass (NUL is a line start to the escapes)
         joined = unescape("\x00".join(texts), tilde)
         plain = joined.replace("\x00", "")
         if not plain:
             return None
-        marks = list(map(_WHOLE_TAGS.get, tags, itertools.repeat(_DECIDE)))
         # every text escaped in one pass; code and bare URLs are then put back raw (each
         # text's escaping depends only on itself: NUL is a line start to the escapes)
         out = _escape_joined(joined, texts)
         code_close = link_close = ""
-        i, left = -1, marks.count(_DECIDE)
-        while left:
-            i = marks.index(_DECIDE, i + 1)
-            left -= 1
-            tag = tags[i]
-            if tag == "<code>":
-                code = unescape(texts[i + 1], tilde)
-                if "``" in code:
-                    code = _TICKS_IN_CODE.sub("`\u200b", code)
-                out[i + 1] = code
-                mark, code_close = ("`` ", " ``") if "`" in texts[i + 1] else ("`", "`")
-                if tags[i + 1] == "</code>":  # (always: a code span holds only text)
-                    marks[i + 1], left = code_close, left - 1
-            elif tag == "</code>":
-                mark = code_close
-            elif tag == "</a>":
-                mark = link_close
-            else:  # <a href="…"> (an image, an empty address: not convertible)
-                found = _HREF.search(tag)
-                href = unescape(found.group(1), tilde) if found else ""
-                label = unescape(texts[i + 1], tilde) if tags[i + 1] == "</a>" else None
-                if is_bare_url(label, href):
-                    out[i + 1] = label or ""
-                    mark, link_close = "<", ">"
-                elif len(href) > self.limit // 4:
-                    mark = link_close = ""  # shown as its label
-                else:
-                    mark = "["
-                    link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
-                if label is not None:  # a label of text only: its end is the next tag
-                    marks[i + 1], left = link_close, left - 1
-            marks[i] = mark
-        parts[0::2] = out
-        parts[1::2] = marks
+        i, size = 1, len(parts)
+        while i < size:
+            tag = parts[i]
+            fixed = fixed_tag(tag)
+            step = 2
+            if fixed >= 0:
+                mark = _FIXED_MARKS[fixed]
+            else:
+                after = (i + 1) // 2  # the text after this tag (parts[i + 1]) in texts
+                if tag == "<code>":
+                    code = unescape(texts[after], tilde)
+                    if "``" in code:
+                        code = _TICKS_IN_CODE.sub("`\u200b", code)
+                    out[after] = code
+                    mark, code_close = ("`` ", " ``") if "`" in texts[after] else ("`", "`")
+                    if i + 2 < size and parts[i + 2] == "</code>":  # (always: only text)
+                        parts[i + 2], step = code_close, 4
+                elif tag == "</code>":
+                    mark = code_close
+                elif tag == "</a>":
+                    mark = link_close
+                else:  # <a href="…"> (an image, an empty address: not convertible)
+                    # what ``href="([^"]*)"`` finds, by two finds (no regex, no match object)
+                    at = tag.find('href="')
+                    stop = tag.find('"', at + 6) if at >= 0 else -1
+                    href = unescape(tag[at + 6 : stop], tilde) if stop >= 0 else ""
+                    ended = i + 2 < size and parts[i + 2] == "</a>"
+                    label = unescape(texts[after], tilde) if ended else None
+                    if is_bare_url(label, href):
+                        out[after] = label or ""
+                        mark, link_close = "<", ">"
+                    elif len(href) > self.limit // 4:
+                        mark = link_close = ""  # shown as its label
+                    else:
+                        mark = "["
+                        link_close = "](" + href.replace(" ", "%20").replace(")", "%29") + ")"
+                    if ended:  # a label of text only: its end is the next tag
+                        parts[i + 2], step = link_close, 4
+            parts[i] = mark
+            i += step
+        for at in range(len(out)):
+            parts[2 * at] = out[at]
         return self._block("".join(parts), kind), plain
 
     @staticmethod

@@ -13,38 +13,44 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
 from evie.chat.render.blocks import CLOSE, OPEN, TEXT, Block, Token, tokens_of
 
 
-class Flavor(Protocol):
-    """How one platform writes the neutral tokens, and how it counts a message."""
+class Flavor:
+    """How one platform writes the neutral tokens, and how it counts a message.
+
+    A base class the flavours derive from, not a ``Protocol``: compiled with mypyc, its
+    methods are then called through a native vtable with unboxed arguments, where a
+    protocol's are looked up by name and called through Python at every block and token
+    (adr/0017, sixth follow-up)."""
 
     #: the most units one message may have
     limit: int
 
     def open(self, kind: str, arg: str, outer: Sequence[str]) -> str | None:
         """Markup that opens ``kind`` inside ``outer`` kinds; None: not shown on this platform."""
-        ...
+        raise NotImplementedError
 
-    def close(self, kind: str, arg: str, outer: Sequence[str]) -> str: ...
+    def close(self, kind: str, arg: str, outer: Sequence[str]) -> str:
+        raise NotImplementedError
 
     def text(self, text: str, outer: Sequence[str]) -> str:
         """Visible text as markup inside ``outer`` (escaped as needed)."""
-        ...
+        raise NotImplementedError
 
     def units(self, markup: str, visible: str) -> int:
         """The size the platform counts for this piece of a message."""
-        ...
+        raise NotImplementedError
 
     def whole(self, html: str, kind: str, tilde: str) -> tuple[str, str] | None:
         """A top-level block (``Block.kind``) from md4c's HTML of its inside, converted
         whole at C speed: (markup, visible text), exactly what its tokens would give;
         None when it holds something only the token walk handles."""
-        ...
+        raise NotImplementedError
 
 
 @attrs.frozen
@@ -302,28 +308,33 @@ def pack(
                     writer.pop()
                 continue
             block.tokens = [(OPEN, "pre", ""), (TEXT, head, ""), (CLOSE, "pre", "")]
-        rendered: tuple[str, str, int] | None = None
+        markup = plain = ""
+        units = -1  # not rendered yet (no tuple made per block for the three)
         # a block whose HTML is much longer than a message will be split anyway: the
         # token walk (same output) without converting it whole first
         if block.html is not None and whole and len(block.html) <= 4 * flavor.limit:
             converted = flavor.whole(block.html, block.kind, block.tilde)
             if converted is not None:
                 markup, plain = converted
-                rendered = markup, plain, flavor.units(markup, plain)
-        if rendered is None:
+                units = flavor.units(markup, plain)
+        if units < 0:
             rendered = render_block(block, flavor)
-        if rendered is None or len(rendered[1]) > flavor.limit:
+            if rendered is not None:
+                markup, plain, units = rendered
+        if units < 0 or len(plain) > flavor.limit:
             writer.emit()  # too big for any message (a unit per character at least)
             writer.write_split(tokens_of(block))
             continue
-        markup, plain, units = rendered
-        if writer.plain:  # after another block: with its separator, if both fit
+        parts, plains = writer.parts, writer.plain
+        if plains:  # after another block: with its separator, if both fit
             sep = sep_units.get(block.sep)
             if sep is None:
                 sep = sep_units[block.sep] = flavor.units(block.sep, block.sep)
             if writer.used + sep + units <= flavor.limit:
-                writer.parts += (block.sep, markup)
-                writer.plain += (block.sep, plain)
+                parts.append(block.sep)
+                parts.append(markup)
+                plains.append(block.sep)
+                plains.append(plain)
                 writer.used += sep + units
                 continue
             writer.emit()
@@ -349,7 +360,7 @@ def _longer_than(pieces: Iterator[str], limit: int) -> str:
     return "".join(head)
 
 
-class _Plain:
+class _Plain(Flavor):
     """Unformatted text, measured like the platform measures it."""
 
     def __init__(self, flavor: Flavor) -> None:
