@@ -141,14 +141,7 @@ class FakeLLM:
         await resp.prepare(request)
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": body.get("model", "fake-1"),
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return f"data: {json.dumps(chunk)}\n\n".encode()
+            return _completion_chunk("chatcmpl-fake", body, delta, finish)
 
         await resp.write(event({"role": "assistant", "content": ""}))
         if not await self._stream_text(request, resp, reply, lambda t: event({"content": t})):
@@ -356,15 +349,7 @@ class FakeLLM:
         n = len(self.requests)
 
         def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-            chunk = {
-                "id": f"cmpl-fake{n}",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": body.get("model", "fake-1"),
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
-            return f"data: {json.dumps(chunk)}\n\n".encode()
+            return _completion_chunk(f"cmpl-fake{n}", body, delta, finish, **extra)
 
         await resp.write(event({"role": "assistant", "content": ""}))
         if not await self._stream_text(request, resp, reply, lambda t: event({"content": t})):
@@ -445,6 +430,22 @@ class FakeLLM:
             if reply.delay:
                 await anyio.sleep(reply.delay)
         return True
+
+
+def _completion_chunk(
+    id_: str, body: dict[str, Any], delta: dict[str, Any], finish: str | None, **extra: Any
+) -> bytes:
+    """One streamed chat-completion chunk as a server-sent event (OpenAI's shape, which
+    Mistral's API shares)."""
+    chunk = {
+        "id": id_,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", "fake-1"),
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 def event_stream_message(event_type: str, payload: bytes) -> bytes:

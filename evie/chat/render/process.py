@@ -28,7 +28,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.process import BaseProcess
 
 import anyio
@@ -131,6 +131,14 @@ def _serve(sock: socket.socket) -> None:
 # -- in the daemon -----------------------------------------------------------------
 
 
+async def _wait(until: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
+    """``until(sock)``; the socket closed meanwhile (the worker stopped) is :class:`_Gone`."""
+    try:
+        await until(sock)
+    except anyio.ClosedResourceError:
+        raise _Gone("the render worker was stopped") from None
+
+
 async def _send(sock: socket.socket, data: bytes | memoryview) -> None:
     """All of ``data``, yielding to the loop after every slice (a socket with room takes
     slice after slice without ever making the loop wait)."""
@@ -139,10 +147,7 @@ async def _send(sock: socket.socket, data: bytes | memoryview) -> None:
         try:
             sent += sock.send(view[sent : sent + _SLICE])
         except BlockingIOError:
-            try:
-                await anyio.wait_writable(sock)
-            except anyio.ClosedResourceError:
-                raise _Gone("the render worker was stopped") from None
+            await _wait(anyio.wait_writable, sock)
             continue
         except OSError as exc:
             raise _Gone(str(exc)) from exc
@@ -156,10 +161,7 @@ async def _receive_some(sock: socket.socket, most: int) -> bytes:
         try:
             data = sock.recv(most)
         except BlockingIOError:
-            try:
-                await anyio.wait_readable(sock)
-            except anyio.ClosedResourceError:
-                raise _Gone("the render worker was stopped") from None
+            await _wait(anyio.wait_readable, sock)
             continue
         except OSError as exc:
             raise _Gone(str(exc)) from exc
