@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from evie.chat.render import Chunk, render
+from evie.chat.render import Chunk, Flavor, render
 from evie.chat.render.discord import DiscordFlavor
 from evie.chat.render.telegram import TelegramFlavor, utf16_units
 
@@ -149,6 +149,8 @@ def solid(text: str) -> str:
 
 
 def check_chunks(markdown: str, platform: str, limit: int) -> list[Chunk]:
+    flavor: Flavor
+    whole: Flavor
     if platform == "telegram":
         flavor, whole, visible = TelegramFlavor(limit), TelegramFlavor(10**9), telegram_visible
     else:
@@ -461,7 +463,7 @@ async def test_a_very_big_reply_renders_in_the_worker_process_the_same_and_it_en
 async def test_a_render_nobody_waits_for_ends_its_worker_and_the_next_one_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A caller cancelled mid-render (``/stop``) kills the busy worker, so its CPU is free
+    """A caller cancelled mid-render (a cancelled turn) kills the busy worker, so its CPU is free
     at once, and the next big reply renders in a new one, the same as in-process. Text and
     chunks go over a socket: no temporary file, ever. The worker runs at a lower priority
     than the daemon (its loop is scheduled first)."""
