@@ -124,6 +124,15 @@ def parser_floor(text: str) -> float:
     return time.process_time() - started
 
 
+async def _ask(stalls: list[tuple[float, float]]) -> None:
+    """One step of the other chat's poller: wait a millisecond, answer /status, and note
+    (how much later than asked the loop ran it, CPU this process used meanwhile)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    await anyio.sleep(0.001)
+    _status()
+    stalls.append((time.perf_counter() - started - 0.001, time.process_time() - cpu))
+
+
 async def measure(
     text: str, flavor: Flavor, most: int | None = None
 ) -> tuple[float, float, int, float, int]:
@@ -141,10 +150,7 @@ async def measure(
 
     async def status_loop() -> None:
         while not done.is_set():
-            started, cpu = time.perf_counter(), time.process_time()
-            await anyio.sleep(0.001)
-            _status()
-            stalls.append((time.perf_counter() - started - 0.001, time.process_time() - cpu))
+            await _ask(stalls)
 
     chunks = 0
     async with anyio.create_task_group() as tg:
@@ -167,11 +173,8 @@ async def ask_cost(seconds: float = 1.0) -> float:
     stalls: list[tuple[float, float]] = []
     end = time.perf_counter() + seconds
     cpu = time.process_time()
-    while time.perf_counter() < end:  # the poller's own steps, one for one
-        started, ask_cpu = time.perf_counter(), time.process_time()
-        await anyio.sleep(0.001)
-        _status()
-        stalls.append((time.perf_counter() - started - 0.001, time.process_time() - ask_cpu))
+    while time.perf_counter() < end:
+        await _ask(stalls)  # the poller's own step
     return (time.process_time() - cpu) / max(len(stalls), 1)
 
 

@@ -238,7 +238,7 @@ class RenderWorker:
 
     @property
     def pid(self) -> int | None:
-        """The running worker's pid, if one runs (for tests and the doctor)."""
+        """The running worker's pid, if one runs (for tests)."""
         return None if self._worker is None else self._worker.process.pid
 
     async def start(self) -> _Worker | None:
@@ -262,14 +262,13 @@ class RenderWorker:
             with anyio.fail_after(READY_TIMEOUT_S):
                 await _receive(sock, len(_READY))
         except (_Gone, TimeoutError) as exc:
-            worker.kill()
-            self._dead.append(worker)
+            self._drop(worker)
             self._retry_at = time.monotonic() + RESTART_AFTER_S
-            log.warning("render worker did not start (%s): rendering in threads", exc or "timeout")
+            why = str(exc) or f"not ready within {READY_TIMEOUT_S:g} s"
+            log.warning("render worker did not start (%s): rendering in threads", why)
             return None
         except BaseException:
-            worker.kill()
-            self._dead.append(worker)
+            self._drop(worker)
             raise
         if self._closed:  # closed while this one started
             worker.kill()
@@ -302,11 +301,12 @@ class RenderWorker:
                     return await _exchange(worker.sock, markdown, flavor, most)
                 except _Gone as exc:
                     self._drop(worker)
-                    log.warning("render worker died (%s): restarting it", exc)
-                    if attempt == 2:
-                        log.warning(
-                            "render worker died twice on one reply: rendering it in a thread"
-                        )
+                    then = (
+                        "restarting it"
+                        if attempt == 1
+                        else "twice on one reply: a thread renders it"
+                    )
+                    log.warning("render worker died (%s): %s", exc, then)
                 except _Failed as exc:
                     log.debug("render failed in the worker: %s", exc)
                     return None  # the thread renders it again and raises the same error there
