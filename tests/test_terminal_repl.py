@@ -16,9 +16,11 @@ import anyio
 import anyio.abc
 import pytest
 from prompt_toolkit.application import create_app_session
+from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from evie.platforms import terminal_repl
 from evie.platforms.terminal import TerminalChat
 from evie.platforms.terminal_render import PlainStyle, RichStyle, Style
 from evie.platforms.terminal_repl import LineEditor
@@ -44,10 +46,11 @@ async def repl(
     pipe: PipeInput,
     history: Path | None = None,
     style: Style | None = None,
+    editor: LineEditor | None = None,
 ) -> AsyncIterator[tuple[Screen, anyio.Event]]:
     """A TerminalChat in REPL mode; yields its screen and an event set when run() returns."""
     screen = Screen()
-    editor = LineEditor(history, input=pipe, output=DummyOutput())
+    editor = editor or LineEditor(history, input=pipe, output=DummyOutput())
     chat = TerminalChat(
         manager,
         stdout=screen,  # type: ignore[arg-type]
@@ -132,10 +135,38 @@ async def test_history_persists_across_sessions(tmp_path: Path) -> None:
                 pipe.send_text(CTRL_D)
         assert history.stat().st_mode & 0o777 == 0o600
         with keyboard() as pipe:
-            async with repl(manager, pipe, history) as (screen, _ended):
+            editor = LineEditor(history, input=pipe, output=DummyOutput())
+            async with repl(manager, pipe, editor=editor) as (screen, _ended):
+                with anyio.fail_after(10):
+                    await editor.history_loaded()  # read in a thread, beside the prompt
                 pipe.send_text(UP + ENTER)  # the previous run's line, recalled
                 await screen.wait_for("echo: remember me")
                 pipe.send_text(CTRL_D)
+
+
+async def test_up_recalls_the_newest_lines_of_a_long_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the newest HISTORY_SIZE lines are recalled, read in prompt_toolkit's format (a
+    line of several lines too); a line sent comes first; the file keeps every line."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 3)
+    history = tmp_path / "terminal_history"
+    writer = FileHistory(str(history))  # prompt_toolkit's own format
+    for i in range(6):
+        writer.store_string(f"old {i}" if i != 4 else "two\nlines")
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            editor = LineEditor(history, input=pipe, output=DummyOutput())
+            async with repl(manager, pipe, editor=editor) as (screen, _ended):
+                with anyio.fail_after(10):
+                    await editor.history_loaded()
+                pipe.send_text(UP * 6 + ENTER)  # no further back than the third newest
+                await screen.wait_for("echo: old 3")
+                pipe.send_text(UP * 2 + ENTER)  # the line just sent, then the file's newest
+                await screen.wait_for("echo: old 5")
+                pipe.send_text(CTRL_D)
+    kept = list(FileHistory(str(history)).load_history_strings())  # the file keeps all
+    assert kept == ["old 5", "old 3", "old 5", "two\nlines", "old 3", "old 2", "old 1", "old 0"]
 
 
 async def test_status_before_the_first_message_names_the_session(tmp_path: Path) -> None:
