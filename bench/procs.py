@@ -119,9 +119,11 @@ async def _stop(proc: anyio.abc.Process) -> None:
 
 
 @asynccontextmanager
-async def echo_bot(api: FakeBotApi) -> AsyncIterator[anyio.abc.Process]:
+async def echo_bot(api: FakeBotApi, agent: Path | None = None) -> AsyncIterator[anyio.abc.Process]:
+    """The raw floor; with ``agent`` (a state dir), the floor with evie's guarantees."""
+    extra = ["--agent", str(agent)] if agent is not None else []
     proc = await anyio.open_process(
-        [sys.executable, "-m", "bench.echo_bot", api.base_url, TOKEN], env=_env(), cwd=ROOT
+        [sys.executable, "-m", "bench.echo_bot", api.base_url, TOKEN, *extra], env=_env(), cwd=ROOT
     )
     try:
         yield proc
