@@ -12,7 +12,7 @@ from typing import Any
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.methods import EditMessageText, SendMessage
+from aiogram.methods import EditMessageText, SendMessage, TelegramMethod
 from aiogram.types import LinkPreviewOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,8 +32,8 @@ texts = st.text(max_size=300)
 PLAIN, LEAN = AiohttpSession(), LeanSession()  # (each builds an SSL context: once)
 
 
-def _body(session: AiohttpSession, bot: Bot, method: object) -> bytes:
-    payload = session.build_form_data(bot, method)()  # type: ignore[arg-type]
+def _body(session: AiohttpSession, bot: Bot, method: TelegramMethod[Any]) -> bytes:
+    payload = session.build_form_data(bot, method)()
     return bytes(payload._value)
 
 
