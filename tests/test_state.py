@@ -38,6 +38,7 @@ pytestmark = pytest.mark.anyio
 
 
 def facts(key: str, session_id: str, **kw: object) -> SessionFacts:
+    # (kw: any of SessionFacts' other fields, each of its own type; attrs checks the names)
     return SessionFacts(key=key, session_id=session_id, running=False, **kw)  # type: ignore[arg-type]
 
 

@@ -299,6 +299,7 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
 
     held = response_types()
     gc.collect()
+    # (a class's runtime ``__returning__`` as Response's parameter: to mypy, a value, not a type)
     for method in (GetUpdates, SendMessage):
         assert Response[method.__returning__] in held  # type: ignore[name-defined]
     # the poll evie makes for every message: the very class held, not a rebuilt one
