@@ -7,6 +7,7 @@ lint:
     ruff check .
     ruff format --check .
 
+# mypy --strict over evie, tests and bench (the files of pyproject.toml's [tool.mypy])
 typecheck:
     mypy
 

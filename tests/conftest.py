@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -114,6 +115,9 @@ def fake_launcher(tmp_path: Path, *per_session: tuple[str, tuple[str, ...]]) -> 
     return FakeLauncher(base, per_session)
 
 
+_Event = TypeVar("_Event")
+
+
 @attrs.define
 class Recorder:
     """An event sink that records everything and lets tests wait for a kind of event."""
@@ -142,7 +146,8 @@ class Recorder:
 
         await self.wait_for(lambda e: isinstance(e, TextDelta))
 
-    def of(self, kind: type[TurnEvent]) -> list[TurnEvent]:
+    def of(self, kind: type[_Event]) -> list[_Event]:
+        """The events of one kind, typed as that kind (the filter is the check)."""
         return [e for e in self.events if isinstance(e, kind)]
 
     def text(self) -> str:
@@ -167,7 +172,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[SessionManager]:
         yield m
 
 
-def script(*steps: dict[str, object]) -> Prompt:
+def script(*steps: Mapping[str, object]) -> Prompt:
     import json
 
     return Prompt("script:" + json.dumps(list(steps)))

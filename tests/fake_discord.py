@@ -141,8 +141,8 @@ class FakeDiscord:
     _changed: anyio.Event = attrs.Factory(anyio.Event)
     session_id: str = "fake-session"
     replay_overlap: int = 0  # RESUME replays this many already-delivered events too
-    # the Message Content intent is off in the Developer Portal: IDENTIFY asking for it
-    # is closed with 4014, as Discord does
+    # False: the Message Content intent is off in the Developer Portal, so an IDENTIFY
+    # asking for it is closed with 4014, as Discord does
     content_intent_enabled: bool = True
     app_commands: list[dict[str, Any]] = attrs.Factory(list)
     interaction_replies: dict[int, dict[str, Any]] = attrs.Factory(dict)
@@ -154,7 +154,6 @@ class FakeDiscord:
     _interactions_at: dict[int, float] = attrs.Factory(dict)
     files: dict[str, bytes] = attrs.Factory(dict)
     refuse_gateway: int = 0  # answer this many gateway connections with an HTML 502
-    content_intent_enabled: bool = True  # False: IDENTIFY asking for it is closed with 4014
     gateway_attempts: int = 0
     history: list[dict[str, Any]] = attrs.Factory(list)  # users' messages, for GET .../messages
     gateway_down: bool = False  # refuse gateway connections (REST stays up)

@@ -201,17 +201,19 @@ class FakeLLM:
         stop = "end_turn"
         if reply.tool is not None:
             name, args = reply.tool
-            block = {"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": name}
-            block["input"] = {}
-            start = {"type": "content_block_start", "index": 1, "content_block": block}
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(args)}
+            tool_id = f"toolu_{len(self.requests)}"
+            tool = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+            start = {"type": "content_block_start", "index": 1, "content_block": tool}
+            args_delta = {"type": "input_json_delta", "partial_json": json.dumps(args)}
             await resp.write(event(start))
-            await resp.write(event({"type": "content_block_delta", "index": 1, "delta": delta}))
+            await resp.write(
+                event({"type": "content_block_delta", "index": 1, "delta": args_delta})
+            )
             await resp.write(event({"type": "content_block_stop", "index": 1}))
             stop = "tool_use"
-        delta = {"stop_reason": stop, "stop_sequence": None}
+        end = {"stop_reason": stop, "stop_sequence": None}
         usage = {"output_tokens": 5}
-        await resp.write(event({"type": "message_delta", "delta": delta, "usage": usage}))
+        await resp.write(event({"type": "message_delta", "delta": end, "usage": usage}))
         await resp.write(event({"type": "message_stop"}))
         await resp.write_eof()
         return resp

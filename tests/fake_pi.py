@@ -23,6 +23,7 @@ real pi flags are accepted and ignored, except ``--session PATH``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -579,6 +580,9 @@ def main(argv: list[str]) -> int:
     agent = Agent(Session(session_path))
     agent.garble.update(garble)
     stdin = sys.stdin.buffer
+    # read1 (what is there, not a full 64 KiB) is what keeps a line-at-a-time protocol moving;
+    # stdin's binary layer is a BufferedReader, which typeshed only knows as a BinaryIO
+    assert isinstance(stdin, io.BufferedReader)
     buf = b""
     while True:
         chunk = stdin.read1(65536)

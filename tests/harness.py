@@ -8,6 +8,7 @@ only in the settings passed here.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -175,25 +176,22 @@ async def serving_discord(
                 group.cancel_scope.cancel()
 
 
-class Screen:
-    """A terminal's stdout stand-in, safe to write from a thread, that a test can wait on."""
+class Screen(io.StringIO):
+    """A terminal's stdout stand-in (a TextIO, as TerminalChat takes), safe to write from a
+    thread, that a test can wait on."""
 
     def __init__(self) -> None:
-        self._parts: list[str] = []
+        super().__init__()
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         with self._lock:
-            self._parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+            return super().write(text)
 
     @property
     def text(self) -> str:
         with self._lock:
-            return "".join(self._parts)
+            return self.getvalue()
 
     async def wait_for(self, needle: str, seconds: float = 30) -> None:
         with anyio.fail_after(seconds):

@@ -167,6 +167,7 @@ async def test_start_up_warns_about_an_enabled_platform_nobody_may_use(
         {"telegram": {"token": TOKEN}, "discord": {"token": "x", "allowed_user_ids": [1]}},
         environ={},
     )
+    # the platforms are built, never run: no manager or store is needed (hence the ignore)
     runtime = Runtime(config, manager=None, store=None, metrics=Metrics())  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="evie.daemon"):
         assert len(await build_platforms(runtime)) == 2

@@ -18,6 +18,7 @@ from evie.durable import store
 from evie.durable.inbox import QUEUED, STARTED, Inbox
 from evie.durable.outbox import Outbox
 from evie.errors import StateError
+from evie.platforms.telegram import TelegramTransport
 from evie.sessions.manager import SessionManager
 from tests.conftest import fake_launcher
 from tests.fake_telegram import FakeTelegram
@@ -89,7 +90,9 @@ async def test_a_long_reply_held_through_an_outage_keeps_its_file_parts(tmp_path
     async with durable_telegram(tmp_path) as h:
         fake, manager = h.fake, h.manager
         assert h.interface.frontend is not None
-        h.interface.frontend.transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB
+        transport = h.interface.frontend.transport
+        assert isinstance(transport, TelegramTransport)
+        transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB (its upload_limit)
         fake.max_upload = 20_000
         release = tmp_path / "release"
         text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(40))
@@ -110,6 +113,7 @@ async def test_a_long_reply_held_through_an_outage_keeps_its_file_parts(tmp_path
         n = len(fake.documents)
         names = [d.filename for d in fake.documents]
         assert names == [f"reply-{i}-of-{n}.md" for i in range(1, n + 1)]
+        assert all(len(d.data) <= 20_000 for d in fake.documents)  # each within the limit
         assert b"".join(d.data for d in fake.documents) == ("start " + text).encode()
 
 

@@ -101,7 +101,9 @@ async def test_slow_telegram_while_pi_streams_a_megabyte(
     assert len(shown) == 1
     assert expected.startswith(shown[0].replace("\n", ""))
     assert all(len(t) <= 4096 for t in view)
-    assert manager.get_status(key).last_outcome is Outcome.DONE  # type: ignore[union-attr]
+    status = manager.get_status(key)
+    assert status is not None
+    assert status.last_outcome is Outcome.DONE
 
 
 async def test_a_thousand_messages_from_strangers(

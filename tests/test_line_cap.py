@@ -60,11 +60,15 @@ async def test_an_over_long_line_is_dropped_and_the_turn_carries_on(tmp_path: Pa
     launcher = attrs.evolve(launcher, base=attrs.evolve(launcher.base, max_line_bytes=100_000))
     async with SessionManager(launcher) as manager:
         rec = Recorder()
-        steps = [{"text": "before "}, {"big_line": 300_000}, {"text": "after"}]
+        steps: list[dict[str, object]] = [
+            {"text": "before "},
+            {"big_line": 300_000},
+            {"text": "after"},
+        ]
         with anyio.fail_after(20):
             result = await manager.send("chat", script(*steps), rec)
         assert result == TurnFinished(Outcome.DONE)
-        assert [m.text for m in rec.of(AssistantMessage)] == ["before after"]  # type: ignore[attr-defined]
+        assert [m.text for m in rec.of(AssistantMessage)] == ["before after"]
         assert manager.metrics.lines_dropped == 1
         assert "evie_pi_lines_dropped_total 1" in render_metrics(manager, manager.metrics)
         # an over-long agent_end still ends the turn (a stand-in is dispatched)

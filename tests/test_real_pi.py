@@ -56,7 +56,7 @@ async def test_a_real_turn(tmp_path: Path, llm: FakeLLM) -> None:
         rec = Recorder()
         result = await manager.send("chat", Prompt("hi there"), rec)
         assert result == TurnFinished(Outcome.DONE)
-        assert [m.text for m in rec.of(AssistantMessage)] == [  # type: ignore[attr-defined]
+        assert [m.text for m in rec.of(AssistantMessage)] == [
             "Hello from the fake model\u2028with a separator"
         ]
         assert llm.user_texts(llm.requests[-1]) == ["hi there"]
@@ -118,7 +118,7 @@ async def test_llm_errors_end_the_turn_as_failed(
         assert isinstance(result, TurnFinished)
         assert result.outcome is Outcome.FAILED
         assert str(status) in (result.error or "")
-        assert [r.attempt for r in rec.of(RetryScheduled)] == retries  # type: ignore[attr-defined]
+        assert [r.attempt for r in rec.of(RetryScheduled)] == retries
         assert len(llm.requests) == 1 + len(retries)
 
 
@@ -127,7 +127,7 @@ async def test_a_retried_error_can_recover(tmp_path: Path, llm: FakeLLM) -> None
     async with SessionManager(real_launcher(tmp_path, llm)) as manager:
         rec = Recorder()
         assert await manager.send("chat", Prompt("hi"), rec) == TurnFinished(Outcome.DONE)
-        assert [m.text for m in rec.of(AssistantMessage)] == ["better now"]  # type: ignore[attr-defined]
+        assert [m.text for m in rec.of(AssistantMessage)] == ["better now"]
         assert len(rec.of(RetryScheduled)) == 1
 
 
@@ -161,7 +161,7 @@ async def test_tool_children_do_not_outlive_evie(
         rec = Recorder()
         result = await runtime.manager.send("chat", Prompt("start a background job"), rec)
         assert result == TurnFinished(Outcome.DONE)
-        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
+        assert rec.of(ToolStarted)[0].tool_name == "bash"
         [child] = children()
         assert pid_alive(child)
     with anyio.fail_after(5):
@@ -181,7 +181,7 @@ async def test_a_message_sent_mid_turn_is_answered_as_a_follow_up(
             assert isinstance(queued, Queued)
         assert rec.events[-1] == TurnFinished(Outcome.DONE)
         assert rec.of(FollowUpStarted) == [FollowUpStarted("and one more thing")]
-        texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
+        texts = [m.text for m in rec.of(AssistantMessage)]
         assert texts == ["first " * 60, "second answer"]
         assert llm.user_texts(llm.requests[-1]) == ["tell me something long", "and one more thing"]
 
@@ -309,7 +309,9 @@ async def test_the_warm_up_streams_from_its_own_loopback_server_never_the_model(
     streamed through pi-ai from its own 127.0.0.1 server, in the model's API's format.
     With a proxy configured the stream is skipped (pi would send even that request to the
     proxy). The model is never asked; the conversation that follows works."""
-    env = () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
+    env: tuple[tuple[str, str], ...] = (
+        () if proxy is None else (("HTTPS_PROXY", proxy), ("http_proxy", proxy))
+    )
     if api == AZURE:  # wins over the model's baseUrl in pi-ai: the warm-up must not use it
         env += (("AZURE_OPENAI_BASE_URL", llm.base_url),)
     if api == VERTEX:  # a Vertex user's usual setting: the warm-up's key must still win over it

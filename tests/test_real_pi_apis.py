@@ -58,8 +58,8 @@ async def test_a_real_turn_with_a_tool_call(tmp_path: Path, llm: FakeLLM, api: s
     async with SessionManager(launcher_for(tmp_path, llm, api)) as manager:
         rec = Recorder()
         assert await manager.send("chat", Prompt("run it"), rec) == TurnFinished(Outcome.DONE)
-        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
-        texts = [m.text for m in rec.of(AssistantMessage)]  # type: ignore[attr-defined]
+        assert rec.of(ToolStarted)[0].tool_name == "bash"
+        texts = [m.text for m in rec.of(AssistantMessage)]
         assert texts == ["let me look", "It said **from-the-tool**."]
         assert [llm.user_texts(r) for r in llm.requests] == [["run it"], ["run it"]]
         [result] = llm.tool_results(llm.requests[-1])  # the tool's output, in the API's shape

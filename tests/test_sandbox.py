@@ -114,7 +114,7 @@ async def test_the_real_pi_runs_a_tool_inside_the_sandbox(tmp_path: Path, llm: F
         with anyio.fail_after(45):
             result = await runtime.manager.send("chat", Prompt("run it"), rec)
         assert result == TurnFinished(Outcome.DONE)
-        assert rec.of(ToolStarted)[0].tool_name == "bash"  # type: ignore[attr-defined]
+        assert rec.of(ToolStarted)[0].tool_name == "bash"
         session_id = runtime.manager._slots["chat"].session_id
     tool_output = json.dumps([m for m in llm.requests[-1]["messages"] if m["role"] == "tool"])
     assert CONFIG_TOKEN not in tool_output

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.anyio
 
 
 def facts(key: str, session_id: str, **kw: object) -> SessionFacts:
+    # (kw: any of SessionFacts' other fields, each of its own type; attrs checks the names)
     return SessionFacts(key=key, session_id=session_id, running=False, **kw)  # type: ignore[arg-type]
 
 
@@ -188,7 +189,11 @@ async def test_one_write_per_turn_when_turns_follow_each_other(tmp_path: Path) -
                 assert await manager.send("a", Prompt(f"hi {n}"), Recorder()) == TurnFinished(
                     Outcome.DONE
                 )
-                await wait_until(lambda n=n: writer.count >= n)  # type: ignore[misc]
+
+                def written(n: int = n) -> bool:
+                    return writer.count >= n
+
+                await wait_until(written)
                 assert writer.count == n  # the previous turn's end did not cost a write
                 assert writer.files[-1].sessions["a"].running
                 assert writer.files[-1].sessions["a"].turns == n - 1  # ... it rode along

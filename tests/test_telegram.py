@@ -15,7 +15,7 @@ import pytest
 
 from evie.chat.streaming import Delivery
 from evie.config import parse_config
-from evie.platforms.telegram import TelegramInterface
+from evie.platforms.telegram import TelegramInterface, TelegramTransport
 from evie.sessions.manager import SessionManager
 from tests.conftest import PI, fake_launcher, real_launcher
 from tests.fake_llm import Reply, running_fake_llm
@@ -299,6 +299,7 @@ def test_aiogram_response_classes_survive_a_collection() -> None:
 
     held = response_types()
     gc.collect()
+    # (a class's runtime ``__returning__`` as Response's parameter: to mypy, a value, not a type)
     for method in (GetUpdates, SendMessage):
         assert Response[method.__returning__] in held  # type: ignore[name-defined]
     # the poll evie makes for every message: the very class held, not a rebuilt one
@@ -491,7 +492,9 @@ async def test_long_replies_go_as_first_part_plus_a_file(tg: Harness) -> None:
 
 async def test_a_reply_over_the_upload_limit_goes_as_numbered_files(tg: Harness) -> None:
     assert tg.interface.frontend is not None
-    tg.interface.frontend.transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB
+    transport = tg.interface.frontend.transport
+    assert isinstance(transport, TelegramTransport)
+    transport.max_file_bytes = 20_000  # stands for Telegram's 50 MB (its upload_limit)
     tg.fake.max_upload = 20_000  # and the Bot API refuses more, as it would
     text = "\n\n".join(f"Paragraph {i}: " + "wörd🔥 " * 300 for i in range(40))
     tg.fake.push_message("script:" + json.dumps([{"text": text, "chunk": 50_000}]))

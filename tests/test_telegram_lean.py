@@ -8,14 +8,22 @@ in test_telegram.py and test_faults.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.methods import EditMessageText, SendMessage
+from aiogram.methods import EditMessageText, SendMessage, TelegramMethod
 from aiogram.types import LinkPreviewOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evie.platforms.telegram import LeanSession, _EditText, _RawGetUpdates, _SendText
+from evie.platforms.telegram import (
+    LeanSession,
+    _EditText,
+    _LeanMethod,
+    _RawGetUpdates,
+    _SendText,
+)
 
 chat_ids = st.one_of(st.integers(-(10**13), 10**13), st.just("@channel"))
 threads = st.none() | st.integers(1, 10**9)
@@ -24,8 +32,8 @@ texts = st.text(max_size=300)
 PLAIN, LEAN = AiohttpSession(), LeanSession()  # (each builds an SSL context: once)
 
 
-def _body(session: AiohttpSession, bot: Bot, method: object) -> bytes:
-    payload = session.build_form_data(bot, method)()  # type: ignore[arg-type]
+def _body(session: AiohttpSession, bot: Bot, method: TelegramMethod[Any]) -> bytes:
+    payload = session.build_form_data(bot, method)()
     return bytes(payload._value)
 
 
@@ -103,7 +111,7 @@ def test_lean_answers_read_as_aiogram_reads_them(answer: object) -> None:
     import json
 
     bot = Bot("1:x", session=LEAN)
-    made = {
+    made: dict[type[_LeanMethod], dict[str, Any]] = {
         _SendText: {"chat_id": 1, "text": "x"},
         _EditText: {"chat_id": 1, "text": "x", "message_id": 2},
         _RawGetUpdates: {"offset": 1},
@@ -118,5 +126,6 @@ def test_lean_answers_read_as_aiogram_reads_them(answer: object) -> None:
             assert ours == theirs
             assert type(ours) is type(theirs)
         else:
+            assert theirs is not None
             assert ours.message_id == theirs.message_id
             assert type(ours.message_id) is int

@@ -134,7 +134,9 @@ def interface(tmp_path_factory: pytest.TempPathFactory) -> TelegramInterface:
         return TelegramInterface(SessionManager(fake_launcher(tmp)), config)
 
     interface = anyio.run(make)
-    interface._bot_id = BOT["id"]  # as getMe sets it: replies and text mentions of the bot
+    bot_id = BOT["id"]
+    assert isinstance(bot_id, int)
+    interface._bot_id = bot_id  # as getMe sets it: replies and text mentions of the bot
     return interface
 
 
@@ -157,7 +159,7 @@ def test_what_the_plain_reader_accepts_aiogram_reads_alike(
 
 def test_the_common_shapes_are_read_plain_and_the_others_left_to_aiogram() -> None:
     """The fast path is taken for the messages a small turn brings (else it saves nothing)."""
-    private = {
+    private: dict[str, Any] = {
         "update_id": 7,
         "message": {
             "message_id": 5001, "date": 1_764_000_000, "text": "hello",

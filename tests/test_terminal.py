@@ -28,7 +28,7 @@ async def test_status_and_stop_work_while_a_turn_streams(tmp_path: Path) -> None
     held = f'script:[{{"text": "thinking hard"}}, {{"wait_file": "{release}"}}, {{"text": "!"}}]'
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         with os.fdopen(read_fd) as stdin:
-            chat = TerminalChat(manager, stdin=stdin, stdout=screen)  # type: ignore[arg-type]
+            chat = TerminalChat(manager, stdin=stdin, stdout=screen)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(chat.run)
                 try:

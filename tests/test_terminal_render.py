@@ -37,7 +37,8 @@ def test_ordinary_text_is_untouched(text: str) -> None:
 
 
 def pieces(text: str, sizes: list[int]) -> list[str]:
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while i < len(text):
         size = sizes[len(out) % len(sizes)]
         out.append(text[i : i + size])

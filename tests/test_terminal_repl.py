@@ -53,7 +53,7 @@ async def repl(
     editor = editor or LineEditor(history, input=pipe, output=DummyOutput())
     chat = TerminalChat(
         manager,
-        stdout=screen,  # type: ignore[arg-type]
+        stdout=screen,
         editor=editor,
         style=style or PlainStyle(),
         workdir=Path("/somewhere"),

@@ -75,12 +75,16 @@ async def test_a_pi_that_stops_in_time_is_not_killed(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.send, "chat", script({"text": "x"}, {"sleep": 30}), rec)
             await started(rec)
-            pid = manager._slots["chat"].process.pid  # type: ignore[union-attr]
+            process = manager._slots["chat"].process
+            assert process is not None
+            pid = process.pid
             await manager.abort("chat")
         assert rec.events[-1] == TurnFinished(Outcome.ABORTED)
         assert pid_alive(pid)  # the same pi serves the next turn
         await manager.send("chat", Prompt("next"), Recorder())
-        assert manager._slots["chat"].process.pid == pid  # type: ignore[union-attr]
+        serving = manager._slots["chat"].process
+        assert serving is not None
+        assert serving.pid == pid
 
 
 @pytest.mark.parametrize(
