@@ -882,3 +882,58 @@ def test_a_small_table_is_laid_out_as_the_format_string_does(
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
     assert _few_table_lines(cells, widths) == text
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda columns: st.tuples(
+            st.lists(
+                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=80 * columns
+            ).map(lambda cells: cells[: len(cells) // columns * columns]),
+            st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
+        )
+    )
+)
+def test_a_table_is_laid_out_as_the_padded_format_string_and_regex_do(
+    table: tuple[list[str], list[int]],
+) -> None:
+    """Rows are laid out with the last column unpadded and only the lines whose last cell
+    is empty or ends in whitespace stripped (adr/0017, seventh follow-up), instead of every
+    column padded and a regex over the whole text: the same text, at once and in pieces."""
+    from evie.chat.render.blocks import Table, _table_lines
+
+    cells, widths = table
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    assert _table_lines(cells, widths) == text
+    if rows:
+        assert "".join(Table(cells, widths).pieces()) == text
+
+
+TABLE_LINES = [
+    "<table>", "<thead>", "</thead>", "<tbody>", "</tbody>", "<tr>", "</tr>", "<td>", "</td>",
+    "<th>", "</th>", '<td align="right">', '<th align="left">', "<td >", "<td", "<thx>",
+    "a", "b c", "<code>", ">", "<", "\n", "\n", "\n", "\n",
+]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(TABLE_LINES), max_size=40).map("".join), st.integers(0, 8))
+def test_table_cells_are_read_as_their_regex_reads_them(html: str, pos: int) -> None:
+    """A table's cells are read line by line (adr/0017, seventh follow-up) instead of by
+    ``_CELL.findall``: the same cells wherever the loop answers (it leaves any line it does
+    not expect to the regex)."""
+    from evie.chat.render.blocks import _CELL, _cells
+
+    end = len(html)
+    cells = _cells(html, pos, end)
+    assert cells is None or cells == _CELL.findall(html, pos, end)
+    md4c = (
+        "\n<thead>\n<tr>\n<th>a</th>\n</tr>\n</thead>\n<tbody>\n<tr>\n<td>b</td>\n</tr>\n</tbody>\n"
+    )
+    assert _cells(md4c, 0, len(md4c)) == ["a", "b"]

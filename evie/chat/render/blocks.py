@@ -159,7 +159,7 @@ class Table:
         rule under it, then batches of rows, each batch starting with its newline."""
         columns, cells, widths = len(self.widths), self.cells, self.widths
         rows = len(cells) // columns
-        line = " | ".join(f"{{:<{w}}}" for w in widths)
+        line = _row_format(widths)
         yield _TRAILING_SPACE.sub("", line.format(*cells[:columns]))
         if rows > 1:
             yield "\n" + "-+-".join("-" * w for w in widths)
@@ -167,8 +167,38 @@ class Table:
         while start < rows:
             stop = min(rows, start + batch)
             lines = ("\n" + line) * (stop - start)
-            yield _TRAILING_SPACE.sub("", lines.format(*cells[start * columns : stop * columns]))
+            text = lines.format(*cells[start * columns : stop * columns])
+            yield _strip_ragged(text, cells, columns, start, stop, 1)
             start, batch = stop, min(2 * batch, _MOST_ROWS)
+
+
+def _row_format(widths: list[int]) -> str:
+    """A row's format string: each column padded to its width but the last, whose padding
+    would only be stripped again with the line's trailing spaces."""
+    last = len(widths) - 1
+    return " | ".join([f"{{:<{w}}}" if i < last else "{}" for i, w in enumerate(widths)])
+
+
+def _strip_ragged(
+    text: str, cells: list[str], columns: int, start: int, stop: int, lead: int
+) -> str:
+    """``text``, rows ``start``…``stop`` laid out by :func:`_row_format` one per line
+    (after ``lead`` empty lines), with the trailing whitespace of each line removed, as
+    ``_TRAILING_SPACE`` would: only a row whose last cell is empty or ends in whitespace
+    has any (the cells hold no newline), so only those lines are stripped, found by a
+    look at each last cell — the regex tried every space of the text (a third of a huge
+    table's layout)."""
+    ragged: list[int] = []
+    for row in range(start, stop):
+        cell = cells[row * columns + columns - 1]
+        if not cell or cell[-1].isspace():
+            ragged.append(row - start + lead)
+    if not ragged:
+        return text
+    lines = text.split("\n")
+    for at in ragged:
+        lines[at] = lines[at].rstrip()
+    return "\n".join(lines)
 
 
 _WRAP: Final = {
@@ -510,7 +540,9 @@ class _Builder:
         end = len(html) if end < 0 else end
         head = html.find("</thead>", pos, end)
         columns = html.count("</th>", pos, head) if head >= 0 else 0
-        cells = _CELL.findall(html, pos, end)  # md4c pads every row to the header's width
+        cells = _cells(html, pos, end)
+        if cells is None:  # not md4c's usual lines: the regex reads them
+            cells = _CELL.findall(html, pos, end)  # md4c pads every row to the header's width
         if not columns or len(cells) % columns or html.find("\x1f", pos, end) >= 0:
             # not md4c's usual shape (or the text holds the separator): row by row
             text = self.table_text(html[pos:end])
@@ -631,6 +663,53 @@ def _next_tag(html: str, pos: int) -> tuple[int, int, str, str, str]:
     return found.start(), found.end(), slash, name, attributes
 
 
+#: the lines of md4c's table HTML that are not cells
+_TABLE_LINES: Final = ("<tr>", "</tr>", "", "<tbody>", "</tbody>", "<thead>", "</thead>")
+
+
+def _cells(html: str, pos: int, end: int) -> list[str] | None:
+    """What ``_CELL.findall(html, pos, end)`` finds, line by line: md4c writes each cell
+    on a line of its own (``<td>…</td>``, ``<th align="…">…</th>``) and the rest of a
+    table as lines of one tag. A compiled loop with a ``find`` per line and a few
+    character reads (a regex match per cell cost ~2,700 instructions, most of it trying
+    ``</t[hd]>`` back from each line's end). None for any other line, which the regex
+    then reads: its matches could start inside it."""
+    if end <= pos or ord(html[end - 1]) != 10:  # "\n": every line ends with one
+        return None
+    cells: list[str] = []
+    at = pos
+    while at < end:
+        stop = html.find("\n", at, end)
+        size = stop - at
+        if (
+            size >= 9  # <td></td>
+            and ord(html[at]) == 60  # "<"
+            and ord(html[at + 1]) == 116  # "t"
+            and (ord(html[at + 2]) == 100 or ord(html[at + 2]) == 104)  # "d", "h"
+            and ord(html[stop - 5]) == 60  # "<"
+            and ord(html[stop - 4]) == 47  # "/"
+            and ord(html[stop - 3]) == 116  # "t"
+            and (ord(html[stop - 2]) == 100 or ord(html[stop - 2]) == 104)
+            and ord(html[stop - 1]) == 62  # ">"
+        ):
+            mark = ord(html[at + 3])
+            if mark == 62:  # ">"
+                opened = at + 4
+            elif mark == 32:  # " ": attributes, up to the first ">"
+                opened = html.find(">", at + 4, stop) + 1
+                if opened == 0:
+                    return None
+            else:
+                return None
+            if opened > stop - 5:
+                return None
+            cells.append(html[opened : stop - 5])
+        elif html[at:stop] not in _TABLE_LINES:
+            return None
+        at = stop + 1
+    return cells
+
+
 def _repeats(text: str, pos: int, unit: str) -> int:
     """How many times ``unit`` repeats from ``pos``: a few C comparisons, not a step each."""
     count, step = 0, 1
@@ -649,8 +728,8 @@ def _table_lines(cells: list[str], widths: list[int]) -> str:
     rows = len(cells) // len(widths)
     if rows <= _FEW_ROWS:
         return _few_table_lines(cells, widths)
-    line = " | ".join(f"{{:<{w}}}" for w in widths)
-    text = _TRAILING_SPACE.sub("", "\n".join([line] * rows).format(*cells))
+    text = "\n".join([_row_format(widths)] * rows).format(*cells)
+    text = _strip_ragged(text, cells, len(widths), 0, rows, 0)
     if rows > 1:
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
