@@ -937,3 +937,22 @@ def test_table_cells_are_read_as_their_regex_reads_them(html: str, pos: int) -> 
         "\n<thead>\n<tr>\n<th>a</th>\n</tr>\n</thead>\n<tbody>\n<tr>\n<td>b</td>\n</tr>\n</tbody>\n"
     )
     assert _cells(md4c, 0, len(md4c)) == ["a", "b"]
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([*INLINE_HTML, "<", "<a>", "<em >", "</a >"]), max_size=16))
+def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: list[str]) -> None:
+    """The flavours tell a flat paragraph from the tags they split anyway (``flat_split``,
+    adr/0017, seventh follow-up) instead of ``_FLAT``'s pass: the same answer on md4c's
+    tags, never flat where the regex is not, and with ``plain_tags`` exactly the decision
+    of ``convertible``."""
+    from evie.chat.render.blocks import _FLAT, TAG_SPLIT, convertible, flat_split, plain_tags
+
+    html = "".join(pieces)
+    flat = flat_split(TAG_SPLIT.split(html))
+    if "<em >" in pieces:  # not md4c's: the regex takes attributes on any tag, the split not
+        assert not flat or _FLAT.fullmatch(html)
+    else:
+        assert flat == (_FLAT.fullmatch(html) is not None)
+    if "<" in html and plain_tags(html):
+        assert (flat or convertible(html, "\ue000")) == convertible(html, "\ue000")
