@@ -956,3 +956,25 @@ def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: l
         assert flat == (_FLAT.fullmatch(html) is not None)
     if "<" in html and plain_tags(html):
         assert (flat or convertible(html, "\ue000")) == convertible(html, "\ue000")
+
+
+CODE_HTML = [
+    "<code>", '<code class="language-', "py", '">', '"', "</code>", "\n", "x", "&amp;", "&lt;",
+    ">", "<", "\ue000", "c++", " ",
+]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(CODE_HTML), max_size=12).map("".join))
+def test_a_code_block_is_read_as_its_regex_reads_it(html: str) -> None:
+    """A code block's language and text are read with finds and compares (adr/0017,
+    seventh follow-up) instead of ``PRE_CODE``'s match: the same on any text."""
+    from evie.chat.render.blocks import _LANG, PRE_CODE, code_block, unescape
+
+    found = PRE_CODE.fullmatch(html)
+    expected = None
+    if found is not None:
+        lang = unescape(found.group(1) or "", "\ue000")
+        text = unescape(found.group(2), "\ue000").removesuffix("\n")
+        expected = (lang if _LANG.fullmatch(lang) else ""), text
+    assert code_block(html, "\ue000") == expected
