@@ -620,8 +620,15 @@ class _Builder:
             if body.strip("\x1f"):
                 self.after_bullet = False
             cells = body.split("\x1f")
-            lengths = list(map(len, cells))  # one pass over the cells, then over numbers
-            widths = [min(40, max(lengths[i::columns])) for i in range(columns)]
+            if len(cells) <= _FEW_ROWS * columns:  # a compiled loop: no slice, max, min each
+                widths = [0] * columns
+                for at in range(len(cells)):
+                    column, size = at % columns, min(40, len(cells[at]))
+                    if size > widths[column]:
+                        widths[column] = size
+            else:
+                lengths = list(map(len, cells))  # one pass over the cells, then over numbers
+                widths = [min(40, max(lengths[i::columns])) for i in range(columns)]
             if self.depth == 0 and len(cells) > LAZY_TABLE_ROWS * columns:
                 self.blocks.append(Block([], self.sep, table=Table(cells, widths)))
                 return end + len("</table>") if end < len(html) else end
