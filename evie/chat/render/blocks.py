@@ -472,6 +472,23 @@ class _Builder:
                 arg = lang if _LANG.fullmatch(lang) else ""
                 self.tokens.append((OPEN, "pre", arg))
             return
+        # lists first: the commonest tags here (each compare of a tag costs)
+        if tag == "li":
+            if self.depth == 1 and self.lists:  # each top-level item is a block of its own
+                self.end_block(force=True)
+                self.sep, self.item_sep = self.item_sep, "\n"
+            else:
+                self.newline()
+            self.bullet()
+            return
+        if tag == "ul" or tag == "ol":
+            self.start_block()
+            start = _attrs(raw, self.tilde).get("start", "1") if tag == "ol" else ""
+            self.lists.append([int(start) if start.isdigit() else (1 if tag == "ol" else -1)])
+            if self.depth == 0:
+                self.item_sep = "\n\n"
+            self.depth += 1
+            return
         kind = _INLINE.get(tag)
         if kind is not None:
             self.tokens.append((OPEN, kind, ""))
@@ -512,20 +529,6 @@ class _Builder:
             self.start_block()
             self.text("———")
             self.end_block()
-        elif tag in ("ul", "ol"):
-            self.start_block()
-            start = _attrs(raw, self.tilde).get("start", "1") if tag == "ol" else ""
-            self.lists.append([int(start) if start.isdigit() else (1 if tag == "ol" else -1)])
-            if self.depth == 0:
-                self.item_sep = "\n\n"
-            self.depth += 1
-        elif tag == "li":
-            if self.depth == 1 and self.lists:  # each top-level item is a block of its own
-                self.end_block(force=True)
-                self.sep, self.item_sep = self.item_sep, "\n"
-            else:
-                self.newline()
-            self.bullet()
         elif tag == "blockquote":
             self.start_block()
             if self.after_bullet:  # a quote must start its own line (Discord's "> ")
@@ -672,21 +675,21 @@ class _Builder:
                 self.tokens.append((CLOSE, "pre", ""))
                 self.end_block()
             return
-        if tag in _INLINE or tag in ("code", "a"):
+        if tag == "li":  # (lists first: the commonest tags here)
+            self.close_inline()
+            if self.depth == 1:
+                self.end_block(force=True)
+        elif tag == "ul" or tag == "ol":
+            self.lists.pop()
+            self.depth -= 1
+            self.end_block()
+        elif tag in _INLINE or tag in ("code", "a"):
             if self.inline and self.inline.pop():
                 self.tokens.append((CLOSE, _INLINE.get(tag, tag), ""))
         elif tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6"):
             self.close_inline()
             if tag[0] == "h":
                 self.tokens.append((CLOSE, "b", ""))
-            self.end_block()
-        elif tag == "li":
-            self.close_inline()
-            if self.depth == 1:
-                self.end_block(force=True)
-        elif tag in ("ul", "ol"):
-            self.lists.pop()
-            self.depth -= 1
             self.end_block()
         elif tag == "blockquote":
             self.tokens.append((CLOSE, "quote", ""))
