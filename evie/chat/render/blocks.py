@@ -222,8 +222,11 @@ def convertible(html: str, tilde: str) -> bool:
     step per inline tag, none per character."""
     if "<" not in html:
         return True
-    if not plain_tags(html):
-        return False
+    return plain_tags(html) and balanced(html)
+
+
+def balanced(html: str) -> bool:
+    """The rest of :func:`convertible`: every inline tag closed in order."""
     if _FLAT.fullmatch(html):
         return True
     stack: list[str] = []

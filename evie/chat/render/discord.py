@@ -16,8 +16,8 @@ from typing import Final
 
 from evie.chat.render.blocks import (
     TAG_SPLIT,
+    balanced,
     code_block,
-    convertible,
     fixed_tag,
     flat_split,
     is_bare_url,
@@ -227,7 +227,7 @@ class DiscordFlavor(Flavor):
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
         parts: list[str] = TAG_SPLIT.split(html)  # (typed: its items compare as str)
-        if not flat_split(parts) and not convertible(html, tilde):
+        if not flat_split(parts) and not balanced(html):
             return None
         texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here

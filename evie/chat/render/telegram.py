@@ -16,8 +16,8 @@ from typing import Final
 
 from evie.chat.render.blocks import (
     TAG_SPLIT,
+    balanced,
     code_block,
-    convertible,
     fixed_tag,
     flat_split,
     plain_tags,
@@ -100,7 +100,7 @@ class TelegramFlavor(Flavor):
             # which also sees whether a link has a title: one split instead of a regex
             # to remove the tags and a pass per tag name
             parts = TAG_SPLIT.split(html)
-            if not flat_split(parts) and not convertible(html, tilde):
+            if not flat_split(parts) and not balanced(html):
                 return None
             plain = unescape("".join(parts[0::2]), tilde)
             if not plain:
