@@ -978,3 +978,25 @@ def test_a_code_block_is_read_as_its_regex_reads_it(html: str) -> None:
         text = unescape(found.group(2), "\ue000").removesuffix("\n")
         expected = (lang if _LANG.fullmatch(lang) else ""), text
     assert code_block(html, "\ue000") == expected
+
+
+@settings(max_examples=1000)
+@given(
+    st.one_of(
+        st.sampled_from(
+            [
+                *("p", "h1", "h6", "h7", "h0", "hr", "pre", "ul", "ol", "li", "blockquote", "tr"),
+                *("table", "thead", "tbody", "th", "td", "strong", "em", "del", "code", "a"),
+                *("img", "br", "ta", "ub", "o", "tablex", "strongx"),
+            ]
+        ),
+        st.text(alphabet=st.sampled_from("abcdehilmnoqprstuy0169"), max_size=11),
+    )
+)
+def test_tag_names_are_told_apart_as_the_sets_do(name: str) -> None:
+    """The walk tells block tags and strong/em/del by ``tag_kind`` (lengths and compares,
+    adr/0017, seventh follow-up) instead of looking the fresh name up: the same answer."""
+    from evie.chat.render.blocks import _BLOCK_TAGS, tag_kind
+
+    expected = 1 if name in _BLOCK_TAGS else {"strong": 2, "em": 3, "del": 4}.get(name, 0)
+    assert tag_kind(name) == expected
