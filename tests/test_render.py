@@ -882,3 +882,121 @@ def test_a_small_table_is_laid_out_as_the_format_string_does(
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
     assert _few_table_lines(cells, widths) == text
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda columns: st.tuples(
+            st.lists(
+                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=80 * columns
+            ).map(lambda cells: cells[: len(cells) // columns * columns]),
+            st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
+        )
+    )
+)
+def test_a_table_is_laid_out_as_the_padded_format_string_and_regex_do(
+    table: tuple[list[str], list[int]],
+) -> None:
+    """Rows are laid out with the last column unpadded and only the lines whose last cell
+    is empty or ends in whitespace stripped (adr/0017, seventh follow-up), instead of every
+    column padded and a regex over the whole text: the same text, at once and in pieces."""
+    from evie.chat.render.blocks import Table, _table_lines
+
+    cells, widths = table
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    assert _table_lines(cells, widths) == text
+    if rows:
+        assert "".join(Table(cells, widths).pieces()) == text
+
+
+TABLE_LINES = [
+    "<table>", "<thead>", "</thead>", "<tbody>", "</tbody>", "<tr>", "</tr>", "<td>", "</td>",
+    "<th>", "</th>", '<td align="right">', '<th align="left">', "<td >", "<td", "<thx>",
+    "a", "b c", "<code>", ">", "<", "\n", "\n", "\n", "\n",
+]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(TABLE_LINES), max_size=40).map("".join), st.integers(0, 8))
+def test_table_cells_are_read_as_their_regex_reads_them(html: str, pos: int) -> None:
+    """A table's cells are read line by line (adr/0017, seventh follow-up) instead of by
+    ``_CELL.findall``: the same cells wherever the loop answers (it leaves any line it does
+    not expect to the regex)."""
+    from evie.chat.render.blocks import _CELL, _cells
+
+    end = len(html)
+    cells = _cells(html, pos, end)
+    assert cells is None or cells == _CELL.findall(html, pos, end)
+    md4c = (
+        "\n<thead>\n<tr>\n<th>a</th>\n</tr>\n</thead>\n<tbody>\n<tr>\n<td>b</td>\n</tr>\n</tbody>\n"
+    )
+    assert _cells(md4c, 0, len(md4c)) == ["a", "b"]
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([*INLINE_HTML, "<", "<a>", "<em >", "</a >"]), max_size=16))
+def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: list[str]) -> None:
+    """The flavours tell a flat paragraph from the tags they split anyway (``flat_split``,
+    adr/0017, seventh follow-up) instead of ``_FLAT``'s pass: the same answer on md4c's
+    tags, never flat where the regex is not, and with ``plain_tags`` exactly the decision
+    of ``convertible``."""
+    from evie.chat.render.blocks import _FLAT, TAG_SPLIT, convertible, flat_split, plain_tags
+
+    html = "".join(pieces)
+    flat = flat_split(TAG_SPLIT.split(html))
+    if "<em >" in pieces:  # not md4c's: the regex takes attributes on any tag, the split not
+        assert not flat or _FLAT.fullmatch(html)
+    else:
+        assert flat == (_FLAT.fullmatch(html) is not None)
+    if "<" in html and plain_tags(html):
+        assert (flat or convertible(html, "\ue000")) == convertible(html, "\ue000")
+
+
+CODE_HTML = [
+    "<code>", '<code class="language-', "py", '">', '"', "</code>", "\n", "x", "&amp;", "&lt;",
+    ">", "<", "\ue000", "c++", " ",
+]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(CODE_HTML), max_size=12).map("".join))
+def test_a_code_block_is_read_as_its_regex_reads_it(html: str) -> None:
+    """A code block's language and text are read with finds and compares (adr/0017,
+    seventh follow-up) instead of ``PRE_CODE``'s match: the same on any text."""
+    from evie.chat.render.blocks import _LANG, PRE_CODE, code_block, unescape
+
+    found = PRE_CODE.fullmatch(html)
+    expected = None
+    if found is not None:
+        lang = unescape(found.group(1) or "", "\ue000")
+        text = unescape(found.group(2), "\ue000").removesuffix("\n")
+        expected = (lang if _LANG.fullmatch(lang) else ""), text
+    assert code_block(html, "\ue000") == expected
+
+
+@settings(max_examples=1000)
+@given(
+    st.one_of(
+        st.sampled_from(
+            [
+                *("p", "h1", "h6", "h7", "h0", "hr", "pre", "ul", "ol", "li", "blockquote", "tr"),
+                *("table", "thead", "tbody", "th", "td", "strong", "em", "del", "code", "a"),
+                *("img", "br", "ta", "ub", "o", "tablex", "strongx"),
+            ]
+        ),
+        st.text(alphabet=st.sampled_from("abcdehilmnoqprstuy0169"), max_size=11),
+    )
+)
+def test_tag_names_are_told_apart_as_the_sets_do(name: str) -> None:
+    """The walk tells block tags and strong/em/del by ``tag_kind`` (lengths and compares,
+    adr/0017, seventh follow-up) instead of looking the fresh name up: the same answer."""
+    from evie.chat.render.blocks import _BLOCK_TAGS, tag_kind
+
+    expected = 1 if name in _BLOCK_TAGS else {"strong": 2, "em": 3, "del": 4}.get(name, 0)
+    assert tag_kind(name) == expected

@@ -39,6 +39,8 @@ _ATTR = re.compile(r'([a-z]+)="([^"]*)"')
 _INLINE: Final = {"strong": "b", "em": "i", "del": "s"}
 _INLINE_OPEN: Final = {tag: (OPEN, kind, "") for tag, kind in _INLINE.items()}
 _INLINE_CLOSE: Final = {tag: (CLOSE, kind, "") for tag, kind in _INLINE.items()}
+_INLINE_OPENS: Final = (_INLINE_OPEN["strong"], _INLINE_OPEN["em"], _INLINE_OPEN["del"])
+_INLINE_CLOSES: Final = (_INLINE_CLOSE["strong"], _INLINE_CLOSE["em"], _INLINE_CLOSE["del"])
 _BLOCK_TAGS: Final = frozenset(
     {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "hr"}
     | {"table", "thead", "tbody", "tr", "th", "td"}
@@ -88,6 +90,35 @@ def fixed_tag(tag: str) -> int:
     if size == 9:
         return 1 if tag == "</strong>" else -1
     return -1
+
+
+def tag_kind(name: str) -> int:
+    """1 for a name in :data:`_BLOCK_TAGS`, 2, 3, 4 for strong, em, del, else 0: by its
+    length and a few compares (a native read per character), where a set lookup first
+    hashes the fresh name the walk sliced (every tag of the reply)."""
+    size = len(name)
+    if size == 2:
+        first, second = ord(name[0]), ord(name[1])
+        if first == 104:  # h1…h6, hr
+            return 1 if 49 <= second <= 54 or second == 114 else 0
+        if first == 116:  # tr, th, td
+            return 1 if second == 114 or second == 104 or second == 100 else 0
+        if first == 117 or first == 111:  # ul, ol
+            return 1 if second == 108 else 0
+        if first == 108:  # li
+            return 1 if second == 105 else 0
+        return 3 if first == 101 and second == 109 else 0  # em
+    if size == 1:
+        return 1 if name == "p" else 0
+    if size == 3:
+        return 1 if name == "pre" else 4 if name == "del" else 0
+    if size == 5:
+        return 1 if name == "table" or name == "thead" or name == "tbody" else 0
+    if size == 6:
+        return 2 if name == "strong" else 0
+    if size == 10:
+        return 1 if name == "blockquote" else 0
+    return 0
 
 
 def _img_alt(m: re.Match[str]) -> str:
@@ -159,7 +190,7 @@ class Table:
         rule under it, then batches of rows, each batch starting with its newline."""
         columns, cells, widths = len(self.widths), self.cells, self.widths
         rows = len(cells) // columns
-        line = " | ".join(f"{{:<{w}}}" for w in widths)
+        line = _row_format(widths)
         yield _TRAILING_SPACE.sub("", line.format(*cells[:columns]))
         if rows > 1:
             yield "\n" + "-+-".join("-" * w for w in widths)
@@ -167,8 +198,38 @@ class Table:
         while start < rows:
             stop = min(rows, start + batch)
             lines = ("\n" + line) * (stop - start)
-            yield _TRAILING_SPACE.sub("", lines.format(*cells[start * columns : stop * columns]))
+            text = lines.format(*cells[start * columns : stop * columns])
+            yield _strip_ragged(text, cells, columns, start, stop, 1)
             start, batch = stop, min(2 * batch, _MOST_ROWS)
+
+
+def _row_format(widths: list[int]) -> str:
+    """A row's format string: each column padded to its width but the last, whose padding
+    would only be stripped again with the line's trailing spaces."""
+    last = len(widths) - 1
+    return " | ".join([f"{{:<{w}}}" if i < last else "{}" for i, w in enumerate(widths)])
+
+
+def _strip_ragged(
+    text: str, cells: list[str], columns: int, start: int, stop: int, lead: int
+) -> str:
+    """``text``, rows ``start``…``stop`` laid out by :func:`_row_format` one per line
+    (after ``lead`` empty lines), with the trailing whitespace of each line removed, as
+    ``_TRAILING_SPACE`` would: only a row whose last cell is empty or ends in whitespace
+    has any (the cells hold no newline), so only those lines are stripped, found by a
+    look at each last cell — the regex tried every space of the text (a third of a huge
+    table's layout)."""
+    ragged: list[int] = []
+    for row in range(start, stop):
+        cell = cells[row * columns + columns - 1]
+        if not cell or cell[-1].isspace():
+            ragged.append(row - start + lead)
+    if not ragged:
+        return text
+    lines = text.split("\n")
+    for at in ragged:
+        lines[at] = lines[at].rstrip()
+    return "\n".join(lines)
 
 
 _WRAP: Final = {
@@ -192,10 +253,11 @@ def convertible(html: str, tilde: str) -> bool:
     step per inline tag, none per character."""
     if "<" not in html:
         return True
-    if "<img" in html or 'href=""' in html or "></" in html:
-        return False
-    if "%EE%80" in html:  # the stand-ins are U+E000…U+E007
-        return False
+    return plain_tags(html) and balanced(html)
+
+
+def balanced(html: str) -> bool:
+    """The rest of :func:`convertible`: every inline tag closed in order."""
     if _FLAT.fullmatch(html):
         return True
     stack: list[str] = []
@@ -207,15 +269,71 @@ def convertible(html: str, tilde: str) -> bool:
     return not stack
 
 
+def plain_tags(html: str) -> bool:
+    """The first checks of :func:`convertible`: no image, no link without address, no
+    empty element, no stand-in percent-encoded in a URL."""
+    if "<img" in html or 'href=""' in html or "></" in html:
+        return False
+    return "%EE%80" not in html  # the stand-ins are U+E000…U+E007
+
+
+def flat_split(parts: list[str]) -> bool:
+    """Whether a paragraph split by :data:`TAG_SPLIT` (texts and tags alternating) is what
+    ``_FLAT`` takes: every inline element holding only text and line breaks. Read from the
+    tags the flavours split anyway (a few compares each) instead of the regex's pass over
+    the paragraph (~6,000 instructions); with :func:`plain_tags`, it implies
+    :func:`convertible` (a flat paragraph is balanced), which decides the rest."""
+    opened = ""  # the close of the element open, "" when none is
+    for i in range(1, len(parts), 2):
+        tag = parts[i]
+        fixed = fixed_tag(tag)
+        if fixed == 6:  # <br>
+            continue
+        if opened:
+            if tag != opened:
+                return False
+            opened = ""
+        elif fixed >= 0:
+            if fixed % 2:  # a close
+                return False
+            opened = FIXED_TAGS[fixed + 1]
+        elif tag == "<code>":
+            opened = "</code>"
+        elif tag.startswith("<a ") or tag == "<a>":
+            opened = "</a>"
+        else:
+            return False
+    return not opened and "<" not in parts[-1]  # (a "<" no tag starts: only in the last)
+
+
 def code_block(html: str, tilde: str) -> tuple[str, str] | None:
     """A code block's (language, text) from its inside, as the token walk reads them;
     None when it has no text."""
-    found = PRE_CODE.fullmatch(html)
-    if found is None:
-        return None
-    lang = unescape(found.group(1) or "", tilde)
-    text = unescape(found.group(2), tilde).removesuffix("\n")
-    return (lang if _LANG.fullmatch(lang) else ""), text
+    # md4c's two shapes read with a few finds and compares, what PRE_CODE's match and its
+    # groups give (a match object and its methods cost a code block ~5,000 instructions);
+    # anything else by the regex
+    start = stop = -1
+    lang = ""
+    if html.startswith('<code class="language-'):
+        quote = html.find('"', 22)
+        if quote >= 0 and html.startswith('">', quote):
+            lang, start = html[22:quote], quote + 2
+    elif html.startswith("<code>"):
+        start = 6
+    if html.endswith("</code>"):
+        stop = len(html) - 7
+    elif html.endswith("</code>\n"):
+        stop = len(html) - 8
+    if start < 0 or stop < start:
+        found = PRE_CODE.fullmatch(html)
+        if found is None:
+            return None
+        lang, body = found.group(1) or "", found.group(2)
+    else:
+        body = html[start:stop]
+    lang = unescape(lang, tilde) if lang else ""
+    text = unescape(body, tilde).removesuffix("\n")
+    return (lang if lang and _LANG.fullmatch(lang) else ""), text
 
 
 def visible_text(html: str, tilde: str) -> str:
@@ -330,9 +448,10 @@ class _Builder:
         while True:
             start, end, closing, tag, raw = _next_tag(html, pos)
             if start < 0:  # the end: what is left is text before no tag at all
-                start, is_block = len(html), True
+                start, is_block, kind = len(html), True, 1
             else:
-                is_block = tag in _BLOCK_TAGS
+                kind = tag_kind(tag)
+                is_block = kind == 1
             if start > pos:
                 text = html[pos:start]
                 if not self.in_pre:  # newlines beside block tags are layout
@@ -349,12 +468,12 @@ class _Builder:
                 break
             after_block = is_block
             pos = end
-            if not self.in_pre and tag in _INLINE_OPEN:
+            if kind >= 2 and not self.in_pre:  # strong, em, del
                 if not closing:
-                    self.tokens.append(_INLINE_OPEN[tag])
+                    self.tokens.append(_INLINE_OPENS[kind - 2])
                     inline.append(True)
                 elif inline and inline.pop():
-                    self.tokens.append(_INLINE_CLOSE[tag])
+                    self.tokens.append(_INLINE_CLOSES[kind - 2])
                 continue  # an inline tag never ends a block
             if closing:
                 self.end(tag)
@@ -370,9 +489,13 @@ class _Builder:
                 pos = self.table_at(html, pos)  # a whole table at C speed
             else:
                 self.start(tag, raw, html, pos)
-            if self.blocks:
-                yield from self.blocks
-                self.blocks.clear()
+            blocks = self.blocks
+            if blocks:
+                if len(blocks) == 1:  # (the common case: no iterator, no clear)
+                    yield blocks.pop()
+                else:
+                    yield from blocks
+                    blocks.clear()
         self.depth = 0
         self.end_block()
         yield from self.blocks
@@ -383,6 +506,23 @@ class _Builder:
                 lang = _attrs(raw, self.tilde).get("class", "").removeprefix("language-")
                 arg = lang if _LANG.fullmatch(lang) else ""
                 self.tokens.append((OPEN, "pre", arg))
+            return
+        # lists first: the commonest tags here (each compare of a tag costs)
+        if tag == "li":
+            if self.depth == 1 and self.lists:  # each top-level item is a block of its own
+                self.end_block(force=True)
+                self.sep, self.item_sep = self.item_sep, "\n"
+            else:
+                self.newline()
+            self.bullet()
+            return
+        if tag == "ul" or tag == "ol":
+            self.start_block()
+            start = _attrs(raw, self.tilde).get("start", "1") if tag == "ol" else ""
+            self.lists.append([int(start) if start.isdigit() else (1 if tag == "ol" else -1)])
+            if self.depth == 0:
+                self.item_sep = "\n\n"
+            self.depth += 1
             return
         kind = _INLINE.get(tag)
         if kind is not None:
@@ -424,20 +564,6 @@ class _Builder:
             self.start_block()
             self.text("———")
             self.end_block()
-        elif tag in ("ul", "ol"):
-            self.start_block()
-            start = _attrs(raw, self.tilde).get("start", "1") if tag == "ol" else ""
-            self.lists.append([int(start) if start.isdigit() else (1 if tag == "ol" else -1)])
-            if self.depth == 0:
-                self.item_sep = "\n\n"
-            self.depth += 1
-        elif tag == "li":
-            if self.depth == 1 and self.lists:  # each top-level item is a block of its own
-                self.end_block(force=True)
-                self.sep, self.item_sep = self.item_sep, "\n"
-            else:
-                self.newline()
-            self.bullet()
         elif tag == "blockquote":
             self.start_block()
             if self.after_bullet:  # a quote must start its own line (Discord's "> ")
@@ -510,7 +636,9 @@ class _Builder:
         end = len(html) if end < 0 else end
         head = html.find("</thead>", pos, end)
         columns = html.count("</th>", pos, head) if head >= 0 else 0
-        cells = _CELL.findall(html, pos, end)  # md4c pads every row to the header's width
+        cells = _cells(html, pos, end)
+        if cells is None:  # not md4c's usual lines: the regex reads them
+            cells = _CELL.findall(html, pos, end)  # md4c pads every row to the header's width
         if not columns or len(cells) % columns or html.find("\x1f", pos, end) >= 0:
             # not md4c's usual shape (or the text holds the separator): row by row
             text = self.table_text(html[pos:end])
@@ -530,8 +658,15 @@ class _Builder:
             if body.strip("\x1f"):
                 self.after_bullet = False
             cells = body.split("\x1f")
-            lengths = list(map(len, cells))  # one pass over the cells, then over numbers
-            widths = [min(40, max(lengths[i::columns])) for i in range(columns)]
+            if len(cells) <= _FEW_ROWS * columns:  # a compiled loop: no slice, max, min each
+                widths = [0] * columns
+                for at in range(len(cells)):
+                    column, size = at % columns, min(40, len(cells[at]))
+                    if size > widths[column]:
+                        widths[column] = size
+            else:
+                lengths = list(map(len, cells))  # one pass over the cells, then over numbers
+                widths = [min(40, max(lengths[i::columns])) for i in range(columns)]
             if self.depth == 0 and len(cells) > LAZY_TABLE_ROWS * columns:
                 self.blocks.append(Block([], self.sep, table=Table(cells, widths)))
                 return end + len("</table>") if end < len(html) else end
@@ -575,21 +710,21 @@ class _Builder:
                 self.tokens.append((CLOSE, "pre", ""))
                 self.end_block()
             return
-        if tag in _INLINE or tag in ("code", "a"):
+        if tag == "li":  # (lists first: the commonest tags here)
+            self.close_inline()
+            if self.depth == 1:
+                self.end_block(force=True)
+        elif tag == "ul" or tag == "ol":
+            self.lists.pop()
+            self.depth -= 1
+            self.end_block()
+        elif tag in _INLINE or tag in ("code", "a"):
             if self.inline and self.inline.pop():
                 self.tokens.append((CLOSE, _INLINE.get(tag, tag), ""))
         elif tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6"):
             self.close_inline()
             if tag[0] == "h":
                 self.tokens.append((CLOSE, "b", ""))
-            self.end_block()
-        elif tag == "li":
-            self.close_inline()
-            if self.depth == 1:
-                self.end_block(force=True)
-        elif tag in ("ul", "ol"):
-            self.lists.pop()
-            self.depth -= 1
             self.end_block()
         elif tag == "blockquote":
             self.tokens.append((CLOSE, "quote", ""))
@@ -631,6 +766,53 @@ def _next_tag(html: str, pos: int) -> tuple[int, int, str, str, str]:
     return found.start(), found.end(), slash, name, attributes
 
 
+#: the lines of md4c's table HTML that are not cells
+_TABLE_LINES: Final = ("<tr>", "</tr>", "", "<tbody>", "</tbody>", "<thead>", "</thead>")
+
+
+def _cells(html: str, pos: int, end: int) -> list[str] | None:
+    """What ``_CELL.findall(html, pos, end)`` finds, line by line: md4c writes each cell
+    on a line of its own (``<td>…</td>``, ``<th align="…">…</th>``) and the rest of a
+    table as lines of one tag. A compiled loop with a ``find`` per line and a few
+    character reads (a regex match per cell cost ~2,700 instructions, most of it trying
+    ``</t[hd]>`` back from each line's end). None for any other line, which the regex
+    then reads: its matches could start inside it."""
+    if end <= pos or ord(html[end - 1]) != 10:  # "\n": every line ends with one
+        return None
+    cells: list[str] = []
+    at = pos
+    while at < end:
+        stop = html.find("\n", at, end)
+        size = stop - at
+        if (
+            size >= 9  # <td></td>
+            and ord(html[at]) == 60  # "<"
+            and ord(html[at + 1]) == 116  # "t"
+            and (ord(html[at + 2]) == 100 or ord(html[at + 2]) == 104)  # "d", "h"
+            and ord(html[stop - 5]) == 60  # "<"
+            and ord(html[stop - 4]) == 47  # "/"
+            and ord(html[stop - 3]) == 116  # "t"
+            and (ord(html[stop - 2]) == 100 or ord(html[stop - 2]) == 104)
+            and ord(html[stop - 1]) == 62  # ">"
+        ):
+            mark = ord(html[at + 3])
+            if mark == 62:  # ">"
+                opened = at + 4
+            elif mark == 32:  # " ": attributes, up to the first ">"
+                opened = html.find(">", at + 4, stop) + 1
+                if opened == 0:
+                    return None
+            else:
+                return None
+            if opened > stop - 5:
+                return None
+            cells.append(html[opened : stop - 5])
+        elif html[at:stop] not in _TABLE_LINES:
+            return None
+        at = stop + 1
+    return cells
+
+
 def _repeats(text: str, pos: int, unit: str) -> int:
     """How many times ``unit`` repeats from ``pos``: a few C comparisons, not a step each."""
     count, step = 0, 1
@@ -649,8 +831,8 @@ def _table_lines(cells: list[str], widths: list[int]) -> str:
     rows = len(cells) // len(widths)
     if rows <= _FEW_ROWS:
         return _few_table_lines(cells, widths)
-    line = " | ".join(f"{{:<{w}}}" for w in widths)
-    text = _TRAILING_SPACE.sub("", "\n".join([line] * rows).format(*cells))
+    text = "\n".join([_row_format(widths)] * rows).format(*cells)
+    text = _strip_ragged(text, cells, len(widths), 0, rows, 0)
     if rows > 1:
         first = text.find("\n")
         text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]

@@ -16,10 +16,12 @@ from typing import Final
 
 from evie.chat.render.blocks import (
     TAG_SPLIT,
+    balanced,
     code_block,
-    convertible,
     fixed_tag,
+    flat_split,
     is_bare_url,
+    plain_tags,
     unescape,
 )
 from evie.chat.render.split import Flavor
@@ -216,15 +218,17 @@ class DiscordFlavor(Flavor):
                 return None
             lang, text = block
             return f"```{lang}\n" + self.text(text, ("pre",)) + "\n```", text
-        if not convertible(html, tilde):
-            return None
         if "<" not in html:
             plain = unescape(html, tilde)
             return (self._block(escape(plain), kind), plain) if plain else None
+        if not plain_tags(html):
+            return None
         # texts and tags alternate; the tags are replaced by their marks in place, by one
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
         parts: list[str] = TAG_SPLIT.split(html)  # (typed: its items compare as str)
+        if not flat_split(parts) and not balanced(html):
+            return None
         texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
         # joined by NUL for the one escaping pass (NUL is a line start to the escapes)

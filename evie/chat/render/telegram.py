@@ -14,7 +14,15 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from evie.chat.render.blocks import TAG_SPLIT, code_block, convertible, fixed_tag, unescape
+from evie.chat.render.blocks import (
+    TAG_SPLIT,
+    balanced,
+    code_block,
+    fixed_tag,
+    flat_split,
+    plain_tags,
+    unescape,
+)
 from evie.chat.render.split import Flavor
 
 TELEGRAM_LIMIT = 4096
@@ -83,15 +91,17 @@ class TelegramFlavor(Flavor):
             if lang:
                 return f'<pre><code class="language-{lang}">{escape(text)}</code></pre>', text
             return f"<pre>{escape(text)}</pre>", text
-        if not convertible(html, tilde):
-            return None
         if "<" in html:
+            if not plain_tags(html):
+                return None
             # texts and tags alternate: the visible text is the texts, the markup has
             # the tags renamed in place by a compiled loop over the tags (a slice, a
             # map and a slice assignment cost a paragraph ~2,000 instructions more),
             # which also sees whether a link has a title: one split instead of a regex
             # to remove the tags and a pass per tag name
             parts = TAG_SPLIT.split(html)
+            if not flat_split(parts) and not balanced(html):
+                return None
             plain = unescape("".join(parts[0::2]), tilde)
             if not plain:
                 return None
