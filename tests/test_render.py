@@ -836,16 +836,22 @@ def test_the_walk_finds_each_tag_as_its_regex_does(html: str, pos: int) -> None:
     assert _next_tag(html, pos) == expected
 
 
+def _known_or_near(known: list[str], letters: str, most: int) -> st.SearchStrategy[str]:
+    """Names a classifier must know, and strings of their letters that it must not."""
+    return st.one_of(
+        st.sampled_from(known), st.text(alphabet=st.sampled_from(letters), max_size=most)
+    )
+
+
 @settings(max_examples=500)
 @given(
-    st.one_of(
-        st.sampled_from(
-            [
-                *("<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<br>"),
-                *("<code>", "</code>", "</a>", "<a>", "<br/>", "<em >", "<EM>", "</stron>"),
-            ]
-        ),
-        st.text(alphabet=st.sampled_from("<>/emstrongdlb "), max_size=10),
+    _known_or_near(
+        [
+            *("<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<br>"),
+            *("<code>", "</code>", "</a>", "<a>", "<br/>", "<em >", "<EM>", "</stron>"),
+        ],
+        "<>/emstrongdlb ",
+        10,
     )
 )
 def test_fixed_tags_are_told_apart_as_a_lookup_does(tag: str) -> None:
@@ -856,17 +862,33 @@ def test_fixed_tags_are_told_apart_as_a_lookup_does(tag: str) -> None:
     assert fixed_tag(tag) == (FIXED_TAGS.index(tag) if tag in FIXED_TAGS else -1)
 
 
-@settings(max_examples=300)
-@given(
-    st.integers(1, 4).flatmap(
+def _tables(most_rows: int) -> st.SearchStrategy[tuple[list[str], list[int]]]:
+    """Cells (whitespace of every kind at their ends) and widths of up to ``most_rows`` rows."""
+    return st.integers(1, 4).flatmap(
         lambda columns: st.tuples(
             st.lists(
-                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=8 * columns
+                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6),
+                max_size=most_rows * columns,
             ).map(lambda cells: cells[: len(cells) // columns * columns]),
             st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
         )
     )
-)
+
+
+def _laid_out_by_format_and_regex(cells: list[str], widths: list[int]) -> str:
+    """A table laid out as before: every column padded by one format string, then a regex
+    strips each line's trailing whitespace; the rule under the header."""
+    rows = len(cells) // len(widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
+    if rows > 1:
+        first = text.find("\n")
+        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    return text
+
+
+@settings(max_examples=300)
+@given(_tables(8))
 def test_a_small_table_is_laid_out_as_the_format_string_does(
     table: tuple[list[str], list[int]],
 ) -> None:
@@ -875,26 +897,11 @@ def test_a_small_table_is_laid_out_as_the_format_string_does(
     from evie.chat.render.blocks import _few_table_lines
 
     cells, widths = table
-    rows = len(cells) // len(widths)
-    line = " | ".join(f"{{:<{w}}}" for w in widths)
-    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
-    if rows > 1:
-        first = text.find("\n")
-        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
-    assert _few_table_lines(cells, widths) == text
+    assert _few_table_lines(cells, widths) == _laid_out_by_format_and_regex(cells, widths)
 
 
 @settings(max_examples=300)
-@given(
-    st.integers(1, 4).flatmap(
-        lambda columns: st.tuples(
-            st.lists(
-                st.text(alphabet=" \t\x0b\x85\u3000ab🔥|", max_size=6), max_size=80 * columns
-            ).map(lambda cells: cells[: len(cells) // columns * columns]),
-            st.lists(st.integers(0, 8), min_size=columns, max_size=columns),
-        )
-    )
-)
+@given(_tables(80))
 def test_a_table_is_laid_out_as_the_padded_format_string_and_regex_do(
     table: tuple[list[str], list[int]],
 ) -> None:
@@ -904,14 +911,9 @@ def test_a_table_is_laid_out_as_the_padded_format_string_and_regex_do(
     from evie.chat.render.blocks import Table, _table_lines
 
     cells, widths = table
-    rows = len(cells) // len(widths)
-    line = " | ".join(f"{{:<{w}}}" for w in widths)
-    text = re.sub(r"[^\S\n]+$", "", "\n".join([line] * rows).format(*cells), flags=re.M)
-    if rows > 1:
-        first = text.find("\n")
-        text = text[:first] + "\n" + "-+-".join("-" * w for w in widths) + text[first:]
+    text = _laid_out_by_format_and_regex(cells, widths)
     assert _table_lines(cells, widths) == text
-    if rows:
+    if len(cells) // len(widths):
         assert "".join(Table(cells, widths).pieces()) == text
 
 
@@ -982,15 +984,14 @@ def test_a_code_block_is_read_as_its_regex_reads_it(html: str) -> None:
 
 @settings(max_examples=1000)
 @given(
-    st.one_of(
-        st.sampled_from(
-            [
-                *("p", "h1", "h6", "h7", "h0", "hr", "pre", "ul", "ol", "li", "blockquote", "tr"),
-                *("table", "thead", "tbody", "th", "td", "strong", "em", "del", "code", "a"),
-                *("img", "br", "ta", "ub", "o", "tablex", "strongx"),
-            ]
-        ),
-        st.text(alphabet=st.sampled_from("abcdehilmnoqprstuy0169"), max_size=11),
+    _known_or_near(
+        [
+            *("p", "h1", "h6", "h7", "h0", "hr", "pre", "ul", "ol", "li", "blockquote", "tr"),
+            *("table", "thead", "tbody", "th", "td", "strong", "em", "del", "code", "a"),
+            *("img", "br", "ta", "ub", "o", "tablex", "strongx"),
+        ],
+        "abcdehilmnoqprstuy0169",
+        11,
     )
 )
 def test_tag_names_are_told_apart_as_the_sets_do(name: str) -> None:
