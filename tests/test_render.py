@@ -960,6 +960,21 @@ def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: l
         assert (flat or convertible(html, "\ue000")) == convertible(html, "\ue000")
 
 
+@settings(max_examples=1000)
+@given(
+    st.lists(st.sampled_from([*INLINE_HTML, "<", ">", "<a>", "</", "<>", "a"]), max_size=16).map(
+        "".join
+    )
+    | st.text(alphabet='<>/a "&\n\ue000')
+)
+def test_a_paragraph_is_split_into_texts_and_tags_as_the_regex_splits_it(html: str) -> None:
+    """The flavours split a paragraph with finds (``split_tags``, adr/0017, ninth
+    follow-up) instead of ``TAG_SPLIT.split``: the same pieces on any text."""
+    from evie.chat.render.blocks import TAG_SPLIT, split_tags
+
+    assert split_tags(html) == TAG_SPLIT.split(html)
+
+
 CODE_HTML = [
     "<code>", '<code class="language-', "py", '">', '"', "</code>", "\n", "x", "&amp;", "&lt;",
     ">", "<", "\ue000", "c++", " ",

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from evie.chat.render.blocks import (
-    TAG_SPLIT,
     balanced,
     code_block,
     fixed_tag,
     flat_split,
     is_bare_url,
     plain_tags,
+    split_tags,
     unescape,
 )
 from evie.chat.render.split import Flavor
@@ -226,7 +226,7 @@ class DiscordFlavor(Flavor):
         # texts and tags alternate; the tags are replaced by their marks in place, by one
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
-        parts: list[str] = TAG_SPLIT.split(html)  # (typed: its items compare as str)
+        parts: list[str] = split_tags(html)  # (typed: its items compare as str)
         if not flat_split(parts) and not balanced(html):
             return None
         texts = parts[0::2]

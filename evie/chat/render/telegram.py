@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Final
 
 from evie.chat.render.blocks import (
-    TAG_SPLIT,
     balanced,
     code_block,
     fixed_tag,
     flat_split,
     plain_tags,
+    split_tags,
     unescape,
 )
 from evie.chat.render.split import Flavor
@@ -99,7 +99,7 @@ class TelegramFlavor(Flavor):
             # map and a slice assignment cost a paragraph ~2,000 instructions more),
             # which also sees whether a link has a title: one split instead of a regex
             # to remove the tags and a pass per tag name
-            parts = TAG_SPLIT.split(html)
+            parts = split_tags(html)
             if not flat_split(parts) and not balanced(html):
                 return None
             plain = unescape("".join(parts[0::2]), tilde)
