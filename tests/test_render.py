@@ -975,6 +975,43 @@ def test_a_paragraph_is_split_into_texts_and_tags_as_the_regex_splits_it(html: s
     assert split_tags(html) == TAG_SPLIT.split(html)
 
 
+def _telegram_whole_before(html: str, tilde: str) -> tuple[str, str] | None:
+    """``TelegramFlavor.whole`` of a paragraph before its checks were made in its loop over
+    the tags (adr/0017, ninth follow-up): the reference it is tested against."""
+    from evie.chat.render.blocks import TAG_SPLIT, balanced, flat_split, plain_tags, unescape
+
+    if "<" not in html or not plain_tags(html):
+        return None
+    parts = TAG_SPLIT.split(html)
+    if not flat_split(parts) and not balanced(html):
+        return None
+    plain = unescape("".join(parts[0::2]), tilde)
+    if not plain:
+        return None
+    marks = {"<strong>": "<b>", "</strong>": "</b>", "<em>": "<i>", "</em>": "</i>"}
+    marks |= {"<del>": "<s>", "</del>": "</s>", "<br>": ""}
+    markup = "".join(marks.get(part, part) if i % 2 else part for i, part in enumerate(parts))
+    markup = re.sub(r' title="[^"]*"', "", markup).replace("&quot;", '"')
+    return markup.replace(tilde, "~"), plain
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.sampled_from([p for p in INLINE_HTML if p not in (">", '"')] + ["\ue000", "&quot;"]),
+        max_size=16,
+    ).map("".join)
+)
+def test_telegram_converts_a_paragraph_as_it_did_before_its_checks_moved_into_its_loop(
+    html: str,
+) -> None:
+    """Telegram reads a paragraph's tags once, checking there what ``plain_tags`` and
+    ``flat_split`` checked in passes of their own: the same conversion, and the same
+    refusals, on any paragraph of md4c's shape (its text never holds a raw ">" or '"')."""
+    if "<" in html:
+        assert TelegramFlavor().whole(html, "p", "\ue000") == _telegram_whole_before(html, "\ue000")
+
+
 CODE_HTML = [
     "<code>", '<code class="language-', "py", '">', '"', "</code>", "\n", "x", "&amp;", "&lt;",
     ">", "<", "\ue000", "c++", " ",

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from evie.chat.render.blocks import (
+    FIXED_TAGS,
     balanced,
     code_block,
     fixed_tag,
-    flat_split,
-    plain_tags,
     split_tags,
     unescape,
 )
@@ -92,27 +91,50 @@ class TelegramFlavor(Flavor):
                 return f'<pre><code class="language-{lang}">{escape(text)}</code></pre>', text
             return f"<pre>{escape(text)}</pre>", text
         if "<" in html:
-            if not plain_tags(html):
+            if "%EE%80" in html:  # a stand-in percent-encoded in a URL (see plain_tags)
                 return None
             # texts and tags alternate: the visible text is the texts, the markup has
-            # the tags renamed in place by a compiled loop over the tags (a slice, a
-            # map and a slice assignment cost a paragraph ~2,000 instructions more),
-            # which also sees whether a link has a title: one split instead of a regex
-            # to remove the tags and a pass per tag name
+            # the tags renamed in place by one compiled loop over the tags, which also
+            # makes the checks of ``plain_tags`` and ``flat_split`` on the tags it reads
+            # (a pass over the paragraph each, a second look at each tag) and sees
+            # whether a link has a title: one split instead of a regex to remove the
+            # tags and a pass per tag name
             parts = split_tags(html)
-            if not flat_split(parts) and not balanced(html):
-                return None
-            plain = unescape("".join(parts[0::2]), tilde)
-            if not plain:
-                return None
+            size = len(parts)
             titled = False
-            for i in range(1, len(parts), 2):  # (compiled: no slices, no map, no list)
+            flat = True
+            opened = ""  # flat_split's: the close of the element open, "" when none is
+            for i in range(1, size, 2):  # (compiled: no slices, no map, no list)
                 tag = parts[i]
                 fixed = fixed_tag(tag)
                 if fixed >= 0:
                     parts[i] = _FIXED_MARKS[fixed]
+                elif tag.startswith("<img") or 'href=""' in tag:
+                    return None  # (plain_tags: an image, a link without address)
                 elif not titled and ' title="' in tag:  # only a link's tag has attributes
                     titled = True
+                if not parts[i + 1] and i + 2 < size and parts[i + 2].startswith("</"):
+                    return None  # an empty element (plain_tags: "></")
+                if flat and fixed != 6:  # flat_split, <br> aside
+                    if opened:
+                        if tag != opened:
+                            flat = False
+                        opened = ""
+                    elif fixed >= 0:
+                        if fixed % 2:  # a close
+                            flat = False
+                        opened = FIXED_TAGS[fixed + 1]
+                    elif tag == "<code>":
+                        opened = "</code>"
+                    elif tag.startswith("<a ") or tag == "<a>":
+                        opened = "</a>"
+                    else:
+                        flat = False
+            if (not flat or opened or "<" in parts[-1]) and not balanced(html):
+                return None
+            plain = unescape("".join(parts[0::2]), tilde)
+            if not plain:
+                return None
             markup = "".join(parts)
             if titled:
                 markup = _TITLE.sub("", markup)
