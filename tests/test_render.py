@@ -1012,6 +1012,25 @@ def test_telegram_converts_a_paragraph_as_it_did_before_its_checks_moved_into_it
         assert TelegramFlavor().whole(html, "p", "\ue000") == _telegram_whole_before(html, "\ue000")
 
 
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.sampled_from([p for p in INLINE_HTML if p not in (">", '"')] + ["<a>", "</a >"]),
+        max_size=16,
+    ).map("".join)
+)
+def test_a_paragraphs_tags_are_read_in_one_look_as_the_passes_read_them(html: str) -> None:
+    """``read_tags`` (adr/0017, ninth follow-up) answers what ``plain_tags`` (but its
+    percent-encoded stand-in) and ``flat_split`` answer, on any paragraph of md4c's shape
+    (its text never holds a raw ">" or '"')."""
+    from evie.chat.render.blocks import flat_split, plain_tags, read_tags, split_tags
+
+    if "%EE%80" not in html:  # (the flavours look for it in the whole paragraph first)
+        parts = split_tags(html)
+        expected = -1 if not plain_tags(html) else 1 if flat_split(parts) else 0
+        assert read_tags(parts) == expected
+
+
 CODE_HTML = [
     "<code>", '<code class="language-', "py", '">', '"', "</code>", "\n", "x", "&amp;", "&lt;",
     ">", "<", "\ue000", "c++", " ",

@@ -18,9 +18,8 @@ from evie.chat.render.blocks import (
     balanced,
     code_block,
     fixed_tag,
-    flat_split,
     is_bare_url,
-    plain_tags,
+    read_tags,
     split_tags,
     unescape,
 )
@@ -221,13 +220,14 @@ class DiscordFlavor(Flavor):
         if "<" not in html:
             plain = unescape(html, tilde)
             return (self._block(escape(plain), kind), plain) if plain else None
-        if not plain_tags(html):
+        if "%EE%80" in html:  # a stand-in percent-encoded in a URL (see plain_tags)
             return None
         # texts and tags alternate; the tags are replaced by their marks in place, by one
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
         parts: list[str] = split_tags(html)  # (typed: its items compare as str)
-        if not flat_split(parts) and not balanced(html):
+        shape = read_tags(parts)  # plain_tags and flat_split, in one look at each tag
+        if shape < 0 or (shape == 0 and not balanced(html)):
             return None
         texts = parts[0::2]
         # the visible text is the texts unescaped (md4c's entities never span a tag), here
