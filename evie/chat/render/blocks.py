@@ -298,32 +298,38 @@ def plain_tags(html: str) -> bool:
     return "%EE%80" not in html  # the stand-ins are U+E000…U+E007
 
 
+def flat_step(tag: str, fixed: int, opened: str) -> str | None:
+    """One tag's step of reading whether a paragraph is flat (what ``_FLAT`` takes: every
+    inline element holding only text and line breaks): the close now awaited ("" when no
+    element is open) after ``tag`` (``fixed``: its :func:`fixed_tag`), None when the
+    paragraph is not flat. One function for :func:`flat_split`, :func:`read_tags` and
+    Telegram's loop over the tags (compiled: a native call)."""
+    if fixed == 6:  # <br>
+        return opened
+    if opened:
+        return "" if tag == opened else None
+    if fixed >= 0:
+        return None if fixed % 2 else FIXED_TAGS[fixed + 1]  # a close: not flat
+    if tag == "<code>":
+        return "</code>"
+    if tag.startswith("<a ") or tag == "<a>":
+        return "</a>"
+    return None
+
+
 def flat_split(parts: list[str]) -> bool:
     """Whether a paragraph split by :data:`TAG_SPLIT` (texts and tags alternating) is what
-    ``_FLAT`` takes: every inline element holding only text and line breaks. Read from the
-    tags the flavours split anyway (a few compares each) instead of the regex's pass over
-    the paragraph (~6,000 instructions); with :func:`plain_tags`, it implies
-    :func:`convertible` (a flat paragraph is balanced), which decides the rest."""
-    opened = ""  # the close of the element open, "" when none is
+    ``_FLAT`` takes. Read from the tags the flavours split anyway (a few compares each)
+    instead of the regex's pass over the paragraph (~6,000 instructions); with
+    :func:`plain_tags`, it implies :func:`convertible` (a flat paragraph is balanced),
+    which decides the rest."""
+    opened = ""
     for i in range(1, len(parts), 2):
         tag = parts[i]
-        fixed = fixed_tag(tag)
-        if fixed == 6:  # <br>
-            continue
-        if opened:
-            if tag != opened:
-                return False
-            opened = ""
-        elif fixed >= 0:
-            if fixed % 2:  # a close
-                return False
-            opened = FIXED_TAGS[fixed + 1]
-        elif tag == "<code>":
-            opened = "</code>"
-        elif tag.startswith("<a ") or tag == "<a>":
-            opened = "</a>"
-        else:
+        step = flat_step(tag, fixed_tag(tag), opened)
+        if step is None:
             return False
+        opened = step
     return not opened and "<" not in parts[-1]  # (a "<" no tag starts: only in the last)
 
 
@@ -344,21 +350,12 @@ def read_tags(parts: list[str]) -> int:
             return -1
         if not parts[i + 1] and i + 2 < size and parts[i + 2].startswith("</"):
             return -1
-        if flat and fixed != 6:  # <br> aside
-            if opened:
-                if tag != opened:
-                    flat = False
-                opened = ""
-            elif fixed >= 0:
-                if fixed % 2:  # a close
-                    flat = False
-                opened = FIXED_TAGS[fixed + 1]
-            elif tag == "<code>":
-                opened = "</code>"
-            elif tag.startswith("<a ") or tag == "<a>":
-                opened = "</a>"
-            else:
+        if flat:
+            step = flat_step(tag, fixed, opened)
+            if step is None:
                 flat = False
+            else:
+                opened = step
     return 1 if flat and not opened and "<" not in parts[-1] else 0
 
 

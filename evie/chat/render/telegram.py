@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from evie.chat.render.blocks import (
-    FIXED_TAGS,
     balanced,
     code_block,
     fixed_tag,
+    flat_step,
     split_tags,
     unescape,
 )
@@ -115,21 +115,12 @@ class TelegramFlavor(Flavor):
                     titled = True
                 if not parts[i + 1] and i + 2 < size and parts[i + 2].startswith("</"):
                     return None  # an empty element (plain_tags: "></")
-                if flat and fixed != 6:  # flat_split, <br> aside
-                    if opened:
-                        if tag != opened:
-                            flat = False
-                        opened = ""
-                    elif fixed >= 0:
-                        if fixed % 2:  # a close
-                            flat = False
-                        opened = FIXED_TAGS[fixed + 1]
-                    elif tag == "<code>":
-                        opened = "</code>"
-                    elif tag.startswith("<a ") or tag == "<a>":
-                        opened = "</a>"
-                    else:
+                if flat:  # flat_split's reading
+                    step = flat_step(tag, fixed, opened)
+                    if step is None:
                         flat = False
+                    else:
+                        opened = step
             if (not flat or opened or "<" in parts[-1]) and not balanced(html):
                 return None
             plain = unescape("".join(parts[0::2]), tilde)
