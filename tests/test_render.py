@@ -776,6 +776,47 @@ def test_bench_inputs_convert_whole_as_the_token_walk_does(platform: str) -> Non
         assert render(markdown, flavor) == pack(parse(markdown), flavor, whole=False)
 
 
+# The rule the flavours' one-pass checks (``read_tags``, Telegram's loop over the tags)
+# implement, written as it was before they folded it into those loops (adr/0017, seventh
+# and ninth follow-ups): the reference the property tests below compare them with.
+
+
+def convertible(html: str, tilde: str) -> bool:
+    """Whether a paragraph's HTML converts whole to the same markup as its tokens: no
+    image (it becomes a link), no link without address, no empty element (the token walk
+    opens elements lazily, so it writes none), no "~" stand-in percent-encoded in a URL,
+    and every inline tag closed in order (md4c can leave one open, adr/0017)."""
+    from evie.chat.render.blocks import balanced
+
+    if "<" not in html:
+        return True
+    return plain_tags(html) and balanced(html)
+
+
+def plain_tags(html: str) -> bool:
+    """The first checks of :func:`convertible`: no image, no link without address, no
+    empty element, no stand-in percent-encoded in a URL."""
+    if "<img" in html or 'href=""' in html or "></" in html:
+        return False
+    return "%EE%80" not in html  # the stand-ins are U+E000…U+E007
+
+
+def flat_split(parts: list[str]) -> bool:
+    """Whether a paragraph split into texts and tags (alternating) is what ``_FLAT`` takes,
+    read tag by tag with the flavours' ``flat_step``; with :func:`plain_tags`, it implies
+    :func:`convertible` (a flat paragraph is balanced)."""
+    from evie.chat.render.blocks import fixed_tag, flat_step
+
+    opened = ""
+    for i in range(1, len(parts), 2):
+        tag = parts[i]
+        step = flat_step(tag, fixed_tag(tag), opened)
+        if step is None:
+            return False
+        opened = step
+    return not opened and "<" not in parts[-1]  # (a "<" no tag starts: only in the last)
+
+
 INLINE_HTML = [
     "<strong>", "</strong>", "<em>", "</em>", "<del>", "</del>", "<code>", "</code>",
     '<a href="u">', '<a href="u" title="t">', "</a>", "<br>\n", "x", "&lt;", "<abbr>", "</abbr>",
@@ -791,8 +832,6 @@ def test_a_paragraph_converts_whole_only_when_its_inline_tags_are_balanced(html:
     """``convertible`` takes a flat paragraph (each element closed right after its text) in
     one regex; anything else by the stack of open tags. Either way: no empty element, and
     every inline tag closed in order (md4c can leave one open, adr/0017)."""
-    from evie.chat.render.blocks import convertible
-
     stack: list[str] = []
     balanced = True
     for closing, tag in re.findall(r"<(/?)(strong|em|del|code|a)\b", html):
@@ -948,7 +987,7 @@ def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: l
     adr/0017, seventh follow-up) instead of ``_FLAT``'s pass: the same answer on md4c's
     tags, never flat where the regex is not, and with ``plain_tags`` exactly the decision
     of ``convertible``."""
-    from evie.chat.render.blocks import _FLAT, TAG_SPLIT, convertible, flat_split, plain_tags
+    from evie.chat.render.blocks import _FLAT, TAG_SPLIT
 
     html = "".join(pieces)
     flat = flat_split(TAG_SPLIT.split(html))
@@ -978,7 +1017,7 @@ def test_a_paragraph_is_split_into_texts_and_tags_as_the_regex_splits_it(html: s
 def _telegram_whole_before(html: str, tilde: str) -> tuple[str, str] | None:
     """``TelegramFlavor.whole`` of a paragraph before its checks were made in its loop over
     the tags (adr/0017, ninth follow-up): the reference it is tested against."""
-    from evie.chat.render.blocks import TAG_SPLIT, balanced, flat_split, plain_tags, unescape
+    from evie.chat.render.blocks import TAG_SPLIT, balanced, unescape
 
     if "<" not in html or not plain_tags(html):
         return None
@@ -1023,7 +1062,7 @@ def test_a_paragraphs_tags_are_read_in_one_look_as_the_passes_read_them(html: st
     """``read_tags`` (adr/0017, ninth follow-up) answers what ``plain_tags`` (but its
     percent-encoded stand-in) and ``flat_split`` answer, on any paragraph of md4c's shape
     (its text never holds a raw ">" or '"')."""
-    from evie.chat.render.blocks import flat_split, plain_tags, read_tags, split_tags
+    from evie.chat.render.blocks import read_tags, split_tags
 
     if "%EE%80" not in html:  # (the flavours look for it in the whole paragraph first)
         parts = split_tags(html)

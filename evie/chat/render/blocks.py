@@ -266,19 +266,9 @@ _TEXT_BR = r"[^<]*+(?:<br>[^<]*+)*+"  # text and line breaks, no other tag
 _FLAT = re.compile(rf"{_TEXT_BR}(?:<(strong|em|del|code|a)\b[^>]*+>{_TEXT_BR}</\1>{_TEXT_BR})*+")
 
 
-def convertible(html: str, tilde: str) -> bool:
-    """Whether a paragraph's HTML converts whole to the same markup as its tokens: no
-    image (it becomes a link), no link without address, no empty element (the token walk
-    opens elements lazily, so it writes none), no "~" stand-in percent-encoded in a URL,
-    and every inline tag closed in order (md4c can leave one open, adr/0017). A Python
-    step per inline tag, none per character."""
-    if "<" not in html:
-        return True
-    return plain_tags(html) and balanced(html)
-
-
 def balanced(html: str) -> bool:
-    """The rest of :func:`convertible`: every inline tag closed in order."""
+    """Every inline tag of a paragraph closed in order (md4c can leave one open, adr/0017):
+    one regex for a flat paragraph, else a Python step per inline tag, none per character."""
     if _FLAT.fullmatch(html):
         return True
     stack: list[str] = []
@@ -290,20 +280,12 @@ def balanced(html: str) -> bool:
     return not stack
 
 
-def plain_tags(html: str) -> bool:
-    """The first checks of :func:`convertible`: no image, no link without address, no
-    empty element, no stand-in percent-encoded in a URL."""
-    if "<img" in html or 'href=""' in html or "></" in html:
-        return False
-    return "%EE%80" not in html  # the stand-ins are U+E000…U+E007
-
-
 def flat_step(tag: str, fixed: int, opened: str) -> str | None:
     """One tag's step of reading whether a paragraph is flat (what ``_FLAT`` takes: every
     inline element holding only text and line breaks): the close now awaited ("" when no
     element is open) after ``tag`` (``fixed``: its :func:`fixed_tag`), None when the
-    paragraph is not flat. One function for :func:`flat_split`, :func:`read_tags` and
-    Telegram's loop over the tags (compiled: a native call)."""
+    paragraph is not flat. One function for :func:`read_tags` and Telegram's loop over
+    the tags (compiled: a native call)."""
     if fixed == 6:  # <br>
         return opened
     if opened:
@@ -317,29 +299,16 @@ def flat_step(tag: str, fixed: int, opened: str) -> str | None:
     return None
 
 
-def flat_split(parts: list[str]) -> bool:
-    """Whether a paragraph split by :data:`TAG_SPLIT` (texts and tags alternating) is what
-    ``_FLAT`` takes. Read from the tags the flavours split anyway (a few compares each)
-    instead of the regex's pass over the paragraph (~6,000 instructions); with
-    :func:`plain_tags`, it implies :func:`convertible` (a flat paragraph is balanced),
-    which decides the rest."""
-    opened = ""
-    for i in range(1, len(parts), 2):
-        tag = parts[i]
-        step = flat_step(tag, fixed_tag(tag), opened)
-        if step is None:
-            return False
-        opened = step
-    return not opened and "<" not in parts[-1]  # (a "<" no tag starts: only in the last)
-
-
 def read_tags(parts: list[str]) -> int:
-    """:func:`plain_tags` but its percent-encoded stand-in, and :func:`flat_split`, of a
-    paragraph of md4c's split by :func:`split_tags`, in one look at each tag (where
-    ``plain_tags`` makes four passes over the paragraph): -1 when it is not plain, 1 when
-    it is flat, else 0. In md4c's HTML every "<" starts a tag and every ">" ends one,
-    so "<img" and ``href=""`` can only be in a tag, and "></" is an empty text between a
-    tag and a closing one."""
+    """Whether a paragraph of md4c's, split by :func:`split_tags`, converts whole to the
+    same markup as its tokens, by one look at each tag: -1 when it holds an image (it
+    becomes a link), a link without address or an empty element (the token walk opens
+    elements lazily, so it writes none); 1 when it is flat (every inline element holding
+    only text and line breaks: balanced); else 0, and :func:`balanced` decides. The
+    flavours look for a "~" stand-in percent-encoded in a URL (``%EE%80``) in the whole
+    paragraph first. In md4c's HTML every "<" starts a tag and every ">" ends one, so
+    "<img" and ``href=""`` can only be in a tag, and "></" is an empty text between a tag
+    and a closing one (the four passes over the paragraph this replaced, adr/0017)."""
     size = len(parts)
     flat = True
     opened = ""  # the close of the element open, "" when none is

@@ -220,13 +220,13 @@ class DiscordFlavor(Flavor):
         if "<" not in html:
             plain = unescape(html, tilde)
             return (self._block(escape(plain), kind), plain) if plain else None
-        if "%EE%80" in html:  # a stand-in percent-encoded in a URL (see plain_tags)
+        if "%EE%80" in html:  # a "~" stand-in percent-encoded in a URL (see read_tags)
             return None
         # texts and tags alternate; the tags are replaced by their marks in place, by one
         # compiled loop: the fixed marks looked up, code spans and links decided (slices
         # into lists of texts and tags, a map and slice assignments cost more)
         parts: list[str] = split_tags(html)  # (typed: its items compare as str)
-        shape = read_tags(parts)  # plain_tags and flat_split, in one look at each tag
+        shape = read_tags(parts)  # refused, flat, or up to balanced()
         if shape < 0 or (shape == 0 and not balanced(html)):
             return None
         texts = parts[0::2]

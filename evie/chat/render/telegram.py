@@ -91,31 +91,31 @@ class TelegramFlavor(Flavor):
                 return f'<pre><code class="language-{lang}">{escape(text)}</code></pre>', text
             return f"<pre>{escape(text)}</pre>", text
         if "<" in html:
-            if "%EE%80" in html:  # a stand-in percent-encoded in a URL (see plain_tags)
+            if "%EE%80" in html:  # a "~" stand-in percent-encoded in a URL (see read_tags)
                 return None
             # texts and tags alternate: the visible text is the texts, the markup has
             # the tags renamed in place by one compiled loop over the tags, which also
-            # makes the checks of ``plain_tags`` and ``flat_split`` on the tags it reads
-            # (a pass over the paragraph each, a second look at each tag) and sees
+            # makes ``read_tags``' checks on the tags it reads (not a second look at each
+            # tag, as calling it would be; once a pass over the paragraph each) and sees
             # whether a link has a title: one split instead of a regex to remove the
             # tags and a pass per tag name
             parts = split_tags(html)
             size = len(parts)
             titled = False
             flat = True
-            opened = ""  # flat_split's: the close of the element open, "" when none is
+            opened = ""  # the close of the element open, "" when none is (flat_step)
             for i in range(1, size, 2):  # (compiled: no slices, no map, no list)
                 tag = parts[i]
                 fixed = fixed_tag(tag)
                 if fixed >= 0:
                     parts[i] = _FIXED_MARKS[fixed]
                 elif tag.startswith("<img") or 'href=""' in tag:
-                    return None  # (plain_tags: an image, a link without address)
+                    return None  # (read_tags: an image, a link without address)
                 elif not titled and ' title="' in tag:  # only a link's tag has attributes
                     titled = True
                 if not parts[i + 1] and i + 2 < size and parts[i + 2].startswith("</"):
-                    return None  # an empty element (plain_tags: "></")
-                if flat:  # flat_split's reading
+                    return None  # an empty element (read_tags: "></")
+                if flat:  # read_tags' reading
                     step = flat_step(tag, fixed, opened)
                     if step is None:
                         flat = False
