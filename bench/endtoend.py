@@ -126,7 +126,8 @@ async def telegram_latency(tmp: Path) -> None:
         f"= {cpu['evie'] / cpu['floor']:.2f}x the floor's ({fmt_s(cpu['floor'])}; rounds of "
         f"{n // rounds}: evie {fmt_s(min(per_round['evie']))}–{fmt_s(max(per_round['evie']))}). "
         f"Beside the floor that also journals each message with an fdatasync and asks the "
-        f"same fake pi (p50 {fmt_s(fa['p50'])}, CPU {fmt_s(cpu['floor_agent'])}/turn): "
+        f"same fake pi, written tightly (p50 {fmt_s(fa['p50'])} = "
+        f"{fa['p50'] / f['p50']:.2f}x the raw floor's, CPU {fmt_s(cpu['floor_agent'])}/turn): "
         f"p50 {el['p50'] / fa['p50']:.2f}x, CPU {cpu['evie'] / cpu['floor_agent']:.2f}x. "
         f"Other gc policies ({others})",
         title="Telegram update → reply, fake pi answering at once (bot, fakes: own processes)",

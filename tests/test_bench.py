@@ -48,6 +48,22 @@ async def test_the_floor_bot_answers_through_the_fake_bot_api_process(tmp_path: 
     assert all(s > 0 for s in samples)
 
 
+async def test_the_floor_with_the_guarantees_journals_asks_pi_and_marks_done(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    async with fake_botapi(tmp_path / "api") as api, echo_bot(api, agent=state):
+        samples = await api.run(3)  # each checks the reply is pi's "echo: <text>"
+    assert len(samples) == 3
+    journal = [json.loads(line) for line in (state / "journal").read_text().splitlines()]
+    assert [entry["text"] for entry in journal] == [f"ping {i}" for i in range(3)]
+    done = (state / "done").read_text().split()
+    assert done == [str(entry["update_id"]) for entry in journal]
+    session = [json.loads(line) for line in (state / "s.jsonl").read_text().splitlines()]
+    asked = [e["message"]["content"][0]["text"] for e in session if e.get("type") == "message"]
+    assert asked == [t for i in range(3) for t in (f"ping {i}", f"echo: ping {i}")]  # pi ran them
+
+
 async def test_the_metrics_bench_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVIE_BENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("EVIE_BENCH_SCALE", "0.001")
