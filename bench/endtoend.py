@@ -31,6 +31,7 @@ from bench.procs import (
     rss_mib,
     write_config,
 )
+from bench.steps import Steps
 from evie.agent.events import Prompt, TurnEvent
 from evie.sessions.manager import SessionManager, SessionSettings
 
@@ -81,20 +82,29 @@ async def telegram_latency(tmp: Path) -> None:
             samples[label] = []
             cpu[label] = 0.0
         per_round: dict[str, list[float]] = {label: [] for label in apis}  # CPU s per turn
+        steps = Steps(tmp / "steps")
+        stack.callback(steps.close)
+        journal: list[float] = []
+        ask_pi: list[float] = []
         for api in apis.values():
             await api.first_poll()
             await api.run(WARMUP)  # pi started, every code path warm
+        await anyio.to_thread.run_sync(steps.ask_pi, WARMUP)
         for r in range(rounds):
             for label, api in apis.items():
                 before = cpu_seconds(procs[label].pid)
                 samples[label] += await api.run(n // rounds, prefix=f"r{r}")
                 cpu[label] += cpu_seconds(procs[label].pid) - before
                 per_round[label].append((cpu_seconds(procs[label].pid) - before) / (n // rounds))
+            journal += await anyio.to_thread.run_sync(steps.journal, n // rounds)
+            ask_pi += await anyio.to_thread.run_sync(steps.ask_pi, n // rounds)
         status = summary(await apis["evie"].run(count(1000), prefix="/status", expect=""))
     cpu = {label: seconds / len(samples[label]) for label, seconds in cpu.items()}
     latency = {label: _latency(values) for label, values in samples.items()}
     f, el, fa = latency["floor"], latency["evie"], latency["floor_agent"]
     ratio = el["p50"] / f["p50"]
+    alone = {"journal_fdatasync": summary(journal), "pi_round_trip": summary(ask_pi)}
+    bound = f["p50"] + alone["journal_fdatasync"]["p50"] + alone["pi_round_trip"]["p50"]
     for name, figures in latency.items():
         print(f"  {name:<18} p50 {fmt_s(figures['p50'])}  p99 {fmt_s(figures['p99'])}"
               f"  max {fmt_s(figures['max'])}  over 25 ms {figures['over_25ms']:.0f}"
@@ -118,6 +128,11 @@ async def telegram_latency(tmp: Path) -> None:
             # beside the floor that also does what evie's guarantees need (bench/echo_bot.py)
             "cpu_over_floor_agent": cpu["evie"] / cpu["floor_agent"],
             "ratio_p50_floor_agent": el["p50"] / fa["p50"],
+            # the two steps the guarantees add, timed alone (bench/steps.py), and the raw
+            # floor's p50 plus theirs: a bot keeping the guarantees can answer no sooner
+            "steps_alone": alone,
+            "bound_p50": bound,
+            "ratio_bound_p50": bound / f["p50"],
             "rounds": rounds,
         },
         f"p50 {fmt_s(el['p50'])} = {ratio:.2f}x the raw aiohttp floor ({fmt_s(f['p50'])}); "
@@ -129,6 +144,10 @@ async def telegram_latency(tmp: Path) -> None:
         f"same fake pi, written tightly (p50 {fmt_s(fa['p50'])} = "
         f"{fa['p50'] / f['p50']:.2f}x the raw floor's, CPU {fmt_s(cpu['floor_agent'])}/turn): "
         f"p50 {el['p50'] / fa['p50']:.2f}x, CPU {cpu['evie'] / cpu['floor_agent']:.2f}x. "
+        f"The two steps the guarantees add, timed alone: a journal line synced p50 "
+        f"{fmt_s(alone['journal_fdatasync']['p50'])}, a prompt to pi and back p50 "
+        f"{fmt_s(alone['pi_round_trip']['p50'])}; with the raw floor's p50 they make "
+        f"{fmt_s(bound)} = {bound / f['p50']:.2f}x it before any CPU of the bot's own. "
         f"Other gc policies ({others})",
         title="Telegram update → reply, fake pi answering at once (bot, fakes: own processes)",
     )

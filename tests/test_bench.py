@@ -14,6 +14,7 @@ import pytest
 from bench import report
 from bench.endtoend import metrics_scale
 from bench.procs import echo_bot, fake_botapi
+from bench.steps import Steps
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +63,23 @@ async def test_the_floor_with_the_guarantees_journals_asks_pi_and_marks_done(
     session = [json.loads(line) for line in (state / "s.jsonl").read_text().splitlines()]
     asked = [e["message"]["content"][0]["text"] for e in session if e.get("type") == "message"]
     assert asked == [t for i in range(3) for t in (f"ping {i}", f"echo: ping {i}")]  # pi ran them
+
+
+async def test_the_steps_alone_are_timed_against_a_journal_and_a_real_fake_pi(
+    tmp_path: Path,
+) -> None:
+    steps = Steps(tmp_path / "steps")
+    try:
+        synced, asked = steps.journal(4), steps.ask_pi(3)
+    finally:
+        steps.close()
+    assert len(synced) == 4
+    assert len(asked) == 3
+    assert all(s > 0 for s in synced + asked)
+    assert len((tmp_path / "steps" / "journal").read_text().splitlines()) == 4
+    session = (tmp_path / "steps" / "s.jsonl").read_text().splitlines()
+    replies = [json.loads(line)["message"] for line in session if '"message"' in line]
+    assert [m["role"] for m in replies] == ["user", "assistant"] * 3  # every turn ran to its end
 
 
 async def test_the_metrics_bench_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
