@@ -65,6 +65,22 @@ def _upload_mb(v: Any) -> int:
     return v
 
 
+#: most messages one reply is sent as: 50 Telegram messages are ~200 KB of text, and take
+#: a minute or more to send under Telegram's and Discord's rate limits (about one message a
+#: second in a chat, five per five seconds in a Discord channel) while they flood the chat;
+#: a longer reply reads better as the file it is sent as anyway
+MAX_CHUNKS_LIMIT = 50
+
+
+def _max_chunks(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_CHUNKS_LIMIT:
+        raise _Bad(
+            f"expected a whole number from 1 to {MAX_CHUNKS_LIMIT} (a longer reply is sent "
+            "as its first message plus a file; more messages flood the chat for minutes)"
+        )
+    return v
+
+
 def _command(v: Any) -> tuple[str, ...]:
     if isinstance(v, str) and v.strip():
         return (v,)
@@ -238,7 +254,9 @@ class PlatformsConfig:
 @attrs.frozen
 class DeliveryConfig:
     max_chunks: int = setting(
-        8, _pos_int, "replies longer than this many messages go as a file after the first part"
+        8,
+        _max_chunks,
+        "replies longer than this many messages (at most 50) go as a file after the first part",
     )
     max_age: float = setting(86400.0, _pos_float, "seconds a reply is retried before it is dropped")
     late_after: float = setting(

@@ -82,6 +82,23 @@ def test_the_upload_limit_is_1_to_2000_mb_and_a_wrong_one_says_the_fix() -> None
         assert "local Bot API server" in line
 
 
+def test_max_chunks_is_1_to_50_and_a_wrong_one_says_the_fix() -> None:
+    """Thousands of messages for one reply would flood the chat for minutes (rate limits)."""
+    assert parse_config({}, environ={}).delivery.max_chunks == 8
+    for ok in (1, 8, 50):
+        config = parse_config({"delivery": {"max_chunks": ok}}, environ={})
+        assert config.delivery.max_chunks == ok
+    for bad in (51, 5000, 0, -1, 1.5, "8", True):
+        lines = errors_of({"delivery": {"max_chunks": bad}})
+        assert len(lines) == 1, lines
+        [line] = lines
+        assert line.strip().startswith(
+            "delivery.max_chunks: expected a whole number from 1 to 50"
+        ), line
+        assert "a longer reply is sent as its first message plus a file" in line
+        assert line.endswith(f", got {bad!r}"), line
+
+
 def test_tokens_can_come_from_the_environment() -> None:
     config = parse_config({}, environ={"EVIE_TELEGRAM_TOKEN": "1:abc", "EVIE_DISCORD_TOKEN": "d"})
     assert config.telegram.token == "1:abc"

@@ -8,13 +8,19 @@ the up arrow ESC[A.
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -148,7 +154,8 @@ async def test_up_recalls_the_newest_lines_of_a_long_history(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the newest HISTORY_SIZE lines are recalled, read in prompt_toolkit's format (a
-    line of several lines too); a line sent comes first; the file keeps every line."""
+    line of several lines too); a line sent comes first; the file keeps every line (it holds
+    no more than twice HISTORY_SIZE: not compacted)."""
     monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 3)
     history = tmp_path / "terminal_history"
     writer = FileHistory(str(history))  # prompt_toolkit's own format
@@ -167,6 +174,159 @@ async def test_up_recalls_the_newest_lines_of_a_long_history(
                 pipe.send_text(CTRL_D)
     kept = list(FileHistory(str(history)).load_history_strings())  # the file keeps all
     assert kept == ["old 5", "old 3", "old 5", "two\nlines", "old 3", "old 2", "old 1", "old 0"]
+
+
+def _write_history(path: Path, entries: list[str]) -> None:
+    writer = FileHistory(str(path))  # prompt_toolkit's own format, "# timestamp" lines and all
+    for entry in entries:
+        writer.store_string(entry)
+
+
+def _entries(path: Path) -> list[str]:
+    """The file's entries as prompt_toolkit reads them, oldest first."""
+    return list(FileHistory(str(path)).load_history_strings())[::-1]
+
+
+async def test_the_history_file_is_compacted_to_its_newest_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than twice HISTORY_SIZE entries: the read rewrites the file with the newest
+    HISTORY_SIZE, byte for byte as they were (timestamps, entries of several lines), 0o600,
+    no temp file left; ↑ recalls them; a line sent after it is appended to the new file."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 3)
+    history = tmp_path / "state" / "terminal_history"
+    history.parent.mkdir()
+    entries = [f"old {i}" for i in range(7)]
+    entries[4], entries[6] = "two\nlines", "three\n\nlines"
+    _write_history(history, entries)
+    before = history.read_bytes()
+    async with SessionManager(fake_launcher(tmp_path)) as manager:
+        with keyboard() as pipe:
+            editor = LineEditor(history, input=pipe, output=DummyOutput())
+            async with repl(manager, pipe, editor=editor) as (screen, _ended):
+                with anyio.fail_after(10):
+                    await editor.history_loaded()
+                assert _entries(history) == ["two\nlines", "old 5", "three\n\nlines"]
+                assert before.endswith(history.read_bytes())  # the same bytes: timestamps kept
+                assert before.count(b"\n# ") == 7
+                assert history.read_bytes().count(b"\n# ") == 3
+                pipe.send_text(UP * 7 + ENTER)  # no further back than the third newest
+                await screen.wait_for("echo: two")
+                pipe.send_text(CTRL_D)
+    assert _entries(history) == ["two\nlines", "old 5", "three\n\nlines", "two\nlines"]
+    assert history.stat().st_mode & 0o777 == 0o600
+    assert not list(history.parent.glob(".terminal_history*"))  # no temp file left
+
+
+def test_a_history_within_twice_the_cap_is_left_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 3)
+    history = tmp_path / "terminal_history"
+    _write_history(history, ["a", "b\nc", "d", "e", "f", "g"])  # 6 = twice 3
+    before, inode = history.read_bytes(), history.stat().st_ino
+    assert terminal_repl.read_history(history, threading.Lock()) == ["g", "f", "e"]
+    assert history.read_bytes() == before
+    assert history.stat().st_ino == inode
+    _write_history(history, ["h"])  # 7: now compacted
+    assert terminal_repl.read_history(history, threading.Lock()) == ["h", "g", "f"]
+    assert _entries(history) == ["f", "g", "h"]
+
+
+def test_a_line_stored_while_the_history_is_compacted_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line appended after the file was read, before the rename: the compaction is dropped
+    (the file keeps every line), and the next read compacts it with that line."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 2)
+    history = tmp_path / "terminal_history"
+    _write_history(history, [f"old {i}" for i in range(5)])
+    lock = threading.Lock()
+    with ThreadPoolExecutor(1) as pool:
+        with lock:  # as store_string holds it: the compaction waits for it to rename
+            reading = pool.submit(terminal_repl.read_history, history, lock)
+            deadline = time.monotonic() + 10
+            while not list(tmp_path.glob(".terminal_history.*.tmp")):  # read; temp written
+                assert time.monotonic() < deadline
+                assert not reading.done()
+                time.sleep(0.001)
+            _write_history(history, ["typed meanwhile"])
+        assert reading.result(timeout=10) == ["old 4", "old 3"]
+    assert _entries(history) == [*(f"old {i}" for i in range(5)), "typed meanwhile"]
+    assert not list(tmp_path.glob(".terminal_history.*.tmp"))
+    assert terminal_repl.read_history(history, lock) == ["typed meanwhile", "old 4"]
+    assert _entries(history) == ["old 4", "typed meanwhile"]
+
+
+def test_lines_stored_during_reads_are_never_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chaos: the editor's history is read (and compacted) in a thread again and again while
+    lines are stored beside it, at random moments; every line stored is in the file, in
+    order, and each read returns the newest entries of the file as it was at some moment."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 4)
+    history = tmp_path / "terminal_history"
+    stored = [f"line {i}\nof two" if i % 3 == 0 else f"line {i}" for i in range(600)]
+    editor = terminal_repl.RecentFileHistory(history)
+    rng = random.Random(15)
+    reads: list[list[str]] = []
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(editor.load_history_strings)
+        for line in stored:
+            editor.store_string(line)
+            if rng.random() < 0.05:  # now and then no line is stored during a whole read
+                reading.result(timeout=10)
+            if reading.done():
+                reads.append(list(reading.result()))
+                reading = pool.submit(editor.load_history_strings)
+        reads.append(list(reading.result(timeout=10)))
+    kept = _entries(history)
+    assert kept == stored[-len(kept) :]  # nothing lost, nothing reordered
+    assert len(kept) < len(stored)  # (compacted at least once)
+    assert len(reads) > 20  # (23 of them waited for)
+    for got in reads[1:]:
+        newest = stored.index(got[0])
+        assert got == stored[newest - len(got) + 1 : newest + 1][::-1]
+        assert len(got) == min(4, newest + 1)
+    assert not list(tmp_path.glob(".terminal_history*"))
+
+
+_LINES = st.one_of(
+    st.builds(lambda text: "+" + text, st.text(alphabet=st.characters(exclude_characters="\n"))),
+    st.sampled_from(["", "# 2026-01-01 00:00:00.000000", "+", "#", " +x"]),
+    st.text(alphabet=st.characters(exclude_characters="\n")),
+)
+
+
+@given(
+    lines=st.lists(st.one_of(_LINES.map(str.encode), st.binary(max_size=8)), max_size=40),
+    end=st.sampled_from([b"", b"\n"]),
+    cap=st.integers(1, 5),
+)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_history_reads_and_compacts_as_prompt_toolkit_reads(
+    tmp_path: Path, lines: list[bytes], end: bytes, cap: int
+) -> None:
+    """Any file (prompt_toolkit's format, stray lines, invalid UTF-8, a last line without a
+    newline): the entries read are FileHistory's newest ``cap``; a compacted file is the old
+    one's tail, and prompt_toolkit reads from it exactly the entries read."""
+    history = tmp_path / "terminal_history"
+    data = b"\n".join(lines) + end
+    history.write_bytes(data)
+    everything = list(FileHistory(str(history)).load_history_strings())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(terminal_repl, "HISTORY_SIZE", cap)
+        got = terminal_repl.read_history(history, threading.Lock())
+    assert got == everything[:cap]
+    after = history.read_bytes()
+    if len(everything) > 2 * cap:
+        assert data.endswith(after)
+        assert list(FileHistory(str(history)).load_history_strings()) == got
+    else:
+        assert after == data
+    history.unlink()
 
 
 async def test_status_before_the_first_message_names_the_session(tmp_path: Path) -> None:

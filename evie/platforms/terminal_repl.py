@@ -15,9 +15,13 @@ entered in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import itertools
+import logging
 import os
+import re
+import tempfile
+import threading
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -30,14 +34,95 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import StdoutProxy
 
+log = logging.getLogger(__name__)
+
 
 class Key(enum.Enum):
     INTERRUPT = "ctrl-c"
     EOF = "ctrl-d"
 
 
-#: the newest lines the editor recalls with ↑ (a shell's HISTSIZE); the file keeps all
+#: the newest lines the editor recalls with ↑ (a shell's HISTSIZE), and what the file keeps
+#: when it is compacted (:func:`read_history`)
 HISTORY_SIZE = 10_000
+
+#: an entry of prompt_toolkit's ``FileHistory``: a run of lines that begin with "+", ended
+#: by any other line (its "# timestamp" comment, the blank line before it) or the file's end
+_ENTRY = re.compile(rb"(?:^\+[^\n]*(?:\n|\Z))+", re.MULTILINE)
+
+
+def read_history(path: Path, lock: threading.Lock) -> list[str]:
+    """The newest :data:`HISTORY_SIZE` entries of the history file, newest first, as
+    prompt_toolkit's ``FileHistory`` reads them; the file is compacted on the way when it
+    holds more than twice that many. Blocking: run in a thread.
+
+    Why twice: the file is then rewritten once per :data:`HISTORY_SIZE` lines typed (a
+    write and an fsync of ~1 MB), rather than on every start once it passes the cap (at
+    ``HISTORY_SIZE + 1``), and a start never reads more than twice what it keeps, instead
+    of every line of the file's whole life.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+            was = os.fstat(f.fileno())
+    except FileNotFoundError:
+        return []
+    spans = [m.span() for m in _ENTRY.finditer(data)]
+    if len(spans) > 2 * HISTORY_SIZE:
+        cut = spans[-HISTORY_SIZE - 1][1]  # just past the last entry dropped
+        _compact(path, data[cut:], (was.st_dev, was.st_ino, len(data)), lock)
+    return [_entry(data[start:end]) for start, end in reversed(spans[-HISTORY_SIZE:])]
+
+
+def _entry(raw: bytes) -> str:
+    """One entry's text: its lines without their "+" and the last newline (``FileHistory``
+    decodes line by line; a newline never falls inside an invalid UTF-8 sequence, so the
+    whole entry decodes to the same text)."""
+    return raw.decode("utf-8", errors="replace")[1:].replace("\n+", "\n")[:-1]
+
+
+def _compact(path: Path, tail: bytes, read: tuple[int, int, int], lock: threading.Lock) -> bool:
+    """Replace the history file with ``tail`` (its newest entries, byte for byte: timestamps
+    and all), atomically: a temp file beside it (0o600), fsync'd, renamed over it, so that a
+    crash leaves the old file or the new one, never neither. Returns whether it was replaced.
+
+    A line stored meanwhile must not be lost, and ``store_string`` appends on the event loop,
+    which must not wait for this write. So the temp file is written without the lock, and
+    only the check and the rename are done under the lock ``store_string`` takes (two system
+    calls): if the file is no longer the one read (``read`` is its device, inode and the
+    length read; a line appended since makes it longer), the compaction is dropped. The file
+    then keeps every line, and the next start compacts it.
+    """
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            view = memoryview(tail)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with lock:
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino, now.st_size) != read:
+                return False
+            os.replace(tmp, path)
+        tmp = None
+        with contextlib.suppress(OSError):  # (done: only the rename's durability is at stake)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a power loss
+            finally:
+                os.close(dir_fd)
+        return True
+    except OSError as e:  # (disk full, read-only dir): the file stays as it was, uncompacted
+        log.warning("could not compact the terminal history %s: %s", path, e)
+        return False
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 class RecentFileHistory(History):
@@ -46,17 +131,20 @@ class RecentFileHistory(History):
     prompt_toolkit's ``FileHistory`` reads and parses the whole file on the event loop
     once the first prompt is drawn, ~3 ms per thousand entries: a months-old history of
     100,000 lines held the loop for ~0.3 s, while the runtime loads beside the prompt
-    (adr/0015). Each entry is also handed to the editor on the loop, hence the cap.
-    ``loaded`` is set once the editor has every entry.
+    (adr/0015). Each entry is also handed to the editor on the loop, hence the cap. The
+    read also compacts the file (:func:`read_history`), which would otherwise grow for
+    ever. ``loaded`` is set once the editor has every entry.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        self._path = path
         self._file = FileHistory(str(path))
+        self._lock = threading.Lock()  # a store vs. a compaction's rename (see _compact)
         self.loaded = asyncio.Event()
 
     def _recent(self) -> list[str]:
-        return list(itertools.islice(self._file.load_history_strings(), HISTORY_SIZE))
+        return read_history(self._path, self._lock)
 
     async def load(self) -> AsyncGenerator[str, None]:
         if not self._loaded:
@@ -74,7 +162,8 @@ class RecentFileHistory(History):
         return self._recent()
 
     def store_string(self, string: str) -> None:
-        self._file.store_string(string)
+        with self._lock:
+            self._file.store_string(string)
 
 
 def _history(path: Path | None) -> History:
