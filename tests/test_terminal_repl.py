@@ -274,8 +274,10 @@ def test_lines_stored_during_reads_are_never_lost(
         reading = pool.submit(editor.load_history_strings)
         for line in stored:
             editor.store_string(line)
-            if rng.random() < 0.05:  # now and then no line is stored during a whole read
-                reading.result(timeout=10)
+            if rng.random() < 0.05:  # now and then a whole read with no line stored during it
+                reads.append(list(reading.result(timeout=10)))
+                reading = pool.submit(editor.load_history_strings)
+                reading.result(timeout=10)  # (this one compacts: nothing was appended meanwhile)
             if reading.done():
                 reads.append(list(reading.result()))
                 reading = pool.submit(editor.load_history_strings)
