@@ -77,6 +77,18 @@ async def repl(
             await ended.wait()
 
 
+@asynccontextmanager
+async def loaded_repl(
+    manager: SessionManager, pipe: PipeInput, history: Path
+) -> AsyncIterator[Screen]:
+    """A REPL whose editor has read ``history`` (in a thread, beside the prompt)."""
+    editor = LineEditor(history, input=pipe, output=DummyOutput())
+    async with repl(manager, pipe, editor=editor) as (screen, _ended):
+        with anyio.fail_after(10):
+            await editor.history_loaded()
+        yield screen
+
+
 async def test_a_paste_is_one_message_and_alt_enter_a_newline(tmp_path: Path) -> None:
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         with keyboard() as pipe:
@@ -141,10 +153,7 @@ async def test_history_persists_across_sessions(tmp_path: Path) -> None:
                 pipe.send_text(CTRL_D)
         assert history.stat().st_mode & 0o777 == 0o600
         with keyboard() as pipe:
-            editor = LineEditor(history, input=pipe, output=DummyOutput())
-            async with repl(manager, pipe, editor=editor) as (screen, _ended):
-                with anyio.fail_after(10):
-                    await editor.history_loaded()  # read in a thread, beside the prompt
+            async with loaded_repl(manager, pipe, history) as screen:
                 pipe.send_text(UP + ENTER)  # the previous run's line, recalled
                 await screen.wait_for("echo: remember me")
                 pipe.send_text(CTRL_D)
@@ -163,10 +172,7 @@ async def test_up_recalls_the_newest_lines_of_a_long_history(
         writer.store_string(f"old {i}" if i != 4 else "two\nlines")
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         with keyboard() as pipe:
-            editor = LineEditor(history, input=pipe, output=DummyOutput())
-            async with repl(manager, pipe, editor=editor) as (screen, _ended):
-                with anyio.fail_after(10):
-                    await editor.history_loaded()
+            async with loaded_repl(manager, pipe, history) as screen:
                 pipe.send_text(UP * 6 + ENTER)  # no further back than the third newest
                 await screen.wait_for("echo: old 3")
                 pipe.send_text(UP * 2 + ENTER)  # the line just sent, then the file's newest
@@ -202,10 +208,7 @@ async def test_the_history_file_is_compacted_to_its_newest_entries(
     before = history.read_bytes()
     async with SessionManager(fake_launcher(tmp_path)) as manager:
         with keyboard() as pipe:
-            editor = LineEditor(history, input=pipe, output=DummyOutput())
-            async with repl(manager, pipe, editor=editor) as (screen, _ended):
-                with anyio.fail_after(10):
-                    await editor.history_loaded()
+            async with loaded_repl(manager, pipe, history) as screen:
                 assert _entries(history) == ["two\nlines", "old 5", "three\n\nlines"]
                 assert before.endswith(history.read_bytes())  # the same bytes: timestamps kept
                 assert before.count(b"\n# ") == 7
