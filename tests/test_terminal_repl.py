@@ -8,6 +8,7 @@ the up arrow ESC[A.
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -219,6 +220,29 @@ async def test_the_history_file_is_compacted_to_its_newest_entries(
     assert _entries(history) == ["two\nlines", "old 5", "three\n\nlines", "two\nlines"]
     assert history.stat().st_mode & 0o777 == 0o600
     assert not list(history.parent.glob(".terminal_history*"))  # no temp file left
+
+
+def test_a_compaction_removes_temp_files_left_by_a_killed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill mid-compaction leaves its temp file; the next compaction removes such files
+    once they are old enough not to be another process's compaction in flight."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 2)
+    history = tmp_path / "terminal_history"
+    _write_history(history, [f"line {i}" for i in range(5)])
+    stale, fresh = tmp_path / ".terminal_history.abc.tmp", tmp_path / ".terminal_history.d.tmp"
+    for temp in (stale, fresh):
+        temp.write_bytes(b"+half a compaction")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    other = tmp_path / ".other_file.abc.tmp"  # not the history's: never touched
+    other.write_bytes(b"x")
+    os.utime(other, (hour_ago, hour_ago))
+    assert terminal_repl.read_history(history, threading.Lock()) == ["line 4", "line 3"]
+    assert _entries(history) == ["line 3", "line 4"]  # compacted
+    assert not stale.exists()
+    assert fresh.exists()
+    assert other.exists()
 
 
 def test_a_history_within_twice_the_cap_is_left_as_it_is(

@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -70,8 +71,22 @@ def read_history(path: Path, lock: threading.Lock) -> list[str]:
     spans = [m.span() for m in _ENTRY.finditer(data)]
     if len(spans) > 2 * HISTORY_SIZE:
         cut = spans[-HISTORY_SIZE - 1][1]  # just past the last entry dropped
+        _drop_stale_temps(path)
         _compact(path, data[cut:], (was.st_dev, was.st_ino, len(data)), lock)
     return [_entry(data[start:end]) for start, end in reversed(spans[-HISTORY_SIZE:])]
+
+
+#: a compaction's temp file older than this was left by a process killed mid-write (one
+#: takes well under a second); removed by the next compaction, so kills never pile them up
+STALE_TEMP_S = 600.0
+
+
+def _drop_stale_temps(path: Path) -> None:
+    now = time.time()
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - temp.stat().st_mtime > STALE_TEMP_S:
+                temp.unlink()
 
 
 def _entry(raw: bytes) -> str:
