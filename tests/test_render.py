@@ -780,6 +780,10 @@ def test_bench_inputs_convert_whole_as_the_token_walk_does(platform: str) -> Non
 # implement, written as it was before they folded it into those loops (adr/0017, seventh
 # and ninth follow-ups): the reference the property tests below compare them with.
 
+#: a paragraph split into texts and tags, alternating, as the flavours split it before
+#: ``split_tags``
+TAG_SPLIT = re.compile(r"(<[^>]*>)")
+
 
 def convertible(html: str, tilde: str) -> bool:
     """Whether a paragraph's HTML converts whole to the same markup as its tokens: no
@@ -987,7 +991,7 @@ def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: l
     adr/0017, seventh follow-up) instead of ``_FLAT``'s pass: the same answer on md4c's
     tags, never flat where the regex is not, and with ``plain_tags`` exactly the decision
     of ``convertible``."""
-    from evie.chat.render.blocks import _FLAT, TAG_SPLIT
+    from evie.chat.render.blocks import _FLAT
 
     html = "".join(pieces)
     flat = flat_split(TAG_SPLIT.split(html))
@@ -1009,7 +1013,7 @@ def test_a_flat_paragraph_is_told_from_its_split_as_the_regex_tells_it(pieces: l
 def test_a_paragraph_is_split_into_texts_and_tags_as_the_regex_splits_it(html: str) -> None:
     """The flavours split a paragraph with finds (``split_tags``, adr/0017, ninth
     follow-up) instead of ``TAG_SPLIT.split``: the same pieces on any text."""
-    from evie.chat.render.blocks import TAG_SPLIT, split_tags
+    from evie.chat.render.blocks import split_tags
 
     assert split_tags(html) == TAG_SPLIT.split(html)
 
@@ -1017,7 +1021,7 @@ def test_a_paragraph_is_split_into_texts_and_tags_as_the_regex_splits_it(html: s
 def _telegram_whole_before(html: str, tilde: str) -> tuple[str, str] | None:
     """``TelegramFlavor.whole`` of a paragraph before its checks were made in its loop over
     the tags (adr/0017, ninth follow-up): the reference it is tested against."""
-    from evie.chat.render.blocks import TAG_SPLIT, balanced, unescape
+    from evie.chat.render.blocks import balanced, unescape
 
     if "<" not in html or not plain_tags(html):
         return None

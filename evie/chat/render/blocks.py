@@ -37,10 +37,9 @@ _PUA = "\ue000\ue001\ue002\ue003\ue004\ue005\ue006\ue007"
 _TAG = re.compile(r"<(/?)([a-z0-9]+)([^>]*)>")
 _ATTR = re.compile(r'([a-z]+)="([^"]*)"')
 _INLINE: Final = {"strong": "b", "em": "i", "del": "s"}
-_INLINE_OPEN: Final = {tag: (OPEN, kind, "") for tag, kind in _INLINE.items()}
-_INLINE_CLOSE: Final = {tag: (CLOSE, kind, "") for tag, kind in _INLINE.items()}
-_INLINE_OPENS: Final = (_INLINE_OPEN["strong"], _INLINE_OPEN["em"], _INLINE_OPEN["del"])
-_INLINE_CLOSES: Final = (_INLINE_CLOSE["strong"], _INLINE_CLOSE["em"], _INLINE_CLOSE["del"])
+#: the tokens that open and close strong, em and del, by :func:`tag_kind` less 2
+_INLINE_OPENS: Final = tuple((OPEN, _INLINE[tag], "") for tag in ("strong", "em", "del"))
+_INLINE_CLOSES: Final = tuple((CLOSE, _INLINE[tag], "") for tag in ("strong", "em", "del"))
 _BLOCK_TAGS: Final = frozenset(
     {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "hr"}
     | {"table", "thead", "tbody", "tr", "th", "td"}
@@ -66,11 +65,10 @@ _IMG_ALT = re.compile(r' alt="([^"]*)"')
 _ANY_TAG = re.compile(r"<[^>]*>")
 #: a paragraph's HTML in pieces: text, tag, text, tag, …, text (the texts are what
 #: :func:`visible_text` keeps)
-TAG_SPLIT = re.compile(r"(<[^>]*>)")
 
 
 def split_tags(html: str) -> list[str]:
-    """``TAG_SPLIT.split(html)``: texts and tags alternating, by two ``str.find`` a tag
+    """``re.split(r"(<[^>]*>)", html)``: texts and tags alternating, by two ``str.find`` a tag
     in a compiled loop, where the regex's search and match cost a paragraph ~15,000
     instructions. A tag is a "<" and everything up to the first ">" after it; a "<"
     with no ">" after it (nor then after any later "<") ends the tags."""
