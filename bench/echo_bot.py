@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+#: (bench.common's FAKE_PI too; not imported from there, which loads evie into the floor)
 FAKE_PI = Path(__file__).resolve().parent.parent / "tests" / "fake_pi.py"
 
 
@@ -52,6 +53,7 @@ class _Message(msgspec.Struct):
 
 _decode_event = msgspec.json.Decoder(_Event).decode
 _decode_message = msgspec.json.Decoder(_Message).decode
+_encode = msgspec.json.encode
 
 
 class Agent:
@@ -126,9 +128,6 @@ class Agent:
 
     def answered(self, update_id: int) -> None:
         os.write(self.done, f"{update_id}\n".encode())
-
-
-_encode = msgspec.json.encode
 
 
 async def main(base: str, token: str, state: str | None) -> None:
