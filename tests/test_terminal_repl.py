@@ -7,7 +7,9 @@ the up arrow ESC[A.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import random
 import threading
@@ -243,6 +245,34 @@ def test_a_compaction_removes_temp_files_left_by_a_killed_one(
     assert not stale.exists()
     assert fresh.exists()
     assert other.exists()
+
+
+def test_a_compaction_the_disk_refuses_leaves_the_file_and_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk (ENOSPC at the temp file's fsync): the history is read as it is, the
+    file keeps every byte, no temp file is left, one warning line; the next read compacts."""
+    monkeypatch.setattr(terminal_repl, "HISTORY_SIZE", 2)
+    history = tmp_path / "terminal_history"
+    _write_history(history, [f"line {i}" for i in range(5)])
+    before = history.read_bytes()
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as disk:
+        disk.setattr(os, "fsync", full)
+        with caplog.at_level(logging.WARNING, logger=terminal_repl.__name__):
+            assert terminal_repl.read_history(history, threading.Lock()) == ["line 4", "line 3"]
+    assert history.read_bytes() == before
+    assert not list(tmp_path.glob(".terminal_history*"))
+    [record] = caplog.records
+    assert "could not compact the terminal history" in record.getMessage()
+    assert "No space left on device" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    assert record.exc_info is None  # (no traceback at warning level)
+    assert terminal_repl.read_history(history, threading.Lock()) == ["line 4", "line 3"]
+    assert _entries(history) == ["line 3", "line 4"]  # the disk back: compacted
 
 
 def test_a_history_within_twice_the_cap_is_left_as_it_is(
